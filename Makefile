@@ -1,0 +1,49 @@
+# mammokit — the two commands of the README are `make demo` and `make test`.
+# Each creates .venv when it is missing; nothing else needs installing by hand.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+DEMO_DIR ?= demo-output
+
+.PHONY: help venv test test-slow lint format demo demo-small bench clean chromium
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv with mammokit and its dev extras
+
+chromium:  ## install headless Chromium for the HTML-report test (Debian package)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "warning: could not install chromium; the report screenshot test will skip"; \
+	  else echo "warning: not root, cannot install chromium; the report screenshot test will skip"; fi; }
+
+lint: $(STAMP)  ## ruff lint + format check
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(STAMP)  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+test: $(STAMP) chromium lint  ## lint + the CPU/offline test suite (< 15 min on 2 cores)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-slow: $(STAMP)  ## the slow tests (training-quality checks; tens of minutes on CPU)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
+
+demo: $(STAMP)  ## the whole method on a synthetic CBIS-DDSM-layout dataset (<= 10 min on 2 cores)
+	$(BIN)/mammokit demo --out $(DEMO_DIR)
+
+bench: $(STAMP)  ## run the benchmark scripts
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:  ## remove build artefacts (keeps .venv)
+	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,73 @@
+"""`mammokit` command line: one entry point, one subcommand per pipeline step.
+
+Each subcommand lives in its own module `mammokit.cli.<name>` exposing
+`register(subparsers) -> None`, which adds its parser and sets `func=run`. Modules import heavy
+libraries (torch, Lightning) inside `run`, so `mammokit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from mammokit.version import __version__
+
+# Order = pipeline order, as shown by `mammokit --help`.
+COMMAND_MODULES: tuple[str, ...] = (
+    "synth",
+    "prepare",
+    "patches",
+    "train",
+    "finetune",
+    "evaluate",
+    "predict",
+    "export",
+    "demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mammokit",
+        description="Breast-cancer detection on screening mammograms (Shen et al. 2019, rebuilt and extended).",
+    )
+    parser.add_argument("--version", action="version", version=f"mammokit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"mammokit.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"mammokit.cli.{name}":
+                continue  # command not installed in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from mammokit.cli.common import UserError
+
+    try:
+        result = args.func(args)
+    except UserError as exc:
+        print(f"mammokit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)

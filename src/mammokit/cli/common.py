@@ -1,0 +1,61 @@
+"""Flags shared by several subcommands, so the same thing has the same flag everywhere.
+
+| flag | meaning |
+|---|---|
+| `-c/--config FILE` (repeatable) | YAML config files, later ones override earlier ones |
+| `--set KEY=VALUE` (repeatable) | override one config key (dotted path) |
+| `--out DIR` | where the command writes (run folder, prepared dataset, predictions) |
+| `--data DIR` | a prepared dataset folder (output of `mammokit prepare`) |
+| `--seed N` | random seed |
+| `--workers N` | worker processes for data loading / preparation |
+| `--device auto|cpu|cuda[:i]` | compute device |
+| `--batch-size N` | images per step |
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mammokit.config import ConfigError
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed without a traceback, exit status 2."""
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", action="append", default=[], metavar="FILE", help="YAML config (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+
+
+def add_out(p: argparse.ArgumentParser, *, required: bool = True, help: str = "output folder") -> None:
+    p.add_argument("--out", type=Path, required=required, metavar="DIR", help=help)
+
+
+def add_data(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument(
+        "--data", type=Path, required=required, metavar="PREPARED", help="prepared dataset folder (mammokit prepare)"
+    )
+
+
+def add_seed(p: argparse.ArgumentParser, default: int | None = None) -> None:
+    p.add_argument(
+        "--seed", type=int, default=default, help="random seed" + (f" (default {default})" if default else "")
+    )
+
+
+def add_workers(p: argparse.ArgumentParser, default: int | None = None) -> None:
+    p.add_argument("--workers", type=int, default=default, metavar="N", help="worker processes")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
+
+
+def add_batch_size(p: argparse.ArgumentParser, default: int | None = None) -> None:
+    p.add_argument("--batch-size", type=int, default=default, metavar="N", help="images per step")
+
+
+def config_error_to_user(exc: ConfigError) -> UserError:
+    return UserError(f"configuration: {exc}")

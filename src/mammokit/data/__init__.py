@@ -1,0 +1,1 @@
+"""Tables and tensors: dataset adapters, the manifest, splits, patches and PyTorch datasets."""

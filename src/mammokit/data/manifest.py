@@ -1,0 +1,127 @@
+"""The manifest: one schema for every dataset (an image table and a lesion table, stored as Parquet).
+
+Adapters (`mammokit.data.sources.*`) produce both tables in *raw* coordinates (pixel positions in the
+source file). `mammokit prepare` adds the prepared-geometry columns (`image_file`, crop box, flip,
+`mask_file`) and writes them under the prepared folder. Every later stage reads only these tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mammokit.utils.atomic import atomic_write_with
+
+IMAGES_FILE = "manifest.parquet"
+LESIONS_FILE = "lesions.parquet"
+DATASET_JSON = "dataset.json"
+ERRORS_FILE = "errors.csv"
+
+# Required image-table columns and their meaning. Optional source fields may be NA.
+IMAGE_COLUMNS: dict[str, str] = {
+    "image_id": "unique id of the image within the dataset (str); used for file names and outputs",
+    "patient_id": "woman id (str); splits are made over this column",
+    "exam_id": "study/exam id (str); several images of one screening visit",
+    "laterality": "'L' or 'R'",
+    "view": "'CC', 'MLO' or another view code",
+    "path": "source image file, absolute or relative to the raw root (str)",
+    "label": "image-level malignancy: 1 malignant, 0 not malignant, -1 unknown (int)",
+    "split": "'train', 'val', 'test' or '' before splitting",
+    "dataset": "source dataset name (str)",
+}
+OPTIONAL_IMAGE_COLUMNS: dict[str, str] = {
+    "density": "ACR breast density as given by the source (str)",
+    "birads": "BI-RADS assessment (str)",
+    "subtlety": "CBIS-DDSM subtlety 1-5 (str)",
+    "vendor": "manufacturer (str)",
+    "site": "acquisition site (str)",
+    "label_source": "how `label` was derived (str), e.g. 'pathology', 'birads>=4'",
+    # added by `mammokit prepare` (prepared geometry):
+    "image_file": "prepared 16-bit PNG, relative to the prepared folder",
+    "orig_height": "rows of the source image",
+    "orig_width": "columns of the source image",
+    "crop_y0": "crop box in source pixels (top row, inclusive)",
+    "crop_y1": "crop box bottom row (exclusive)",
+    "crop_x0": "crop box left column (inclusive)",
+    "crop_x1": "crop box right column (exclusive)",
+    "flipped": "True if the image was mirrored left-right into canonical orientation",
+}
+
+LESION_COLUMNS: dict[str, str] = {
+    "lesion_id": "unique id of the abnormality (str)",
+    "image_id": "image it belongs to (str)",
+    "lesion_type": "'mass', 'calcification' or 'other'",
+    "pathology": "source pathology text (str), e.g. MALIGNANT, BENIGN, BENIGN_WITHOUT_CALLBACK",
+    "malignant": "1 / 0 / -1 unknown (int)",
+    "roi_kind": "'mask', 'polygon', 'circle', 'box' or 'none'",
+}
+OPTIONAL_LESION_COLUMNS: dict[str, str] = {
+    "roi_path": "source mask file for roi_kind='mask' (str)",
+    "polygon": "JSON list of [x, y] source-pixel vertices for roi_kind='polygon' (str)",
+    "cx": "circle centre column, source pixels (float)",
+    "cy": "circle centre row, source pixels, origin top-left (float)",
+    "radius": "circle radius, source pixels (float)",
+    "x0": "box left (float)",
+    "y0": "box top (float)",
+    "x1": "box right (float)",
+    "y1": "box bottom (float)",
+    "mask_file": "prepared 8-bit mask PNG (0/255), relative to the prepared folder (added by prepare)",
+}
+
+
+class ManifestError(ValueError):
+    """A manifest table does not follow the schema."""
+
+
+def validate_images(df: pd.DataFrame) -> pd.DataFrame:
+    """Check the image table; returns it with normalised dtypes."""
+    missing = [c for c in IMAGE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"image table lacks columns {missing}; required: {list(IMAGE_COLUMNS)}")
+    if df["image_id"].duplicated().any():
+        dup = df.loc[df["image_id"].duplicated(), "image_id"].iloc[:5].tolist()
+        raise ManifestError(f"image_id must be unique; duplicated: {dup}")
+    bad = set(df["label"].unique()) - {0, 1, -1}
+    if bad:
+        raise ManifestError(f"label must be 0, 1 or -1; found {sorted(bad)}")
+    out = df.copy()
+    for col in ("image_id", "patient_id", "exam_id", "laterality", "view", "path", "split", "dataset"):
+        out[col] = out[col].astype(str)
+    out["label"] = out["label"].astype(int)
+    return out
+
+
+def validate_lesions(df: pd.DataFrame) -> pd.DataFrame:
+    """Check the lesion table; returns it with normalised dtypes."""
+    missing = [c for c in LESION_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"lesion table lacks columns {missing}; required: {list(LESION_COLUMNS)}")
+    out = df.copy()
+    for col in ("lesion_id", "image_id", "lesion_type", "pathology", "roi_kind"):
+        out[col] = out[col].astype(str)
+    out["malignant"] = out["malignant"].astype(int)
+    return out
+
+
+def empty_lesions() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in LESION_COLUMNS}).astype({"malignant": int})
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> None:
+    """Atomically write a table as Parquet."""
+    atomic_write_with(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def read_images(prepared: str | Path) -> pd.DataFrame:
+    """Read the image table of a prepared dataset folder."""
+    path = Path(prepared) / IMAGES_FILE
+    if not path.is_file():
+        raise ManifestError(f"{prepared}: {IMAGES_FILE} not found; run `mammokit prepare` first")
+    return pd.read_parquet(path)
+
+
+def read_lesions(prepared: str | Path) -> pd.DataFrame:
+    """Read the lesion table of a prepared dataset folder (empty table if the dataset has none)."""
+    path = Path(prepared) / LESIONS_FILE
+    return pd.read_parquet(path) if path.is_file() else empty_lesions()

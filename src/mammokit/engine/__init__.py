@@ -1,0 +1,1 @@
+"""Training and evaluation-time prediction on Lightning: staged schedules, checkpoints, resume."""

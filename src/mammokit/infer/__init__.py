@@ -1,0 +1,1 @@
+"""Prediction on new files: Predictor, heatmaps, ONNX export and runtime."""

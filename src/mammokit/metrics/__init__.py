@@ -1,0 +1,1 @@
+"""Metrics on arrays only: AUC with clustered-bootstrap CIs, DeLong, operating points, calibration."""

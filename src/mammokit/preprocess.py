@@ -1,0 +1,56 @@
+"""The one preprocessing code path: raw mammogram pixels -> the model's input, for training and prediction.
+
+Two steps, both parameterised only by values stored with the data and the model:
+
+1. `prepare_pixels(pixels, meta, spec)` (implemented in `mammokit.data.geometry`): breast
+   segmentation, crop, canonical orientation and resize to `spec.height x spec.width`; returns a
+   uint16 image plus the `Geometry` that maps it back onto the original pixel grid. `mammokit prepare`
+   runs it once per image and stores the result as 16-bit PNG; `mammokit predict` runs the very same
+   function on a new file. The `PreprocessSpec` used is written into `dataset.json` and copied into each
+   run's `model.json`, so a run folder knows how its inputs were made.
+2. `to_model_input(image_u16, mean, std)`: uint16 -> float32 in [0, 1] -> (x - mean) / std, one
+   channel. The mean/std are stored in `model.json` (never re-typed by users).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from mammokit.config import ConfigError
+
+U16_MAX = 65535.0
+
+
+@dataclass
+class PreprocessSpec:
+    """How a raw mammogram becomes a fixed-size, canonically oriented 16-bit image."""
+
+    height: int = 1152  # output rows (paper: 1152)
+    width: int = 896  # output columns (paper: 896)
+    crop_breast: bool = True  # crop to the largest connected component's bounding box (paper: no crop for whole images)
+    breast_threshold: float = 0.05  # segmentation threshold, fraction of the image's max intensity (paper: 0.05)
+    canonical_side: Literal["left", "none"] = "left"  # flip right breasts so the chest wall is on the left
+    aspect: Literal["stretch", "pad"] = "stretch"  # stretch = paper (aspect not kept); pad = keep aspect, pad with 0
+    interpolation: Literal["area", "bilinear", "bicubic"] = "area"  # area avoids aliasing when downsizing 3-5x
+    voi: Literal["auto", "none", "window", "voi_lut"] = "auto"  # DICOM VOI handling (see io.dicom.read_mammogram)
+    window_index: int = 0  # which of several WindowCenter/Width pairs to use
+    intensity: Literal["minmax", "none"] = "minmax"  # minmax: stretch the breast's 0.5..99.5 % range to 0..65535
+    extra: dict = field(default_factory=dict)  # adapter-specific, recorded for provenance only
+
+    def validate(self) -> None:
+        if self.height < 32 or self.width < 32:
+            raise ConfigError(f"preprocess: image size {self.height}x{self.width} is too small (minimum 32x32)")
+        if not 0.0 < self.breast_threshold < 1.0:
+            raise ConfigError(f"preprocess.breast_threshold must be in (0, 1), got {self.breast_threshold}")
+
+
+def to_model_input(image_u16: np.ndarray, mean: float, std: float) -> torch.Tensor:
+    """uint16 image (H, W) -> float32 tensor (1, H, W) normalised with the model's stored mean/std."""
+    if image_u16.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {image_u16.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(image_u16, dtype=np.float32)) / U16_MAX
+    return ((x - mean) / std).unsqueeze(0)

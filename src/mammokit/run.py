@@ -1,0 +1,170 @@
+"""The run folder is the model: save and load everything needed to use a trained network.
+
+Layout of a run folder::
+
+    RUN/
+      model.json          ModelCard: architecture + kwargs, input size, preprocessing, normalisation,
+                          label names, which labels mean "malignant", operating threshold, calibration
+      model.safetensors   weights (safetensors: no pickle, so loading never executes code)
+      config.yaml         the resolved training configuration
+      metrics.json        validation/test metrics written by training or evaluation
+      calibration.json    optional temperature/Platt scaling fitted on validation data (plain JSON)
+      logs/               Lightning CSV / TensorBoard logs
+      checkpoints/        Lightning checkpoints (for --resume only; never needed to load the model)
+
+Loading needs nothing but this folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mammokit.config import dump_yaml, from_dict, to_dict
+from mammokit.preprocess import PreprocessSpec
+from mammokit.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+from mammokit.version import __version__
+
+MODEL_JSON = "model.json"
+WEIGHTS = "model.safetensors"
+CONFIG_YAML = "config.yaml"
+METRICS_JSON = "metrics.json"
+CALIBRATION_JSON = "calibration.json"
+FORMAT_VERSION = 1
+
+
+class RunFolderError(FileNotFoundError):
+    """A run folder is missing a file or holds an inconsistent one."""
+
+
+@dataclass
+class InputSpec:
+    """What the network expects: the prepared image geometry and the intensity normalisation."""
+
+    height: int
+    width: int
+    channels: int = 1  # grayscale; the stem of ImageNet models is adapted (see models.backbones)
+    pixel_mean: float = 0.449  # applied to uint16/65535; default = ImageNet RGB means averaged
+    pixel_std: float = 0.226
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+
+
+@dataclass
+class ModelCard:
+    """Contents of `model.json`."""
+
+    task: Literal["patch", "whole"]
+    arch: str  # name in mammokit.models.registry
+    arch_kwargs: dict[str, Any]
+    input: InputSpec
+    labels: list[str]  # output unit i is labels[i]
+    positive_labels: list[str]  # p(malignant) = sum of softmax over these labels
+    threshold: float = 0.5  # operating threshold on p(malignant) for the yes/no call
+    threshold_rule: str = "default 0.5"  # how the threshold was chosen (e.g. "youden on val")
+    format_version: int = FORMAT_VERSION
+    mammokit_version: str = __version__
+    created: str = ""
+    parent_run: str | None = None  # the patch run a whole-image model was initialised from
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def positive_indices(self) -> list[int]:
+        return [self.labels.index(name) for name in self.positive_labels]
+
+
+def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, de-aliased copy of the model's state dict (safetensors refuses shared storage)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        out[key] = tensor.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def save_run(
+    run_dir: str | Path,
+    model: nn.Module,
+    card: ModelCard,
+    *,
+    config: Any | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write weights, model.json and (optionally) the resolved config and metrics into `run_dir`."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not card.created:
+        card = dataclasses.replace(card, created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    _atomic_save_safetensors(state_dict_for_saving(model), run_dir / WEIGHTS, {"format": "pt", "arch": card.arch})
+    atomic_write_json(run_dir / MODEL_JSON, to_dict(card))
+    if config is not None:
+        atomic_write_text(run_dir / CONFIG_YAML, dump_yaml(config))
+    if metrics is not None:
+        write_metrics(run_dir, metrics)
+    return run_dir
+
+
+def write_metrics(run_dir: str | Path, metrics: dict[str, Any], *, merge: bool = True) -> None:
+    """Write (or merge into) `metrics.json`."""
+    path = Path(run_dir) / METRICS_JSON
+    current: dict[str, Any] = {}
+    if merge and path.is_file():
+        current = json.loads(path.read_text())
+    current.update(metrics)
+    atomic_write_json(path, current)
+
+
+def read_card(run_dir: str | Path) -> ModelCard:
+    """Read and validate `model.json`."""
+    run_dir = Path(run_dir)
+    path = run_dir / MODEL_JSON
+    if not path.is_file():
+        raise RunFolderError(
+            f"{run_dir} is not a mammokit run folder: {MODEL_JSON} is missing "
+            "(train one with `mammokit train patch|whole`, or pass the folder that holds model.json)"
+        )
+    data = json.loads(path.read_text())
+    version = data.get("format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise RunFolderError(f"{path}: format_version {version} is newer than this mammokit supports; upgrade")
+    return from_dict(ModelCard, data)
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
+    """Rebuild the network from `model.json`, load `model.safetensors`, and return it in eval mode."""
+    from mammokit.models.registry import create_model
+
+    run_dir = Path(run_dir)
+    card = read_card(run_dir)
+    weights = run_dir / WEIGHTS
+    if not weights.is_file():
+        raise RunFolderError(f"{run_dir}: {WEIGHTS} is missing; the run did not finish saving")
+    kwargs = dict(card.arch_kwargs)
+    kwargs["pretrained"] = None  # the saved weights replace any initialisation
+    model = create_model(card.arch, **kwargs)
+    state = load_file(str(weights), device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RunFolderError(
+            f"{weights} does not match architecture {card.arch!r}: missing {list(missing)[:5]}, "
+            f"unexpected {list(unexpected)[:5]}"
+        )
+    model.to(device).eval()
+    return model, card
+
+
+def read_calibration(run_dir: str | Path) -> dict[str, Any] | None:
+    """The stored calibration map (plain JSON) or None."""
+    path = Path(run_dir) / CALIBRATION_JSON
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,1 @@
+"""Synthetic mammogram phantom, written in the real file layouts of public datasets."""

@@ -1,0 +1,70 @@
+"""Atomic file writes: a reader never sees a half-written file, and a killed job leaves no partial output.
+
+Every writer in mammokit that produces a file another step reads (prepared images, manifests, run
+folders, reports) goes through these helpers: write to a temporary file in the same directory, flush
+and fsync, then `os.replace`, which is atomic on POSIX filesystems.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
+
+    The temporary name keeps the final suffix so that libraries choosing a format by extension
+    (Pillow, pandas) still do the right thing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 `text` to `path` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> None:
+    """Write `obj` as JSON (NaN written as null, so that any JSON reader can load it)."""
+    atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=indent, sort_keys=False) + "\n")
+
+
+def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:
+    """Call `writer(tmp_path)` and move the result into place atomically (e.g. `df.to_parquet`)."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and obj != obj:  # NaN is the only float not equal to itself
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nan_to_none(v) for v in obj]
+    return obj
