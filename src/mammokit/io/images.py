@@ -1,0 +1,44 @@
+"""Prepared-image I/O: 16-bit grayscale PNG (images, patches) and 8-bit PNG (masks), written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mammokit.utils.atomic import atomic_path
+
+
+def write_png16(path: str | Path, image_u16: np.ndarray) -> None:
+    """Write a (H, W) uint16 array as a 16-bit grayscale PNG."""
+    if image_u16.dtype != np.uint16 or image_u16.ndim != 2:
+        raise ValueError(f"write_png16 expects a 2-D uint16 array, got {image_u16.dtype} {image_u16.shape}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(image_u16).save(tmp, format="PNG", compress_level=1)
+
+
+def write_png8(path: str | Path, image_u8: np.ndarray) -> None:
+    """Write a (H, W) uint8 array (e.g. a 0/255 mask) as an 8-bit grayscale PNG."""
+    if image_u8.dtype != np.uint8 or image_u8.ndim != 2:
+        raise ValueError(f"write_png8 expects a 2-D uint8 array, got {image_u8.dtype} {image_u8.shape}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(image_u8).save(tmp, format="PNG", compress_level=1)
+
+
+def read_png16(path: str | Path) -> np.ndarray:
+    """Read a prepared grayscale PNG as uint16 (8-bit files are scaled by 257 so 255 -> 65535)."""
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: expected a grayscale PNG, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.uint16) * 257
+    return arr.astype(np.uint16, copy=False)
+
+
+def read_png8(path: str | Path) -> np.ndarray:
+    """Read an 8-bit grayscale PNG (masks)."""
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("L"))
+    return arr
