@@ -9,7 +9,8 @@ Two steps, both parameterised only by values stored with the data and the model:
    function on a new file. The `PreprocessSpec` used is written into `dataset.json` and copied into each
    run's `model.json`, so a run folder knows how its inputs were made.
 2. `to_model_input(image_u16, mean, std)`: uint16 -> float32 in [0, 1] -> (x - mean) / std, one
-   channel. The mean/std are stored in `model.json` (never re-typed by users).
+   channel (NumPy only, so the ONNX path never imports torch). The mean/std are stored in
+   `model.json` (never re-typed by users).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import torch
 
 from mammokit.config import ConfigError
 
@@ -48,9 +48,12 @@ class PreprocessSpec:
             raise ConfigError(f"preprocess.breast_threshold must be in (0, 1), got {self.breast_threshold}")
 
 
-def to_model_input(image_u16: np.ndarray, mean: float, std: float) -> torch.Tensor:
-    """uint16 image (H, W) -> float32 tensor (1, H, W) normalised with the model's stored mean/std."""
+def to_model_input(image_u16: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """uint16 image (H, W) -> float32 array (1, H, W) normalised with the model's stored mean/std.
+
+    NumPy only (no torch), so the ONNX prediction path can use it without importing torch.
+    """
     if image_u16.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {image_u16.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(image_u16, dtype=np.float32)) / U16_MAX
-    return ((x - mean) / std).unsqueeze(0)
+    x = image_u16.astype(np.float32) / np.float32(U16_MAX)
+    return ((x - np.float32(mean)) / np.float32(std))[None]

@@ -22,16 +22,16 @@ import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING, Any, Literal
 
 from mammokit.config import dump_yaml, from_dict, to_dict
 from mammokit.preprocess import PreprocessSpec
 from mammokit.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 from mammokit.version import __version__
+
+if TYPE_CHECKING:  # torch is imported lazily so that reading a card (ONNX path) never needs it
+    import torch
+    from torch import nn
 
 MODEL_JSON = "model.json"
 WEIGHTS = "model.safetensors"
@@ -81,6 +81,8 @@ class ModelCard:
 
 
 def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
@@ -143,6 +145,8 @@ def read_card(run_dir: str | Path) -> ModelCard:
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """Rebuild the network from `model.json`, load `model.safetensors`, and return it in eval mode."""
+    from safetensors.torch import load_file
+
     from mammokit.models.registry import create_model
 
     run_dir = Path(run_dir)
