@@ -1,0 +1,435 @@
+"""`read_mammogram`: one mammogram file (DICOM, PNG, PGM, JPEG) -> float32 MONOCHROME2 pixels + `MammoMeta`.
+
+DICOM files are handled per the standard (PS3.3 C.11), on the CPU, with pydicom's own transforms:
+
+1. decode the stored values (pydicom and its codec plugins: native RLE, pylibjpeg-libjpeg for JPEG
+   baseline/extended/lossless, pyjpegls for JPEG-LS, pylibjpeg-openjpeg for JPEG 2000); pydicom masks
+   the bits above BitsStored;
+2. remember the Pixel Padding Value range (stored values that mean "no image here");
+3. Modality LUT (`apply_modality_lut`: RescaleSlope/Intercept or a Modality LUT Sequence);
+4. VOI LUT (`apply_voi` for a VOI LUT Sequence, `apply_windowing` for Window Center/Width with the
+   LINEAR, LINEAR_EXACT or SIGMOID function), chosen by `voi` and `window_index`;
+5. MONOCHROME1 is inverted within the output range so that brighter = denser (MONOCHROME2);
+6. padding pixels are set to the bottom of the output range (background).
+
+The values are *not* normalised: `meta.extra["value_range"]` holds the nominal output range that
+follows from BitsStored, the Modality LUT and the VOI transform (e.g. (0, 4095) for an unwindowed
+12-bit image), which `prepare_pixels` uses when it does not stretch intensities per image.
+
+Files that are not images, not mammograms (Modality other than MG), multi-frame (tomosynthesis) or
+"FOR PROCESSING" (raw detector data; unless `allow_for_processing=True`) are refused with a
+`MammogramReadError` that says why. Patient identifiers are never copied into the metadata or logs:
+PatientID is only *searched* for the CBIS-DDSM `_LEFT_CC` pattern.
+
+No torch here: the ONNX prediction path imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mammokit.io.meta import MammoMeta
+
+log = logging.getLogger(__name__)
+
+VoiMode = Literal["auto", "none", "window", "voi_lut"]
+VOI_MODES: tuple[str, ...] = ("auto", "none", "window", "voi_lut")
+
+# SOP classes of raw detector data ("FOR PROCESSING"), refused unless explicitly allowed.
+FOR_PROCESSING_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.1.2.1": "Digital Mammography X-Ray Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.1.3.1": "Digital Intra-Oral X-Ray Image Storage - For Processing",
+}
+
+# CBIS-DDSM names folders and PatientIDs like `Mass-Training_P_00001_LEFT_CC` (also `..._LEFT_CC_1` for ROIs).
+_SIDE_VIEW_PATTERN = re.compile(r"_(LEFT|RIGHT)_(CC|MLO)(?=$|[^A-Za-z])", re.IGNORECASE)
+
+# View codes that can appear in ViewPosition (and, in CBIS-DDSM, misused in PatientOrientation).
+KNOWN_VIEWS: frozenset[str] = frozenset({"CC", "MLO", "ML", "LM", "LMO", "XCCL", "XCCM", "FB", "SIO", "AT", "CV"})
+
+# ViewCodeSequence (CID 4014): SNOMED code values (old SRT and new SCT) and meanings of the two screening views.
+_VIEW_CODES: dict[str, str] = {"R-10242": "CC", "399162004": "CC", "R-10226": "MLO", "399368009": "MLO"}
+_VIEW_MEANINGS: dict[str, str] = {
+    "cranio-caudal": "CC",
+    "medio-lateral oblique": "MLO",
+    "medio-lateral": "ML",
+    "latero-medial": "LM",
+    "exaggerated cranio-caudal": "XCCL",
+}
+
+_TRANSFER_SYNTAX_PLUGINS = (
+    "install the codec plugins: pylibjpeg + pylibjpeg-libjpeg (JPEG baseline/extended/lossless), "
+    "pyjpegls (JPEG-LS), pylibjpeg-openjpeg (JPEG 2000)"
+)
+
+
+class MammogramReadError(ValueError):
+    """A file could not be read as a mammogram; the message names the file and says why."""
+
+
+def laterality_view_from_text(text: str) -> tuple[str | None, str | None, str | None]:
+    """Find a CBIS-DDSM style `_LEFT_CC` / `_RIGHT_MLO` pattern in `text` (a path or an id).
+
+    Returns:
+        `(laterality "L"/"R" or None, view "CC"/"MLO" or None, "pattern" or None)`.
+    """
+    match = _SIDE_VIEW_PATTERN.search(text)
+    if not match:
+        return None, None, None
+    return match.group(1).upper()[0], match.group(2).upper(), "pattern"
+
+
+def read_mammogram(
+    path: str | Path,
+    *,
+    voi: VoiMode = "auto",
+    window_index: int = 0,
+    allow_for_processing: bool = False,
+) -> tuple[np.ndarray, MammoMeta]:
+    """Read one mammogram file.
+
+    Args:
+        path: a DICOM (recognised by the `DICM` marker), PNG, PGM or JPEG file.
+        voi: DICOM VOI handling. "auto" (default) applies a VOI LUT Sequence if the file has one, else
+            its Window Center/Width, else nothing - what a viewer shows by default; "none" skips VOI;
+            "window" requires Window Center/Width; "voi_lut" requires a VOI LUT Sequence.
+            Ignored for PNG/PGM/JPEG.
+        window_index: which of several windows / VOI LUTs to use (0 = the first, the default view).
+        allow_for_processing: accept "FOR PROCESSING" (raw detector) DICOMs instead of refusing them.
+
+    Returns:
+        `(pixels, meta)`: float32 array (H, W), MONOCHROME2 (brighter = denser), after the Modality and
+        VOI LUTs, not normalised; and its `MammoMeta`.
+
+    Raises:
+        MammogramReadError: the file is missing, unreadable or not an acceptable mammogram; the
+            message says which check failed.
+    """
+    path = Path(path)
+    if voi not in VOI_MODES:
+        raise ValueError(f"voi must be one of {VOI_MODES}, got {voi!r}")
+    if not path.is_file():
+        raise MammogramReadError(f"{path}: file not found")
+    kind = sniff_format(path)
+    if kind == "dicom":
+        return _read_dicom(path, voi=voi, window_index=window_index, allow_for_processing=allow_for_processing)
+    if kind in ("png", "pgm", "jpeg"):
+        from mammokit.io.raster import read_raster
+
+        return read_raster(path)
+    raise MammogramReadError(
+        f"{path}: not a DICOM, PNG, PGM or JPEG file (no 'DICM' marker at byte 128 and no image signature); "
+        "check that the path points at an image"
+    )
+
+
+def sniff_format(path: Path) -> str | None:
+    """'dicom', 'png', 'pgm', 'jpeg' from the file's first bytes, or None."""
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:2] in (b"P2", b"P5"):
+        return "pgm"
+    if head.startswith(b"\xff\xd8"):
+        return "jpeg"
+    return None
+
+
+def _dcmread(path: Path) -> Any:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise MammogramReadError(f"{path}: not a valid DICOM file ({exc})") from None
+    except Exception as exc:  # pydicom raises EOFError, struct.error, ValueError... on damaged files
+        raise MammogramReadError(
+            f"{path}: unreadable DICOM, probably truncated or corrupt ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _check_is_mammogram(ds: Any, path: Path, allow_for_processing: bool) -> None:
+    """Refuse what is not a single-frame, for-presentation MG image, saying why."""
+    if "PixelData" not in ds:
+        sop = ds.get("SOPClassUID")
+        sop_name = getattr(sop, "name", None) or "unknown SOP class"
+        raise MammogramReadError(f"{path}: has no pixel data (not an image; SOP class: {sop_name})")
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality != "MG":
+        raise MammogramReadError(
+            f"{path}: Modality is {modality or 'missing'!r}, not 'MG' (mammography); only mammograms are accepted"
+        )
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows <= 0 or cols <= 0:
+        raise MammogramReadError(f"{path}: zero-size image (Rows={rows}, Columns={cols})")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise MammogramReadError(
+            f"{path}: multi-frame image ({frames} frames, e.g. tomosynthesis); only 2-D mammograms are supported"
+        )
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "")
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise MammogramReadError(
+            f"{path}: not a grayscale image (PhotometricInterpretation={photometric!r}, SamplesPerPixel={samples})"
+        )
+    intent = str(ds.get("PresentationIntentType", "") or "").upper()
+    sop = str(ds.get("SOPClassUID", ""))
+    if (intent == "FOR PROCESSING" or sop in FOR_PROCESSING_SOP_CLASSES) and not allow_for_processing:
+        raise MammogramReadError(
+            f"{path}: a 'FOR PROCESSING' image (raw detector data, not meant for display); use the "
+            "'FOR PRESENTATION' image of the same view, or pass allow_for_processing=True to read it anyway"
+        )
+
+
+def _decode(ds: Any, path: Path) -> np.ndarray:
+    ts = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    ts_name = getattr(ts, "name", str(ts))
+    try:
+        arr = ds.pixel_array
+    except (RuntimeError, NotImplementedError) as exc:
+        if "plugin" in str(exc).lower() or "decoder" in str(exc).lower():
+            raise MammogramReadError(
+                f"{path}: no decoder for transfer syntax {ts_name!r}; {_TRANSFER_SYNTAX_PLUGINS}"
+            ) from None
+        raise MammogramReadError(f"{path}: pixel data could not be decoded ({ts_name}): {exc}") from None
+    except Exception as exc:
+        raise MammogramReadError(
+            f"{path}: pixel data could not be decoded, the file is probably truncated or corrupt "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    if arr.ndim != 2 or arr.size == 0:
+        raise MammogramReadError(f"{path}: decoded pixel data has shape {arr.shape}, expected a 2-D image")
+    return arr
+
+
+def _stored_range(ds: Any) -> tuple[float, float]:
+    """Nominal range of the stored values from BitsStored and PixelRepresentation."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    return 0.0, float(2**bits - 1)
+
+
+def _modality_range(ds: Any) -> tuple[float, float]:
+    """Nominal range after the Modality LUT (mirrors the output-range rule of pydicom's apply_windowing)."""
+    seq = ds.get("ModalityLUTSequence")
+    if seq:
+        return 0.0, float(2 ** int(seq[0].LUTDescriptor[2]) - 1)
+    lo, hi = _stored_range(ds)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        a, b = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+        return min(a, b), max(a, b)
+    return lo, hi
+
+
+def _padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray | None:
+    """Pixels whose *stored* value is the Pixel Padding Value (or within its range limit)."""
+    pad = ds.get("PixelPaddingValue")
+    if pad is None:
+        return None
+    pad = int.from_bytes(pad, "little") if isinstance(pad, bytes) else int(pad)
+    limit = ds.get("PixelPaddingRangeLimit")
+    if limit is None:
+        return stored == pad
+    limit = int.from_bytes(limit, "little") if isinstance(limit, bytes) else int(limit)
+    lo, hi = min(pad, limit), max(pad, limit)
+    return (stored >= lo) & (stored <= hi)
+
+
+def _window_count(ds: Any) -> int:
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return 0
+    return int(ds["WindowCenter"].VM)
+
+
+def _apply_voi(
+    arr: np.ndarray, ds: Any, path: Path, voi: str, index: int, value_range: tuple[float, float]
+) -> tuple[np.ndarray, str, tuple[float, float]]:
+    """Apply the chosen VOI transform; returns (pixels, description, new nominal range)."""
+    from pydicom.pixels.processing import apply_voi, apply_windowing
+
+    lut_seq = ds.get("VOILUTSequence")
+    n_luts = len(lut_seq) if lut_seq else 0
+    n_windows = _window_count(ds)
+    if voi == "auto":
+        voi = "voi_lut" if n_luts else ("window" if n_windows else "none")
+    if voi == "none":
+        return arr, "none", value_range
+    if voi == "voi_lut":
+        if not n_luts:
+            raise MammogramReadError(f"{path}: voi='voi_lut' but the file has no VOI LUT Sequence; use voi='auto'")
+        if not 0 <= index < n_luts:
+            raise MammogramReadError(f"{path}: window_index={index} but the file has {n_luts} VOI LUT(s)")
+        item = lut_seq[index]
+        out_bits = int(item.LUTDescriptor[2])
+        explanation = str(item.get("LUTExplanation", "") or "")
+        desc = f"voi_lut[{index}]" + (f"({explanation})" if explanation else "")
+        return apply_voi(arr, ds, index), desc, (0.0, float(2**out_bits - 1))
+    # voi == "window"
+    if not n_windows:
+        raise MammogramReadError(
+            f"{path}: voi='window' but the file has no Window Center/Width; use voi='auto' or voi='none'"
+        )
+    if not 0 <= index < n_windows:
+        raise MammogramReadError(f"{path}: window_index={index} but the file has {n_windows} window(s)")
+    func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    centre = ds["WindowCenter"].value
+    width = ds["WindowWidth"].value
+    centre = float(centre[index] if ds["WindowCenter"].VM > 1 else centre)
+    width = float(width[index] if ds["WindowWidth"].VM > 1 else width)
+    try:
+        out = apply_windowing(arr, ds, index)
+    except ValueError as exc:
+        raise MammogramReadError(f"{path}: invalid VOI window ({exc})") from None
+    return out, f"window(c={centre:g},w={width:g},{func})", value_range
+
+
+def _laterality(ds: Any, path: Path) -> tuple[str | None, str | None]:
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = str(ds.get(keyword, "") or "").strip().upper()
+        if value in ("L", "R"):
+            return value, keyword
+    for source, text in (("PatientID pattern", str(ds.get("PatientID", "") or "")), ("path pattern", str(path))):
+        lat, _, found = laterality_view_from_text(text)
+        if found:
+            return lat, source
+    return None, None
+
+
+def _view(ds: Any, path: Path) -> tuple[str | None, str | None]:
+    value = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if value:
+        return value, "ViewPosition"
+    for item in ds.get("ViewCodeSequence", None) or []:
+        code = str(item.get("CodeValue", "") or "").strip()
+        meaning = str(item.get("CodeMeaning", "") or "").strip().lower()
+        view = _VIEW_CODES.get(code) or _VIEW_MEANINGS.get(meaning)
+        if view:
+            return view, "ViewCodeSequence"
+    orientation = ds.get("PatientOrientation")
+    if orientation:
+        parts = [str(p).strip().upper() for p in (orientation if not isinstance(orientation, str) else [orientation])]
+        for part in parts:
+            if part in KNOWN_VIEWS:  # CBIS-DDSM stores the view here instead of row/column directions
+                return part, "PatientOrientation"
+    for source, text in (("PatientID pattern", str(ds.get("PatientID", "") or "")), ("path pattern", str(path))):
+        _, view, found = laterality_view_from_text(text)
+        if found:
+            return view, source
+    return None, None
+
+
+def _spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None]:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2:
+            try:
+                row, col = float(value[0]), float(value[1])
+            except (TypeError, ValueError):
+                continue
+            if row > 0 and col > 0:
+                return (row, col), keyword
+    return None, None
+
+
+def _read_dicom(path: Path, *, voi: str, window_index: int, allow_for_processing: bool) -> tuple[np.ndarray, MammoMeta]:
+    from pydicom.pixels.processing import apply_modality_lut
+
+    ds = _dcmread(path)
+    _check_is_mammogram(ds, path, allow_for_processing)
+    stored = _decode(ds, path)
+    padding = _padding_mask(ds, stored)
+
+    arr = apply_modality_lut(stored, ds)
+    value_range = _modality_range(ds)
+    arr, voi_desc, value_range = _apply_voi(arr, ds, path, voi, window_index, value_range)
+    pixels = np.asarray(arr, dtype=np.float32)
+    if pixels is stored or np.shares_memory(pixels, stored):
+        pixels = pixels.copy()  # never hand out (or modify) pydicom's decoded buffer
+    lo, hi = value_range
+    photometric = str(ds.PhotometricInterpretation)
+    if photometric == "MONOCHROME1":
+        # MONOCHROME1: the minimum is displayed white; mirror within the output range so dense tissue is bright.
+        np.subtract(np.float32(lo + hi), pixels, out=pixels)
+    extra: dict[str, Any] = {"value_range": (float(lo), float(hi))}
+    if padding is not None:
+        n_pad = int(padding.sum())
+        if n_pad:
+            pixels[padding] = np.float32(lo)  # padding = no image here = background
+        extra["padding_pixels"] = n_pad
+
+    laterality, lat_source = _laterality(ds, path)
+    view, view_source = _view(ds, path)
+    spacing, spacing_source = _spacing(ds)
+    extra.update(
+        laterality_source=lat_source,
+        view_source=view_source,
+        spacing_source=spacing_source,
+        sop_class=str(ds.get("SOPClassUID", "")),
+        n_windows=_window_count(ds),
+        n_voi_luts=len(ds.get("VOILUTSequence") or []),
+    )
+    ts = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    bits = ds.get("BitsStored")
+    meta = MammoMeta(
+        source_format="dicom",
+        height=int(pixels.shape[0]),
+        width=int(pixels.shape[1]),
+        bits_stored=int(bits) if bits is not None else None,
+        photometric=photometric,
+        laterality=laterality,
+        view=view,
+        spacing_mm=spacing,
+        manufacturer=str(ds.get("Manufacturer", "") or "") or None,
+        presentation_intent=str(ds.get("PresentationIntentType", "") or "") or None,
+        transfer_syntax=str(ts) if ts else None,
+        voi_applied=voi_desc,
+        extra=extra,
+    )
+    return pixels, meta
+
+
+def read_mask_file(path: str | Path) -> np.ndarray:
+    """Read a lesion mask file (DICOM of any modality, PNG, PGM) as a boolean (H, W) array.
+
+    Mask DICOMs (e.g. CBIS-DDSM ROI masks) are binary images that are not necessarily Modality MG, so
+    they skip the mammogram checks and all LUTs: a pixel is lesion when its stored value is above the
+    nonzero (below full scale for MONOCHROME1).
+
+    Raises:
+        MammogramReadError: the file is missing, unreadable or not a 2-D single-channel image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MammogramReadError(f"{path}: mask file not found")
+    kind = sniff_format(path)
+    if kind == "dicom":
+        ds = _dcmread(path)
+        if "PixelData" not in ds:
+            raise MammogramReadError(f"{path}: mask DICOM has no pixel data")
+        arr = _decode(ds, path)
+        if arr.ndim != 2:
+            raise MammogramReadError(f"{path}: mask DICOM is not a 2-D single-channel image (shape {arr.shape})")
+        if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+            return arr < _stored_range(ds)[1]  # MONOCHROME1: lesion is darker than full white
+        return arr > 0
+    if kind in ("png", "pgm", "jpeg"):
+        from mammokit.io.raster import read_raster
+
+        pixels, _ = read_raster(path)
+        # JPEG masks carry compression noise around 0; half the range separates lesion from background.
+        threshold = 0.0 if kind != "jpeg" else 127.0
+        return pixels > threshold
+    raise MammogramReadError(f"{path}: not a DICOM, PNG, PGM or JPEG mask file")
