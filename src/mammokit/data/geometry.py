@@ -1,0 +1,365 @@
+"""Breast geometry: segment, crop, orient and resize a mammogram, and map arrays between the two pixel grids.
+
+`prepare_pixels(pixels, meta, spec)` is the single preprocessing path: `mammokit prepare` runs it on
+every training image and `mammokit predict` on every new file, so train and predict inputs are made
+identically. Steps, for a float32 (H, W) MONOCHROME2 image:
+
+1. **Reduce early.** A block-averaged copy with short side ~`SEGMENT_SIDE` px is used for segmentation
+   and orientation (a 3000 x 5000 scan is ~270 x 450), which keeps connected-component labelling cheap.
+2. **Segment** (`segment_breast`): threshold at `spec.breast_threshold` of the image's intensity range
+   (paper: 5 % of the max), cut thin bridges (film borders) by a morphological opening, keep the
+   largest 8-connected component, fill its holes.
+3. **Crop** to the component's bounding box (`spec.crop_breast`), in original pixels.
+4. **Orient**: chest wall on the left (`spec.canonical_side="left"`): right breasts are mirrored. When
+   laterality is unknown, the side holding more breast is taken as the chest wall. Both are recorded.
+5. **Resize** the crop to `spec.height x spec.width` with area averaging (integer block means, then a
+   Pillow box filter for the fractional remainder): "stretch" (paper) or "pad" (keep aspect, content
+   against the chest-wall edge, centred vertically, zero padding).
+6. **Intensity**: "minmax" maps the breast's 0.5-99.5 percentile range to 0..65535 (robust to film
+   labels and single hot pixels); "none" maps the reader's nominal `value_range` (BitsStored/VOI-aware)
+   to 0..65535. When cropping, pixels outside the breast are set to 0 (burned-in labels and markers are
+   not breast and must not become a shortcut for the classifier).
+
+`Geometry` records everything needed to go back: `to_original` puts a prepared-grid array (heatmap,
+mask) on the original pixel grid; `to_prepared` brings an original-grid mask (lesion ROI) to the
+prepared grid. NumPy/SciPy/Pillow only (no torch): the ONNX prediction path imports this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from mammokit.io.meta import MammoMeta
+from mammokit.preprocess import U16_MAX, PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+SEGMENT_SIDE = 256  # short side (px) of the reduced copy used for segmentation and orientation
+PERCENTILES = (0.5, 99.5)  # breast intensity range mapped to 0..65535 by intensity="minmax"
+
+
+class PreprocessError(ValueError):
+    """An image cannot be preprocessed (e.g. it is blank); the message says why."""
+
+
+@dataclass
+class Geometry:
+    """How a prepared image relates to its source image (all boxes half-open, y1/x1 exclusive).
+
+    Order of operations: crop (original pixels) -> mirror left-right if `flipped` -> resize to the
+    content box -> place the content box at (pad_top, pad_left) in an out_height x out_width canvas.
+    """
+
+    orig_height: int
+    orig_width: int
+    crop_y0: int
+    crop_y1: int
+    crop_x0: int
+    crop_x1: int
+    flipped: bool
+    out_height: int
+    out_width: int
+    pad_top: int = 0
+    pad_bottom: int = 0
+    pad_left: int = 0
+    pad_right: int = 0
+    orientation_source: str = "none"  # "laterality", "content" (laterality unknown) or "none" (no canonicalisation)
+    breast_on_right: bool = False  # where the segmented breast mass sits in the *original* image
+    intensity_range: tuple[float, float] = (0.0, 0.0)  # source values mapped to 0 and 65535
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def content_height(self) -> int:
+        return self.out_height - self.pad_top - self.pad_bottom
+
+    @property
+    def content_width(self) -> int:
+        return self.out_width - self.pad_left - self.pad_right
+
+    @property
+    def crop_shape(self) -> tuple[int, int]:
+        return self.crop_y1 - self.crop_y0, self.crop_x1 - self.crop_x0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["intensity_range"] = [float(v) for v in self.intensity_range]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Geometry:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        if "intensity_range" in kwargs:
+            kwargs["intensity_range"] = tuple(kwargs["intensity_range"])
+        return cls(**kwargs)
+
+    def to_prepared(self, mask_orig: np.ndarray) -> np.ndarray:
+        """Original-grid boolean mask (orig_height, orig_width) -> prepared-grid mask (out_height, out_width).
+
+        An output pixel is set when at least half of its area is covered; a lesion so small that no
+        output pixel reaches half coverage keeps its best-covered pixels, so it never disappears.
+        """
+        if mask_orig.shape != (self.orig_height, self.orig_width):
+            raise ValueError(
+                f"mask shape {mask_orig.shape} does not match the source image ({self.orig_height}, {self.orig_width})"
+            )
+        crop = mask_orig[self.crop_y0 : self.crop_y1, self.crop_x0 : self.crop_x1].astype(np.float32)
+        if self.flipped:
+            crop = crop[:, ::-1]
+        cover = resize(crop, (self.content_height, self.content_width), "area")
+        inside = cover >= 0.5
+        if not inside.any() and cover.max() > 0:
+            inside = cover >= 0.5 * cover.max()
+        out = np.zeros((self.out_height, self.out_width), dtype=bool)
+        out[self.pad_top : self.pad_top + self.content_height, self.pad_left : self.pad_left + self.content_width] = (
+            inside
+        )
+        return out
+
+    def to_original(self, array_out: np.ndarray, *, fill: float = 0.0) -> np.ndarray:
+        """Prepared-grid array -> original pixel grid (orig_height, orig_width).
+
+        `array_out` may be (out_height, out_width) or any coarser map covering the whole prepared image
+        (e.g. a heatmap); it is resized to the prepared size first. Float arrays are interpolated
+        bilinearly, boolean ones by nearest neighbour; pixels outside the crop box get `fill`.
+
+        Returns:
+            float32 array, or bool for a boolean input.
+        """
+        if array_out.ndim != 2:
+            raise ValueError(f"expected a 2-D array, got shape {array_out.shape}")
+        is_bool = array_out.dtype == bool
+        method = "nearest" if is_bool else "bilinear"
+        arr = array_out.astype(np.float32)
+        if arr.shape != (self.out_height, self.out_width):
+            arr = resize(arr, (self.out_height, self.out_width), method)
+        rows = slice(self.pad_top, self.pad_top + self.content_height)
+        content = arr[rows, self.pad_left : self.pad_left + self.content_width]
+        if self.flipped:
+            content = content[:, ::-1]
+        back = resize(np.ascontiguousarray(content), self.crop_shape, method)
+        out = np.full((self.orig_height, self.orig_width), fill, dtype=np.float32)
+        out[self.crop_y0 : self.crop_y1, self.crop_x0 : self.crop_x1] = back
+        return out > 0.5 if is_bool else out
+
+
+# --- resizing -------------------------------------------------------------------------------------------------
+
+
+def block_mean(arr: np.ndarray, ky: int, kx: int) -> np.ndarray:
+    """Average non-overlapping ky x kx blocks (exact area downsampling by integer factors).
+
+    Trailing rows/columns that do not fill a block are dropped. Implemented as strided sums, which
+    is several times faster than `reshape(...).mean()` on large float32 images.
+    """
+    arr = np.asarray(arr, dtype=np.float32)
+    if ky > 1:
+        n = arr.shape[0] // ky
+        acc = arr[0 : n * ky : ky].copy()
+        for i in range(1, ky):
+            acc += arr[i : n * ky : ky]
+        arr = acc
+    if kx > 1:
+        n = arr.shape[1] // kx
+        acc = arr[:, 0 : n * kx : kx].copy()
+        for i in range(1, kx):
+            acc += arr[:, i : n * kx : kx]
+        arr = acc
+    if ky * kx > 1:
+        arr *= np.float32(1.0 / (ky * kx))
+    return arr
+
+
+_PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+}
+
+
+def resize(arr: np.ndarray, size: tuple[int, int], method: str = "area") -> np.ndarray:
+    """Resize a 2-D float array to `size` = (rows, cols); returns float32.
+
+    method: "area" (area averaging when shrinking: integer block means, then Pillow's box filter for
+    the fractional rest; bilinear on any axis that grows), "bilinear", "bicubic" (Pillow, antialiased
+    when shrinking) or "nearest".
+    """
+    h, w = int(size[0]), int(size[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"cannot resize to {size}")
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.shape == (h, w):
+        return arr.copy()
+    if method == "area":
+        ky, kx = max(1, arr.shape[0] // h), max(1, arr.shape[1] // w)
+        if ky > 1 or kx > 1:
+            arr = block_mean(arr, ky, kx)
+        if arr.shape == (h, w):
+            return arr
+        shrinking = arr.shape[0] >= h and arr.shape[1] >= w
+        method = "box" if shrinking else "bilinear"
+    image = Image.fromarray(np.ascontiguousarray(arr))  # float32 -> mode "F"
+    return np.asarray(image.resize((w, h), _PIL_FILTERS[method]), dtype=np.float32)
+
+
+# --- segmentation -----------------------------------------------------------------------------------------------
+
+
+def segment_breast(pixels: np.ndarray, threshold: float = 0.05) -> np.ndarray:
+    """Boolean mask of the breast: the largest bright connected component, holes filled.
+
+    Thin bright structures touching the breast (the film borders of digitised DDSM scans, rulers) would
+    join it into one component spanning the image, so the thresholded image is first opened with a
+    square of side ~1/32 of its short side; the largest 8-connected component of the opened image is
+    then grown back within the thresholded pixels by the same radius, which restores the skin line
+    without re-attaching the borders.
+
+    Args:
+        pixels: (H, W) MONOCHROME2 image (any scale; meant for a reduced copy of ~256 px short side).
+        threshold: fraction of the image's intensity range (min..max) above which a pixel is tissue.
+
+    Returns:
+        bool (H, W); all False for a constant image.
+    """
+    lo, hi = float(np.min(pixels)), float(np.max(pixels))
+    if hi <= lo:
+        return np.zeros(pixels.shape, dtype=bool)
+    binary = pixels > lo + threshold * (hi - lo)
+    side = 2 * max(1, round(min(pixels.shape) / 64)) + 1
+    # min/max filters with a square are separable, ~10x faster than binary_opening with the same square
+    opened = ndimage.maximum_filter(ndimage.minimum_filter(binary, size=side, mode="constant", cval=0), size=side)
+    if not opened.any():  # everything bright is thinner than the opening: fall back to the raw threshold
+        opened = binary
+    labels, n = ndimage.label(opened, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return binary
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    largest = labels == int(np.argmax(sizes))
+    grown = ndimage.maximum_filter(largest, size=side) & binary
+    return ndimage.binary_fill_holes(grown)
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _content_box(crop_h: int, crop_w: int, spec: PreprocessSpec) -> tuple[int, int, int, int, int, int]:
+    """(content_h, content_w, pad_top, pad_bottom, pad_left, pad_right) for the aspect policy."""
+    if spec.aspect == "stretch":
+        return spec.height, spec.width, 0, 0, 0, 0
+    scale = min(spec.height / crop_h, spec.width / crop_w)
+    ch = min(spec.height, max(1, round(crop_h * scale)))
+    cw = min(spec.width, max(1, round(crop_w * scale)))
+    top = (spec.height - ch) // 2
+    # chest wall on the left: content against the left edge; without canonical orientation: centred
+    left = 0 if spec.canonical_side == "left" else (spec.width - cw) // 2
+    return ch, cw, top, spec.height - ch - top, left, spec.width - cw - left
+
+
+def prepare_pixels(pixels: np.ndarray, meta: MammoMeta | None, spec: PreprocessSpec) -> tuple[np.ndarray, Geometry]:
+    """Raw MONOCHROME2 pixels -> canonical uint16 image (spec.height, spec.width) and its `Geometry`.
+
+    Args:
+        pixels: float (H, W) from `read_mammogram`.
+        meta: its MammoMeta (laterality for the orientation, value_range for intensity="none"); None
+            when unknown (orientation then comes from the image content).
+        spec: the PreprocessSpec stored with the dataset / model.
+
+    Raises:
+        PreprocessError: the image is blank (constant) or not 2-D.
+    """
+    if pixels.ndim != 2 or min(pixels.shape) < 2:
+        raise PreprocessError(f"expected a 2-D image of at least 2x2 pixels, got shape {pixels.shape}")
+    pixels = np.asarray(pixels, dtype=np.float32)
+    H, W = pixels.shape
+
+    # 1-2. segmentation on an area-reduced copy
+    k = max(1, min(H, W) // SEGMENT_SIDE)
+    small = block_mean(pixels, k, k)
+    breast_small = segment_breast(small, spec.breast_threshold)
+    if not breast_small.any():
+        raise PreprocessError("the image is blank (constant intensity): no breast to segment")
+    sh, sw = small.shape
+
+    # 3. crop box in original pixels (rounded outwards; the edge blocks absorb rows/cols dropped by block_mean)
+    if spec.crop_breast:
+        r0, r1, c0, c1 = _bbox(breast_small)
+        y0, x0 = r0 * k, c0 * k
+        y1 = H if r1 == sh else r1 * k
+        x1 = W if c1 == sw else c1 * k
+    else:
+        y0, y1, x0, x1 = 0, H, 0, W
+
+    # 4. orientation
+    half = sw // 2
+    left_mass = int(breast_small[:, :half].sum())
+    right_mass = int(breast_small[:, sw - half :].sum())
+    breast_on_right = right_mass > left_mass
+    laterality = (meta.laterality if meta is not None else None) or None
+    extra: dict[str, Any] = {}
+    if spec.canonical_side == "none":
+        flipped, source = False, "none"
+    elif laterality in ("L", "R"):
+        flipped, source = laterality == "R", "laterality"
+        if breast_on_right != flipped:  # content disagrees with the laterality tag: worth a look in QA
+            extra["orientation_disagrees"] = True
+    else:
+        flipped, source = breast_on_right, "content"
+
+    # 5. resize image and breast mask to the content box
+    ch, cw, top, bottom, left, right = _content_box(y1 - y0, x1 - x0, spec)
+    content = resize(pixels[y0:y1, x0:x1], (ch, cw), spec.interpolation)
+    # the reduced mask covering the crop, dilated by one reduced pixel so the skin line is never cut
+    ms = ndimage.binary_dilation(breast_small)[y0 // k : -(-y1 // k), x0 // k : -(-x1 // k)]
+    mask = resize(ms.astype(np.float32), (ch, cw), "bilinear") >= 0.5
+    if flipped:
+        content = content[:, ::-1]
+        mask = mask[:, ::-1]
+
+    # 6. intensity -> 0..65535
+    if spec.intensity == "minmax":
+        values = content[mask] if mask.any() else content.ravel()
+        lo, hi = (float(v) for v in np.percentile(values, PERCENTILES))
+    else:
+        value_range = meta.extra.get("value_range") if meta is not None else None
+        lo, hi = (float(v) for v in value_range) if value_range else (float(pixels.min()), float(pixels.max()))
+    if hi <= lo:
+        hi = lo + 1.0
+    scaled = (content - np.float32(lo)) * np.float32(U16_MAX / (hi - lo))
+    np.clip(scaled, 0.0, U16_MAX, out=scaled)
+    if spec.crop_breast:
+        scaled[~mask] = 0.0
+    image = np.zeros((spec.height, spec.width), dtype=np.uint16)
+    image[top : top + ch, left : left + cw] = np.rint(scaled).astype(np.uint16)
+
+    geometry = Geometry(
+        orig_height=H,
+        orig_width=W,
+        crop_y0=y0,
+        crop_y1=y1,
+        crop_x0=x0,
+        crop_x1=x1,
+        flipped=bool(flipped),
+        out_height=spec.height,
+        out_width=spec.width,
+        pad_top=top,
+        pad_bottom=bottom,
+        pad_left=left,
+        pad_right=right,
+        orientation_source=source,
+        breast_on_right=bool(breast_on_right),
+        intensity_range=(lo, hi),
+        extra=extra,
+    )
+    return image, geometry
