@@ -1,0 +1,474 @@
+"""`prepare_dataset`: a raw dataset (through its adapter) -> a prepared folder of canonical 16-bit PNGs.
+
+For every image of the adapter's manifest: read it (`source.read_image`), run `prepare_pixels` (segment,
+crop, orient, resize, intensity), write `images/<image_id>.png` (uint16) and one `masks/<lesion_id>.png`
+(uint8 0/255, prepared geometry) per lesion with an ROI, then a per-image record
+`records/<image_id>.json` (geometry, reader metadata, lesion masks, the config hash). Then the tables:
+`manifest.parquet`, `lesions.parquet`, `errors.csv` and `dataset.json` (see docs/architecture.md).
+
+Guarantees:
+
+* **Resumable and idempotent.** Every file is written atomically, the record last. A re-run skips an
+  image whose record has the same image-config hash, whose source file has the same size and mtime,
+  and whose PNGs exist with the right size; a killed run therefore loses only the images in flight.
+  Re-running a finished folder rewrites identical tables.
+* **Bad files never abort the batch.** Each failure (unreadable file, refused DICOM, blank image, bad
+  ROI) becomes a row of `errors.csv` with its stage and reason; `PrepareReport.ok` says whether
+  anything failed. Images that failed are left out of the manifest; a lesion whose ROI failed keeps
+  its image and gets an empty `mask_file`.
+* **Parallel**: `workers` > 1 uses a process pool (one image per task).
+* Splits are assigned on the whole source table before any image is read, so a failure (or a later
+  fix) never moves other patients between splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mammokit.config import to_dict
+from mammokit.data.manifest import (
+    DATASET_JSON,
+    ERRORS_FILE,
+    IMAGES_FILE,
+    LESIONS_FILE,
+    empty_lesions,
+    validate_images,
+    validate_lesions,
+    write_table,
+)
+from mammokit.preprocess import PreprocessSpec
+from mammokit.utils.atomic import atomic_write_json, atomic_write_with
+from mammokit.version import __version__
+
+log = logging.getLogger(__name__)
+
+PREPARE_FORMAT = 1  # bump when the record or image format changes; part of the config hash
+IMAGES_DIR, MASKS_DIR, RECORDS_DIR = "images", "masks", "records"
+ERROR_COLUMNS = ("image_id", "lesion_id", "path", "stage", "reason")
+# reader metadata copied into the record and (some of it) into the manifest; never patient identifiers
+_META_FIELDS = (
+    "source_format",
+    "bits_stored",
+    "photometric",
+    "laterality",
+    "view",
+    "spacing_mm",
+    "manufacturer",
+    "transfer_syntax",
+    "voi_applied",
+)
+
+
+class PrepareError(ValueError):
+    """The dataset as a whole cannot be prepared (e.g. the adapter finds no images)."""
+
+
+@dataclass
+class PrepareReport:
+    """What `prepare_dataset` did; `ok` is False when any image or lesion failed."""
+
+    out: Path
+    n_images: int  # images in the source manifest
+    n_written: int  # images prepared in this run
+    n_reused: int  # images skipped because valid outputs existed (resumed run)
+    n_failed: int  # images that failed (listed in errors.csv)
+    n_lesions: int  # lesions of prepared images
+    n_lesion_failed: int  # lesions whose ROI could not be rasterised
+    config_hash: str
+    elapsed_s: float
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.n_failed == 0 and self.n_lesion_failed == 0
+
+    def summary(self) -> str:
+        done = self.n_written + self.n_reused
+        text = (
+            f"prepared {done}/{self.n_images} images ({self.n_written} written, {self.n_reused} reused) "
+            f"and {self.n_lesions - self.n_lesion_failed}/{self.n_lesions} lesion masks in {self.elapsed_s:.1f} s "
+            f"-> {self.out}"
+        )
+        if not self.ok:
+            text += (
+                f"; FAILED: {self.n_failed} image(s), {self.n_lesion_failed} lesion(s), "
+                f"reasons in {self.out / ERRORS_FILE}"
+            )
+        return text
+
+
+def config_hash(obj: Any) -> str:
+    """Stable 16-hex-digit hash of a JSON-able configuration (key order does not matter)."""
+    text = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# --- per-image work (runs in worker processes) --------------------------------------------------------------
+
+_WORKER_SOURCE: Any = None
+
+
+def _init_worker(source: Any) -> None:
+    global _WORKER_SOURCE
+    _WORKER_SOURCE = source
+
+
+def _source_path(row: dict[str, Any], root: Path) -> Path:
+    path = Path(str(row["path"]))
+    return path if path.is_absolute() else root / path
+
+
+def _source_stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def _png_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from a PNG header, or None if the file is missing or not a PNG."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or not head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+
+
+def _valid_record(record_path: Path, image_hash: str, out: Path, stat: list[int] | None) -> dict | None:
+    """The record of a finished image if it and its files are valid for this configuration, else None."""
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("image_config_hash") != image_hash or record.get("source_stat") != stat:
+        return None
+    if record.get("lesion_errors"):  # retry lesions that failed last time (the mask file may have been fixed)
+        return None
+    geo = record.get("geometry", {})
+    if _png_size(out / record.get("image_file", "")) != (geo.get("out_height"), geo.get("out_width")):
+        return None
+    for lesion in record.get("lesions", []):
+        if lesion.get("mask_file") and _png_size(out / lesion["mask_file"]) is None:
+            return None
+    return record
+
+
+def _prepare_one(task: dict[str, Any]) -> dict[str, Any]:
+    """Prepare one image and its lesion masks; never raises (failures come back as a result)."""
+    from mammokit.data.geometry import prepare_pixels
+    from mammokit.io.images import write_png8, write_png16
+
+    source = _WORKER_SOURCE
+    row, lesions = task["row"], task["lesions"]
+    root, out, spec = Path(task["root"]), Path(task["out"]), task["spec"]
+    image_id = str(row["image_id"])
+    src_path = _source_path(row, root)
+    stat = _source_stat(src_path)
+    record_path = out / RECORDS_DIR / f"{image_id}.json"
+    reused = _valid_record(record_path, task["image_hash"], out, stat)
+    if reused is not None:
+        return {"status": "reused", "record": reused}
+
+    stage = "read"
+    try:
+        pixels, meta = source.read_image(pd.Series(row), root, voi=spec.voi, window_index=spec.window_index)
+        stage = "preprocess"
+        image, geometry = prepare_pixels(pixels, meta, spec)
+        stage = "write"
+        image_file = f"{IMAGES_DIR}/{image_id}.png"
+        write_png16(out / image_file, image)
+    except Exception as exc:  # any failure of this image is reported, never raised
+        return {
+            "status": "failed",
+            "error": {"image_id": image_id, "lesion_id": "", "path": str(row["path"]), "stage": stage,
+                      "reason": f"{type(exc).__name__}: {exc}"},
+        }  # fmt: skip
+
+    lesion_results, lesion_errors = [], []
+    for lesion in lesions:
+        lesion_id = str(lesion["lesion_id"])
+        if str(lesion.get("roi_kind", "none")) == "none":
+            lesion_results.append({"lesion_id": lesion_id, "mask_file": "", "mask_pixels": 0})
+            continue
+        try:
+            mask = source.lesion_mask(pd.Series(lesion), pixels.shape, root)
+            prepared = geometry.to_prepared(mask)
+            mask_file = f"{MASKS_DIR}/{lesion_id}.png"
+            write_png8(out / mask_file, prepared.astype(np.uint8) * 255)
+            lesion_results.append({"lesion_id": lesion_id, "mask_file": mask_file, "mask_pixels": int(prepared.sum())})
+        except Exception as exc:
+            lesion_results.append({"lesion_id": lesion_id, "mask_file": "", "mask_pixels": 0})
+            lesion_errors.append(
+                {"image_id": image_id, "lesion_id": lesion_id, "path": str(lesion.get("roi_path", "") or ""),
+                 "stage": "lesion", "reason": f"{type(exc).__name__}: {exc}"}
+            )  # fmt: skip
+
+    meta_fields = {name: getattr(meta, name) for name in _META_FIELDS}
+    meta_fields["spacing_mm"] = list(meta.spacing_mm) if meta.spacing_mm else None
+    for key in ("laterality_source", "view_source"):
+        meta_fields[key] = meta.extra.get(key)
+    record = {
+        "image_id": image_id,
+        "image_config_hash": task["image_hash"],
+        "source_stat": stat,
+        "image_file": image_file,
+        "geometry": geometry.to_dict(),
+        "meta": meta_fields,
+        "lesions": lesion_results,
+        "lesion_errors": lesion_errors,
+    }
+    atomic_write_json(record_path, record)  # last: its presence means the PNGs above are complete
+    return {"status": "written", "record": record}
+
+
+# --- orchestration ---------------------------------------------------------------------------------------------
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete temporary files left by a killed run (atomic writes name them `.<stem>.*.tmp<suffix>`)."""
+    for sub in (IMAGES_DIR, MASKS_DIR, RECORDS_DIR, "."):
+        folder = out / sub
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp*"):
+                tmp.unlink(missing_ok=True)
+
+
+def _run_tasks(tasks: list[dict[str, Any]], source: Any, workers: int, progress: bool) -> Iterator[dict[str, Any]]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc="prepare", unit="img", disable=not progress, dynamic_ncols=True)
+    try:
+        if workers <= 1:
+            _init_worker(source)
+            for task in tasks:
+                yield _prepare_one(task)
+                bar.update()
+            return
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(source,)) as pool:
+            pending = set()
+            queue = iter(tasks)
+            # keep at most 2 tasks per worker in flight, so an interrupted run has little unfinished work
+            for task in queue:
+                pending.add(pool.submit(_prepare_one, task))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+                    bar.update()
+                for task in queue:
+                    pending.add(pool.submit(_prepare_one, task))
+                    if len(pending) >= 2 * workers:
+                        break
+    finally:
+        bar.close()
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() in ("", "nan", "None")
+
+
+def _records_to_tables(
+    images: pd.DataFrame, lesions: pd.DataFrame, records: dict[str, dict]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Add the prepared-geometry columns; keep only images that were prepared (in source order)."""
+    kept = images[images["image_id"].isin(records)].copy()
+    geo_cols = {
+        "image_file": "image_file",
+        "orig_height": "orig_height",
+        "orig_width": "orig_width",
+        "crop_y0": "crop_y0",
+        "crop_y1": "crop_y1",
+        "crop_x0": "crop_x0",
+        "crop_x1": "crop_x1",
+        "flipped": "flipped",
+        "orientation_source": "orientation_source",
+    }
+    for col, key in geo_cols.items():
+        values = []
+        for image_id in kept["image_id"]:
+            rec = records[image_id]
+            values.append(rec["image_file"] if key == "image_file" else rec["geometry"][key])
+        kept[col] = values
+    # laterality / view the adapter could not give: take them from the file (DICOM tags / name pattern)
+    for col in ("laterality", "view"):
+        from_file = [records[i]["meta"].get(col) for i in kept["image_id"]]
+        kept[col] = [f if _is_missing(v) and f else v for v, f in zip(kept[col], from_file, strict=True)]
+    kept = kept.reset_index(drop=True)
+
+    mask_of = {les["lesion_id"]: les["mask_file"] for rec in records.values() for les in rec["lesions"]}
+    les = lesions[lesions["image_id"].isin(records)].copy()
+    les["mask_file"] = [mask_of.get(str(i), "") for i in les["lesion_id"]]
+    return kept, les.reset_index(drop=True)
+
+
+def _write_errors(path: Path, errors: Iterable[dict[str, str]]) -> None:
+    table = pd.DataFrame(list(errors), columns=list(ERROR_COLUMNS))
+    atomic_write_with(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def prepare_dataset(
+    source: str,
+    root: str | Path,
+    out: str | Path,
+    spec: PreprocessSpec,
+    *,
+    workers: int = 1,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.15,
+    source_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> PrepareReport:
+    """Prepare the raw dataset at `root` (read by adapter `source`) into the folder `out`.
+
+    Args:
+        source: adapter name (`mammokit.data.sources.list_sources()`, or one registered with `register_source`).
+        root: the raw dataset folder.
+        out: the prepared folder (created; an existing one is resumed).
+        spec: the preprocessing; written into dataset.json and, later, into each model's card.
+        workers: worker processes (1 = in this process).
+        seed, val_fraction, test_fraction: patient-level split (`mammokit.data.splits.assign_splits`).
+        source_options: keyword options of the adapter.
+        progress: show a progress bar (stderr).
+
+    Returns:
+        A PrepareReport; per-image failures are in it and in errors.csv, not raised.
+
+    Raises:
+        PrepareError: the adapter cannot read `root` or finds no images there.
+        KeyError: unknown adapter name.
+    """
+    from mammokit.data.sources import get_source
+    from mammokit.data.splits import assign_splits
+
+    t0 = time.perf_counter()
+    root, out = Path(root), Path(out)
+    spec.validate()
+    options = dict(source_options or {})
+    src = get_source(source, **options)
+    try:
+        images, lesions = src.build_manifest(root)
+        images = validate_images(images)
+        lesions = validate_lesions(lesions) if len(lesions) else empty_lesions()
+    except (OSError, ValueError) as exc:  # adapter errors: missing files, bad tables (DatasetError, ManifestError)
+        raise PrepareError(f"{source}: cannot build the manifest from {root}: {exc}") from exc
+    if images.empty:
+        raise PrepareError(f"{source}: no images found under {root}; check --root")
+    images = assign_splits(images, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+
+    image_hash = config_hash(
+        {"format": PREPARE_FORMAT, "source": source, "source_options": options, "preprocess": spec}
+    )
+    split_options = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
+    full_hash = config_hash({"image_config_hash": image_hash, "split": split_options})
+
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
+    lesions_of: dict[str, list[dict]] = {}
+    for les in lesions.to_dict("records"):
+        lesions_of.setdefault(str(les["image_id"]), []).append(les)
+    tasks = [
+        {
+            "row": row,
+            "lesions": lesions_of.get(str(row["image_id"]), []),
+            "root": str(root),
+            "out": str(out),
+            "spec": spec,
+            "image_hash": image_hash,
+        }
+        for row in images.to_dict("records")
+    ]
+
+    records: dict[str, dict] = {}
+    errors: list[dict[str, str]] = []
+    n_written = n_reused = 0
+    for result in _run_tasks(tasks, src, max(1, int(workers)), progress):
+        if result["status"] == "failed":
+            errors.append(result["error"])
+            log.debug("failed: %s (%s)", result["error"]["image_id"], result["error"]["stage"])
+            continue
+        record = result["record"]
+        records[record["image_id"]] = record
+        errors.extend(record.get("lesion_errors", []))
+        if result["status"] == "reused":
+            n_reused += 1
+        else:
+            n_written += 1
+    n_failed = sum(1 for e in errors if not e["lesion_id"])
+    n_lesion_failed = len(errors) - n_failed
+
+    manifest, lesion_table = _records_to_tables(images, lesions, records)
+    write_table(manifest, out / IMAGES_FILE)
+    write_table(lesion_table, out / LESIONS_FILE)
+    errors.sort(key=lambda e: (e["image_id"], e["lesion_id"]))
+    _write_errors(out / ERRORS_FILE, errors)
+    counts = {
+        "images_in_source": len(images),
+        "images": len(manifest),
+        "images_failed": n_failed,
+        "lesions": len(lesion_table),
+        "lesion_masks": int((lesion_table["mask_file"] != "").sum()) if len(lesion_table) else 0,
+        "lesions_failed": n_lesion_failed,
+        "patients": int(manifest["patient_id"].nunique()),
+        "malignant_images": int((manifest["label"] == 1).sum()),
+        "by_split": {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()},
+    }
+    atomic_write_json(
+        out / DATASET_JSON,
+        {
+            "format": PREPARE_FORMAT,
+            "mammokit_version": __version__,
+            "source": source,
+            "source_options": options,
+            "citation": getattr(src, "citation", ""),
+            "licence": getattr(src, "licence", ""),
+            "label_rule": getattr(src, "label_rule", "") or "",
+            "counts": counts,
+            "preprocess": to_dict(spec),
+            "split": split_options,
+            "config_hash": full_hash,
+            "image_config_hash": image_hash,
+        },
+    )
+    report = PrepareReport(
+        out=out,
+        n_images=len(images),
+        n_written=n_written,
+        n_reused=n_reused,
+        n_failed=n_failed,
+        n_lesions=len(lesion_table),
+        n_lesion_failed=n_lesion_failed,
+        config_hash=full_hash,
+        elapsed_s=time.perf_counter() - t0,
+        errors=errors,
+    )
+    (log.info if report.ok else log.warning)(report.summary())
+    return report
+
+
+def worker_count(requested: int | None) -> int:
+    """`--workers` default: all CPUs this process may use, at least 1."""
+    if requested and requested > 0:
+        return int(requested)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
