@@ -173,10 +173,17 @@ def find_one(root: Path, names: Iterable[str], what: str) -> Path:
 
 
 def read_dicom_header(path: Path) -> Any:
-    """pydicom Dataset without pixel data (fast: reads only the header)."""
+    """pydicom Dataset without pixel data (fast: reads only the header); DatasetError if it is not an image DICOM.
+
+    `force=True` accepts files without the 128-byte preamble (older exports); a file that then has neither
+    SOPClassUID nor Rows is not a DICOM image.
+    """
     import pydicom
 
-    return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    if "SOPClassUID" not in ds and "Rows" not in ds:
+        raise DatasetError(f"{path.name}: not a DICOM image")
+    return ds
 
 
 def header_str(ds: Any, keyword: str) -> str:
