@@ -1,0 +1,107 @@
+"""`generate`: the one entry point that renders a cohort and writes it in a real dataset's file layout."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LAYOUTS: tuple[str, ...] = ("cbis-ddsm", "inbreast", "mini-mias")
+
+# Options understood by the cohort sampler (`sampling.sample_woman`); the rest go to the layout writer.
+SAMPLING_OPTIONS: tuple[str, ...] = ("malignant_fraction", "normal_fraction", "mass_fraction", "second_lesion_fraction")
+
+
+def _writer(layout: str) -> Callable[..., dict[str, Any]]:
+    if layout == "cbis-ddsm":
+        from mammokit.synth.cbis import write_cbis_ddsm
+
+        return write_cbis_ddsm
+    if layout == "inbreast":
+        from mammokit.synth.inbreast import write_inbreast
+
+        return write_inbreast
+    if layout == "mini-mias":
+        from mammokit.synth.mias import write_mini_mias
+
+        return write_mini_mias
+    raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+def generate(
+    layout: str,
+    out: Path,
+    *,
+    women: int,
+    seed: int,
+    height: int = 1152,
+    width: int = 896,
+    overwrite: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """Render `women` synthetic women and write them under `out` in the file layout of a public dataset.
+
+    Args:
+        layout: "cbis-ddsm" (DICOM tree + case-description CSVs), "inbreast" (DICOMs + XML ROIs + INbreast.csv)
+            or "mini-mias" (PGM files + Info.txt).
+        out: output folder; must be empty or absent unless `overwrite` is set.
+        women: number of women (each has left/right x CC/MLO views; mini-MIAS keeps the MLO views only).
+        seed: cohort seed; the same seed gives byte-identical pixel data (and files).
+        height: full-image rows (mini-MIAS pads to a square of side max(height, width)).
+        width: full-image columns.
+        overwrite: allow writing into a non-empty folder (files are replaced one by one; stale files stay).
+        **options: sampling options (`malignant_fraction`, `normal_fraction`, `mass_fraction`,
+            `second_lesion_fraction`) and layout options (CBIS-DDSM: `test_fraction`, `cross_fraction`,
+            `mask_quirk_fraction`).
+
+    Returns:
+        Summary: layout, out, seed, size, counts (`women`, `images`, `lesions` = lesion annotations, one per
+        lesion per image, `malignant_lesions`, `malignant_images`, `normal_images`) and the index file paths.
+
+    Raises:
+        ValueError: unknown layout or option, bad size or count, or a non-empty `out` without `overwrite`.
+    """
+    writer = _writer(layout)
+    if women < 1:
+        raise ValueError(f"--women must be at least 1, got {women}")
+    if height < 64 or width < 64:
+        raise ValueError(f"image size must be at least 64 x 64 pixels, got {height} x {width}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"output folder {out} is not empty; choose an empty or new folder, or pass overwrite")
+    sampling = {k: options.pop(k) for k in SAMPLING_OPTIONS if k in options}
+    layout_options = _layout_options(layout, options)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    summary = writer(out, women=women, seed=seed, height=height, width=width, options=layout_options, **sampling)
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    return summary
+
+
+def _layout_options(layout: str, options: dict[str, Any]) -> Any:
+    if layout == "cbis-ddsm":
+        from dataclasses import fields
+
+        from mammokit.synth.cbis import CbisOptions
+
+        known = {f.name for f in fields(CbisOptions)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for layout {layout!r}; known: {sorted(known | set(SAMPLING_OPTIONS))}"
+            )
+        for name, value in options.items():
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        return CbisOptions(**options)
+    if options:
+        raise ValueError(
+            f"unknown option(s) {sorted(options)} for layout {layout!r}; known: {sorted(SAMPLING_OPTIONS)}"
+        )
+    return None
