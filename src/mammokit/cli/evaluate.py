@@ -1,0 +1,128 @@
+"""`mammokit evaluate RUN [RUN ...] --data PREPARED --split test`: metrics with CIs, plots and an HTML report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from mammokit.cli.common import (
+    UserError,
+    add_batch_size,
+    add_config_args,
+    add_data,
+    add_device,
+    add_out,
+    add_seed,
+    add_workers,
+    config_error_to_user,
+)
+
+DESCRIPTION = """\
+Score the images of one split of a prepared dataset with one or more trained whole-image runs and report
+per-image ROC AUC with a 95 % confidence interval from a bootstrap over women (not images), AUPRC,
+sensitivity/specificity at operating points (the model's stored threshold, Youden, fixed specificity
+80/90 %, fixed sensitivity 80/90 %), breast- and exam-level results, subgroups (view, density, dataset,
+site, vendor), calibration, and the DeLong test between runs. Several runs are also averaged into an
+ensemble. Writes predictions.csv, metrics.json, roc.png, pr.png, reliability.png and a self-contained
+report.html to --out (default for one run: RUN/eval/<dataset>-<split>).
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="metrics with clustered-bootstrap CIs, DeLong, operating points, calibration and an HTML report",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folder(s) (model.json + model.safetensors)")
+    add_data(p)
+    p.add_argument("--split", default=None, help="split of the prepared manifest to evaluate (default test)")
+    add_out(p, required=False, help="output folder (default for a single run: RUN/eval/<dataset>-<split>)")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        default=None,
+        help="test-time augmentation: average p(malignant) over the four flips (the paper's augmented AUC)",
+    )
+    p.add_argument(
+        "--aggregate",
+        choices=("mean", "max"),
+        default=None,
+        help="how the views of one breast are combined for breast/exam-level results (default mean)",
+    )
+    p.add_argument(
+        "--fit-calibration",
+        choices=("temperature", "platt"),
+        default=None,
+        help="fit temperature or Platt scaling on --split (normally val) and write calibration.json into each run",
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=None, metavar="N", help="bootstrap resamples of women per CI (default 2000)"
+    )
+    add_seed(p)
+    add_device(p)
+    add_batch_size(p)
+    add_workers(p)
+    add_config_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mammokit.config import ConfigError, load_config, to_dict
+    from mammokit.data.manifest import ManifestError
+    from mammokit.engine.evaluate import EvaluateConfig, EvaluationError, evaluate
+    from mammokit.run import RunFolderError
+
+    flags: dict[str, Any] = {
+        "split": args.split,
+        "tta": args.tta,
+        "aggregate": args.aggregate,
+        "fit_calibration": args.fit_calibration,
+        "n_boot": args.bootstrap,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "device": None if args.device == "auto" else args.device,
+    }
+    try:
+        cfg = load_config(EvaluateConfig, args.config, args.set, flags)
+    except ConfigError as exc:
+        raise config_error_to_user(exc) from None
+    if not args.data.is_dir():
+        raise UserError(f"--data {args.data}: not a folder (give a prepared dataset from `mammokit prepare`)")
+    for run_dir in args.runs:
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: not a folder (give a run folder written by `mammokit train whole`)")
+    options = to_dict(cfg)
+    split = options.pop("split")
+    n_boot = options.pop("n_boot")
+    try:
+        result = evaluate(args.runs, args.data, split, args.out, n_boot=n_boot, **options)
+    except (EvaluationError, RunFolderError, ManifestError, ConfigError) as exc:
+        raise UserError(str(exc)) from None
+    print(summary_text(result))
+    return 0
+
+
+def summary_text(result: dict[str, Any]) -> str:
+    """A few lines for the terminal: AUC with CI per model and level, and where the report is."""
+    level = result["settings"]["ci_level"] * 100
+    lines = [f"{result['data']['n_images']} images of {result['data']['n_patients']} women, split {result['split']}"]
+    for name, res in result["results"].items():
+        parts = []
+        for lvl in ("image", "breast", "exam"):
+            if res.get(lvl):
+                auc = res[lvl]["auc"]
+                ci = f"{level:.0f}% CI {_fmt(auc['ci_low'])}-{_fmt(auc['ci_high'])}"
+                parts.append(f"{lvl} AUC {_fmt(auc['value'])} ({ci})")
+        lines.append(f"{name}: " + "; ".join(parts))
+    for note in result.get("warnings", []):
+        lines.append(f"note: {note}")
+    lines.append(f"report: {Path(result['out']) / 'report.html'}")
+    return "\n".join(lines)
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.3f}" if isinstance(x, float) and x == x else "n/a"
