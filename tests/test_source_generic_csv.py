@@ -65,3 +65,14 @@ def test_generic_csv_errors(tmp_path):
     (tmp_path / "b.csv").write_text("path,label\n")
     with pytest.raises(DatasetError, match="expected exactly one CSV"):
         get_source("csv").build_manifest(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "hint"),
+    [("inbreast", "birads_3", "birads3"), ("cbis-ddsm", "cross_splits", "cross_split"), ("mini-mias", "x", None)],
+)
+def test_unknown_adapter_options_are_refused_with_a_hint(name, option, hint):
+    with pytest.raises(TypeError, match=f"has no option '{option}'") as err:
+        get_source(name, **{option: 1})
+    if hint:
+        assert f"did you mean '{hint}'" in str(err.value)

@@ -49,6 +49,7 @@ import pandas as pd
 
 from mammokit.data.sources._common import (
     DatasetError,
+    check_options,
     fill_meta,
     finish_tables,
     header_str,
@@ -482,6 +483,12 @@ class CbisDdsm(DatasetSource):
         "doi:10.7937/K9/TCIA.2016.7O02S9CY; Lee RS et al. Sci Data 4:170177 (2017)"
     )
     licence: ClassVar[str] = "CC BY 3.0"
+
+    options_allowed: ClassVar[tuple[str, ...]] = ("cross_split", "missing_images", "csv_dir")
+
+    def __init__(self, **options: Any) -> None:
+        check_options(self.name, options, self.options_allowed)
+        super().__init__(**options)
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         root = Path(root)

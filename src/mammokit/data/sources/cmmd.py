@@ -36,6 +36,7 @@ import pandas as pd
 
 from mammokit.data.sources._common import (
     DatasetError,
+    check_options,
     fill_meta,
     finish_tables,
     header_str,
@@ -112,6 +113,12 @@ class Cmmd(DatasetSource):
         "doi:10.7937/tcia.eqde-4b16"
     )
     licence: ClassVar[str] = "CC BY 4.0"
+
+    options_allowed: ClassVar[tuple[str, ...]] = ("unlisted",)
+
+    def __init__(self, **options: Any) -> None:
+        check_options(self.name, options, self.options_allowed)
+        super().__init__(**options)
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         root = Path(root)

@@ -34,6 +34,7 @@ import pandas as pd
 
 from mammokit.data.sources._common import (
     DatasetError,
+    check_options,
     fill_meta,
     finish_tables,
     norm_laterality,
@@ -108,6 +109,12 @@ class GenericCsv(DatasetSource):
     name: ClassVar[str] = "csv"
     citation: ClassVar[str] = ""
     licence: ClassVar[str] = ""
+
+    options_allowed: ClassVar[tuple[str, ...]] = ("csv",)
+
+    def __init__(self, **options: Any) -> None:
+        check_options(self.name, options, self.options_allowed)
+        super().__init__(**options)
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         root = Path(root)

@@ -31,6 +31,7 @@ import pandas as pd
 
 from mammokit.data.sources._common import (
     DatasetError,
+    check_options,
     fill_meta,
     finish_tables,
     norm_laterality,
@@ -64,6 +65,12 @@ class Rsna(DatasetSource):
         "https://kaggle.com/competitions/rsna-breast-cancer-detection"
     )
     licence: ClassVar[str] = "Kaggle competition rules (non-commercial research use, no redistribution)"
+
+    options_allowed: ClassVar[tuple[str, ...]] = ("table", "images_dir")
+
+    def __init__(self, **options: Any) -> None:
+        check_options(self.name, options, self.options_allowed)
+        super().__init__(**options)
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         root = Path(root)

@@ -36,6 +36,7 @@ import pandas as pd
 from mammokit.data.sources._common import (
     BiradsRule,
     DatasetError,
+    check_options,
     fill_meta,
     finish_tables,
     norm_laterality,
@@ -100,6 +101,12 @@ class VindrMammo(DatasetSource):
         "full-field digital mammography. Sci Data 10:277 (2023). doi:10.13026/br2v-7517"
     )
     licence: ClassVar[str] = "PhysioNet Restricted Health Data License 1.0.0"
+
+    options_allowed: ClassVar[tuple[str, ...]] = ("positive_birads", "birads3")
+
+    def __init__(self, **options: Any) -> None:
+        check_options(self.name, options, self.options_allowed)
+        super().__init__(**options)
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         root = Path(root)
