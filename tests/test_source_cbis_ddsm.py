@@ -232,6 +232,7 @@ def test_every_tcia_layout_end_to_end(tmp_path, layout, caplog):
         mask = read_mask_file(tmp_path / les["roi_path"])
         assert mask.shape == FULL_SHAPE and mask.sum() == 80, les["lesion_id"]
         assert (tmp_path / les["crop_path"]).is_file() and les["crop_path"] != les["roi_path"]
+        assert source.lesion_mask(les, FULL_SHAPE, tmp_path).sum() == 80  # through mammokit.data.rois
     doubled = lesions[lesions["image_id"] == "P_00002_RIGHT_MLO"].set_index("lesion_type")["roi_on_chosen_image"]
     assert doubled.to_dict() == {"mass": False, "calcification": True}
     # CBIS DICOMs carry no ImageLaterality/ViewPosition: read_image takes them from the manifest

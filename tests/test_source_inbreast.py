@@ -80,7 +80,13 @@ def test_inbreast_end_to_end_default_rule(tmp_path, caplog):
     assert (les.loc["22678622_2", "roi_kind"], les.loc["22678622_2", "cx"], les.loc["22678622_2", "cy"]) == (
         "circle", 30.5, 40.25
     )  # fmt: skip
-    assert (les["malignant"] == -1).all()  # BI-RADS 5 image: which lesion is the cancer is not given
+    assert (les["malignant"] == -1).all()
+    # the ROIs rasterise on the source grid (polygon 10..20 x 12..25, circle of radius 3 around (30.5, 40.25))
+    mask = source.lesion_mask(les.reset_index().iloc[0], (64, 48), tmp_path)
+    rows, cols = mask.nonzero()
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == pytest.approx((12, 25, 10, 20), abs=1)
+    dot = source.lesion_mask(les.reset_index().iloc[1], (64, 48), tmp_path)
+    assert dot[40, 30] and 20 <= dot.sum() <= 40  # BI-RADS 5 image: which lesion is the cancer is not given
     pixels, meta = source.read_image(by_id.reset_index().iloc[3], tmp_path)
     assert (meta.laterality, meta.view) == ("L", "MLO") and pixels.ndim == 2
 

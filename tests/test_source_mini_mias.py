@@ -50,6 +50,8 @@ def test_real_dev_set_parses(mias_dev_dir):
     # circle centre rows are 1024 - Y
     row = lesions.set_index("lesion_id").loc["mdb001_1"]
     assert (row["cx"], row["cy"], row["radius"]) == (535.0, 1024 - 425.0, 197.0)
+    disc = get_source("mini-mias").lesion_mask(row, (1024, 1024), mias_dev_dir)
+    assert disc[599, 535] and not disc[425 - 197 - 5, 535] and abs(disc.sum() / (np.pi * 197**2) - 1) < 0.02
     check_no_patient_crosses(assign_splits(images, seed=0))
 
 

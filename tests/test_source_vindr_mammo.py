@@ -83,6 +83,8 @@ def test_vindr_end_to_end(tmp_path, caplog):
         "calcification", 0, "Suspicious Calcification; Focal Asymmetry"
     )  # fmt: skip
     assert (other["lesion_type"], other["roi_kind"]) == ("other", "none")
+    box = source.lesion_mask(lesions.set_index("lesion_id").loc[f"{_hex(10)}_1"].rename("x"), (64, 48), tmp_path)
+    assert box[10:30, 0:20].all() and box.sum() == 20 * 20
     check_no_patient_crosses(assign_splits(images))
     pixels, meta = source.read_image(by_id.reset_index().iloc[2], tmp_path)
     assert (meta.laterality, meta.view) == ("L", "CC") and pixels.shape == (64, 48)
