@@ -133,3 +133,22 @@ def test_xls_sheet_rows_are_normalised():
 def test_wrong_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="no AllDICOMs folder"):
         get_source("inbreast").build_manifest(tmp_path)
+
+
+def test_synth_inbreast_layout_end_to_end(tmp_path):
+    from test_source_cbis_ddsm import synth_or_skip
+
+    summary = synth_or_skip("inbreast", tmp_path / "inb", women=4, seed=1, height=96, width=64)
+    source = get_source("inbreast")
+    images, lesions = source.build_manifest(tmp_path / "inb")
+    assert len(images) == summary["images"]
+    assert images["label"].sum() == summary["malignant_images"]
+    assert images["patient_id"].nunique() == summary["women"]
+    # like the real XMLs, a calcification cluster is written as many single-point ROIs: >= one row per lesion
+    assert len(lesions) >= summary["lesions"] and set(lesions["roi_kind"]) <= {"polygon", "circle"}
+    assert set(images.loc[images["label"] == 1, "image_id"]) <= set(lesions["image_id"])
+    for _, les in lesions.iterrows():
+        assert source.lesion_mask(les, (96, 64), tmp_path / "inb").any()
+    row = images.iloc[0]
+    pixels, meta = source.read_image(row, tmp_path / "inb")
+    assert pixels.shape == (96, 64) and (meta.laterality, meta.view) == (row["laterality"], row["view"])

@@ -120,3 +120,21 @@ def test_missing_listing_is_a_clear_error(tmp_path):
     _pgm(tmp_path / "mdb001.pgm")
     with pytest.raises(DatasetError, match=r"Info\.txt"):
         get_source("mini-mias").build_manifest(tmp_path)
+
+
+def test_synth_mini_mias_layout_end_to_end(tmp_path):
+    from test_source_cbis_ddsm import synth_or_skip
+
+    summary = synth_or_skip("mini-mias", tmp_path / "mias", women=4, seed=1, height=96, width=64)
+    source = get_source("mini-mias")
+    images, lesions = source.build_manifest(tmp_path / "mias")
+    assert len(images) == summary["images"] and images["patient_id"].nunique() == summary["women"]
+    assert images["label"].sum() == summary["malignant_images"]
+    assert (images["abnormality_classes"] == "NORM").sum() == summary["normal_images"]
+    assert len(lesions) == summary["lesions"] and (lesions["roi_kind"] == "circle").all()
+    side = summary["height"]  # square PGM
+    for _, les in lesions.iterrows():
+        assert source.lesion_mask(les, (side, side), tmp_path / "mias").any()
+    row = images.iloc[1]
+    pixels, meta = source.read_image(row, tmp_path / "mias")
+    assert pixels.shape == (side, side) and (meta.laterality, meta.view) == ("L", "MLO")
