@@ -1,0 +1,173 @@
+"""Benchmark: `mammokit prepare` throughput on CBIS-DDSM-sized DICOMs against a naive baseline, in one run.
+
+Writes a few synthetic 16-bit mammograms of about 3000 x 5000 pixels (CBIS-DDSM scans are 2600-2900 x
+4400-4700) to a temporary folder, then measures, in this process and on the same files:
+
+* **naive**: pydicom `dcmread().pixel_array` -> Pillow `Image.resize((896, 1152))` (its default filter)
+  -> 16-bit PNG (Pillow defaults), one process. No Modality/VOI LUT, no segmentation: the minimum a
+  script needs to turn a DICOM into a training PNG.
+* **mammokit, per image**: `read_mammogram` (Modality + VOI LUT, photometric) -> `prepare_pixels`
+  (segment, crop, orient, area resize, percentile intensity) -> `write_png16`, one process.
+* **mammokit prepare**: `prepare_dataset` end to end (adapter, records, tables) with 1, 2, ... workers
+  (each file listed several times under different image ids so every worker has work).
+
+Reports images/s, the per-core ratio mammokit/naive (target >= 2) and the scaling with workers (target:
+near-linear up to the number of free cores). Timings are medians over the images; run on an otherwise
+idle machine for clean scaling numbers.
+
+    .venv/bin/python benchmarks/bench_prepare.py [--images 4] [--repeat 3] [--workers 1 2] [--syntax rle]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the synthetic DICOM writer shared with the tests
+
+from dicom_factory import make_dataset, write_dicom  # noqa: E402
+from mammokit.data.geometry import prepare_pixels  # noqa: E402
+from mammokit.data.prepare import prepare_dataset  # noqa: E402
+from mammokit.data.sources import DatasetSource, register_source  # noqa: E402
+from mammokit.io.dicom import read_mammogram  # noqa: E402
+from mammokit.io.images import write_png16  # noqa: E402
+from mammokit.preprocess import PreprocessSpec  # noqa: E402
+
+
+@register_source
+class BenchSource(DatasetSource):
+    """Every *.dcm of the root, listed `copies` times (distinct image ids) so that workers share the load."""
+
+    name = "bench-synthetic"
+
+    def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+        copies = int(self.options.get("copies", 1))
+        rows = []
+        for c in range(copies):
+            for i, path in enumerate(sorted(root.glob("*.dcm"))):
+                rows.append(
+                    {"image_id": f"c{c}_{path.stem}", "patient_id": f"p{i}_{c}", "exam_id": f"e{i}_{c}",
+                     "laterality": "", "view": "", "path": path.name, "label": i % 2, "split": "",
+                     "dataset": self.name}
+                )  # fmt: skip
+        lesions = pd.DataFrame(columns=["lesion_id", "image_id", "lesion_type", "pathology", "malignant", "roi_kind"])
+        return pd.DataFrame(rows), lesions
+
+
+def synthetic_mammogram(rows: int, cols: int, side: str, seed: int) -> np.ndarray:
+    """uint16 (rows, cols): a textured breast against a dark film background, with a bright film border."""
+    rng = np.random.default_rng(seed)
+    y = np.linspace(-1, 1, rows, dtype=np.float32)[:, None]
+    x = np.linspace(0, 1, cols, dtype=np.float32)[None, :]
+    x = x if side == "L" else 1 - x
+    inside = (x / 0.75) ** 2 + (y / 0.85) ** 2 <= 1
+    # low-frequency "tissue" (upsampled noise) + film grain
+    coarse = rng.random((rows // 64 + 2, cols // 64 + 2)).astype(np.float32)
+    tissue = np.kron(coarse, np.ones((64, 64), np.float32))[:rows, :cols]
+    img = np.where(inside, 20000 + 30000 * tissue * (1 - 0.5 * x), 1500)
+    img += rng.normal(0, 400, (rows, cols)).astype(np.float32)
+    img[:40] = 65000  # film border along the top edge (DDSM scans have them)
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def write_inputs(folder: Path, n: int, syntax: str | None) -> list[Path]:
+    paths = []
+    for i in range(n):
+        rows, cols = 5000 - 97 * i, 3000 - 61 * i  # slightly different sizes, like real scans
+        side = "L" if i % 2 == 0 else "R"
+        ds = make_dataset(synthetic_mammogram(rows, cols, side, i), bits_stored=16, image_laterality=side)
+        paths.append(write_dicom(folder / f"img{i}.dcm", ds, syntax))
+    return paths
+
+
+def naive(path: Path, out: Path, size: tuple[int, int]) -> None:
+    import pydicom
+    from PIL import Image
+
+    arr = pydicom.dcmread(path).pixel_array
+    Image.fromarray(arr).resize((size[1], size[0])).save(out)
+
+
+def mammokit_one(path: Path, out: Path, spec: PreprocessSpec) -> None:
+    pixels, meta = read_mammogram(path)
+    image, _ = prepare_pixels(pixels, meta, spec)
+    write_png16(out, image)
+
+
+def per_image_times(fn, paths: list[Path], repeat: int) -> list[float]:
+    times = []
+    for r in range(repeat):
+        for p in paths:
+            t = time.perf_counter()
+            fn(p, r)
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=4, help="synthetic DICOMs to write (default 4)")
+    parser.add_argument("--repeat", type=int, default=2, help="passes over the images per measurement")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts for prepare")
+    parser.add_argument("--copies", type=int, default=2, help="times each file is listed in the prepare run")
+    parser.add_argument("--syntax", default=None, help="compress the inputs: rle (like CBIS-DDSM), jpeg2000-lossless")
+    parser.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    spec = PreprocessSpec()  # 1152 x 896, the paper size
+    size = (spec.height, spec.width)
+
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        tmp = Path(tmp)
+        raw, scratch = tmp / "raw", tmp / "scratch"
+        raw.mkdir()
+        scratch.mkdir()
+        t = time.perf_counter()
+        paths = write_inputs(raw, args.images, args.syntax)
+        mb = sum(p.stat().st_size for p in paths) / len(paths) / 2**20
+        print(f"inputs: {len(paths)} DICOMs ~5000x3000 16-bit, {args.syntax or 'uncompressed'}, "
+              f"{mb:.1f} MB each (written in {time.perf_counter() - t:.1f} s)")  # fmt: skip
+        print(f"cpus available: {len(os.sched_getaffinity(0))}, load average: {os.getloadavg()[0]:.2f}")
+
+        # warm-up: imports, codec plugins, page cache
+        naive(paths[0], scratch / "w.png", size)
+        mammokit_one(paths[0], scratch / "w.png", spec)
+        # one-off import costs (scikit-learn for the splits) are kept out of the throughput numbers
+        import sklearn.model_selection  # noqa: F401
+
+        t_naive = per_image_times(lambda p, r: naive(p, scratch / f"n{r}_{p.stem}.png", size), paths, args.repeat)
+        t_ours = per_image_times(lambda p, r: mammokit_one(p, scratch / f"m{r}_{p.stem}.png", spec), paths, args.repeat)
+        med_naive, med_ours = statistics.median(t_naive), statistics.median(t_ours)
+        print(f"naive (pixel_array + PIL resize + PNG), 1 process: {med_naive:.3f} s/img = {1 / med_naive:.2f} img/s")
+        print(f"mammokit read+prepare_pixels+PNG,   1 process: {med_ours:.3f} s/img = {1 / med_ours:.2f} img/s")
+        print(f"per-core ratio mammokit/naive: {med_naive / med_ours:.2f}x (target >= 2x)")
+
+        base = None
+        n_tasks = args.images * args.copies
+        for w in args.workers:
+            out = tmp / f"prepared_w{w}"
+            t = time.perf_counter()
+            report = prepare_dataset(
+                "bench-synthetic", raw, out, spec, workers=w, source_options={"copies": args.copies}, progress=False
+            )
+            dt = time.perf_counter() - t
+            assert report.ok and report.n_written == n_tasks, report.summary()
+            rate = n_tasks / dt
+            base = base or rate
+            print(f"prepare_dataset, {w} worker(s): {n_tasks} images in {dt:.2f} s = {rate:.2f} img/s "
+                  f"({rate / w:.2f} img/s per worker; speed-up {rate / base:.2f}x vs 1 worker)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
