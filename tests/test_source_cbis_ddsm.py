@@ -361,3 +361,38 @@ def test_synth_cbis_layout_end_to_end(tmp_path):
     row = images.iloc[0]
     pixels, meta = source.read_image(row, tmp_path / "cbis")
     assert pixels.shape == (96, 64) and (meta.laterality, meta.view) == (row["laterality"], row["view"])
+
+
+def test_february_2017_header_variant_and_windows_paths(tmp_path):
+    """The first CSV release used short names (side, view, abn_num, od_img_path, ...) and back-slash paths."""
+    header = (
+        "patient_id,breast_density,side,view,abn_num,abnormality_type,mass_shape,mass_margins,assessment,"
+        "pathology,subtlety,od_img_path,od_crop_path,mask_path"
+    )
+    rows = [
+        r"P_00001,3,LEFT,CC,1,mass,IRREGULAR,SPICULATED,4,MALIGNANT,4,"
+        r"DOI\Mass-Training_P_00001_LEFT_CC\1.2.3\1.2.4\000000.dcm,"
+        r"DOI\Mass-Training_P_00001_LEFT_CC_1\1.2.5\1.2.6\000000.dcm,"
+        r"DOI\Mass-Training_P_00001_LEFT_CC_1\1.2.5\1.2.6\000001.dcm",
+        r"P_00001,3,LEFT,CC,2,mass,OVAL,CIRCUMSCRIBED,3,BENIGN_WITHOUT_CALLBACK,5,"
+        r"DOI\Mass-Training_P_00001_LEFT_CC\1.2.3\1.2.4\000000.dcm,x,y",
+        r"P_0002,3,LEFT,XX,1,mass,OVAL,CIRCUMSCRIBED,3,BENIGN,5,z,x,y",  # unreadable: reported and skipped
+    ]
+    path = tmp_path / "mass_case_description_train_set.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    cases = read_case_tables(tmp_path)
+    assert len(cases) == 2 and set(cases["official_split"]) == {"train"}
+    assert cases["image_path"].iloc[0] == "DOI/Mass-Training_P_00001_LEFT_CC/1.2.3/1.2.4/000000.dcm"
+    images, lesions = cases_to_manifest(cases)
+    assert images["label"].tolist() == [1] and images["birads"].tolist() == ["4"] and len(lesions) == 2
+
+
+def test_csv_paths_with_a_prefix_still_match_files():
+    from mammokit.data.sources.cbis_ddsm import _csv_key
+
+    assert _csv_key("DOI/Calc-Test_P_00038_LEFT_CC/1.2.3/1.2.345678/000000.dcm") == (
+        "Calc-Test_P_00038_LEFT_CC",
+        "45678",
+    )
+    assert _csv_key("Calc-Test_P_00038_LEFT_CC_1/1.2.3/1.2.345678/000001.dcm")[0] == "Calc-Test_P_00038_LEFT_CC_1"
+    assert _csv_key("somewhere/else.dcm") is None

@@ -210,11 +210,12 @@ def _uid_key(part: str) -> str:
 
 
 def _csv_key(csv_path: str) -> tuple[str, str] | None:
-    """(CBIS folder, series key) of a path as written in the CSV."""
+    """(CBIS folder, series key) of a path as written in the CSV (a leading 'DOI/' or other prefix is skipped)."""
     parts = [p for p in csv_path.split("/") if p]
-    if len(parts) < 3 or not FOLDER_RE.match(parts[0]):
-        return None
-    return parts[0], parts[2][-5:]
+    for i, part in enumerate(parts):
+        if FOLDER_RE.match(part) and len(parts) > i + 2:
+            return part, parts[i + 2][-5:]
+    return None
 
 
 @dataclass
