@@ -27,7 +27,7 @@ def test_generic_csv_end_to_end(tmp_path, caplog):
     (tmp_path / "labels.csv").write_text(
         "File,Cancer,Patient,Side,View,site\n"
         "imgs/a_lcc.png,malignant,A,left,cc,x\n"
-        "imgs/a_lmlo.png,1,A,LEFT,MLO,x\n"
+        "imgs\\a_lmlo.png,1,A,LEFT,MLO,x\n"
         "imgs/b_rcc.dcm,0,B,R,CC,y\n"
         "imgs/missing.png,0,B,R,MLO,y\n"
         "imgs/c.png,maybe,C,R,CC,y\n"

@@ -131,6 +131,7 @@ class GenericCsv(DatasetSource):
                 "yes/no, true/false, empty",
                 csv.name, int(bad_label.sum()), lines[bad_label][:10].tolist(),
             )  # fmt: skip
+        df["path"] = df["path"].str.replace("\\", "/", regex=False)  # Windows-written CSVs
         resolved = [Path(p) if Path(p).is_absolute() else base / p for p in df["path"]]
         missing = np.array([p == "" or not r.is_file() for p, r in zip(df["path"], resolved, strict=True)])
         if missing.any():
@@ -148,7 +149,9 @@ class GenericCsv(DatasetSource):
         paths = [r for r, k in zip(resolved, keep, strict=True) if k]
         images["path"] = [self._stored_path(p, base, absolute=root.is_file()) for p in paths]
         if "image_id" not in images.columns:
-            images["image_id"] = [Path(p).with_suffix("").as_posix().replace("/", "__") for p in images["path"]]
+            images["image_id"] = [
+                Path(p).with_suffix("").as_posix().lstrip("/").replace("/", "__") for p in images["path"]
+            ]
         if images["image_id"].duplicated().any():
             raise DatasetError(f"{csv.name}: {int(images['image_id'].duplicated().sum())} repeated image ids")
         if "patient_id" not in images.columns or (images["patient_id"] == "").any():
