@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,28 @@ def test_two_workers_give_the_same_result(raw: Path, tmp_path: Path) -> None:
     for i in range(7):
         a = read_png16(tmp_path / f"one/images/img{i}.png")
         np.testing.assert_array_equal(a, read_png16(tmp_path / f"two/images/img{i}.png"))
+
+
+@register_source
+class CrashingSource(TinySource):
+    """Kills the worker process (as an out-of-memory kill or a codec segfault would) on image img3."""
+
+    name = "tiny-test-crashing"
+
+    def read_image(self, row: pd.Series, root: Path, **options):
+        if row["image_id"] == "img3" and os.getpid() != self.options["parent_pid"]:
+            os._exit(1)
+        return super().read_image(row, root, **options)
+
+
+def test_a_dying_worker_fails_only_its_image(raw: Path, tmp_path: Path) -> None:
+    report = prepare_dataset(
+        "tiny-test-crashing", raw, tmp_path / "out", SPEC, workers=2, progress=False,
+        source_options={"parent_pid": os.getpid()},
+    )  # fmt: skip
+    crashed = [e for e in report.errors if e["image_id"] == "img3"]
+    assert len(crashed) == 1 and "worker process died" in crashed[0]["reason"]
+    assert report.n_written == 6 and report.n_failed == 3  # img3 + the two bad files
 
 
 def test_no_images_is_an_error(tmp_path: Path) -> None:

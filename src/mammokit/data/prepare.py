@@ -249,6 +249,53 @@ def _remove_stale_temporaries(out: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
+def _crash_result(task: dict[str, Any]) -> dict[str, Any]:
+    row = task["row"]
+    reason = "the worker process died while preparing this image (out of memory, or a crash in a codec)"
+    return {
+        "status": "failed",
+        "error": {"image_id": str(row["image_id"]), "lesion_id": "", "path": str(row["path"]), "stage": "read",
+                  "reason": reason},
+    }  # fmt: skip
+
+
+def _pool_results(tasks: list[dict[str, Any]], source: Any, workers: int) -> Iterator[tuple[dict, dict]]:
+    """(task, result) pairs from a process pool; survives workers that die.
+
+    When a worker dies (killed for memory, a segfault in a decoder) the pool breaks and every task in
+    flight is lost. Those tasks are re-run one at a time, each in a fresh one-process pool: the one that
+    breaks its pool again is the culprit and is reported as failed; the others complete normally. The
+    remaining queue then continues in a new pool.
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
+    queue = list(reversed(tasks))  # pop() from the end = source order
+    while queue:
+        suspects: list[dict[str, Any]] = []
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(source,)) as pool:
+            in_flight: dict[Any, dict[str, Any]] = {}
+            try:
+                while queue or in_flight:
+                    # at most 2 tasks per worker in flight, so an interrupted run has little unfinished work
+                    while queue and len(in_flight) < 2 * workers:
+                        task = queue.pop()
+                        in_flight[pool.submit(_prepare_one, task)] = task
+                    done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        result = fut.result()  # raises BrokenProcessPool if a worker died; task stays in flight
+                        yield in_flight.pop(fut), result
+            except BrokenProcessPool:
+                suspects = list(in_flight.values())
+                log.warning("a worker process died; re-running the %d image(s) it may have held", len(suspects))
+        for task in suspects:
+            with ProcessPoolExecutor(max_workers=1, initializer=_init_worker, initargs=(source,)) as solo:
+                try:
+                    result = solo.submit(_prepare_one, task).result()
+                except BrokenProcessPool:
+                    result = _crash_result(task)
+            yield task, result
+
+
 def _run_tasks(tasks: list[dict[str, Any]], source: Any, workers: int, progress: bool) -> Iterator[dict[str, Any]]:
     from tqdm import tqdm
 
@@ -260,23 +307,9 @@ def _run_tasks(tasks: list[dict[str, Any]], source: Any, workers: int, progress:
                 yield _prepare_one(task)
                 bar.update()
             return
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(source,)) as pool:
-            pending = set()
-            queue = iter(tasks)
-            # keep at most 2 tasks per worker in flight, so an interrupted run has little unfinished work
-            for task in queue:
-                pending.add(pool.submit(_prepare_one, task))
-                if len(pending) >= 2 * workers:
-                    break
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    yield fut.result()
-                    bar.update()
-                for task in queue:
-                    pending.add(pool.submit(_prepare_one, task))
-                    if len(pending) >= 2 * workers:
-                        break
+        for _task, result in _pool_results(tasks, source, workers):
+            yield result
+            bar.update()
     finally:
         bar.close()
 
