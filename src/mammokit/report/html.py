@@ -83,7 +83,7 @@ def _headline(metrics: Mapping[str, Any], result: Mapping[str, Any]) -> str:
                 f"<div>{_esc(fmt_ci(result[lvl]['auc']))}</div></div>"
             )
     cards.append(
-        f'<div class="card"><div class="label">Test images (women, cancers)</div>'
+        f'<div class="card"><div class="label">{_esc(str(metrics.get("split", "")).capitalize())} images</div>'
         f'<div class="big">{image["n"]}</div>'
         f"<div>{image['n_groups']} women, {image['n_positive']} malignant images</div></div>"
     )

@@ -21,8 +21,15 @@ _DPI = 100
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    # Fixed margins instead of bbox_inches="tight", which draws the figure twice (the slow part on CPU).
+    fig.savefig(buf, format="png", dpi=_DPI)
     return buf.getvalue()
+
+
+def _figure(height: float = _SIZE[1]) -> Figure:
+    fig = Figure(figsize=(_SIZE[0], height))
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.1 * _SIZE[1] / height, top=1 - 0.07 * _SIZE[1] / height)
+    return fig
 
 
 def _fmt_ci(value: float, low: float | None, high: float | None) -> str:
@@ -38,12 +45,13 @@ def roc_plot(series: Sequence[dict[str, Any]], points: Sequence[dict[str, Any]] 
         series: dicts with "name", "fpr", "tpr" (arrays), "auc" and optional "ci" (low, high).
         points: operating points to mark: dicts with "label", "sensitivity", "specificity".
     """
-    fig = Figure(figsize=_SIZE)
+    fig = _figure()
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--", label="chance (AUC 0.5)")
     for s in series:
         low, high = s.get("ci") or (None, None)
-        ax.step(s["fpr"], s["tpr"], where="post", lw=2, label=f"{s['name']}: AUC {_fmt_ci(s['auc'], low, high)}")
+        # Straight segments between distinct thresholds: tied scores give the diagonal the AUC counts as 1/2.
+        ax.plot(s["fpr"], s["tpr"], lw=2, label=f"{s['name']}: AUC {_fmt_ci(s['auc'], low, high)}")
     markers = "os^vDP*X"
     for i, pt in enumerate(points):
         if np.isfinite(pt["sensitivity"]) and np.isfinite(pt["specificity"]):
@@ -59,13 +67,14 @@ def roc_plot(series: Sequence[dict[str, Any]], points: Sequence[dict[str, Any]] 
 
 def pr_plot(series: Sequence[dict[str, Any]], prevalence: float) -> bytes:
     """Precision-recall curves; `series` dicts hold "name", "recall", "precision", "ap" and optional "ci"."""
-    fig = Figure(figsize=_SIZE)
+    fig = _figure()
     ax = fig.add_subplot()
     if np.isfinite(prevalence):
         ax.axhline(prevalence, color="0.7", lw=1, ls="--", label=f"chance (prevalence {prevalence:.2f})")
     for s in series:
         low, high = s.get("ci") or (None, None)
-        ax.step(s["recall"], s["precision"], where="post", lw=2, label=f"{s['name']}: AP {_fmt_ci(s['ap'], low, high)}")
+        # where="pre": each precision holds on the recall interval ending at its point (average precision's sum).
+        ax.step(s["recall"], s["precision"], where="pre", lw=2, label=f"{s['name']}: AP {_fmt_ci(s['ap'], low, high)}")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)")
     ax.set_title("Precision-recall curve")
     ax.grid(alpha=0.3)
@@ -80,7 +89,7 @@ def reliability_plot(series: Sequence[dict[str, Any]]) -> bytes:
         series: dicts with "name", "ece" and "reliability" (the dict of `metrics.calibration.reliability_curve`,
             arrays or lists: "lower", "upper", "count", "mean_predicted", "fraction_positive").
     """
-    fig = Figure(figsize=(_SIZE[0], _SIZE[1] + 1.2))
+    fig = _figure(_SIZE[1] + 1.2)
     grid = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
     ax = fig.add_subplot(grid[0])
     hist = fig.add_subplot(grid[1], sharex=ax)
