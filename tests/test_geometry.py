@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -157,3 +159,13 @@ def test_real_cbis_images_are_canonical() -> None:
         assert "orientation_disagrees" not in geo.extra
         assert image[:, :112].astype(float).sum() > image[:, 112:].astype(float).sum()
         assert geo.crop_shape[0] * geo.crop_shape[1] < 0.8 * pixels.size  # the breast was cropped
+
+
+def test_reader_and_geometry_do_not_import_torch() -> None:
+    # the ONNX prediction path reads and preprocesses files without torch
+    code = (
+        "import sys, mammokit.io.dicom, mammokit.io.raster, mammokit.data.geometry, mammokit.data.rois; "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -215,3 +215,28 @@ def test_cli_prepare_exit_status_and_config(raw: Path, tmp_path: Path, capsys: p
     assert "unknown dataset" in capsys.readouterr().err
     assert main([*args, "--set", "preprocess.aspectt=pad"]) == 2
     assert "did you mean 'preprocess.aspect'" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+def test_prepare_real_mini_mias_pair(tmp_path: Path) -> None:
+    from conftest import shared_data_dir
+
+    src = shared_data_dir("mini-mias-dev")
+    root = tmp_path / "mias"
+    root.mkdir()
+    for name in ("Info.txt", "mdb001.pgm", "mdb002.pgm"):  # one woman: right (odd) and left (even) MLO
+        (root / name).symlink_to(src / name)
+    spec = PreprocessSpec(height=144, width=112)
+    report = prepare_dataset(
+        "mini-mias", root, tmp_path / "out", spec, val_fraction=0.0, test_fraction=0.0, progress=False
+    )
+    assert report.ok and report.n_written == 2
+    manifest = pd.read_parquet(tmp_path / "out/manifest.parquet").set_index("image_id")
+    assert manifest.loc["mdb001", "flipped"] and not manifest.loc["mdb002", "flipped"]
+    lesions = pd.read_parquet(tmp_path / "out/lesions.parquet").set_index("lesion_id")
+    # mdb001: CIRC B 535 425 197 (origin bottom-left) -> a large circle in the lower-middle of the breast
+    mask = read_png8(tmp_path / "out" / lesions.loc["mdb001_1", "mask_file"]) > 0
+    assert 0.1 < mask.mean() < 0.5
+    for image_id in manifest.index:
+        img = read_png16(tmp_path / "out" / manifest.loc[image_id, "image_file"])
+        assert img[:, :56].astype(float).sum() > img[:, 56:].astype(float).sum()  # chest wall on the left

@@ -405,7 +405,10 @@ def prepare_dataset(
         raise PrepareError(f"{source}: cannot build the manifest from {root}: {exc}") from exc
     if images.empty:
         raise PrepareError(f"{source}: no images found under {root}; check --root")
-    images = assign_splits(images, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    try:
+        images = assign_splits(images, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    except ValueError as exc:  # SplitError: e.g. too few patients for the fractions
+        raise PrepareError(f"{source}: cannot split {len(images)} images into train/val/test: {exc}") from exc
 
     image_hash = config_hash(
         {"format": PREPARE_FORMAT, "source": source, "source_options": options, "preprocess": spec}
