@@ -1,0 +1,236 @@
+"""`mammokit predict RUN INPUTS... --out DIR`: p(malignant), the call and heatmap overlays for new files.
+
+Writes into DIR:
+    predictions.csv / predictions.json   one row per image that was predicted
+    errors.csv                           one row per input that failed (exit status 1 when any did)
+    heatmaps/<image_id>_<kind>.png       overlays on the original image (with --heatmap)
+    predict_config.yaml                  the resolved options
+
+The preprocessing (crop, flip, resize, normalisation) comes from the run folder; there is no flag
+for it on purpose. Nothing from the DICOM header beyond laterality and view is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from mammokit.cli.common import (
+    UserError,
+    add_batch_size,
+    add_config_args,
+    add_device,
+    add_out,
+    add_workers,
+    config_error_to_user,
+)
+from mammokit.config import ConfigError
+
+CSV_COLUMNS = (
+    "image_id",
+    "input",
+    "laterality",
+    "view",
+    "prob_malignant",
+    "prob_raw",
+    "call",
+    "threshold",
+    "model_run",
+    "backend",
+    "heatmaps",
+)
+ERROR_COLUMNS = ("image_id", "input", "stage", "error")
+
+
+@dataclass
+class PredictConfig:
+    """Options of `mammokit predict` (the model and its preprocessing come from the run folder)."""
+
+    heatmap: Literal["none", "gradcam", "patch", "both"] = "none"  # which heatmaps to render
+    backend: Literal["torch", "onnx"] = "torch"  # onnx = onnxruntime only, torch is never imported
+    device: str = "auto"  # auto = cuda if available (torch) / CUDA provider if installed (onnx)
+    batch_size: int = 4  # images per forward pass
+    workers: int = 2  # reader threads (DICOM decoding and resizing run in parallel with the model)
+    patch_run: str | None = None  # patch-classifier run for patch heatmaps (default: model.json parent_run)
+    overlay_alpha: float = 0.5  # opacity of the heatmap at its maximum
+    overlay_max_side: int = 0  # 0 = overlays at the original resolution; else downscale the longer side to this
+    channels_last: bool = False  # torch backend: NHWC memory format (see benchmarks/bench_predict.py)
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise ConfigError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
+        if self.heatmap != "none" and self.backend == "onnx":
+            raise ConfigError("heatmaps need the torch backend (Grad-CAM needs gradients); drop --heatmap or --backend")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="predict p(malignant) for new mammograms (DICOM/PNG/PGM/JPEG) with a trained run",
+        description=(
+            "Predict p(malignant) for each input image with a trained whole-image run. INPUTS are files, "
+            "folders (searched recursively) or CSV lists with a 'path' column (and optional 'image_id'). "
+            "The preprocessing comes from the run folder. Writes predictions.csv/json, errors.csv for "
+            "inputs that failed (exit status 1 if any), and heatmap overlays in the original image geometry."
+        ),
+    )
+    p.add_argument("run", type=Path, metavar="RUN", help="run folder of a whole-image model (holds model.json)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or CSV lists")
+    add_out(p, help="output folder for predictions.csv/json, errors.csv and heatmaps/")
+    add_config_args(p)
+    add_device(p)
+    add_batch_size(p)
+    add_workers(p)
+    p.add_argument(
+        "--heatmap",
+        choices=("none", "gradcam", "patch", "both"),
+        default=None,
+        help="overlays to write: Grad-CAM of the whole-image model, the patch classifier's per-class maps, "
+        "both, or none (default none)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default=None,
+        help="torch (default) or onnx (needs RUN/model.onnx from `mammokit export`; torch is not imported)",
+    )
+    p.add_argument(
+        "--patch-run",
+        default=None,
+        metavar="RUN",
+        help="patch-classifier run for --heatmap patch (default: the parent_run recorded in RUN/model.json)",
+    )
+    p.add_argument(
+        "--overlay-max-side",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="downscale overlays so the longer side is at most PX (default 0 = original resolution)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace) -> PredictConfig:
+    from mammokit.config import load_config
+
+    flags: dict[str, Any] = {
+        "heatmap": args.heatmap,
+        "backend": args.backend,
+        "device": None if args.device == "auto" else args.device,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "patch_run": args.patch_run,
+        "overlay_max_side": args.overlay_max_side,
+    }
+    try:
+        return load_config(PredictConfig, args.config, args.set, flags)
+    except ConfigError as exc:
+        raise config_error_to_user(exc) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from mammokit.config import dump_yaml
+    from mammokit.infer.inputs import InputError, collect_inputs
+    from mammokit.infer.predictor import Predictor
+    from mammokit.run import RunFolderError
+    from mammokit.utils.atomic import atomic_write_text
+
+    cfg = _config(args)
+    out: Path = args.out
+    try:
+        items = collect_inputs(args.inputs)
+    except InputError as exc:
+        raise UserError(str(exc)) from None
+    if not items:
+        raise UserError("no inputs to predict")
+    try:
+        predictor = Predictor.from_run(
+            args.run, cfg.device, cfg.backend, patch_run=cfg.patch_run, channels_last=cfg.channels_last
+        )
+        predictor.check_heatmap(cfg.heatmap)
+    except (RunFolderError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise UserError(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "predict_config.yaml", dump_yaml({"run": str(args.run), **dataclasses.asdict(cfg)}))
+
+    rows, errors = _predict_all(predictor, items, cfg, out, progress=not args.no_progress)
+    _write_outputs(out, predictor, rows, errors)
+    import logging
+
+    logging.getLogger(__name__).info(
+        "%d image(s) predicted, %d failed; wrote %s", len(rows), len(errors), out / "predictions.csv"
+    )
+    return 1 if errors else 0
+
+
+def _predict_all(predictor: Any, items: list, cfg: PredictConfig, out: Path, *, progress: bool) -> tuple[list, list]:
+    from mammokit.infer.predictor import Prediction
+
+    rows: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    stream = predictor.predict_many(
+        items, cfg.heatmap, batch_size=cfg.batch_size, workers=cfg.workers, progress=progress
+    )
+    for result, prepared in stream:
+        if not isinstance(result, Prediction):
+            errors.append(result.to_record())
+            continue
+        row = result.to_record()
+        row.update(model_run=predictor.run_name, backend=predictor.backend_name)
+        written = []
+        if result.heatmaps and prepared is not None and prepared.pixels is not None:
+            written = _write_overlays(out / "heatmaps", result, prepared.pixels, cfg)
+        row["heatmaps"] = ";".join(written)
+        rows.append(row)
+    return rows, errors
+
+
+def _write_overlays(folder: Path, result: Any, pixels: Any, cfg: PredictConfig) -> list[str]:
+    from mammokit.infer.overlay import write_overlay
+
+    names = []
+    for kind, heat in result.heatmaps.items():
+        name = f"{result.image_id}_{kind}.png"
+        write_overlay(folder / name, pixels, heat, alpha=cfg.overlay_alpha, max_side=cfg.overlay_max_side or None)
+        names.append(f"heatmaps/{name}")
+    return names
+
+
+def _write_outputs(out: Path, predictor: Any, rows: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+    import csv
+    import io
+
+    from mammokit.utils.atomic import atomic_write_json, atomic_write_text
+
+    def to_csv(records: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in records)
+        return buf.getvalue()
+
+    atomic_write_text(out / "predictions.csv", to_csv(rows, CSV_COLUMNS))
+    summary = {
+        "model_run": predictor.run_name,
+        "backend": predictor.backend_name,
+        "threshold": predictor.threshold,
+        "threshold_rule": predictor.card.threshold_rule,
+        "calibrated": predictor.calibration is not None,
+        "n_predicted": len(rows),
+        "n_failed": len(errors),
+        "predictions": rows,
+        "errors": errors,
+    }
+    atomic_write_json(out / "predictions.json", summary)
+    if errors:
+        atomic_write_text(out / "errors.csv", to_csv(errors, ERROR_COLUMNS))
+    elif (out / "errors.csv").exists():
+        (out / "errors.csv").unlink()  # a stale list from an earlier run in the same folder would mislead

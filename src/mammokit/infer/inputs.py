@@ -1,0 +1,164 @@
+"""Prediction inputs: files, folders and CSV lists -> an ordered list of `InputItem` (path + image id).
+
+`mammokit predict` accepts any mix of
+* image files (DICOM with or without the `.dcm` extension, PNG, PGM, JPEG),
+* folders, searched recursively for those files (extension-less files count when they carry the
+  DICOM "DICM" magic at byte 128),
+* CSV lists with a `path` column (relative paths are relative to the CSV's folder) and an optional
+  `image_id` column.
+
+Image ids default to the file stem; ids that would collide (two `1-1.dcm` in different folders, the
+usual CBIS-DDSM layout) get the parent folder names prepended until they are unique, so output
+files never overwrite each other. NumPy/stdlib only: the ONNX path uses it without torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".dcm", ".dicom", ".png", ".pgm", ".jpg", ".jpeg"})
+_DICOM_MAGIC_OFFSET = 128  # DICOM Part 10: 128-byte preamble, then b"DICM"
+
+
+class InputError(ValueError):
+    """An input argument (file, folder or CSV) cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One image to predict."""
+
+    path: Path
+    image_id: str
+    source: str  # the argument it came from (a file, a folder or a CSV list), for error reports
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when `path` has the DICOM Part 10 magic (the extension is not trusted either way)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(_DICOM_MAGIC_OFFSET)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_candidate(path: Path) -> bool:
+    if path.name.startswith("."):
+        return False  # hidden files, e.g. atomic-write temporaries or macOS resource forks
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    return path.suffix == "" and is_dicom_file(path)
+
+
+def _walk_folder(folder: Path) -> list[Path]:
+    # sorted so that output order (and id disambiguation) is reproducible across file systems
+    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_candidate(p))
+
+
+def _read_csv_list(csv_path: Path) -> list[tuple[Path, str | None]]:
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+        if "path" not in fields:
+            raise InputError(
+                f"{csv_path}: a CSV input list needs a 'path' column (and optionally 'image_id'); "
+                f"found columns {fields}"
+            )
+        rows: list[tuple[Path, str | None]] = []
+        for row in reader:
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            if not row.get("path"):
+                continue
+            path = Path(row["path"]).expanduser()
+            if not path.is_absolute():
+                path = csv_path.parent / path
+            rows.append((path, row.get("image_id") or None))
+    return rows
+
+
+def _safe_id(text: str) -> str:
+    """Make an id safe to use in a file name (heatmap PNGs are named after it)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return cleaned or "image"
+
+
+def _unique_ids(paths: Sequence[Path], given: Sequence[str | None]) -> list[str]:
+    """File stems, with parent folders prepended where stems collide; user-given ids are kept as given."""
+    depth = [0] * len(paths)
+
+    def make(i: int) -> str:
+        if given[i]:
+            return _safe_id(str(given[i]))
+        folders = paths[i].parent.parts[-depth[i] :] if depth[i] else ()
+        return _safe_id("_".join([*folders, paths[i].stem]))
+
+    ids = [make(i) for i in range(len(paths))]
+    for _ in range(64):  # each round adds one folder level to colliding auto ids
+        seen: dict[str, list[int]] = {}
+        for i, image_id in enumerate(ids):
+            seen.setdefault(image_id, []).append(i)
+        clashes = [idx for idx in seen.values() if len(idx) > 1]
+        if not clashes:
+            return ids
+        progressed = False
+        for idx in clashes:
+            for i in idx:
+                if not given[i] and depth[i] < len(paths[i].parent.parts):
+                    depth[i] += 1
+                    ids[i] = make(i)
+                    progressed = True
+        if not progressed:
+            break
+    # still clashing (same path listed twice, or user ids repeated): number them in order
+    counts: dict[str, int] = {}
+    out = []
+    for image_id in ids:
+        n = counts.get(image_id, 0)
+        counts[image_id] = n + 1
+        out.append(image_id if n == 0 else f"{image_id}_{n}")
+    return out
+
+
+def collect_inputs(args: Iterable[str | Path]) -> list[InputItem]:
+    """Expand files, folders and CSV lists into `InputItem`s (in argument order).
+
+    A file that does not exist is kept (its read error is reported per item by the predictor, so a
+    batch is never stopped by one bad entry); a folder without any image, or a CSV without a `path`
+    column, is a user error.
+
+    Raises:
+        InputError: a folder holds no image, or a CSV list is missing or malformed.
+    """
+    paths: list[Path] = []
+    given: list[str | None] = []
+    sources: list[str] = []
+    for arg in args:
+        p = Path(arg).expanduser()
+        if p.is_dir():
+            found = _walk_folder(p)
+            if not found:
+                raise InputError(
+                    f"{p}: no images found (looked recursively for {', '.join(sorted(IMAGE_SUFFIXES))} "
+                    "and extension-less DICOM files)"
+                )
+            paths += found
+            given += [None] * len(found)
+            sources += [str(p)] * len(found)
+        elif p.suffix.lower() == ".csv":
+            if not p.is_file():
+                raise InputError(f"{p}: CSV input list not found")
+            for path, image_id in _read_csv_list(p):
+                paths.append(path)
+                given.append(image_id)
+                sources.append(str(p))
+        else:
+            paths.append(p)  # a missing file is reported per item later, not fatal for the batch
+            given.append(None)
+            sources.append(str(p))
+    ids = _unique_ids(paths, given)
+    return [InputItem(path=p, image_id=i, source=s) for p, i, s in zip(paths, ids, sources, strict=True)]

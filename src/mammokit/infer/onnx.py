@@ -1,0 +1,189 @@
+"""ONNX export of a whole-image run and a torch-free ONNX Runtime backend.
+
+The exported graph is `model -> softmax -> sum over the positive units`, so its single output is
+p(malignant) per image (uncalibrated; calibration.json, when present, is applied by the predictor
+in NumPy) and the ONNX path needs no post-processing that lives in torch:
+
+    input  "image"           float32 (batch, 1, H, W), normalised exactly as `preprocess.to_model_input`
+    output "prob_malignant"  float32 (batch,)
+
+The batch axis is dynamic; H and W are fixed to the run's prepared size (the model was trained at
+that size and the predictor always prepares images to it). The run's `model.json` is embedded in the
+ONNX metadata (`mammokit_model_card`), so the file is self-describing.
+
+`export_onnx` needs torch (and onnx/onnxscript); `OnnxBackend` needs only onnxruntime and NumPy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mammokit.config import to_dict
+from mammokit.run import read_card
+from mammokit.utils.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+INPUT_NAME = "image"
+OUTPUT_NAME = "prob_malignant"
+DEFAULT_OPSET = 18
+
+
+def _prob_wrapper(model: nn.Module, positive: Sequence[int]) -> nn.Module:
+    import torch
+
+    class ProbMalignant(torch.nn.Module):
+        """(B, 1, H, W) -> (B,) p(malignant) = sum of softmax over the positive units."""
+
+        def __init__(self, net: nn.Module, positive: Sequence[int]) -> None:
+            super().__init__()
+            self.net = net
+            self.register_buffer("positive", torch.tensor(list(positive), dtype=torch.long), persistent=False)
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            probs = torch.softmax(self.net(image), dim=-1)
+            return probs.index_select(-1, self.positive).sum(dim=-1)
+
+    return ProbMalignant(model, positive).eval()
+
+
+def export_onnx(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    check_batch: int = 2,
+    tolerance: float = 1e-4,
+) -> tuple[Path, float]:
+    """Export a run's model to ONNX and check it against torch on random inputs.
+
+    Args:
+        run_dir: a whole-image (or patch) run folder.
+        out: the .onnx file to write; default `RUN/model.onnx`.
+        opset: ONNX opset version.
+        check_batch: batch size of the parity check (a batch other than the export's proves the
+            dynamic axis works).
+        tolerance: largest allowed |p_onnx - p_torch|; a larger difference raises.
+
+    Returns:
+        (path written, max absolute probability difference of the parity check).
+    """
+    import torch
+
+    from mammokit.run import load_model
+
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / ONNX_FILE
+    model, card = load_model(run_dir, "cpu")
+    wrapper = _prob_wrapper(model, card.positive_indices)
+    h, w = card.input.height, card.input.width
+    example = torch.zeros(1, card.input.channels, h, w)
+    with atomic_path(out) as tmp:
+        _torch_export(wrapper, example, tmp, opset)
+        _embed_card(tmp, json.dumps(to_dict(card)))
+    diff = check_parity(wrapper, out, batch=check_batch, shape=(card.input.channels, h, w))
+    if diff > tolerance:
+        out.unlink(missing_ok=True)
+        raise RuntimeError(f"ONNX export of {run_dir} differs from torch by {diff:.2e} > {tolerance:.0e}; not written")
+    log.info("wrote %s (opset %d); parity vs torch on a batch of %d: max |dp| = %.2e", out, opset, check_batch, diff)
+    return out, diff
+
+
+def _torch_export(wrapper: nn.Module, example: Any, path: Path, opset: int) -> None:
+    """torch.export-based exporter first; the TorchScript exporter if the graph does not export."""
+    import torch
+
+    try:
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=4096)}},
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    except Exception as exc:  # the dynamo exporter rejects some graphs that TorchScript handles
+        log.warning("torch.export-based ONNX export failed (%s); falling back to the TorchScript exporter", exc)
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=min(opset, 17),
+            dynamo=False,
+        )
+
+
+def _embed_card(path: Path, card_json: str) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "mammokit_model_card", card_json
+    onnx.save(proto, str(path))
+
+
+def check_parity(wrapper: nn.Module, onnx_path: Path, *, batch: int, shape: tuple[int, int, int]) -> float:
+    """Max |p_onnx - p_torch| on a seeded random normal batch (values in the range normalised inputs take)."""
+    import torch
+
+    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    with torch.inference_mode():
+        expected = wrapper(torch.from_numpy(x)).numpy()
+    got = OnnxBackend(onnx_path).prob_malignant(x)
+    return float(np.abs(got - expected).max())
+
+
+class OnnxBackend:
+    """p(malignant) from an exported `model.onnx` with ONNX Runtime (no torch)."""
+
+    def __init__(self, path: str | Path, device: str = "auto") -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: export the run first with `mammokit export {path.parent}` "
+                "or predict with --backend torch"
+            )
+        available = ort.get_available_providers()
+        want_cuda = device == "auto" or device.startswith("cuda")
+        providers = ["CUDAExecutionProvider"] if want_cuda and "CUDAExecutionProvider" in available else []
+        if device.startswith("cuda") and not providers:
+            raise RuntimeError(f"--device {device}: onnxruntime has no CUDA provider here; use --device cpu or auto")
+        providers.append("CPUExecutionProvider")
+        self.session = ort.InferenceSession(str(path), providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
+
+    def prob_malignant(self, x: np.ndarray) -> np.ndarray:
+        """(B, 1, H, W) float32 -> (B,) float32."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0].reshape(-1)
+
+    def card_json(self) -> dict[str, Any] | None:
+        """The model card embedded at export, if any."""
+        meta = self.session.get_modelmeta().custom_metadata_map
+        return json.loads(meta["mammokit_model_card"]) if "mammokit_model_card" in meta else None
+
+
+def onnx_path_for(run_dir: str | Path) -> Path:
+    """Where `mammokit export` puts a run's ONNX file (checks the run folder is one)."""
+    read_card(run_dir)
+    return Path(run_dir) / ONNX_FILE

