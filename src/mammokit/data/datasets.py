@@ -1,20 +1,28 @@
 """PyTorch datasets over prepared folders: whole images (image-level labels) and patch sets.
 
-Samples are dicts: {"image": float tensor (1, H, W), "label": int, "image_id": str}. Intensity
+Samples are dicts: {"image": float tensor (1, H, W), "label": int, "image_id": str, "index": int (row)}. Intensity
 normalisation is `preprocess.to_model_input` with the mean/std the model will store, so training
 and prediction normalise identically. `transform`, when given, acts on the (1, H, W) tensor before
 normalisation (augmentation works on [0, 1] intensities).
+
+Reproducible training order: `EpochSampler` yields `(index, sample_seed)` pairs whose order and seeds
+are a pure function of (seed, epoch, position), sharded over DDP ranks; a dataset indexed with such a
+pair draws its augmentation from `sample_seed`. A run resumed mid-epoch therefore sees exactly the
+batches and augmentations an uninterrupted run would, whatever the number of loader workers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import math
+import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from mammokit.io.images import read_png16
 from mammokit.preprocess import U16_MAX
@@ -45,13 +53,19 @@ class _PngDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        # `key` is an index, or (index, sample_seed) from EpochSampler (seeded augmentation).
+        i, seed = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (int(key), None)
         u16 = read_png16(self.root / self.files[i])
         x = torch.from_numpy(u16.astype(np.float32) / U16_MAX).unsqueeze(0)  # (1, H, W) in [0, 1]
         if self.transform is not None:
-            x = self.transform(x)
+            if seed is None:
+                x = self.transform(x)
+            else:
+                with seeded_rng(seed, self.transform):
+                    x = self.transform(x)
         x = (x - self.mean) / self.std
-        return {"image": x, "label": int(self.labels[i]), "image_id": self.ids[i]}
+        return {"image": x, "label": int(self.labels[i]), "image_id": self.ids[i], "index": i}
 
 
 class WholeImageDataset(_PngDataset):
@@ -83,3 +97,100 @@ class PatchDataset(_PngDataset):
         transform: Transform | None = None,
     ) -> None:
         super().__init__(patch_root, patches, "patch_file", "class_index", "patch_id", mean, std, transform)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, transform: object | None = None) -> Iterator[None]:
+    """Run a block with Python/NumPy/torch global RNGs seeded from `seed`, restoring them afterwards.
+
+    Transforms with their own generators (albumentations' `Compose`) are re-seeded through their
+    `set_random_seed(seed)` method. Restoring the global state keeps the caller's random stream (e.g.
+    dropout in the main process when `workers=0`) independent of how many samples were loaded.
+    """
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    set_seed = getattr(transform, "set_random_seed", None)
+    if callable(set_seed):
+        set_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.random.set_rng_state(torch_state)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Deterministic, DDP-aware sampler yielding `(dataset index, sample seed)` pairs.
+
+    The order of epoch `e` depends only on (`seed`, `e`): shuffled, class-balanced (drawn with
+    replacement with probability proportional to 1 / class frequency, as many draws as samples), or in
+    order. The list is padded by wrapping to a multiple of `world_size` and rank `r` takes positions
+    r, r + world_size, ... (the same contract as torch's DistributedSampler). `skip_next(n)` drops the first
+    `n` samples of the next iteration only: this is how a run resumed mid-epoch continues where it stopped.
+
+    Args:
+        labels: (N,) class index of every sample (used by `balanced`).
+        shuffle: random order each epoch.
+        balanced: class-balanced draws (implies shuffling).
+        seed: base seed.
+        rank: this process's rank.
+        world_size: number of processes.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray | list[int],
+        *,
+        shuffle: bool,
+        balanced: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if len(self.labels) == 0:
+            raise ValueError("EpochSampler: the dataset is empty")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"EpochSampler: rank {rank} is outside world size {world_size}")
+        self.shuffle, self.balanced = shuffle, balanced
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields (Lightning calls this every epoch)."""
+        self.epoch = int(epoch)
+
+    def skip_next(self, n: int) -> None:
+        """Skip the first `n` samples of this rank in the next iteration (mid-epoch resume)."""
+        self._skip = max(0, int(n))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.world_size)
+
+    def epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices, seeds) of this rank for `epoch`, both (len(self),) int64."""
+        n = len(self.labels)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.balanced:
+            counts = np.bincount(self.labels)
+            weights = torch.as_tensor(1.0 / counts[self.labels], dtype=torch.float64)
+            order = torch.multinomial(weights, n, replacement=True, generator=g)
+        elif self.shuffle:
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        seeds = torch.randint(0, 2**31 - 1, (n,), generator=g)
+        total = len(self) * self.world_size
+        if total > n:  # wrap so that every rank gets the same number of samples
+            pad = torch.arange(total - n) % n
+            order, seeds = torch.cat([order, order[pad]]), torch.cat([seeds, seeds[pad]])
+        return order[self.rank :: self.world_size], seeds[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order, seeds = self.epoch_order(self.epoch)
+        skip, self._skip = self._skip, 0
+        yield from zip(order[skip:].tolist(), seeds[skip:].tolist(), strict=True)

@@ -1,0 +1,432 @@
+"""Public training entry points: `train_patch`, `train_whole` and `finetune` (each returns the run folder).
+
+* `train_patch(cfg)`: patch set (`mammokit patches`) -> patch run, the 3-stage schedule (spec §5.3).
+* `train_whole(cfg)`: prepared dataset + patch run -> whole-image run, the 2-stage schedule (spec §6.3);
+  `no_patch_init=True` trains the same network from ImageNet weights (the baseline that measures what the
+  patch stage buys).
+* `finetune(cfg)`: whole-image run + new prepared dataset -> new run, stage 2 only (spec §8).
+
+All three share `runner.run_stages` (Lightning Trainer per stage, exact resume) and end with
+`run.save_run`: best weights, `model.json` (input size, normalisation, the source PreprocessSpec, labels,
+threshold chosen on validation by Youden's rule), the resolved config and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import Dataset
+
+from mammokit.config import from_dict
+from mammokit.constants import WHOLE_IMAGE_CLASSES
+from mammokit.data.datasets import PatchDataset, WholeImageDataset
+from mammokit.engine.config import (
+    FinetuneConfig,
+    LoaderConfig,
+    PatchTrainConfig,
+    TrainerConfig,
+    WholeTrainConfig,
+)
+from mammokit.engine.metrics import classification_metrics, malignancy_scores, youden_threshold
+from mammokit.engine.runner import (
+    StagePlan,
+    TrainingError,
+    check_run_dir,
+    finite_or_none,
+    global_rank,
+    predict_probs,
+    run_stages,
+)
+from mammokit.io.images import read_png16
+from mammokit.preprocess import PreprocessSpec
+from mammokit.run import InputSpec, ModelCard, save_run
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainingError", "finetune", "train_patch", "train_whole"]
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _require(value: Path | None, what: str) -> Path:
+    if value is None:
+        raise TrainingError(f"no {what} given")
+    return Path(value)
+
+
+def _preprocess_from(meta: dict[str, Any] | None) -> PreprocessSpec:
+    """The PreprocessSpec stored in dataset.json / patches.json, whichever key holds it (default if none)."""
+    for holder in (meta or {}, (meta or {}).get("source") or {}):
+        for key in ("preprocess", "preprocess_spec", "spec"):
+            value = holder.get(key) if isinstance(holder, dict) else None
+            if isinstance(value, dict):
+                return from_dict(PreprocessSpec, value)
+    log.warning("no PreprocessSpec recorded with the data; model.json gets the default spec")
+    return PreprocessSpec()
+
+
+def _train_transform(loader: LoaderConfig) -> Any:
+    if not loader.augment:
+        return None
+    from mammokit.data.transforms import AugmentConfig, build_train_transform
+
+    return build_train_transform(from_dict(AugmentConfig, loader.augment_options))
+
+
+def _image_size(root: Path, relative: str) -> tuple[int, int]:
+    h, w = read_png16(root / relative).shape
+    return int(h), int(w)
+
+
+def _split(table: pd.DataFrame, split: str, what: str, required: bool = True) -> pd.DataFrame:
+    part = table[table["split"] == split]
+    if required and part.empty:
+        raise TrainingError(
+            f"the {what} has no '{split}' rows; split the data (mammokit prepare assigns train/val/test)"
+        )
+    return part
+
+
+def _evaluate(
+    model: nn.Module, dataset: Dataset | None, positive: list[int], loader: LoaderConfig, trainer: TrainerConfig
+) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+    """Metrics of `model` on `dataset` (no augmentation), plus the raw (prob, label)."""
+    if dataset is None or len(dataset) == 0:
+        return {}, None, None
+    prob, label = predict_probs(
+        model,
+        dataset,
+        batch_size=loader.eval_batch_size or loader.batch_size,
+        workers=loader.workers,
+        device=trainer.accelerator,
+        precision=trainer.precision,
+    )
+    return classification_metrics(prob, label, positive), prob, label
+
+
+def _named(metrics: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """Per-class values keyed by class name; NaN-free."""
+    out = {k: finite_or_none(v) for k, v in metrics.items() if k not in ("per_class_acc", "confusion")}
+    if "per_class_acc" in metrics:
+        out["per_class_acc"] = dict(zip(labels, metrics["per_class_acc"], strict=True))
+        out["confusion_matrix"] = {"rows_true_cols_pred": labels, "counts": metrics["confusion"]}
+    return out
+
+
+def _threshold(prob: np.ndarray | None, label: np.ndarray | None, positive: list[int]) -> float:
+    if prob is None or label is None:
+        return 0.5
+    return youden_threshold(malignancy_scores(prob, positive), np.isin(label, positive).astype(int))
+
+
+# ---------------------------------------------------------------------------------------- patch stage
+def train_patch(cfg: PatchTrainConfig, callbacks: Sequence[Callback] = ()) -> Path:
+    """Train a patch classifier on a patch set; returns the run folder.
+
+    Args:
+        cfg: resolved configuration (`cfg.data` = patch-set folder, `cfg.out` = run folder).
+        callbacks: extra Lightning callbacks (e.g. for tests that interrupt a run).
+
+    Returns:
+        The run folder (written by global rank 0; other DDP ranks return it without writing).
+    """
+    import lightning as L
+
+    from mammokit.data.patches import read_patch_set
+    from mammokit.models import create_model
+    from mammokit.models.pretrained import input_stats
+
+    data, out = _require(cfg.data, "patch set (--data)"), _require(cfg.out, "run folder (--out)")
+    check_run_dir(out, cfg.resume)
+    table, meta = read_patch_set(data)
+    classes = [str(c) for c in meta["classes"]]
+    positive_labels = [c for c in classes if "malignant" in c]
+    positive = [classes.index(c) for c in positive_labels]
+    train_df, val_df = _split(table, "train", "patch set"), _split(table, "val", "patch set")
+    test_df = _split(table, "test", "patch set", required=False)
+    height, width = _image_size(data, str(train_df["patch_file"].iloc[0]))
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    m = cfg.model
+    model = create_model(
+        "patch_classifier",
+        backbone=m.backbone,
+        num_classes=len(classes),
+        pretrained=m.pretrained,
+        in_chans=1,
+        drop_rate=m.drop_rate,
+    )
+    mean, std = input_stats(m.backbone, m.pretrained)
+    train_set = PatchDataset(data, train_df, mean=mean, std=std, transform=_train_transform(cfg.loader))
+    val_set = PatchDataset(data, val_df, mean=mean, std=std)
+    if m.pretrained is None:
+        # Random init: nothing to protect, so one all-layers stage (as the original did).
+        plans = [StagePlan(cfg.stages[0], 3, "stage1_all")]
+    else:
+        names = ["stage1_head", "stage2_last_block", "stage3_all"]
+        plans = [StagePlan(s, i + 1, names[i]) for i, s in enumerate(cfg.stages)]
+    best, is_zero = run_stages(
+        run_dir=out,
+        model=model,
+        plans=plans,
+        optim=cfg.optim,
+        loader=cfg.loader,
+        trainer_cfg=cfg.trainer,
+        seed=cfg.seed,
+        resume=cfg.resume,
+        train_set=train_set,
+        val_set=val_set,
+        train_labels=train_set.labels,
+        num_classes=len(classes),
+        positive_indices=positive,
+        monitor="acc",
+        extra_callbacks=callbacks,
+    )
+    if not is_zero or global_rank() != 0:
+        return out
+    val_metrics, val_prob, val_label = _evaluate(model, val_set, positive, cfg.loader, cfg.trainer)
+    test_set = PatchDataset(data, test_df, mean=mean, std=std) if len(test_df) else None
+    test_metrics, _, _ = _evaluate(model, test_set, positive, cfg.loader, cfg.trainer)
+    threshold = _threshold(val_prob, val_label, positive)
+    card = ModelCard(
+        task="patch",
+        arch="patch_classifier",
+        arch_kwargs=model.arch_kwargs,
+        input=InputSpec(height, width, 1, mean, std, preprocess=_preprocess_from(meta)),
+        labels=classes,
+        positive_labels=positive_labels,
+        threshold=threshold,
+        threshold_rule="youden on val (p(malignant) = sum of malignant classes)",
+        notes={"pretrained": m.pretrained, "patch_set": str(data)},
+    )
+    metrics = {
+        "monitor": "val_acc",
+        "best_stage": best.best_stage,
+        "best_epoch": best.best_epoch,
+        "val": _named(val_metrics, classes),
+        "test": _named(test_metrics, classes),
+    }
+    save_run(out, model, card, config=cfg, metrics=metrics)
+    log.info("patch run written to %s (val acc %s, test acc %s)", out, val_metrics.get("acc"), test_metrics.get("acc"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- whole image
+def _read_prepared(data: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    from mammokit.data.manifest import DATASET_JSON, IMAGES_FILE
+
+    manifest = data / IMAGES_FILE
+    if not manifest.is_file():
+        raise TrainingError(f"{data} is not a prepared dataset ({IMAGES_FILE} is missing); run `mammokit prepare`")
+    images = pd.read_parquet(manifest)
+    missing = {"split", "label", "image_file"} - set(images.columns)
+    if missing:
+        raise TrainingError(f"{manifest} lacks column(s) {sorted(missing)}; re-run `mammokit prepare`")
+    meta_path = data / DATASET_JSON
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    images = images[images["image_file"].notna() & (images["image_file"].astype(str) != "")]
+    return images, meta
+
+
+def _whole_datasets(
+    data: Path, images: pd.DataFrame, mean: float, std: float, loader: LoaderConfig
+) -> tuple[WholeImageDataset, WholeImageDataset, WholeImageDataset | None]:
+    train_df, val_df = _split(images, "train", "prepared dataset"), _split(images, "val", "prepared dataset")
+    test_df = _split(images, "test", "prepared dataset", required=False)
+    train_set = WholeImageDataset(data, train_df, mean=mean, std=std, transform=_train_transform(loader))
+    val_set = WholeImageDataset(data, val_df, mean=mean, std=std)
+    test_set = WholeImageDataset(data, test_df, mean=mean, std=std) if len(test_df) else None
+    for name, ds in (("train", train_set), ("val", val_set)):
+        if len(np.unique(ds.labels)) < 2:
+            log.warning("the %s split has one class only: AUC is undefined there", name)
+    return train_set, val_set, test_set
+
+
+def _finish_whole(
+    *,
+    out: Path,
+    model: nn.Module,
+    cfg: Any,
+    best: Any,
+    data: Path,
+    images: pd.DataFrame,
+    meta: dict[str, Any],
+    mean: float,
+    std: float,
+    val_set: Dataset,
+    test_set: Dataset | None,
+    parent_run: str | None,
+    notes: dict[str, Any],
+) -> Path:
+    labels = list(WHOLE_IMAGE_CLASSES)
+    positive = [labels.index("malignant")]
+    val_metrics, val_prob, val_label = _evaluate(model, val_set, positive, cfg.loader, cfg.trainer)
+    test_metrics, _, _ = _evaluate(model, test_set, positive, cfg.loader, cfg.trainer)
+    height, width = _image_size(data, str(images["image_file"].iloc[0]))
+    card = ModelCard(
+        task="whole",
+        arch="whole_image",
+        arch_kwargs=model.arch_kwargs,
+        input=InputSpec(height, width, 1, mean, std, preprocess=_preprocess_from(meta)),
+        labels=labels,
+        positive_labels=["malignant"],
+        threshold=_threshold(val_prob, val_label, positive),
+        threshold_rule="youden on val",
+        parent_run=parent_run,
+        notes=notes,
+    )
+    metrics = {
+        "monitor": "val_auc",
+        "best_stage": best.best_stage,
+        "best_epoch": best.best_epoch,
+        "val": _named(val_metrics, labels),
+        "test": _named(test_metrics, labels),
+    }
+    save_run(out, model, card, config=cfg, metrics=metrics)
+    log.info(
+        "whole-image run written to %s (val AUC %s, test AUC %s)", out, val_metrics.get("auc"), test_metrics.get("auc")
+    )
+    return out
+
+
+def train_whole(cfg: WholeTrainConfig, callbacks: Sequence[Callback] = ()) -> Path:
+    """Train a whole-image classifier from a patch run (or from ImageNet with `no_patch_init`).
+
+    Args:
+        cfg: resolved configuration (`data` = prepared dataset, `from_patch` = patch run, `out` = run folder).
+        callbacks: extra Lightning callbacks.
+
+    Returns:
+        The run folder.
+    """
+    import lightning as L
+
+    from mammokit.models import create_model
+    from mammokit.models.convert import whole_from_patch
+    from mammokit.models.pretrained import input_stats
+    from mammokit.run import load_model
+
+    data, out = _require(cfg.data, "prepared dataset (--data)"), _require(cfg.out, "run folder (--out)")
+    check_run_dir(out, cfg.resume)
+    images, meta = _read_prepared(data)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    m = cfg.model
+    common = {"top": m.top, "num_classes": len(WHOLE_IMAGE_CLASSES), "drop_rate": m.drop_rate,
+              "grad_checkpointing": m.grad_checkpointing}  # fmt: skip
+    if cfg.no_patch_init:
+        model = create_model("whole_image", backbone=m.backbone, pretrained=m.pretrained, in_chans=1, **common)
+        mean, std = input_stats(m.backbone, m.pretrained)
+        parent, notes = None, {"init": f"{m.pretrained or 'random'} (no patch stage)"}
+    else:
+        patch_run = _require(cfg.from_patch, "patch run (--from-patch, or --no-patch-init for the baseline)")
+        patch_model, patch_card = load_model(patch_run)
+        if patch_card.task != "patch":
+            raise TrainingError(f"{patch_run} is a {patch_card.task!r} run; --from-patch needs a patch run")
+        model = whole_from_patch(patch_model, **common)
+        mean, std = patch_card.input.pixel_mean, patch_card.input.pixel_std
+        parent, notes = str(patch_run), {"init": "patch run"}
+    train_set, val_set, test_set = _whole_datasets(data, images, mean, std, cfg.loader)
+    names = ["stage1_top", "stage2_all"]
+    plans = [StagePlan(s, i + 1, names[i]) for i, s in enumerate(cfg.stages)]
+    best, is_zero = run_stages(
+        run_dir=out,
+        model=model,
+        plans=plans,
+        optim=cfg.optim,
+        loader=cfg.loader,
+        trainer_cfg=cfg.trainer,
+        seed=cfg.seed,
+        resume=cfg.resume,
+        train_set=train_set,
+        val_set=val_set,
+        train_labels=train_set.labels,
+        num_classes=len(WHOLE_IMAGE_CLASSES),
+        positive_indices=[WHOLE_IMAGE_CLASSES.index("malignant")],
+        monitor="auc",
+        extra_callbacks=callbacks,
+    )
+    if not is_zero or global_rank() != 0:
+        return out
+    return _finish_whole(
+        out=out, model=model, cfg=cfg, best=best, data=data, images=images, meta=meta, mean=mean, std=std,
+        val_set=val_set, test_set=test_set, parent_run=parent, notes=notes,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- finetune
+def select_patients(images: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """Keep the training rows of `n` randomly chosen training patients (all other splits untouched).
+
+    The choice depends only on (seed, the sorted patient ids), so it is reproducible.
+    """
+    if n <= 0:
+        return images
+    train = images["split"] == "train"
+    patients = np.array(sorted(images.loc[train, "patient_id"].astype(str).unique()))
+    if n > len(patients):
+        raise TrainingError(f"--train-patients {n}: the training split has only {len(patients)} patients")
+    chosen = set(np.random.default_rng(seed).permutation(patients)[:n].tolist())
+    keep = ~train | images["patient_id"].astype(str).isin(chosen)
+    return images[keep]
+
+
+def finetune(cfg: FinetuneConfig, callbacks: Sequence[Callback] = ()) -> Path:
+    """Stage-2-only training of a whole-image run on a new prepared dataset (the INbreast transfer).
+
+    Args:
+        cfg: resolved configuration (`from_run` = whole-image run, `data` = new prepared dataset).
+        callbacks: extra Lightning callbacks.
+
+    Returns:
+        The new run folder.
+    """
+    import lightning as L
+
+    from mammokit.run import load_model
+
+    data, out = _require(cfg.data, "prepared dataset (--data)"), _require(cfg.out, "run folder (--out)")
+    source = _require(cfg.from_run, "whole-image run (--from)")
+    check_run_dir(out, cfg.resume)
+    images, meta = _read_prepared(data)
+    if cfg.train_patients:
+        if "patient_id" not in images.columns:
+            raise TrainingError("--train-patients needs a patient_id column in the manifest")
+        images = select_patients(images, cfg.train_patients, cfg.seed)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model, card = load_model(source)
+    if card.task != "whole":
+        raise TrainingError(f"{source} is a {card.task!r} run; finetune needs a whole-image run")
+    model.train()
+    mean, std = card.input.pixel_mean, card.input.pixel_std
+    train_set, val_set, test_set = _whole_datasets(data, images, mean, std, cfg.loader)
+    best, is_zero = run_stages(
+        run_dir=out,
+        model=model,
+        plans=[StagePlan(cfg.stage, 2, "stage2_all")],
+        optim=cfg.optim,
+        loader=cfg.loader,
+        trainer_cfg=cfg.trainer,
+        seed=cfg.seed,
+        resume=cfg.resume,
+        train_set=train_set,
+        val_set=val_set,
+        train_labels=train_set.labels,
+        num_classes=len(card.labels),
+        positive_indices=card.positive_indices,
+        monitor="auc",
+        extra_callbacks=callbacks,
+    )
+    if not is_zero or global_rank() != 0:
+        return out
+    notes = {"init": "finetune", "train_patients": cfg.train_patients or "all"}
+    return _finish_whole(
+        out=out, model=model, cfg=cfg, best=best, data=data, images=images, meta=meta, mean=mean, std=std,
+        val_set=val_set, test_set=test_set, parent_run=str(source), notes=notes,
+    )  # fmt: skip

@@ -1,0 +1,209 @@
+"""Unit tests of the training engine's pieces: loss, sampler, seeded augmentation, optimizer/L2, metrics."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mammokit.config import ConfigError, load_config
+from mammokit.data.datasets import EpochSampler, PatchDataset, seeded_rng
+from mammokit.engine.config import OptimConfig, PatchTrainConfig, WholeTrainConfig
+from mammokit.engine.losses import batch_balanced_cross_entropy, classification_loss
+from mammokit.engine.metrics import classification_metrics, youden_threshold
+from mammokit.engine.schedule import build_optimizer, regularised_parameters
+
+
+# ---------------------------------------------------------------------------------------------- loss
+def test_balanced_loss_is_sum_of_class_means_and_matches_keras_weighting() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(7, 3)
+    target = torch.tensor([0, 0, 0, 0, 2, 2, 0])  # class 1 absent
+    per = F.cross_entropy(logits, target, reduction="none")
+    expected = per[target == 0].mean() + per[target == 2].mean()
+    got = batch_balanced_cross_entropy(logits, target)
+    assert torch.allclose(got, expected)
+    # Keras 2.0: sample weight 1 / (fraction of its class in the batch), then mean(loss * weight).
+    frac = torch.bincount(target, minlength=3).float()[target] / len(target)
+    assert torch.allclose(got, (per / frac).mean())
+    # unbalanced loss is the plain mean
+    assert torch.allclose(classification_loss(logits, target, balanced=False), per.mean())
+
+
+def test_balanced_loss_gives_rare_class_the_weight_of_a_common_one() -> None:
+    logits = torch.zeros(10, 2, requires_grad=True)
+    target = torch.tensor([0] * 9 + [1])
+    batch_balanced_cross_entropy(logits, target).backward()
+    grad_rare = logits.grad[9].abs().sum()
+    grad_common_total = logits.grad[:9].abs().sum()
+    assert torch.allclose(grad_rare, grad_common_total)
+
+
+# ------------------------------------------------------------------------------------------- sampler
+def test_epoch_sampler_is_a_function_of_seed_and_epoch() -> None:
+    labels = np.arange(20) % 4
+    s1 = EpochSampler(labels, shuffle=True, seed=3)
+    s2 = EpochSampler(labels, shuffle=True, seed=3)
+    s1.set_epoch(2)
+    s2.set_epoch(0)
+    list(s2)  # iterating other epochs first must not change epoch 2's order
+    s2.set_epoch(2)
+    assert list(s1) == list(s2)
+    s2.set_epoch(3)
+    assert list(s1) != list(s2)
+    assert sorted(i for i, _ in s1) == list(range(20))  # a permutation
+    assert len({seed for _, seed in s1}) == 20  # one augmentation seed per draw
+
+
+def test_epoch_sampler_shards_over_ranks_and_skips_for_resume() -> None:
+    labels = np.zeros(11, dtype=int)
+    shards = [list(EpochSampler(labels, shuffle=True, seed=1, rank=r, world_size=3)) for r in range(3)]
+    assert all(len(s) == 4 for s in shards)  # 11 padded to 12
+    assert {i for s in shards for i, _ in s} == set(range(11))
+    s = EpochSampler(labels, shuffle=True, seed=1, rank=0, world_size=3)
+    s.skip_next(3)
+    assert list(s) == shards[0][3:]
+    assert list(s) == shards[0]  # the skip applies to one iteration only
+
+
+def test_balanced_sampler_draws_classes_about_equally() -> None:
+    labels = np.array([0] * 90 + [1] * 10)
+    s = EpochSampler(labels, shuffle=True, balanced=True, seed=0)
+    counts = np.zeros(2)
+    for epoch in range(20):
+        s.set_epoch(epoch)
+        for i, _ in s:
+            counts[labels[i]] += 1
+    assert 0.4 < counts[1] / counts.sum() < 0.6
+
+
+def test_epoch_sampler_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        EpochSampler([], shuffle=True)
+    with pytest.raises(ValueError, match="rank"):
+        EpochSampler([0, 1], shuffle=True, rank=2, world_size=2)
+
+
+# ------------------------------------------------------------------------------ seeded augmentation
+def test_seeded_transform_repeats_and_restores_global_rng(tmp_path) -> None:
+    from mammokit.io.images import write_png16
+
+    write_png16(tmp_path / "a.png", (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000))
+    table = pd.DataFrame({"patch_id": ["a"], "patch_file": ["a.png"], "class_index": [1]})
+
+    def noisy(x: torch.Tensor) -> torch.Tensor:  # uses torch, numpy and python RNGs
+        return x + torch.rand(1) + float(np.random.rand()) + random.random()
+
+    ds = PatchDataset(tmp_path, table, mean=0.5, std=0.25, transform=noisy)
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    a, b, c = ds[(0, 7)], ds[(0, 7)], ds[(0, 8)]
+    after = torch.rand(1)
+    assert torch.equal(a["image"], b["image"])
+    assert not torch.equal(a["image"], c["image"])
+    assert torch.equal(before, after)  # the caller's random stream is untouched
+    assert a["label"] == 1 and a["index"] == 0
+
+
+def test_seeded_rng_reseeds_transform_with_own_generator() -> None:
+    class OwnRng:
+        def __init__(self) -> None:
+            self.rng = np.random.default_rng()
+
+        def set_random_seed(self, seed: int) -> None:
+            self.rng = np.random.default_rng(seed)
+
+    t = OwnRng()
+    with seeded_rng(5, t):
+        first = t.rng.random()
+    with seeded_rng(5, t):
+        assert t.rng.random() == first
+
+
+# ---------------------------------------------------------------------------------- optimizer / L2
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x).mean((2, 3)))
+
+
+def test_l2_only_on_new_layer_kernels() -> None:
+    net = _Net()
+    ids = regularised_parameters(net)
+    assert ids == {id(net.head.weight)}
+
+
+def test_keras_l2_equals_explicit_penalty() -> None:
+    torch.manual_seed(0)
+    lam, lr = 0.01, 0.1
+    net_a, x, y = _Net(), torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 2, 1])
+    net_b = _Net()
+    net_b.load_state_dict(net_a.state_dict())
+    cfg = OptimConfig(name="sgd", momentum=0.0, weight_decay=lam, l2_style="keras")
+    opt = build_optimizer(list(net_a.parameters()), regularised_parameters(net_a), cfg, lr)
+    F.cross_entropy(net_a(x), y).backward()
+    opt.step()
+    # reference: Keras' l2(lambda) adds lambda * sum(W^2) of the head kernel to the loss
+    loss = F.cross_entropy(net_b(x), y) + lam * net_b.head.weight.pow(2).sum()
+    loss.backward()
+    with torch.no_grad():
+        for p in net_b.parameters():
+            p -= lr * p.grad
+    for pa, pb in zip(net_a.parameters(), net_b.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_optimizer_choice_follows_l2_style() -> None:
+    net = _Net()
+    params, reg = list(net.parameters()), regularised_parameters(net)
+    assert type(build_optimizer(params, reg, OptimConfig(name="adam", l2_style="keras"), 1e-3)) is torch.optim.Adam
+    opt = build_optimizer(params, reg, OptimConfig(name="adam", l2_style="decoupled", weight_decay=0.1), 1e-3)
+    assert type(opt) is torch.optim.AdamW
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert len(opt.param_groups[0]["params"]) == 1
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def test_classification_metrics_per_class_and_confusion() -> None:
+    prob = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    label = np.array([0, 1, 2, 2])
+    m = classification_metrics(prob, label, positive_indices=[2])
+    assert m["acc"] == pytest.approx(0.75)
+    assert m["per_class_acc"] == [1.0, 1.0, 0.5]
+    assert m["confusion"] == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+    # malignant scores (0.7, 0.1) vs (0.1, 0.1): 2 wins + 2 ties of 4 pairs
+    assert m["auc"] == pytest.approx(0.75)
+    assert m["loss"] == pytest.approx(-np.mean(np.log([0.8, 0.8, 0.7, 0.1])))
+
+
+def test_youden_threshold_separates_perfectly_separable_scores() -> None:
+    score = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
+    positive = np.array([0, 0, 0, 1, 1])
+    t = youden_threshold(score, positive)
+    assert 0.3 < t <= 0.8
+    assert youden_threshold(score, np.zeros(5, dtype=int)) == 0.5
+
+
+# ------------------------------------------------------------------------------------------- config
+def test_configs_load_from_the_shipped_yaml_files() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    patch = load_config(PatchTrainConfig, [root / "patch" / "default.yaml"], ["optim.lr=0.01"])
+    assert patch.optim.lr == 0.01 and len(patch.stages) == 3
+    whole = load_config(WholeTrainConfig, [root / "whole" / "default.yaml"])
+    assert len(whole.stages) == 2
+    with pytest.raises(ConfigError, match="stages"):
+        load_config(PatchTrainConfig, overrides=["stages=[{epochs: 1}, {epochs: 1}, {epochs: 1}, {epochs: 1}]"])
+    with pytest.raises(ConfigError, match="did you mean"):
+        load_config(PatchTrainConfig, overrides=["optim.learning_rate=0.1"])
