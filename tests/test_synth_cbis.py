@@ -13,7 +13,7 @@ import pytest
 from mammokit.synth import generate
 from mammokit.synth.cbis import CALC_HEADER, CSV_NAMES, MASS_HEADER
 
-H, W = 256, 192
+H, W = 160, 128
 
 
 @pytest.fixture(scope="module")

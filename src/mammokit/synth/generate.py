@@ -8,9 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mammokit.synth.sampling import sample_woman
+
 log = logging.getLogger(__name__)
 
 LAYOUTS: tuple[str, ...] = ("cbis-ddsm", "inbreast", "mini-mias")
+
+# Present while a run writes; a folder holding it may be written over without `overwrite` (an interrupted run).
+PARTIAL_MARKER = ".mammokit-synth-partial"
 
 # Options understood by the cohort sampler (`sampling.sample_woman`); the rest go to the layout writer.
 SAMPLING_OPTIONS: tuple[str, ...] = ("malignant_fraction", "normal_fraction", "mass_fraction", "second_lesion_fraction")
@@ -54,6 +59,7 @@ def generate(
         height: full-image rows (mini-MIAS pads to a square of side max(height, width)).
         width: full-image columns.
         overwrite: allow writing into a non-empty folder (files are replaced one by one; stale files stay).
+            A folder left by an interrupted run (it still holds `PARTIAL_MARKER`) is written over anyway.
         **options: sampling options (`malignant_fraction`, `normal_fraction`, `mass_fraction`,
             `second_lesion_fraction`) and layout options (CBIS-DDSM: `test_fraction`, `cross_fraction`,
             `mask_quirk_fraction`).
@@ -73,14 +79,20 @@ def generate(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    marker = out / PARTIAL_MARKER
+    if out.is_dir() and any(out.iterdir()) and not overwrite and not marker.exists():
         raise ValueError(f"output folder {out} is not empty; choose an empty or new folder, or pass overwrite")
     sampling = {k: options.pop(k) for k in SAMPLING_OPTIONS if k in options}
     layout_options = _layout_options(layout, options)
+    sample_woman(0, seed, **sampling)  # validates the sampling options before anything is written
     out.mkdir(parents=True, exist_ok=True)
+    if marker.exists():
+        log.info("%s holds an interrupted synth run; writing over it", out)
+    marker.touch()
     start = time.perf_counter()
     summary = writer(out, women=women, seed=seed, height=height, width=width, options=layout_options, **sampling)
     summary["seconds"] = round(time.perf_counter() - start, 2)
+    marker.unlink()
     return summary
 
 

@@ -90,9 +90,9 @@ def draw_mass(image: np.ndarray, spec: LesionSpec, center: tuple[float, float], 
     body = 1.0 / (1.0 + np.exp((rho - rb) / edge_px))
     dome = 0.8 + 0.2 * np.sqrt(np.clip(1.0 - (rho / rb) ** 2, 0.0, 1.0))
     value = body * dome
-    for ang, length in zip(spic_theta, spic_len, strict=True):
+    spic_start = 0.6 * _boundary(spic_theta, radius, harmonics)  # spicules root inside the body edge
+    for ang, length, start in zip(spic_theta, spic_len, spic_start, strict=True):
         # Distance of each pixel to the spicule segment, with a width tapering from base to tip.
-        start = float(_boundary(np.array([ang]), radius, harmonics)[0]) * 0.6
         ux, uy = np.cos(ang), np.sin(ang)
         t = dx * ux + dy * uy - start
         d = np.abs(-dx * uy + dy * ux)
