@@ -115,7 +115,8 @@ def summary_text(result: dict[str, Any]) -> str:
         for lvl in ("image", "breast", "exam"):
             if res.get(lvl):
                 auc = res[lvl]["auc"]
-                ci = f"{level:.0f}% CI {_fmt(auc['ci_low'])}-{_fmt(auc['ci_high'])}"
+                low, high = _fmt(auc["ci_low"]), _fmt(auc["ci_high"])
+                ci = f"{level:.0f}% CI " + (f"{low}-{high}" if "n/a" not in (low, high) else "n/a")
                 parts.append(f"{lvl} AUC {_fmt(auc['value'])} ({ci})")
         lines.append(f"{name}: " + "; ".join(parts))
     for note in result.get("warnings", []):
