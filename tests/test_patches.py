@@ -247,6 +247,19 @@ def test_window_sums_matches_brute_force():
             assert sums[y, x] == mask[y : y + 4, x : x + 4].sum()
 
 
+def test_overlap_map_matches_brute_force_including_border_lesions():
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        mask = np.zeros((30, 26), dtype=bool)
+        y, x = rng.integers(0, 24), rng.integers(0, 20)
+        mask[y : y + rng.integers(1, 7), x : x + rng.integers(1, 7)] = True
+        mask[0, 25] = True  # a speck in the corner stretches the bounding box to the border
+        fast = overlap_map(mask, 8)
+        for y0 in range(23):
+            for x0 in range(19):
+                assert fast[y0, x0] == pytest.approx(_overlap(mask, y0, x0, 8))
+
+
 # ---------------------------------------------------------------------------------------------- background
 
 
