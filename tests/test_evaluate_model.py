@@ -147,3 +147,19 @@ def test_cli_reports_user_mistakes_without_traceback(tiny, capsys):
     assert "model.json is missing" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--data", str(prepared), "--set", "n_bootz=3"]) == 2
     assert "did you mean" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_cuda_prediction_matches_cpu(tiny, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    run, prepared = tiny
+    cpu = predict_prepared(run, prepared, "test", tta=True, device="cpu")
+    gpu = predict_prepared(run, prepared, "test", tta=True, device="cuda", batch_size=16)
+    # cuDNN may use TF32 convolutions: agreement to ~1e-3, not bit-exact.
+    np.testing.assert_allclose(gpu["prob_malignant"], cpu["prob_malignant"], atol=2e-3)
+    from mammokit.engine.evaluate import evaluate
+
+    result = evaluate([run], prepared, "test", tmp_path / "gpu", tta=True, n_boot=50, device="cuda")
+    assert (tmp_path / "gpu" / "report.html").is_file()
+    assert result["results"]["run"]["image"]["n"] == 24
