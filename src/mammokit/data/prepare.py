@@ -57,6 +57,23 @@ log = logging.getLogger(__name__)
 PREPARE_FORMAT = 1  # bump when the record or image format changes; part of the config hash
 IMAGES_DIR, MASKS_DIR, RECORDS_DIR = "images", "masks", "records"
 ERROR_COLUMNS = ("image_id", "lesion_id", "path", "stage", "reason")
+# Geometry fields copied into the manifest (enough to rebuild the Geometry with `geometry_from_row`)
+GEOMETRY_COLUMNS = (
+    "orig_height",
+    "orig_width",
+    "crop_y0",
+    "crop_y1",
+    "crop_x0",
+    "crop_x1",
+    "flipped",
+    "out_height",
+    "out_width",
+    "pad_top",
+    "pad_bottom",
+    "pad_left",
+    "pad_right",
+    "orientation_source",
+)
 # reader metadata copied into the record and (some of it) into the manifest; never patient identifiers
 _META_FIELDS = (
     "source_format",
@@ -274,17 +291,21 @@ def _pool_results(tasks: list[dict[str, Any]], source: Any, workers: int) -> Ite
         suspects: list[dict[str, Any]] = []
         with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(source,)) as pool:
             in_flight: dict[Any, dict[str, Any]] = {}
-            try:
-                while queue or in_flight:
-                    # at most 2 tasks per worker in flight, so an interrupted run has little unfinished work
-                    while queue and len(in_flight) < 2 * workers:
-                        task = queue.pop()
-                        in_flight[pool.submit(_prepare_one, task)] = task
-                    done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        result = fut.result()  # raises BrokenProcessPool if a worker died; task stays in flight
-                        yield in_flight.pop(fut), result
-            except BrokenProcessPool:
+            broken = False
+            while (queue or in_flight) and not broken:
+                # at most 2 tasks per worker in flight, so an interrupted run has little unfinished work
+                while queue and len(in_flight) < 2 * workers:
+                    task = queue.pop()
+                    in_flight[pool.submit(_prepare_one, task)] = task
+                done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool:  # a worker died: this task stays in flight (a suspect)
+                        broken = True
+                        continue
+                    yield in_flight.pop(fut), result
+            if broken:
                 suspects = list(in_flight.values())
                 log.warning("a worker process died; re-running the %d image(s) it may have held", len(suspects))
         for task in suspects:
@@ -323,23 +344,12 @@ def _records_to_tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Add the prepared-geometry columns; keep only images that were prepared (in source order)."""
     kept = images[images["image_id"].isin(records)].copy()
-    geo_cols = {
-        "image_file": "image_file",
-        "orig_height": "orig_height",
-        "orig_width": "orig_width",
-        "crop_y0": "crop_y0",
-        "crop_y1": "crop_y1",
-        "crop_x0": "crop_x0",
-        "crop_x1": "crop_x1",
-        "flipped": "flipped",
-        "orientation_source": "orientation_source",
-    }
-    for col, key in geo_cols.items():
-        values = []
-        for image_id in kept["image_id"]:
-            rec = records[image_id]
-            values.append(rec["image_file"] if key == "image_file" else rec["geometry"][key])
-        kept[col] = values
+    kept["image_file"] = [records[i]["image_file"] for i in kept["image_id"]]
+    for col in GEOMETRY_COLUMNS:
+        kept[col] = [records[i]["geometry"][col] for i in kept["image_id"]]
+    kept["orientation_disagrees"] = [
+        bool(records[i]["geometry"].get("extra", {}).get("orientation_disagrees", False)) for i in kept["image_id"]
+    ]
     # laterality / view the adapter could not give: take them from the file (DICOM tags / name pattern)
     for col in ("laterality", "view"):
         from_file = [records[i]["meta"].get(col) for i in kept["image_id"]]
@@ -465,6 +475,7 @@ def prepare_dataset(
         "lesions_failed": n_lesion_failed,
         "patients": int(manifest["patient_id"].nunique()),
         "malignant_images": int((manifest["label"] == 1).sum()),
+        "orientation_disagrees": int(manifest["orientation_disagrees"].sum()),
         "by_split": {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()},
     }
     atomic_write_json(
@@ -498,6 +509,13 @@ def prepare_dataset(
     )
     (log.info if report.ok else log.warning)(report.summary())
     return report
+
+
+def geometry_from_row(row: Any) -> Any:
+    """The `Geometry` of a prepared image from its manifest row (to map heatmaps/masks back to the source)."""
+    from mammokit.data.geometry import Geometry
+
+    return Geometry.from_dict({col: row[col] for col in GEOMETRY_COLUMNS})
 
 
 def worker_count(requested: int | None) -> int:
