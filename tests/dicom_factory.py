@@ -117,7 +117,8 @@ def make_dataset(
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = modality
+    if modality:
+        ds.Modality = modality
     ds.PatientID = patient_id
     ds.PatientName = "Test^Phantom"
     if manufacturer:

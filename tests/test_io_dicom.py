@@ -342,6 +342,7 @@ BAD_INPUTS = [
         {},
         "Modality is 'CT', not 'MG'",
     ),
+    ("no-modality", lambda t: write_mammogram(t / "nomod.dcm", bits_stored=12, modality=""), {}, "no Modality"),
     ("zero-size", _zero_size, {}, "zero-size image (Rows=0, Columns=0)"),
     ("missing-pixel-data", _missing_pixels, {}, "has no pixel data (not an image"),
     ("multi-frame", _multiframe, {}, "multi-frame image (3 frames"),

@@ -165,9 +165,11 @@ def _check_is_mammogram(ds: Any, path: Path, allow_for_processing: bool) -> None
         sop_name = getattr(sop, "name", None) or "unknown SOP class"
         raise MammogramReadError(f"{path}: has no pixel data (not an image; SOP class: {sop_name})")
     modality = str(ds.get("Modality", "") or "").upper()
+    if not modality:
+        raise MammogramReadError(f"{path}: has no Modality attribute; only mammograms (Modality 'MG') are accepted")
     if modality != "MG":
         raise MammogramReadError(
-            f"{path}: Modality is {modality or 'missing'!r}, not 'MG' (mammography); only mammograms are accepted"
+            f"{path}: Modality is {modality!r}, not 'MG' (mammography); only mammograms are accepted"
         )
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows <= 0 or cols <= 0:
