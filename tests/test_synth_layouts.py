@@ -151,6 +151,12 @@ def test_mias_coordinates_have_a_bottom_left_origin(mias, tmp_path):
         assert hits, row
 
 
+def test_mias_refuses_more_women_than_three_digit_numbers_allow(tmp_path):
+    with pytest.raises(ValueError, match="at most 499 women"):
+        generate("mini-mias", tmp_path / "m", women=500, seed=0, height=H, width=W)
+    assert not (tmp_path / "m").exists()
+
+
 def test_mias_adapter_reads_the_phantom(mias):
     from mammokit.data.sources import get_source
 

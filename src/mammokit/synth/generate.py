@@ -76,6 +76,11 @@ def generate(
         raise ValueError(f"--women must be at least 1, got {women}")
     if height < 64 or width < 64:
         raise ValueError(f"image size must be at least 64 x 64 pixels, got {height} x {width}")
+    if layout == "mini-mias":
+        from mammokit.synth.mias import MAX_WOMEN
+
+        if women > MAX_WOMEN:
+            raise ValueError(f"the mini-MIAS layout holds at most {MAX_WOMEN} women (mdb001..mdb998), got {women}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} exists and is not a folder")

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _BACKGROUND_TISSUE = {1: "F", 2: "G", 3: "D", 4: "D"}
 _RULE = "=" * 65
+MAX_WOMEN = 499  # three-digit reference numbers, two per woman
 
 README = f"""              mammokit SYNTHETIC MAMMOGRAM PHANTOM
                   mini-MIAS file layout
@@ -147,6 +148,8 @@ def write_mini_mias(
     out: Path, *, women: int, seed: int, height: int, width: int, options: Any = None, **sampling: Any
 ) -> dict[str, Any]:
     """Render the MLO views of `women` women and write them in the mini-MIAS layout under `out`."""
+    if women > MAX_WOMEN:
+        raise ValueError(f"the mini-MIAS layout numbers images mdb001..mdb998: at most {MAX_WOMEN} women, got {women}")
     cohort = sample_women(women, seed, **sampling)
     listing: list[str] = []
     n_images = n_lesions = n_malignant_lesions = n_malignant_images = n_normal = 0

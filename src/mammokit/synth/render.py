@@ -126,10 +126,10 @@ def render_view(woman: Woman, side: str, view: str, *, height: int, width: int) 
     # Silhouette with a gently wavy skin line: separable low-frequency wobble of the boundary radius
     # (1-D terms, far cheaper than an angular modulation over the whole image).
     phase = rng.uniform(0.0, 2.0 * np.pi, size=3)
-    wobble_rows = 0.025 * np.cos(2.0 * np.pi * 2.5 * rows / height + phase[0]) + 0.012 * np.cos(
-        2.0 * np.pi * 4.0 * rows / height + phase[1]
+    wobble_rows = 0.012 * np.cos(2.0 * np.pi * 1.5 * rows / height + phase[0]) + 0.006 * np.cos(
+        2.0 * np.pi * 3.0 * rows / height + phase[1]
     )
-    wobble_cols = 0.015 * np.cos(2.0 * np.pi * 3.0 * cols / width + phase[2])
+    wobble_cols = 0.008 * np.cos(2.0 * np.pi * 2.0 * cols / width + phase[2])
     r = rho / (np.float32(1.0) + wobble_rows.astype(np.float32) + wobble_cols.astype(np.float32))
     edge_px = (1.0 - r) * np.float32(geo.depth_px)  # ≈ distance to the skin in px
     alpha = np.clip(edge_px + 0.5, 0.0, 1.0)  # anti-aliased silhouette
@@ -151,13 +151,17 @@ def render_view(woman: Woman, side: str, view: str, *, height: int, width: int) 
     sub = np.float32(BACKGROUND) + alpha * (tissue + skin)
 
     if geo.pectoral is not None:
-        # Pectoral muscle: a bright triangle in the upper chest-wall corner with a slightly curved front.
+        # Pectoral muscle: a bright triangle in the upper chest-wall corner with a slightly curved front,
+        # computed on its bounding box only (a few percent of the image).
         pw, ph = geo.pectoral
-        front = cols / np.float32(pw) + (rows / np.float32(ph)) ** 1.15
+        box_r, box_c = min(int(np.ceil(ph)) + 2, height), min(int(np.ceil(pw)) + 2, span)
+        rr, cc = rows[:box_r], cols[:, :box_c]
+        front = cc / np.float32(pw) + (rr / np.float32(ph)) ** 1.15
         pect_alpha = np.clip((1.0 - front) * np.float32(min(pw, ph) / 2.0), 0.0, 1.0)
-        level = 0.64 + 0.04 * fine + 0.06 * (rows / np.float32(ph))
-        sub += pect_alpha * (level - sub)
-        mask |= pect_alpha > 0.5
+        level = 0.64 + 0.04 * fine[:box_r, :box_c] + 0.06 * (rr / np.float32(ph))
+        box = sub[:box_r, :box_c]
+        box += pect_alpha * (level - box)
+        mask[:box_r, :box_c] |= pect_alpha > 0.5
 
     image = np.full((height, width), BACKGROUND, dtype=np.float32)
     image[:, :span] = sub
