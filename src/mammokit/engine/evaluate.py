@@ -35,13 +35,11 @@ from mammokit.data.manifest import DATASET_JSON, read_images
 from mammokit.metrics import (
     OneClassWarning,
     apply_calibration,
-    binary_curve,
     binary_report,
     delong_test,
     ece,
     fit_platt,
     fit_temperature,
-    pr_curve,
 )
 from mammokit.run import CALIBRATION_JSON, ModelCard, read_calibration, read_card, write_metrics
 from mammokit.utils.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -463,7 +461,7 @@ def evaluate(
     Returns:
         The metrics dict also written to `out/metrics.json` (key "out" adds the output folder).
     """
-    from mammokit.report import pr_plot, reliability_plot, render_report, roc_plot
+    from mammokit.report import evaluation_plots, render_report
 
     cfg = EvaluateConfig(
         split=split,
@@ -565,7 +563,8 @@ def evaluate(
     _write_csv(_nyu_columns(pred), out / "predictions.csv")
     _write_csv(aggregate_predictions(pred, "breast", aggregate), out / "breast_predictions.csv")
     _write_csv(aggregate_predictions(pred, "exam", aggregate), out / "exam_predictions.csv")
-    plots = _make_plots(frames, results, primary, roc_plot, pr_plot, reliability_plot, aggregate)
+    reliability = [(n, results[n]["image"]) for n in (frames if len(frames) > 1 else [primary])]
+    plots = evaluation_plots(_plot_inputs(frames, results, primary, aggregate), results[primary]["image"], reliability)
     for key, png in plots.items():
         atomic_write_bytes(out / f"{key}.png", png)
     atomic_write_json(out / "metrics.json", metrics)
@@ -580,55 +579,19 @@ def evaluate(
     return {**metrics, "out": str(out)}
 
 
-def _make_plots(frames, results, primary, roc_plot, pr_plot, reliability_plot, aggregate) -> dict[str, bytes]:
-    """ROC/PR: every model at image level, plus the primary model's breast/exam curves for a single run."""
-    roc_series, pr_series = [], []
-    curves: list[tuple[str, pd.DataFrame, dict[str, Any]]] = []
+def _plot_inputs(
+    frames: dict[str, pd.DataFrame], results: dict[str, Any], primary: str, aggregate: str
+) -> list[dict[str, Any]]:
+    """Curves to draw: every model at image level, or for a single run its image, breast and exam levels."""
     if len(frames) > 1:
-        curves = [(n, frames[n], results[n]["image"]) for n in frames]
+        chosen = [(name, frames[name], results[name]["image"]) for name in frames]
     else:
         df = frames[primary]
-        curves = [(f"{primary} (image)", df, results[primary]["image"])]
+        chosen = [(f"{primary} (image)", df, results[primary]["image"])]
         for lvl in ("breast", "exam"):
-            if results[primary].get(lvl):
-                agg = aggregate_predictions(df, lvl, aggregate)
-                curves.append((f"{primary} ({lvl}, {aggregate})", agg, results[primary][lvl]))
-    for label, df, rep in curves:
-        y, p = df["label"].to_numpy(), df["prob_malignant"].to_numpy()
-        if rep["n_positive"] == 0 or rep["n_negative"] == 0:
-            continue
-        curve = binary_curve(y, p)
-        auc, ap = rep["auc"], rep["auprc"]
-        roc_series.append(
-            {
-                "name": label,
-                "fpr": curve.fpr,
-                "tpr": curve.tpr,
-                "auc": auc["value"],
-                "ci": (auc["ci_low"], auc["ci_high"]),
-            }
-        )
-        recall, precision = pr_curve(y, p)
-        pr_series.append(
-            {
-                "name": label,
-                "recall": recall,
-                "precision": precision,
-                "ap": ap["value"],
-                "ci": (ap["ci_low"], ap["ci_high"]),
-            }
-        )
-    main = results[primary]["image"]
-    points = [
-        {"label": pt["label"], "sensitivity": pt["sensitivity"]["value"], "specificity": pt["specificity"]["value"]}
-        for pt in main["operating_points"]
+            agg = aggregate_predictions(df, lvl, aggregate)
+            chosen.append((f"{primary} ({lvl}, {aggregate})", agg, results[primary][lvl]))
+    return [
+        {"name": label, "y": df["label"].to_numpy(), "p": df["prob_malignant"].to_numpy(), "report": rep}
+        for label, df, rep in chosen
     ]
-    rel_series = [
-        {"name": n, "ece": results[n]["image"]["ece"], "reliability": results[n]["image"]["reliability"]}
-        for n in (frames if len(frames) > 1 else [primary])
-    ]
-    return {
-        "roc": roc_plot(roc_series, points),
-        "pr": pr_plot(pr_series, main["prevalence"]),
-        "reliability": reliability_plot(rel_series),
-    }

@@ -14,6 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mammokit.metrics.curves import binary_curve, pr_curve
+
 _SIZE = (5.2, 4.6)  # inches; 100 dpi -> 520 x 460 px, readable when two sit side by side
 _DPI = 100
 
@@ -110,3 +112,54 @@ def reliability_plot(series: Sequence[dict[str, Any]]) -> bytes:
     hist.set(xlabel="predicted probability of malignancy", ylabel="images")
     hist.grid(alpha=0.3)
     return _png(fig)
+
+
+def evaluation_plots(
+    curves: Sequence[dict[str, Any]],
+    main_report: dict[str, Any],
+    reliability: Sequence[tuple[str, dict[str, Any]]],
+) -> dict[str, bytes]:
+    """The three plots of an evaluation: {"roc", "pr", "reliability"} -> PNG bytes.
+
+    Args:
+        curves: dicts with "name", "y" (labels), "p" (probabilities) and "report" (its `binary_report`);
+            curves with a single class are skipped.
+        main_report: the headline `binary_report`; its operating points are marked on the ROC plot.
+        reliability: (name, `binary_report`) pairs for the reliability diagram.
+    """
+    roc_series, pr_series = [], []
+    for c in curves:
+        rep = c["report"]
+        if rep["n_positive"] == 0 or rep["n_negative"] == 0:
+            continue
+        curve = binary_curve(c["y"], c["p"])
+        auc, ap = rep["auc"], rep["auprc"]
+        roc_series.append(
+            {
+                "name": c["name"],
+                "fpr": curve.fpr,
+                "tpr": curve.tpr,
+                "auc": auc["value"],
+                "ci": (auc["ci_low"], auc["ci_high"]),
+            }
+        )
+        recall, precision = pr_curve(c["y"], c["p"])
+        pr_series.append(
+            {
+                "name": c["name"],
+                "recall": recall,
+                "precision": precision,
+                "ap": ap["value"],
+                "ci": (ap["ci_low"], ap["ci_high"]),
+            }
+        )
+    points = [
+        {"label": pt["label"], "sensitivity": pt["sensitivity"]["value"], "specificity": pt["specificity"]["value"]}
+        for pt in main_report["operating_points"]
+    ]
+    rel_series = [{"name": name, "ece": rep["ece"], "reliability": rep["reliability"]} for name, rep in reliability]
+    return {
+        "roc": roc_plot(roc_series, points),
+        "pr": pr_plot(pr_series, main_report["prevalence"]),
+        "reliability": reliability_plot(rel_series),
+    }
