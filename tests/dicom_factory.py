@@ -7,7 +7,8 @@ mammograms are displayed (left breast: chest wall on the left).
 
 Compression uses pydicom's encoders (`Dataset.compress`): RLE Lossless (native), JPEG-LS lossless and
 near-lossless (pyjpegls), JPEG 2000 lossless and lossy (pylibjpeg-openjpeg). pydicom 3 has no encoder for
-JPEG Lossless (process 14) or HTJ2K; JPEG Baseline (8-bit) is written here by encapsulating a Pillow JPEG.
+JPEG Lossless (process 14) or HTJ2K: JPEG Lossless SV1 is written by the small encoder below
+(`encode_jpeg_lossless`, ITU-T T.81 Annex H), and JPEG Baseline (8-bit) by encapsulating a Pillow JPEG.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
@@ -180,16 +182,62 @@ def write_dicom(path: str | Path, ds: Dataset, syntax: str | None = None) -> Pat
     """Write `ds` to `path` as a DICOM file (preamble + DICM), compressed with `syntax` if given.
 
     Args:
-        syntax: a key of ENCODABLE_SYNTAXES, "jpeg-baseline" (8-bit data only) or None (uncompressed).
+        syntax: a key of ENCODABLE_SYNTAXES, "jpeg-lossless" (JPEG Lossless SV1, 2-16 bit), "jpeg-baseline"
+            (8-bit data only) or None (uncompressed).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if syntax == "jpeg-baseline":
         _encapsulate_jpeg_baseline(ds)
+    elif syntax == "jpeg-lossless":
+        arr = np.frombuffer(ds.PixelData, dtype=np.uint16).reshape(ds.Rows, ds.Columns)
+        ds.PixelData = encapsulate([encode_jpeg_lossless(arr, int(ds.BitsStored))])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
     elif syntax:
         ds.compress(ENCODABLE_SYNTAXES[syntax])
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def encode_jpeg_lossless(arr: np.ndarray, precision: int) -> bytes:
+    """A JPEG Lossless (process 14, selection value 1, Pt = 0) codestream of a (H, W) image, per ITU-T T.81.
+
+    Prediction (Annex H.1.2.1): the first sample is predicted by 2^(P-1), the rest of the first row by the
+    sample on the left, the first sample of every other row by the sample above, all others by the sample
+    on the left (SV1). Differences are taken modulo 2^16 and Huffman-coded by their category SSSS with one
+    fixed table (17 symbols, 5-bit codes), followed by SSSS extra bits (H.1.2.2, F.1.2.1.1).
+    """
+    arr = np.asarray(arr, dtype=np.int64)
+    h, w = arr.shape
+    pred = np.empty_like(arr)
+    pred[0, 0] = 1 << (precision - 1)
+    pred[0, 1:] = arr[0, :-1]
+    pred[1:, 0] = arr[:-1, 0]
+    pred[1:, 1:] = arr[1:, :-1]
+    diff = (arr - pred) % 65536
+    diff = np.where(diff >= 32768, diff - 65536, diff)  # signed in [-32768, 32767]
+
+    bits: list[str] = []
+    for d in diff.ravel().tolist():
+        ssss = 16 if d == -32768 else abs(d).bit_length()
+        bits.append(format(ssss, "05b"))  # canonical code of symbol k (all of length 5) is k
+        if 0 < ssss < 16:
+            bits.append(format(d if d > 0 else d - 1 + (1 << ssss), f"0{ssss}b"))
+    stream = "".join(bits)
+    stream += "1" * (-len(stream) % 8)  # pad the last byte with 1-bits
+    data = bytearray()
+    for i in range(0, len(stream), 8):
+        byte = int(stream[i : i + 8], 2)
+        data.append(byte)
+        if byte == 0xFF:
+            data.append(0x00)  # byte stuffing
+    counts = [0] * 16
+    counts[4] = 17  # 17 codes of length 5
+    sof = bytes([0xFF, 0xC3, 0, 11, precision, h >> 8, h & 255, w >> 8, w & 255, 1, 1, 0x11, 0])
+    dht = bytes([0xFF, 0xC4, 0, 2 + 1 + 16 + 17, 0x00, *counts, *range(17)])
+    sos = bytes([0xFF, 0xDA, 0, 8, 1, 1, 0x00, 1, 0, 0x00])  # Ns=1, Cs=1, Td/Ta=0, Ss=1 (predictor), Se=0, Pt=0
+    return b"\xff\xd8" + sof + dht + sos + bytes(data) + b"\xff\xd9"
 
 
 def _encapsulate_jpeg_baseline(ds: Dataset) -> None:

@@ -220,14 +220,16 @@ def test_jpeg_baseline_8bit(tmp_path: Path) -> None:
     assert np.abs(pixels - px).mean() < 3.0
 
 
-def test_jpeg_lossless_decoder_is_installed() -> None:
-    # pydicom 3 cannot *encode* JPEG Lossless (process 14), so no file can be written here; the decoder that
-    # read_mammogram relies on for such files (pylibjpeg-libjpeg) must be present.
-    from pydicom.pixels import get_decoder
-    from pydicom.uid import JPEGLossless, JPEGLosslessSV1
-
-    for uid in (JPEGLosslessSV1, JPEGLossless):
-        assert get_decoder(uid).is_available, f"no decoder for {uid.name}"
+@pytest.mark.parametrize("bits", [12, 16])
+def test_jpeg_lossless_sv1(tmp_path: Path, bits: int) -> None:
+    # pydicom 3 cannot encode JPEG Lossless; dicom_factory.encode_jpeg_lossless writes the codestream and
+    # pylibjpeg-libjpeg (through pydicom) must decode it exactly. Extreme values exercise every category.
+    px = phantom(bits=bits, seed=3)
+    px[0, :4] = [0, 2**bits - 1, 0, 2**bits - 1]
+    path = write_dicom(tmp_path / "jll.dcm", make_dataset(px, bits_stored=bits), "jpeg-lossless")
+    pixels, meta = read_mammogram(path)
+    assert meta.transfer_syntax == "1.2.840.10008.1.2.4.70"
+    np.testing.assert_array_equal(pixels, px.astype(np.float32))
 
 
 # --- metadata: spacing, laterality and view fallbacks ---------------------------------------------------------
