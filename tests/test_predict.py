@@ -11,14 +11,14 @@ import pydicom
 import pytest
 from PIL import Image
 
-from test_predict_support import EXPECTED_SIDE_VIEW, breast_mask, iou, make_tiny_runs, real_dicoms
+from test_predict_support import EXPECTED_SIDE_VIEW, breast_mask, iou, real_dicoms, silhouette_pngs, tiny_runs
 
 pytestmark = pytest.mark.realdata
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_tiny_runs(tmp_path_factory.mktemp("runs"))
+def runs() -> tuple[Path, Path]:
+    return tiny_runs()
 
 
 def test_cli_predicts_real_dicoms_and_reports_a_bad_file(runs, tmp_path):
@@ -136,14 +136,16 @@ def test_predictor_api_returns_probability_call_heatmaps_and_meta(runs):
     np.testing.assert_allclose(total[inside], 1.0, atol=1e-3)
 
 
-def test_same_probability_one_by_one_and_batched(runs):
+def test_same_probability_one_by_one_and_batched(runs, tmp_path):
     from mammokit.infer.predictor import Prediction, Predictor
 
     whole, _ = runs
-    paths = [p for _, p in real_dicoms()[:2]]
+    paths = silhouette_pngs(tmp_path, 3)
     predictor = Predictor.from_run(whole, device="cpu")
     single = [predictor.predict(p).prob_malignant for p in paths]
-    batched = [r.prob_malignant for r, _ in predictor.predict_many(paths, batch_size=2) if isinstance(r, Prediction)]
+    batched = [
+        r.prob_malignant for r, _ in predictor.predict_many(paths, batch_size=3, workers=2) if isinstance(r, Prediction)
+    ]
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
@@ -158,7 +160,7 @@ def test_calibration_json_is_applied(runs, tmp_path):
     shutil.copytree(whole, run)
     cal = {"method": "temperature", "temperature": 3.0}
     (run / "calibration.json").write_text(json.dumps(cal))
-    path = real_dicoms()[0][1]
+    path = silhouette_pngs(tmp_path / "images", 1)[0]
     pred = Predictor.from_run(run, device="cpu").predict(path)
     assert pred.prob_malignant == pytest.approx(float(apply_calibration(pred.prob_raw, cal)), abs=1e-9)
     assert pred.prob_malignant != pytest.approx(pred.prob_raw, abs=1e-9)

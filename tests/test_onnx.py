@@ -1,0 +1,89 @@
+"""ONNX export: parity with torch (max |dp| <= 1e-4 on CPU), dynamic batch, torch-free `predict --backend onnx`."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_predict_support import TINY_HW, silhouette_pngs, tiny_runs
+
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'mammokit[onnx]')")
+
+
+@pytest.fixture(scope="module")
+def exported() -> Path:
+    from mammokit.cli import main
+
+    whole, _ = tiny_runs()
+    if not (whole / "model.onnx").is_file():
+        assert main(["export", str(whole)]) == 0
+    assert (whole / "model.onnx").is_file()
+    return whole
+
+
+def test_onnx_matches_torch_for_several_batch_sizes(exported):
+    import torch
+
+    from mammokit.infer.onnx import OnnxBackend
+    from mammokit.run import load_model
+
+    model, card = load_model(exported, "cpu")
+    backend = OnnxBackend(exported / "model.onnx", device="cpu")
+    rng = np.random.default_rng(1)
+    for batch in (1, 3):  # the export used batch 1: 3 proves the batch axis is dynamic
+        x = rng.standard_normal((batch, 1, *TINY_HW)).astype(np.float32)
+        with torch.inference_mode():
+            expected = torch.softmax(model(torch.from_numpy(x)), -1)[:, card.positive_indices].sum(-1).numpy()
+        got = backend.prob_malignant(x)
+        assert got.shape == (batch,)
+        assert np.abs(got - expected).max() <= 1e-4
+    assert backend.card_json()["arch"] == "whole_image"  # the model card travels inside the file
+
+
+def test_predict_backend_onnx_never_imports_torch(exported, tmp_path):
+    good = silhouette_pngs(tmp_path, 2)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    code = (
+        "import sys\n"
+        "from mammokit.cli import main\n"
+        f"rc = main(['predict', {str(exported)!r}, {str(good[0])!r}, {str(bad)!r}, {str(good[1])!r},"
+        f" '--out', {str(out)!r}, '--backend', 'onnx', '--no-progress'])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported on the onnx path'\n"
+        "sys.exit(rc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # 1 = one bad input, the others predicted
+    assert "torch was imported" not in proc.stderr
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["image_id"] for r in rows] == ["img0", "img1"]
+    assert all(r["backend"] == "onnx" and 0.0 <= float(r["prob_malignant"]) <= 1.0 for r in rows)
+    with open(out / "errors.csv", newline="") as fh:
+        assert [r["image_id"] for r in csv.DictReader(fh)] == ["bad"]
+
+    # the same images through torch give the same probabilities
+    from mammokit.infer.predictor import Predictor
+
+    torch_probs = [Predictor.from_run(exported, device="cpu").predict(p).prob_malignant for p in good]
+    np.testing.assert_allclose([float(r["prob_malignant"]) for r in rows], torch_probs, atol=1e-4)
+
+
+def test_onnx_backend_without_export_says_what_to_do(exported, tmp_path):
+    import shutil
+
+    from mammokit.infer.predictor import Predictor
+
+    whole = tmp_path / "not_exported"
+    shutil.copytree(exported, whole)
+    (whole / "model.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="mammokit export"):
+        Predictor.from_run(whole, backend="onnx")
