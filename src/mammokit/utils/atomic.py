@@ -17,11 +17,13 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
 
     The temporary name keeps the final suffix so that libraries choosing a format by extension
-    (Pillow, pandas) still do the right thing.
+    (Pillow, pandas) still do the right thing. `durable=False` skips the fsync: the rename is still
+    atomic for readers, but a power loss may leave an empty file. Use it only inside a folder that is
+    itself renamed into place once complete (e.g. a patch set), where the fsync is ~1/3 of the cost.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,8 +32,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
