@@ -527,7 +527,7 @@ def _process_image(task: _ImageTask) -> tuple[list[dict[str, Any]], list[dict[st
         patch_id = f"{image_id}_{key}_{counters[key] - 1:03d}"
         patch_file = f"{PATCH_IMAGES_DIR}/{patch_id}.png"
         crop = np.ascontiguousarray(image[box.y0 : box.y0 + box.size, box.x0 : box.x0 + box.size])
-        write_png16(Path(task.out) / patch_file, crop)
+        write_png16(Path(task.out) / patch_file, crop, durable=False)  # the folder is renamed into place at the end
         rows.append(
             {
                 "patch_id": patch_id,
