@@ -191,3 +191,12 @@ def test_console_error_detection_works_on_a_broken_page(tmp_path):
     render_in_chromium(blank, tmp_path / "blank.png", tmp_path)
     std, _ = _not_blank(tmp_path / "blank.png")
     assert std < 1.0  # the blankness check would catch an empty page
+
+
+def test_number_formatting_for_readers():
+    from mammokit.report.html import fmt_ci, fmt_p
+
+    assert fmt_ci({"value": 0.81234, "ci_low": 0.7, "ci_high": 0.9}) == "0.812 (0.700–0.900)"
+    assert fmt_ci({"value": 0.861, "ci_low": 0.8, "ci_high": float("nan")}, percent=True) == "86.1 %"
+    assert fmt_ci({"value": float("nan")}) == "n/a" and fmt_ci({"value": None}) == "n/a"
+    assert fmt_p(0.03) == "0.0300" and fmt_p(1e-9) == "< 0.0001" and fmt_p(None) == "n/a"

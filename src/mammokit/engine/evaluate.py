@@ -574,7 +574,10 @@ def evaluate(
         auc = results[name]["image"]["auc"]
         key = f"eval/{prepared.resolve().name}-{split}" + ("-tta" if tta else "")
         summary = {"auc": auc["value"], "auc_ci": [auc["ci_low"], auc["ci_high"]], "out": str(out)}
-        write_metrics(run_dir, {key: {**summary, "n_images": results[name]["image"]["n"]}})
+        try:
+            write_metrics(run_dir, {key: {**summary, "n_images": results[name]["image"]["n"]}})
+        except OSError as exc:  # e.g. a read-only, downloaded run folder: the outputs in `out` are complete
+            log.warning("could not add the summary to %s/metrics.json: %s", run_dir.name, exc)
     log.info("evaluation written to %s", out)
     return {**metrics, "out": str(out)}
 

@@ -37,6 +37,13 @@ def fmt_num(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if _finite(x) else "n/a"
 
 
+def fmt_p(p: Any) -> str:
+    """p-value with 4 decimals, or "< 0.0001"."""
+    if not _finite(p):
+        return "n/a"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
 def fmt_ci(d: Mapping[str, Any] | None, *, percent: bool = False) -> str:
     """{"value", "ci_low", "ci_high"} -> "0.812 (95 % CI 0.771–0.853)" or "81.2 % (74.0–88.1)"."""
     if not d or not _finite(d.get("value")):
@@ -102,7 +109,7 @@ Specificity: the share of non-malignant images it calls negative. Both depend on
 predicted probability.</dd>
 <dt>Operating points</dt><dd>Thresholds chosen by a rule. <em>Threshold stored in the model</em> was fixed before
 this evaluation (normally on validation data) and is the fairest estimate of performance in use. <em>Youden</em>
-and the fixed-specificity/sensitivity rows choose the threshold on these same test images, so they describe what
+and the fixed-specificity/sensitivity rows choose the threshold on these same images, so they describe what
 the ROC curve allows rather than what a fixed threshold will achieve; their intervals include the uncertainty of
 choosing the threshold.</dd>
 <dt>Breast and exam level</dt><dd>Image scores are combined over the views of one breast ($aggregate), and an
@@ -171,7 +178,7 @@ def _models_table(metrics: Mapping[str, Any]) -> str:
     tests = metrics.get("delong") or []
     if tests:
         drows = [
-            [t["a"], t["b"], fmt_num(t["auc_a"]), fmt_num(t["auc_b"]), fmt_num(t["z"], 2), fmt_num(t["p_value"], 4)]
+            [t["a"], t["b"], fmt_num(t["auc_a"]), fmt_num(t["auc_b"]), fmt_num(t["z"], 2), fmt_p(t["p_value"])]
             for t in tests
         ]
         html_out += "<h3>DeLong test (same images, two-sided)</h3>"
@@ -205,22 +212,17 @@ def _calibration_section(result: Mapping[str, Any]) -> str:
 
 def _subgroup_table(subgroups: Mapping[str, Mapping[str, Any]]) -> str:
     rows = []
+    rule = ""
     for column, values in subgroups.items():
         for value, r in values.items():
             pt = r["operating_points"][0] if r.get("operating_points") else None
-            rows.append(
-                [
-                    column,
-                    value,
-                    r["n"],
-                    r["n_positive"],
-                    fmt_ci(r["auc"]),
-                    f"{pt['label']}: " + fmt_ci(pt["sensitivity"], percent=True) if pt else "n/a",
-                    fmt_ci(pt["specificity"], percent=True) if pt else "n/a",
-                ]
-            )
+            rule = rule or (pt["label"] if pt else "")
+            sens = fmt_ci(pt["sensitivity"], percent=True) if pt else "n/a"
+            spec = fmt_ci(pt["specificity"], percent=True) if pt else "n/a"
+            rows.append([column, value, r["n"], r["n_positive"], fmt_ci(r["auc"]), sens, spec])
     header = ["Variable", "Group", "Images", "Malignant", "AUC (CI)", "Sensitivity (CI)", "Specificity (CI)"]
-    return _table(header, rows, numeric=(2, 3))
+    intro = f"<p>Sensitivity and specificity at: {_esc(rule)}.</p>" if rule else ""
+    return intro + _table(header, rows, numeric=(2, 3))
 
 
 _PREPROCESS_KEYS = ("crop_breast", "canonical_side", "aspect", "interpolation", "voi", "intensity")
