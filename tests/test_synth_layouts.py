@@ -208,3 +208,20 @@ def test_cli_writes_the_layout_and_synth_json(tmp_path, capsys):
     assert main([*argv, "--height", "96", "--width", "64", "--overwrite"]) == 0
     assert main(["synth", "--out", str(tmp_path / "x"), "--malignant-fraction", "1.5"]) == 2
     assert "malignant_fraction" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_issue_command_cbis_20_women(tmp_path):
+    """`mammokit synth --layout cbis-ddsm --out DIR --women 20 --seed 1` at the CLI's default size, twice."""
+    from mammokit.synth.cbis import CSV_NAMES, MASS_HEADER
+
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert main(["synth", "--layout", "cbis-ddsm", "--out", str(out), "--women", "20", "--seed", "1"]) == 0
+    frames = [pd.read_csv(outs[0] / name, keep_default_na=False, dtype=str) for name in CSV_NAMES.values()]
+    assert list(frames[0].columns) == list(MASS_HEADER)
+    rows = pd.concat(frames)
+    assert rows["patient_id"].nunique() == 20
+    for path in rows["image file path"].str.strip():
+        a, b = pydicom.dcmread(outs[0] / path), pydicom.dcmread(outs[1] / path)
+        assert a.pixel_array.shape == (576, 448) and a.PixelData == b.PixelData

@@ -175,7 +175,11 @@ def write_ffdm_dicom(
     ds.InstanceNumber = 1
     ds.ImageLaterality = laterality
     ds.Laterality = laterality
-    ds.PatientOrientation = ["A", "R"] if laterality == "L" else ["P", "L"]
+    # (row direction, column direction): towards the nipple along a row; down = patient right/left (CC) or feet
+    # (MLO), with the chest wall on the laterality's side as in the CBIS/INbreast hanging.
+    along = "A" if laterality == "L" else "P"
+    down = ("R" if laterality == "L" else "L") if view == "CC" else "F"
+    ds.PatientOrientation = [along, down]
     ds.PixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
     ds.ImagerPixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
     _set_pixels(ds, pixels, bits_stored=bits_stored, compress=False)
