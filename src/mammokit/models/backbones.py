@@ -84,10 +84,10 @@ class Trunk(nn.Module):
         self.backbone = backbone
         self.family = backbone_family(backbone)
         kwargs = dict(_BACKBONE_KWARGS.get(backbone, {}))
-        self.body = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
-        if self.family == "vgg" and hasattr(self.body, "pre_logits"):
-            # fc6/fc7 (as 7x7 and 1x1 convs) are not part of the trunk; drop their ~120 M parameters.
-            self.body.pre_logits = nn.Identity()
+        if self.family == "vgg":
+            self.body = _vgg_without_fc(backbone, in_chans, kwargs)
+        else:
+            self.body = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
         self.in_chans = in_chans
         self.num_features = int(getattr(self.body, "num_features", 0)) or self._probe_channels()
         self._grad_checkpointing = False
@@ -111,10 +111,21 @@ class Trunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._grad_checkpointing and self.family == "vgg" and self.training and torch.is_grad_enabled():
-            from timm.models import checkpoint_seq
-
-            return checkpoint_seq(self.body.features, x)
+            return self._checkpointed_vgg(x)
         return self.body.forward_features(x)
+
+    def _checkpointed_vgg(self, x: torch.Tensor) -> torch.Tensor:
+        # One checkpoint per VGG block (conv/ReLU... up to its max-pool): the in-place ReLUs then stay inside
+        # a segment, and each segment's saved input is a max-pool output that nothing modifies.
+        from torch.utils.checkpoint import checkpoint
+
+        segment: list[nn.Module] = []
+        for module in self.body.features:
+            segment.append(module)
+            if isinstance(module, nn.MaxPool2d):
+                x = checkpoint(nn.Sequential(*segment), x, use_reentrant=False)
+                segment = []
+        return nn.Sequential(*segment)(x) if segment else x
 
     def last_block_prefixes(self) -> list[str]:
         """Module names (relative to this trunk) of the last trunk block, trained in patch stage 2.
@@ -143,6 +154,24 @@ class Trunk(nn.Module):
         groups = group_parameters(self.body, self.body.group_matcher(coarse=True))
         last = max(groups)  # group ids are ordered from stem to head
         return [f"body.{n}" for n in groups[last]]
+
+
+def _vgg_without_fc(backbone: str, in_chans: int, kwargs: dict[str, Any]) -> nn.Module:
+    """timm VGG without fc6/fc7 (``pre_logits``, ~120 M parameters that are not part of the trunk).
+
+    Built on the meta device first so the fc layers are never allocated, then materialised on the current
+    default device and initialised with timm's own VGG initialisation.
+    """
+    device = torch.get_default_device()
+    with torch.device("meta"):
+        body = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
+    body.pre_logits = nn.Identity()
+    body.to_empty(device=device)
+    init = getattr(body, "_initialize_weights", None)
+    if init is None:
+        raise RuntimeError(f"timm {backbone!r} has no _initialize_weights; cannot materialise the VGG trunk")
+    init()
+    return body
 
 
 def feature_shape(trunk: nn.Module, height: int, width: int, in_chans: int | None = None) -> tuple[int, int, int]:
