@@ -22,3 +22,14 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
 def test_nan_written_as_null(tmp_path):
     atomic_write_json(tmp_path / "m.json", {"auc": float("nan"), "xs": [1.0, float("nan")]})
     assert json.loads((tmp_path / "m.json").read_text()) == {"auc": None, "xs": [1.0, None]}
+
+
+def test_written_file_has_umask_permissions_not_0600(tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "report.html"
+    atomic_write_json(target, {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
