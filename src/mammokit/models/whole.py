@@ -61,8 +61,9 @@ class WholeImageClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.top_config: str | dict[str, Any] = top
         self.top_spec: TopSpec = parse_top(top)
+        # kept as given (a preset name stays a name in model.json); a TopSpec object becomes its dict
+        self.top_config: str | dict[str, Any] = self.top_spec.to_dict() if isinstance(top, TopSpec) else top
         self.num_classes = int(num_classes)
         self.patch_num_classes = int(patch_num_classes) if patch_num_classes is not None else None
         self.in_chans = int(in_chans)
