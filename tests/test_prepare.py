@@ -91,7 +91,7 @@ def test_prepare_end_to_end(raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
     report = prepare_dataset("tiny-test", raw, out, SPEC, val_fraction=0.2, test_fraction=0.25, progress=False)
     assert not report.ok and (report.n_failed, report.n_lesion_failed) == (2, 1)
-    assert report.n_written == 7 and report.n_reused == 0
+    assert report.n_written == 7 and report.n_reused == 0 and report.n_masks == 4
 
     manifest = pd.read_parquet(out / "manifest.parquet")
     assert list(manifest["image_id"]) == [f"img{i}" for i in range(7)]

@@ -103,6 +103,7 @@ class PrepareReport:
     n_failed: int  # images that failed (listed in errors.csv)
     n_lesions: int  # lesions of prepared images
     n_lesion_failed: int  # lesions whose ROI could not be rasterised
+    n_masks: int  # lesion masks written (lesions with roi_kind 'none' get none)
     config_hash: str
     elapsed_s: float
     errors: list[dict[str, str]] = field(default_factory=list)
@@ -115,7 +116,7 @@ class PrepareReport:
         done = self.n_written + self.n_reused
         text = (
             f"prepared {done}/{self.n_images} images ({self.n_written} written, {self.n_reused} reused) "
-            f"and {self.n_lesions - self.n_lesion_failed}/{self.n_lesions} lesion masks in {self.elapsed_s:.1f} s "
+            f"with {self.n_masks} lesion masks ({self.n_lesions} lesions) in {self.elapsed_s:.1f} s "
             f"-> {self.out}"
         )
         if not self.ok:
@@ -503,6 +504,7 @@ def prepare_dataset(
         n_failed=n_failed,
         n_lesions=len(lesion_table),
         n_lesion_failed=n_lesion_failed,
+        n_masks=counts["lesion_masks"],
         config_hash=full_hash,
         elapsed_s=time.perf_counter() - t0,
         errors=errors,
