@@ -232,3 +232,26 @@ def test_imagenet_offline_and_absent_gives_actionable_error(monkeypatch) -> None
     with pytest.raises(PretrainedWeightsError, match=WEIGHTS_DIR_ENV) as info:
         create_model("patch_classifier", backbone="resnet18", num_classes=2, pretrained="imagenet")
     assert "resnet18.safetensors" in str(info.value)
+
+
+def test_imagenet_through_timm_when_available(monkeypatch) -> None:
+    """The online/cache route: timm's pretrained model (3-channel stem) is copied with the stem summed."""
+    real_create = timm.create_model
+    reference = {}
+
+    def cached_create(name: str, pretrained: bool = False, **kwargs):
+        model = real_create(name, pretrained=False, **kwargs)
+        if pretrained:  # stands in for timm reading the Hugging Face cache (timm sums the stem itself)
+            torch.manual_seed(11)
+            for p in model.parameters():
+                torch.nn.init.normal_(p)
+            reference["model"] = model
+        return model
+
+    monkeypatch.setattr(timm, "create_model", cached_create)
+    monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
+    model = create_model("patch_classifier", backbone="resnet18", num_classes=2, pretrained="imagenet")
+    ref = reference["model"]
+    assert ref.conv1.weight.shape[1] == 1  # asked timm for a gray stem
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(model.trunk.body.state_dict()[key], value)
