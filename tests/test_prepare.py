@@ -217,6 +217,10 @@ def test_cli_prepare_exit_status_and_config(raw: Path, tmp_path: Path, capsys: p
 
     assert main(["prepare", "no-such-set", "--root", str(raw), "--out", str(out)]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+    assert main(["prepare", "mini-mias", "--root", str(raw), "--out", str(out), "--set", "source_options.x=1"]) == 2
+    assert "source_options do not fit the mini-mias adapter" in capsys.readouterr().err
+    assert main(["prepare", "tiny-test", "--root", str(tmp_path / "absent"), "--out", str(out)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
     assert main([*args, "--set", "preprocess.aspectt=pad"]) == 2
     assert "did you mean 'preprocess.aspect'" in capsys.readouterr().err
 

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         get_source(args.dataset, **cfg.source_options)
     except KeyError:
         raise UserError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(list_sources())}") from None
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # adapters reject unknown or bad options
         raise UserError(f"source_options do not fit the {args.dataset} adapter: {exc}") from None
     if not args.root.is_dir():
         raise UserError(f"--root {args.root} is not a folder; point it at the raw {args.dataset} download")
