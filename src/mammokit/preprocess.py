@@ -38,6 +38,7 @@ class PreprocessSpec:
     interpolation: Literal["area", "bilinear", "bicubic"] = "area"  # area avoids aliasing when downsizing 3-5x
     voi: Literal["auto", "none", "window", "voi_lut"] = "auto"  # DICOM VOI handling (see io.dicom.read_mammogram)
     window_index: int = 0  # which of several WindowCenter/Width pairs to use
+    allow_for_processing: bool = False  # accept "FOR PROCESSING" (raw detector) DICOMs; off: they look different
     intensity: Literal["minmax", "none"] = "minmax"  # minmax: stretch the breast's 0.5..99.5 % range to 0..65535
     extra: dict = field(default_factory=dict)  # adapter-specific, recorded for provenance only
 

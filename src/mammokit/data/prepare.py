@@ -205,7 +205,13 @@ def _prepare_one(task: dict[str, Any]) -> dict[str, Any]:
 
     stage = "read"
     try:
-        pixels, meta = source.read_image(pd.Series(row), root, voi=spec.voi, window_index=spec.window_index)
+        pixels, meta = source.read_image(
+            pd.Series(row),
+            root,
+            voi=spec.voi,
+            window_index=spec.window_index,
+            allow_for_processing=spec.allow_for_processing,
+        )
         stage = "preprocess"
         image, geometry = prepare_pixels(pixels, meta, spec)
         stage = "write"
