@@ -28,6 +28,8 @@ class SplitConfig:
     seed: int = 0  # same seed + same source table = same split on any machine
     val_fraction: float = 0.1  # fraction of training patients held out for validation
     test_fraction: float = 0.15  # fraction of patients put in test when the dataset has no official test split
+    keep_official: bool = True  # keep a dataset's official test split (CBIS-DDSM); False = re-split all patients
+    split_file: str | None = None  # CSV patient_id,split to apply exactly (reproduce a published split)
 
 
 @dataclass
@@ -64,6 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_workers(p)
     add_seed(p)
     add_config_args(p)
+    p.add_argument(
+        "--split-file",
+        default=None,
+        metavar="CSV",
+        help="apply a published patient split exactly (CSV with columns patient_id,split); "
+        "the split used is always written to PREPARED/splits.csv",
+    )
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     p.set_defaults(func=run)
 
@@ -74,7 +83,7 @@ def resolve_config(args: argparse.Namespace) -> PrepareConfig:
 
     flags = {
         "preprocess": {"height": args.height, "width": args.width},
-        "split": {"seed": args.seed},
+        "split": {"seed": args.seed, "split_file": args.split_file},
         "workers": args.workers,
     }
     try:
@@ -110,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
             seed=cfg.split.seed,
             val_fraction=cfg.split.val_fraction,
             test_fraction=cfg.split.test_fraction,
+            keep_official=cfg.split.keep_official,
+            split_file=cfg.split.split_file,
             source_options=cfg.source_options,
             progress=not args.no_progress and sys.stderr.isatty(),
         )

@@ -384,6 +384,8 @@ def prepare_dataset(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.15,
+    keep_official: bool = True,
+    split_file: str | Path | None = None,
     source_options: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> PrepareReport:
@@ -395,7 +397,9 @@ def prepare_dataset(
         out: the prepared folder (created; an existing one is resumed).
         spec: the preprocessing; written into dataset.json and, later, into each model's card.
         workers: worker processes (1 = in this process).
-        seed, val_fraction, test_fraction: patient-level split (`mammokit.data.splits.assign_splits`).
+        seed, val_fraction, test_fraction, keep_official: patient-level split (`mammokit.data.splits.assign_splits`).
+        split_file: a published split (CSV patient_id,split) applied exactly instead (`import_splits`). Either
+            way the split used is written to `splits.csv` in the prepared folder, so it can be published too.
         source_options: keyword options of the adapter.
         progress: show a progress bar (stderr).
 
@@ -407,7 +411,7 @@ def prepare_dataset(
         KeyError: unknown adapter name.
     """
     from mammokit.data.sources import get_source
-    from mammokit.data.splits import assign_splits
+    from mammokit.data.splits import assign_splits, export_splits, import_splits
 
     t0 = time.perf_counter()
     root, out = Path(root), Path(out)
@@ -423,14 +427,28 @@ def prepare_dataset(
     if images.empty:
         raise PrepareError(f"{source}: no images found under {root}; check --root")
     try:
-        images = assign_splits(images, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
-    except ValueError as exc:  # SplitError: e.g. too few patients for the fractions
+        if split_file is not None:
+            images = import_splits(images, split_file)
+        else:
+            images = assign_splits(
+                images, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, keep_official=keep_official
+            )
+    except ValueError as exc:  # SplitError: e.g. too few patients for the fractions, or a bad split file
         raise PrepareError(f"{source}: cannot split {len(images)} images into train/val/test: {exc}") from exc
+    out.mkdir(parents=True, exist_ok=True)
+    export_splits(images, out / "splits.csv")
 
     image_hash = config_hash(
         {"format": PREPARE_FORMAT, "source": source, "source_options": options, "preprocess": spec}
     )
-    split_options = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
+    split_options: dict[str, Any] = {
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "keep_official": keep_official,
+    }
+    if split_file is not None:  # the file's content, not its path, decides the split
+        split_options = {"split_file_sha256": hashlib.sha256(Path(split_file).read_bytes()).hexdigest()}
     full_hash = config_hash({"image_config_hash": image_hash, "split": split_options})
 
     out.mkdir(parents=True, exist_ok=True)
