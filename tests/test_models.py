@@ -74,6 +74,12 @@ def test_unknown_backbone_suggests_names() -> None:
         create_model("patch_classifier", backbone="resnet_50", num_classes=2)
 
 
+def test_token_backbone_is_refused_clearly() -> None:
+    model = create_model("patch_classifier", backbone="test_vit", num_classes=2)
+    with pytest.raises(ValueError, match="not usable as a trunk"):
+        model(torch.zeros(1, 1, 32, 32))
+
+
 def test_vgg_trunk_drops_fc_layers_and_keeps_pool5() -> None:
     model = create_model("patch_classifier", backbone="vgg11", num_classes=3)
     assert not any(name.startswith("trunk.body.pre_logits") for name, _ in model.named_parameters())

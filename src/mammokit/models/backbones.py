@@ -112,7 +112,14 @@ class Trunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._grad_checkpointing and self.family == "vgg" and self.training and torch.is_grad_enabled():
             return self._checkpointed_vgg(x)
-        return self.body.forward_features(x)
+        out = self.body.forward_features(x)
+        if out.dim() != 4 or out.shape[1] != self.num_features:
+            raise ValueError(
+                f"backbone {self.backbone!r} is not usable as a trunk: forward_features returned shape "
+                f"{tuple(out.shape)}, not a (B, {self.num_features}, H, W) feature map (token-sequence or "
+                "channels-last models such as ViT/Swin are not supported); choose a convolutional timm model"
+            )
+        return out
 
     def _checkpointed_vgg(self, x: torch.Tensor) -> torch.Tensor:
         # One checkpoint per VGG block (conv/ReLU... up to its max-pool): the in-place ReLUs then stay inside
