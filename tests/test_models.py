@@ -281,6 +281,17 @@ def test_paper_presets_feature_arithmetic_at_full_resolution() -> None:
     )
 
 
+def test_paper_backbones_stage2_is_the_papers_last_block() -> None:
+    """resnet50 stage 2 = res5c (layer4.2); vgg16 stage 2 = block5 convs (features.24/26/28); on meta tensors."""
+    with torch.device("meta"):
+        r50 = create_model("patch_classifier", backbone="resnet50", num_classes=5)
+        vgg = create_model("patch_classifier", backbone="vgg16", num_classes=5)
+    r50_trunk = set(r50.stage_parameter_names(2)) - set(r50.stage_parameter_names(1))
+    assert r50_trunk == {f"trunk.body.{n}" for n, _ in r50.trunk.body.layer4[2].named_parameters(prefix="layer4.2")}
+    vgg_trunk = set(vgg.stage_parameter_names(2)) - set(vgg.stage_parameter_names(1))
+    assert vgg_trunk == {f"trunk.body.features.{i}.{t}" for i in (24, 26, 28) for t in ("weight", "bias")}
+
+
 def test_top_spec_errors_are_clear() -> None:
     with pytest.raises(TopSpecError, match="did you mean 'repetitions'"):
         parse_top({"blocks": "resnet", "depths": [8], "repetition": [1]})
