@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
+from mammokit.data.transforms import AugmentConfig
 from mammokit.engine.config import (
     LoaderConfig,
     OptimConfig,
@@ -63,10 +64,11 @@ def _cfg(data: tuple[Path, Path], out: Path, resume: bool = False) -> PatchTrain
         resume=resume,
         seed=7,
         model=PatchModelConfig(backbone=TINY_BACKBONE, pretrained=str(weights), drop_rate=0.3),
-        # 18 training patches, batch 4 -> 5 batches per epoch; stage 3 has 2 epochs
+        # 18 training patches, batch 4 -> 5 batches per epoch; stage 3 has 2 epochs. The paper's augmentation
+        # and class-balanced sampling run in a worker process, so resuming must replay both exactly.
         stages=[StageConfig(1, 1.0), StageConfig(1, 0.5), StageConfig(2, 0.5)],
         optim=OptimConfig(lr=3e-3, lr_plateau_patience=1, early_stop_patience=3),
-        loader=LoaderConfig(batch_size=4, workers=1, balance="sampler", augment=False),
+        loader=LoaderConfig(batch_size=4, workers=1, balance="sampler", augment=AugmentConfig()),
         trainer=TrainerConfig(accelerator="cpu", progress_bar=False, tensorboard=False, checkpoint_every_n_steps=2),
     )
 

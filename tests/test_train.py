@@ -25,7 +25,7 @@ COMMON = [
     "--device",
     "cpu",
     "--set",
-    "loader.augment=false",
+    "loader.augment.enabled=false",
     "--set",
     "trainer.progress_bar=false",
     "--set",

@@ -54,5 +54,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"configuration: {exc}") from None
     except (TrainingError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
-    print(out)
+    from mammokit.engine.runner import global_rank
+
+    if global_rank() == 0:  # under DDP every rank runs this command; one line of output is enough
+        print(out)
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mammokit.config import ConfigError
+from mammokit.data.transforms import AugmentConfig
 
 Balance = Literal["loss", "sampler", "none"]
 Precision = Literal["32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"]
@@ -75,8 +76,8 @@ class LoaderConfig:
     # mean loss, spec §5.5); "sampler": draw training samples with probability 1/class frequency (with
     # replacement, one epoch = as many draws as training samples); "none": plain cross-entropy.
     balance: Balance = "loss"
-    augment: bool = True  # training-time augmentation (mammokit.data.transforms, spec §5.6)
-    augment_options: dict[str, Any] = field(default_factory=dict)  # AugmentConfig fields to override
+    # training-time augmentation (mammokit.data.transforms, spec §5.6); `augment.enabled: false` switches it off
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
         if self.batch_size < 1:

@@ -211,7 +211,8 @@ class ClassifierModule(L.LightningModule):
         metrics = classification_metrics(prob_np, label_np, self.positive_indices)
         self.val_metrics = metrics
         self._val_outputs = []
-        # Every rank computed the same numbers from the gathered set, so no further reduction is needed.
+        # Every rank computed the same numbers from the gathered set; sync_dist averages identical values.
         for key in ("loss", "acc", "auc"):
             value = metrics[key]
-            self.log(f"val_{key}", float("nan") if value is None else float(value), prog_bar=key != "loss")
+            value = float("nan") if value is None else float(value)
+            self.log(f"val_{key}", value, prog_bar=key != "loss", sync_dist=self.trainer.world_size > 1)

@@ -73,11 +73,11 @@ def _preprocess_from(meta: dict[str, Any] | None) -> PreprocessSpec:
 
 
 def _train_transform(loader: LoaderConfig) -> Any:
-    if not loader.augment:
+    if not loader.augment.enabled:
         return None
-    from mammokit.data.transforms import AugmentConfig, build_train_transform
+    from mammokit.data.transforms import build_train_transform
 
-    return build_train_transform(from_dict(AugmentConfig, loader.augment_options))
+    return build_train_transform(loader.augment)
 
 
 def _image_size(root: Path, relative: str) -> tuple[int, int]:
