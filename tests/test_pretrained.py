@@ -191,6 +191,17 @@ def test_weights_dir_serves_imagenet(tmp_path, monkeypatch) -> None:
     torch.testing.assert_close(model.trunk.body.layer1[0].conv1.weight, ref.layer1[0].conv1.weight)
 
 
+def test_torchvision_hub_cache_serves_imagenet(tmp_path, monkeypatch) -> None:
+    ref = _reference_resnet18(seed=5)  # timm resnet18 keys == torchvision resnet18 keys
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(ref.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
+    model = create_model("patch_classifier", backbone="resnet18", num_classes=2, pretrained="imagenet")
+    torch.testing.assert_close(model.trunk.body.layer2[0].downsample[0].weight, ref.layer2[0].downsample[0].weight)
+    torch.testing.assert_close(model.trunk.body.conv1.weight, ref.conv1.weight.sum(1, keepdim=True))
+
+
 def test_wrong_architecture_file_is_refused(tmp_path) -> None:
     from safetensors.torch import save_file
 
@@ -219,7 +230,7 @@ def test_bad_pretrained_value(tmp_path) -> None:
         create_model("patch_classifier", backbone="resnet18", num_classes=2, pretrained=str(tmp_path / "x.pth"))
 
 
-def test_imagenet_offline_and_absent_gives_actionable_error(monkeypatch) -> None:
+def test_imagenet_offline_and_absent_gives_actionable_error(tmp_path, monkeypatch) -> None:
     real_create = timm.create_model
 
     def offline_create(name: str, pretrained: bool = False, **kwargs):
@@ -229,12 +240,13 @@ def test_imagenet_offline_and_absent_gives_actionable_error(monkeypatch) -> None
 
     monkeypatch.setattr(timm, "create_model", offline_create)
     monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no torchvision cache either
     with pytest.raises(PretrainedWeightsError, match=WEIGHTS_DIR_ENV) as info:
         create_model("patch_classifier", backbone="resnet18", num_classes=2, pretrained="imagenet")
     assert "resnet18.safetensors" in str(info.value)
 
 
-def test_imagenet_through_timm_when_available(monkeypatch) -> None:
+def test_imagenet_through_timm_when_available(tmp_path, monkeypatch) -> None:
     """The online/cache route: timm's pretrained model (3-channel stem) is copied with the stem summed."""
     real_create = timm.create_model
     reference = {}
@@ -250,6 +262,7 @@ def test_imagenet_through_timm_when_available(monkeypatch) -> None:
 
     monkeypatch.setattr(timm, "create_model", cached_create)
     monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     model = create_model("patch_classifier", backbone="resnet18", num_classes=2, pretrained="imagenet")
     ref = reference["model"]
     assert ref.conv1.weight.shape[1] == 1  # asked timm for a gray stem

