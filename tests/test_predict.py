@@ -147,6 +147,8 @@ def test_same_probability_one_by_one_and_batched(runs, tmp_path):
         r.prob_malignant for r, _ in predictor.predict_many(paths, batch_size=3, workers=2) if isinstance(r, Prediction)
     ]
     np.testing.assert_allclose(batched, single, atol=1e-5)
+    nchw = Predictor.from_run(whole, device="cpu", channels_last=False)  # the memory format changes no result
+    np.testing.assert_allclose([nchw.predict(p).prob_malignant for p in paths], single, atol=1e-5)
 
 
 def test_calibration_json_is_applied(runs, tmp_path):
@@ -189,3 +191,28 @@ def test_predict_rejects_heatmaps_with_onnx_and_missing_patch_run(runs, tmp_path
         ]
     )
     assert status == 2
+    # a patch-classifier run is not a whole-image model
+    assert main(["predict", str(runs[1]), str(image), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_tta_is_flip_invariant_and_follows_the_calibration(runs, tmp_path):
+    import dataclasses
+    import shutil
+
+    from mammokit.infer.predictor import Predictor
+
+    whole, _ = runs
+    path = silhouette_pngs(tmp_path / "images", 1)[0]
+    plain = Predictor.from_run(whole, device="cpu")
+    assert plain.tta is False
+    prepared = plain.load_image(path)
+    mirrored = dataclasses.replace(prepared, x=np.ascontiguousarray(prepared.x[..., ::-1]))
+    p, q = (r.prob_raw for r in plain.predict_prepared([prepared, mirrored]))
+    assert abs(p - q) > 1e-6  # the model itself is not mirror-symmetric ...
+    tta = Predictor.from_run(whole, device="cpu", tta=True)
+    p, q = (r.prob_raw for r in tta.predict_prepared([prepared, mirrored]))
+    assert p == pytest.approx(q, abs=1e-6)  # ... but the mean over the four flips is
+    run = tmp_path / "calibrated_tta"
+    shutil.copytree(whole, run)
+    (run / "calibration.json").write_text(json.dumps({"method": "temperature", "temperature": 2.0, "tta": True}))
+    assert Predictor.from_run(run, device="cpu").tta is True

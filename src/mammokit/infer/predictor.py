@@ -192,6 +192,7 @@ class Predictor:
         backend_name: Backend,
         calibration: dict[str, Any] | None,
         patch_run: Path | None = None,
+        tta: bool | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.card = card
@@ -203,6 +204,12 @@ class Predictor:
         self.run_name = run_dir.resolve().name
         self._patch_run = patch_run
         self._patch: _PatchHeatmapper | None = None
+        # Calibration maps were fitted on either plain or flip-averaged probabilities (`tta` in
+        # calibration.json, written by `mammokit evaluate`); by default predict the same way.
+        cal_tta = bool(calibration.get("tta", False)) if calibration else False
+        self.tta = cal_tta if tta is None else bool(tta)
+        if calibration and self.tta != cal_tta:
+            log.warning("calibration.json was fitted with tta=%s but predicting with tta=%s", cal_tta, self.tta)
 
     @classmethod
     def from_run(
@@ -212,7 +219,8 @@ class Predictor:
         backend: Backend = "torch",
         *,
         patch_run: str | Path | None = None,
-        channels_last: bool = False,
+        channels_last: bool = True,
+        tta: bool | None = None,
     ) -> Predictor:
         """Load a whole-image run for prediction.
 
@@ -222,10 +230,18 @@ class Predictor:
             backend: "torch", or "onnx" (ONNX Runtime, no torch import; no heatmaps).
             patch_run: patch-classifier run for the paper's patch heatmaps; default: the run's
                 `parent_run` from model.json.
-            channels_last: torch backend only: NHWC memory format (faster convolutions on many CPUs).
+            channels_last: torch backend only: NHWC memory format (1.5-1.9x faster than NCHW on CPU
+                in benchmarks/bench_predict.py; the numbers are identical up to float rounding).
+            tta: average p(malignant) over the four flips (paper §7.2); None = as the run's
+                calibration.json was fitted (plain when there is none).
         """
         run_dir = Path(run_dir)
         card = read_card(run_dir)
+        if card.task != "whole":
+            raise ValueError(
+                f"{run_dir} is a {card.task!r} run; prediction needs a whole-image run "
+                "(a patch run is used for heatmaps with --patch-run)"
+            )
         if card.input.preprocess.height != card.input.height or card.input.preprocess.width != card.input.width:
             raise ValueError(
                 f"{run_dir}/model.json: input size {card.input.height}x{card.input.width} differs from its "
@@ -242,7 +258,7 @@ class Predictor:
         patch = Path(patch_run) if patch_run else _resolve_run(card.parent_run, run_dir)
         if patch_run and not (patch / "model.json").is_file():
             raise FileNotFoundError(f"--patch-run {patch_run}: no model.json there; pass a patch-classifier run folder")
-        return cls(run_dir, card, impl, backend, read_calibration(run_dir), patch)
+        return cls(run_dir, card, impl, backend, read_calibration(run_dir), patch, tta)
 
     # ---- reading (NumPy only; safe to run in threads) ---------------------------------------
 
@@ -259,6 +275,14 @@ class Predictor:
         return PreparedImage(item, x, image_u16, geometry, meta, pixels if keep_pixels else None)
 
     # ---- model ----------------------------------------------------------------------------
+
+    def _prob_raw(self, x: np.ndarray) -> np.ndarray:
+        """(B, 1, H, W) -> (B,) p(malignant); with TTA the mean over none/horizontal/vertical/both flips."""
+        if not self.tta:
+            return np.asarray(self.backend.prob_malignant(x), dtype=np.float64).reshape(-1)
+        views = np.concatenate([x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]])  # (4B, 1, H, W)
+        probs = np.asarray(self.backend.prob_malignant(np.ascontiguousarray(views)), dtype=np.float64)
+        return probs.reshape(4, len(x)).mean(axis=0)
 
     def _calibrate(self, prob_raw: np.ndarray) -> np.ndarray:
         if self.calibration is None:
@@ -290,7 +314,7 @@ class Predictor:
         """Run the model (and heatmaps) on already prepared images of one batch."""
         self.check_heatmap(heatmap)
         x = np.stack([p.x for p in batch])  # (B, 1, H, W)
-        prob_raw = np.asarray(self.backend.prob_malignant(x), dtype=np.float64).reshape(-1)
+        prob_raw = self._prob_raw(x)
         prob = self._calibrate(prob_raw)
         maps: list[dict[str, np.ndarray]] = [{} for _ in batch]
         if _needs(heatmap, "gradcam"):
