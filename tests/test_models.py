@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -72,6 +73,21 @@ def test_whole_classifier_forward_backward_gray(top) -> None:
 def test_unknown_backbone_suggests_names() -> None:
     with pytest.raises(UnknownBackboneError, match="resnet50"):
         create_model("patch_classifier", backbone="resnet_50", num_classes=2)
+
+
+def test_any_timm_model_unused_head_layers_are_dropped() -> None:
+    # MobileNetV3 keeps a 1x1 conv after its global pool (not part of forward_features): it must not linger
+    # as an untrained parameter in the trunk.
+    torch.manual_seed(0)
+    model = create_model("patch_classifier", backbone="mobilenetv3_small_050", num_classes=3)
+    assert isinstance(model.trunk.body.conv_head, nn.Identity)
+    _assert_trains(model, _image(64, 64), 3)
+    # an ImageNet checkpoint of that model still loads: its conv_head tensors are ignored like a classifier
+    from mammokit.models.pretrained import load_trunk_state
+
+    full = timm.create_model("mobilenetv3_small_050")
+    load_trunk_state(model.trunk.body, full.state_dict(), "test checkpoint")
+    torch.testing.assert_close(model.trunk.body.blocks[0][0].conv_dw.weight, full.blocks[0][0].conv_dw.weight)
 
 
 def test_token_backbone_is_refused_clearly() -> None:

@@ -56,7 +56,7 @@ def backbone_family(name: str) -> str:
         return "resnet"
     if name.startswith("vgg"):
         return "vgg"
-    if "efficientnet" in name or name.startswith(("mobilenetv2", "mobilenetv3", "mnasnet")):
+    if "efficientnet" in name or name.startswith(("mobilenetv2", "mnasnet")):
         return "efficientnet"
     return "other"
 
@@ -88,6 +88,8 @@ class Trunk(nn.Module):
             self.body = _vgg_without_fc(backbone, in_chans, kwargs)
         else:
             self.body = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
+        if self.family == "other":
+            _drop_unused_children(self.body, in_chans)
         self.in_chans = in_chans
         self.num_features = int(getattr(self.body, "num_features", 0)) or self._probe_channels()
         self._grad_checkpointing = False
@@ -161,6 +163,34 @@ class Trunk(nn.Module):
         groups = group_parameters(self.body, self.body.group_matcher(coarse=True))
         last = max(groups)  # group ids are ordered from stem to head
         return [f"body.{n}" for n in groups[last]]
+
+
+def _drop_unused_children(body: nn.Module, in_chans: int) -> None:
+    """Replace top-level children that `forward_features` never runs (e.g. MobileNetV3's post-pool
+    ``conv_head``) by Identity, so that they hold no parameters, get no stage, and are not saved.
+
+    Found with one forward pass on the meta device (no memory, no compute).
+    """
+    import copy
+
+    probe = copy.deepcopy(body).to("meta")
+    ran: set[str] = set()
+    hooks = [
+        module.register_forward_hook(lambda *_args, name=name: ran.add(name)) for name, module in probe.named_children()
+    ]
+    try:
+        with torch.no_grad():
+            probe.eval().forward_features(torch.empty(1, in_chans, 64, 64, device="meta"))
+    except Exception as exc:  # a model that cannot run at 64x64 is checked on its first real forward
+        log.debug("could not probe %s for unused modules: %s", type(body).__name__, exc)
+        return
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, child in list(body.named_children()):
+        if name not in ran and any(True for _ in child.parameters()):
+            setattr(body, name, nn.Identity())
+            log.debug("dropped %s.%s: not used by forward_features", type(body).__name__, name)
 
 
 def _vgg_without_fc(backbone: str, in_chans: int, kwargs: dict[str, Any]) -> nn.Module:

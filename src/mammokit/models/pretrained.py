@@ -155,7 +155,9 @@ def _classifier_prefixes(body: nn.Module) -> tuple[str, ...]:
     cfg = getattr(body, "pretrained_cfg", None) or {}
     names = cfg.get("classifier") or ()
     names = (names,) if isinstance(names, str) else tuple(names)
-    return tuple(f"{n}." for n in (*names, "fc", "classifier", "head", "pre_logits", "last_linear"))
+    # children the trunk replaced by Identity because forward_features does not use them (backbones.py)
+    dropped = tuple(n for n, child in body.named_children() if isinstance(child, nn.Identity))
+    return tuple(f"{n}." for n in (*names, *dropped, "fc", "classifier", "head", "pre_logits", "last_linear"))
 
 
 def load_weights_file(body: nn.Module, path: str | Path) -> None:
