@@ -220,3 +220,23 @@ def test_tta_is_flip_invariant_and_follows_the_calibration(runs, tmp_path):
     shutil.copytree(whole, run)
     (run / "calibration.json").write_text(json.dumps({"method": "temperature", "temperature": 2.0, "tta": True}))
     assert Predictor.from_run(run, device="cpu").tta is True
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(runs, tmp_path):
+    import torch
+
+    from mammokit.infer.predictor import Predictor
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    whole, _ = runs
+    paths = silhouette_pngs(tmp_path, 2)
+    gpu = Predictor.from_run(whole, device="auto")
+    assert gpu.backend.device.type == "cuda"
+    cpu = Predictor.from_run(whole, device="cpu")
+    for path in paths:
+        a, b = gpu.predict(path, heatmap="both"), cpu.predict(path, heatmap="both")
+        assert a.prob_malignant == pytest.approx(b.prob_malignant, abs=5e-4)  # TF32 convolutions on CUDA
+        for kind in a.heatmaps:
+            np.testing.assert_allclose(a.heatmaps[kind], b.heatmaps[kind], atol=1e-3)

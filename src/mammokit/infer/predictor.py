@@ -423,7 +423,7 @@ class Predictor:
         bar = tqdm(total=len(items), unit="img", desc="predict", disable=not progress)
         try:
             batch: list[PreparedImage] = []
-            for _item, prepared in self._read_stream(items, keep, workers, prefetch=2 * max(1, batch_size)):
+            for _item, prepared in self._read_stream(items, keep, workers, prefetch=batch_size + workers):
                 if isinstance(prepared, PredictionFailure):
                     bar.update(1)
                     yield prepared, None
@@ -451,7 +451,8 @@ class Predictor:
             for item in items:
                 yield item, self._read_one(item, keep)
             return
-        # bounded look-ahead: at most `prefetch` decoded mammograms (up to ~50 MB each) in memory
+        # bounded look-ahead: one batch plus one image per reader in flight, so memory stays at a few
+        # decoded mammograms (~50 MB each for a 4500x2800 scan when heatmaps keep the original pixels)
         with cf.ThreadPoolExecutor(max_workers=min(workers, os.cpu_count() or 1)) as pool:
             pending: deque[tuple[InputItem, cf.Future]] = deque()
             it = iter(items)
