@@ -95,4 +95,5 @@ def test_tiny_cnn_learns_the_five_patch_classes():
         pred = net(xv).argmax(1)
     per_class = [float((pred[yv == k] == k).float().mean()) for k in range(5)]
     balanced = float(np.mean(per_class))
+    print(f"balanced accuracy {balanced:.3f}; per class {dict(zip(PATCH_CLASSES_5, per_class, strict=True))}")
     assert balanced >= 0.85, dict(zip(PATCH_CLASSES_5, per_class, strict=True))

@@ -125,7 +125,7 @@ def _speck_positions(rng: np.random.Generator, spec: LesionSpec, n: int, radius:
         t = rng.uniform(-1.0, 1.0, size=n) * radius
         jitter = rng.normal(0.0, 0.12 * radius, size=n)
         return np.stack([t * np.cos(angles) - jitter * np.sin(angles), t * np.sin(angles) + jitter * np.cos(angles)], 1)
-    # Uniform in the disc (sqrt for the radius), re-drawn where two specks would overlap.
+    # Uniform in the disc (square root of a uniform draw for the radius); specks may touch, as in real clusters.
     r = radius * np.sqrt(rng.uniform(0.0, 1.0, size=n))
     a = rng.uniform(0.0, 2.0 * np.pi, size=n)
     return np.stack([r * np.cos(a), r * np.sin(a)], axis=1)

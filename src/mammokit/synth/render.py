@@ -3,7 +3,8 @@
 Images are float32 in [0, 1], MONOCHROME2 (dense tissue bright), drawn in the canonical orientation (chest
 wall on the left) and mirrored for right breasts, as in the real data. All geometry is given as fractions of
 the image size, so one woman renders alike at any resolution. Cost: two inverse real FFTs (power-law
-textures) and a dozen element-wise passes over the image, plus small windows around lesions.
+textures), a few dozen element-wise passes over the columns the breast can reach, and small windows
+around the lesions.
 """
 
 from __future__ import annotations
