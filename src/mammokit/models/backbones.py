@@ -81,6 +81,8 @@ class Trunk(nn.Module):
     def __init__(self, backbone: str, in_chans: int = 1) -> None:
         super().__init__()
         check_backbone_name(backbone)
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be >= 1 (1 = grayscale), got {in_chans}")
         self.backbone = backbone
         self.family = backbone_family(backbone)
         kwargs = dict(_BACKBONE_KWARGS.get(backbone, {}))
@@ -91,11 +93,8 @@ class Trunk(nn.Module):
         if self.family == "other":
             _drop_unused_children(self.body, in_chans)
         self.in_chans = in_chans
-        self.num_features = int(getattr(self.body, "num_features", 0)) or self._probe_channels()
+        self.num_features = int(self.body.num_features)  # channels of the forward_features map
         self._grad_checkpointing = False
-
-    def _probe_channels(self) -> int:
-        return int(feature_shape(self, 64, 64)[0])
 
     @property
     def grad_checkpointing(self) -> bool:
@@ -105,7 +104,7 @@ class Trunk(nn.Module):
         """Recompute activations in the backward pass instead of storing them (activation checkpointing)."""
         self._grad_checkpointing = bool(enable)
         if self.family == "vgg":
-            return  # timm's VGG does not support it; handled in forward with checkpoint_seq
+            return  # timm's VGG does not support it; forward checkpoints each VGG block itself
         try:
             self.body.set_grad_checkpointing(enable)
         except (AssertionError, NotImplementedError, AttributeError) as exc:
