@@ -46,7 +46,13 @@ def add_seed(p: argparse.ArgumentParser, default: int | None = None) -> None:
 
 
 def add_workers(p: argparse.ArgumentParser, default: int | None = None) -> None:
-    p.add_argument("--workers", type=int, default=default, metavar="N", help="worker processes")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default,
+        metavar="N",
+        help="parallel workers (processes for prepare/patches/data loading, reader threads for predict)",
+    )
 
 
 def add_device(p: argparse.ArgumentParser) -> None:

@@ -269,7 +269,12 @@ class Predictor:
 
         if not isinstance(item, InputItem):
             item = InputItem(path=Path(item), image_id=Path(item).stem, source=str(item))
-        pixels, meta = read_mammogram(item.path, voi=self.spec.voi, window_index=self.spec.window_index)
+        pixels, meta = read_mammogram(
+            item.path,
+            voi=self.spec.voi,
+            window_index=self.spec.window_index,
+            allow_for_processing=self.spec.allow_for_processing,
+        )
         image_u16, geometry = prepare_pixels(pixels, meta, self.spec)
         x = to_model_input(image_u16, self.card.input.pixel_mean, self.card.input.pixel_std)
         return PreparedImage(item, x, image_u16, geometry, meta, pixels if keep_pixels else None)
