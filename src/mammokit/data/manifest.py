@@ -46,6 +46,12 @@ OPTIONAL_IMAGE_COLUMNS: dict[str, str] = {
     "crop_x0": "crop box left column (inclusive)",
     "crop_x1": "crop box right column (exclusive)",
     "flipped": "True if the image was mirrored left-right into canonical orientation",
+    "out_height": "rows of the prepared image",
+    "out_width": "columns of the prepared image",
+    "pad_top": "rows of zero padding added on top (aspect='pad'; likewise pad_bottom, pad_left, pad_right)",
+    "orientation_source": "what decided the flip: 'laterality' (tag or adapter) or 'content' (more breast on a side)",
+    "orientation_disagrees": "True if the laterality tag and the image content disagree (flag for review)",
+    "n_lesions": "number of lesion-table rows of the image",
 }
 
 LESION_COLUMNS: dict[str, str] = {
