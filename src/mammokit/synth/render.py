@@ -25,7 +25,8 @@ BACKGROUND = 0.03  # film/detector background level outside the breast
 _DENSITY_BIAS = {1: -1.25, 2: -0.45, 3: 0.25, 4: 0.95}
 
 
-@functools.lru_cache(maxsize=16)
+# 2 textures x <= 4 breast-column spans per image size (memory: 8 x H x W/2 float32, 16 MB at 1152 x 896)
+@functools.lru_cache(maxsize=8)
 def _spectrum_amplitude(shape: tuple[int, int], beta: float, f_min: float) -> np.ndarray:
     h, w = shape
     fy = fft.fftfreq(h).astype(np.float32)[:, None] * h
