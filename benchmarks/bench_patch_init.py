@@ -34,19 +34,28 @@ REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_patch_init")
 
 
-def make_data(root: Path, women: int, height: int, width: int, seed: int) -> tuple[Path, Path]:
-    """Synthetic CBIS-DDSM -> prepared (height x width) -> S10 patch set; returns (prepared, patches)."""
+def make_data(
+    root: Path, women: int, height: int, width: int, seed: int, per_lesion: int, background: int
+) -> tuple[Path, Path]:
+    """Synthetic CBIS-DDSM -> prepared (height x width) -> S10-style patch set; returns (prepared, patches).
+
+    Each step is skipped when its output exists, so a work folder can be reused.
+    """
     from mammokit.data.patches import sample_patches
     from mammokit.data.prepare import prepare_dataset
     from mammokit.preprocess import PreprocessSpec
     from mammokit.synth import generate
 
-    raw, prepared, patches = root / "raw", root / "prepared", root / "patches"
-    if not (patches / "patches.json").is_file():
+    raw, prepared = root / "raw", root / "prepared"
+    patches = root / f"patches-{per_lesion}-{background}"
+    if not (prepared / "manifest.parquet").is_file():
         # raw images at twice the prepared size, as real mammograms are larger than the model input
         generate("cbis-ddsm", raw, women=women, seed=seed, height=2 * height, width=2 * width, overwrite=True)
         prepare_dataset("cbis-ddsm", raw, prepared, PreprocessSpec(height=height, width=width), progress=False)
-        sample_patches(prepared, patches, scheme="s10", classes=5, seed=seed)
+    if not (patches / "patches.json").is_file():
+        sample_patches(
+            prepared, patches, scheme="s10", n_per_lesion=per_lesion, n_background=background, classes=5, seed=seed
+        )
     return prepared, patches
 
 
@@ -90,13 +99,16 @@ def run_benchmark(
     women: int = 60,
     height: int = 256,
     width: int = 192,
-    patch_epochs: tuple[int, ...] = (1, 2, 3),
-    whole_epochs: tuple[int, ...] = (2, 6),
+    patch_epochs: tuple[int, ...] = (1, 2, 0),
+    whole_epochs: tuple[int, ...] = (2, 1),
+    per_lesion: int = 4,
+    background: int = 4,
     seed: int = 0,
 ) -> dict:
     """Run (a) and (b) on the same data and CPU budget; returns the figures (see the module docstring)."""
-    _, _, data_wall = timed(make_data, work / "data", women, height, width, seed)
-    prepared, patches = work / "data" / "prepared", work / "data" / "patches"
+    (prepared, patches), _, data_wall = timed(
+        make_data, work / "data", women, height, width, seed, per_lesion, background
+    )
     log.info("data ready in %.0f s wall", data_wall)
 
     patch_run, patch_cpu, patch_wall = timed(train_patch, patch_config(patches, work / "a_patch", seed, patch_epochs))
@@ -118,7 +130,13 @@ def run_benchmark(
     patch_metrics = metrics(patch_run)
     return {
         "machine": f"CPU, {torch.get_num_threads()} torch threads, {os.cpu_count()} logical CPUs",
-        "data": {"women": women, "size": [height, width], "folder": str(work / "data")},
+        "data": {
+            "women": women,
+            "size": [height, width],
+            "patches_per_lesion": per_lesion,
+            "background_per_image": background,
+            "folder": str(work / "data"),
+        },
         "patch": {
             "epochs": list(patch_epochs),
             "test_acc": patch_metrics["test"]["acc"],
@@ -149,8 +167,10 @@ def main() -> None:
     p.add_argument("--women", type=int, default=60, help="synthetic women (4 views each)")
     p.add_argument("--height", type=int, default=256, help="prepared image height (>= 256 for the default top)")
     p.add_argument("--width", type=int, default=192, help="prepared image width")
-    p.add_argument("--patch-epochs", default="1,2,3", help="patch stage epochs (head, last block, all)")
-    p.add_argument("--whole-epochs", default="2,6", help="whole-image stage epochs for (a) (top, all)")
+    p.add_argument("--per-lesion", type=int, default=4, help="patches per lesion (paper S10: 10)")
+    p.add_argument("--background", type=int, default=4, help="background patches per image (paper S10: 10)")
+    p.add_argument("--patch-epochs", default="1,2,0", help="patch stage epochs (head, last block, all)")
+    p.add_argument("--whole-epochs", default="2,1", help="whole-image stage epochs for (a) (top, all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = p.parse_args()
@@ -166,6 +186,8 @@ def main() -> None:
         width=args.width,
         patch_epochs=tuple(int(v) for v in args.patch_epochs.split(",")),
         whole_epochs=tuple(int(v) for v in args.whole_epochs.split(",")),
+        per_lesion=args.per_lesion,
+        background=args.background,
         seed=args.seed,
     )
     print(json.dumps(result, indent=2))

@@ -207,3 +207,85 @@ def test_configs_load_from_the_shipped_yaml_files() -> None:
         load_config(PatchTrainConfig, overrides=["stages=[{epochs: 1}, {epochs: 1}, {epochs: 1}, {epochs: 1}]"])
     with pytest.raises(ConfigError, match="did you mean"):
         load_config(PatchTrainConfig, overrides=["optim.learning_rate=0.1"])
+
+
+# --------------------------------------------------------------------------- stages and BN policy
+def _tiny_whole():  # type: ignore[no-untyped-def]
+    from mammokit.models import create_model
+    from test_engine_helpers import TINY_BACKBONE, TINY_TOP
+
+    torch.manual_seed(0)
+    return create_model("whole_image", backbone=TINY_BACKBONE, top=TINY_TOP, pretrained=None, in_chans=1)
+
+
+def _module(model, trainable, policy):  # type: ignore[no-untyped-def]
+    from mammokit.engine.config import LoaderConfig
+    from mammokit.engine.module import ClassifierModule
+
+    return ClassifierModule(
+        model,
+        trainable=trainable,
+        train_set=[],
+        val_set=[],
+        train_labels=np.zeros(1),
+        num_classes=2,
+        positive_indices=[1],
+        optim=OptimConfig(bn_policy=policy),
+        lr=1e-3,
+        loader=LoaderConfig(),
+        seed=0,
+        stage=1,
+    )
+
+
+@pytest.mark.parametrize(("policy", "frozen_stats_move"), [("train", True), ("frozen", False)])
+def test_bn_policy_for_frozen_layers(policy: str, frozen_stats_move: bool) -> None:
+    from mammokit.engine.schedule import stage_trainable
+
+    model = _tiny_whole()
+    trainable = stage_trainable(model, 1)  # new top layers only; the trunk is frozen
+    module = _module(model, trainable, policy)
+    model.train()
+    trunk_bn = next(m for m in model.trunk.modules() if isinstance(m, nn.BatchNorm2d))
+    top_bn = next(m for m in model.top.modules() if isinstance(m, nn.BatchNorm2d))
+    before_trunk, before_top = trunk_bn.running_mean.clone(), top_bn.running_mean.clone()
+    module.on_train_batch_start({}, 0)
+    model(torch.rand(2, 1, 64, 64) * 3)
+    assert not torch.equal(top_bn.running_mean, before_top)  # trainable BN always learns its statistics
+    assert (not torch.equal(trunk_bn.running_mean, before_trunk)) == frozen_stats_move
+
+
+def test_stage_one_trains_only_the_new_layers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mammokit.data.datasets import WholeImageDataset
+    from mammokit.engine.config import LoaderConfig, StageConfig, TrainerConfig
+    from mammokit.engine.runner import StagePlan, run_stages
+    from test_engine_helpers import make_prepared, single_thread
+
+    prepared = make_prepared(tmp_path / "prep", {"train": 4, "val": 2})
+    images = pd.read_parquet(prepared / "manifest.parquet")
+    train = WholeImageDataset(prepared, images[images["split"] == "train"], mean=0.5, std=0.25)
+    val = WholeImageDataset(prepared, images[images["split"] == "val"], mean=0.5, std=0.25)
+    model = _tiny_whole()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with single_thread():
+        best, is_zero = run_stages(
+            run_dir=tmp_path / "run",
+            model=model,
+            plans=[StagePlan(StageConfig(1, 1.0), 1, "stage1_top")],
+            optim=OptimConfig(bn_policy="frozen"),
+            loader=LoaderConfig(batch_size=2),
+            trainer_cfg=TrainerConfig(accelerator="cpu", progress_bar=False, tensorboard=False),
+            seed=0,
+            resume=False,
+            train_set=train,
+            val_set=val,
+            train_labels=train.labels,
+            num_classes=2,
+            positive_indices=[1],
+            monitor="auc",
+        )
+    assert is_zero and best.best_stage == 1
+    after = model.state_dict()
+    trunk = [k for k in before if k.startswith("trunk.")]
+    assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)  # weights and BN statistics kept
+    assert not torch.equal(before["head.fc.weight"], after["head.fc.weight"])

@@ -1,7 +1,8 @@
 """Training quality on synthetic data (slow: many CPU minutes).
 
-Runs the pipeline of `benchmarks/bench_patch_init.py` once (synthetic CBIS-DDSM, 60 women, 256x192 prepared
-images, S10 patches of 5 classes, EfficientNet-Lite0 from the offline ImageNet weights, the default configs):
+Runs the pipeline of `benchmarks/bench_patch_init.py` once, at the paper-like settings (synthetic CBIS-DDSM,
+60 women, 256x192 prepared images, full S10 patches of 5 classes, EfficientNet-Lite0 from the offline ImageNet
+weights, the default configs' schedules: patch 1/2/3 epochs, whole image 2/6 epochs):
 
 * the patch classifier reaches >= 0.85 accuracy on the held-out (test-split) patches, 5 classes;
 * the whole-image model trained from it reaches a held-out AUC >= 0.90;
@@ -30,7 +31,13 @@ def _bench_module():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    result = _bench_module().run_benchmark(tmp_path_factory.mktemp("quality"))
+    result = _bench_module().run_benchmark(
+        tmp_path_factory.mktemp("quality"),
+        per_lesion=10,
+        background=10,
+        patch_epochs=(1, 2, 3),
+        whole_epochs=(2, 6),
+    )
     print(json.dumps(result, indent=2))  # the figures, visible with `pytest -s`
     return result
 
