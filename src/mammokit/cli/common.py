@@ -41,7 +41,10 @@ def add_data(p: argparse.ArgumentParser, *, required: bool = True) -> None:
 
 def add_seed(p: argparse.ArgumentParser, default: int | None = None) -> None:
     p.add_argument(
-        "--seed", type=int, default=default, help="random seed" + (f" (default {default})" if default else "")
+        "--seed",
+        type=int,
+        default=default,
+        help="random seed" + (f" (default {default})" if default is not None else ""),
     )
 
 
