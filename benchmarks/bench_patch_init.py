@@ -5,9 +5,10 @@ Pipeline: `mammokit synth` (CBIS-DDSM layout) -> `prepare` -> `patches` (S10, 5 
 (a) `train patch` + `train whole --from-patch`; (b) `train whole --no-patch-init`.
 
 Same CPU budget: (a) is run first and its CPU time (patch + whole stages, this process only: loaders use
-no worker processes) is measured. (b) then gets as many whole-image epochs as fit in that time at the
-per-epoch cost measured for (a)'s whole-image stage (same network, same images), split over its two stages
-in the same proportion as (a)'s. Both held-out (test split) AUCs are printed, with times and epochs.
+no worker processes) is measured, with the cost of one epoch of each whole-image stage (`StageTimer`). (b)
+then gets the most whole-image epochs, split over its two stages in the same proportion as (a)'s, whose
+estimated cost (same network, same images, so the same per-epoch costs) fits in that time. Both held-out
+(test split) AUCs are printed, with times and epochs.
 
     .venv/bin/python benchmarks/bench_patch_init.py                # ~15-30 min on 2 busy cores
     .venv/bin/python benchmarks/bench_patch_init.py --women 30 --height 192 --width 144   # quicker, noisier
@@ -18,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from mammokit.config import load_config
 from mammokit.engine.config import PatchTrainConfig, StageConfig, WholeTrainConfig
@@ -87,6 +88,33 @@ def whole_config(
     return cfg
 
 
+class StageTimer(Callback):
+    """CPU seconds of each `Trainer.fit` (one per training stage), in order."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_fit_start(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        self._start = time.process_time()
+
+    def on_fit_end(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        self.seconds.append(time.process_time() - self._start)
+
+
+def epochs_within(budget: float, epochs: tuple[int, ...], stage_seconds: list[float], overhead: float) -> tuple:
+    """The largest (e1, e2), in the proportion of `epochs`, whose estimated CPU cost fits in `budget`."""
+    per_epoch = [t / e for t, e in zip(stage_seconds, epochs, strict=True)]
+    best = (1, 1)
+    for total in range(2, 1000):
+        first = max(1, round(total * epochs[0] / sum(epochs)))
+        candidate = (first, max(1, total - first))
+        if overhead + sum(n * c for n, c in zip(candidate, per_epoch, strict=True)) > budget:
+            break
+        best = candidate
+    return best
+
+
 def timed(fn, *args):  # type: ignore[no-untyped-def]
     cpu, wall = time.process_time(), time.perf_counter()
     result = fn(*args)
@@ -106,20 +134,22 @@ def run_benchmark(
     seed: int = 0,
 ) -> dict:
     """Run (a) and (b) on the same data and CPU budget; returns the figures (see the module docstring)."""
+    if len(whole_epochs) != 2 or min(whole_epochs) < 1:
+        raise ValueError(f"whole_epochs needs two stages of >= 1 epoch each (the budget is per stage): {whole_epochs}")
     (prepared, patches), _, data_wall = timed(
         make_data, work / "data", women, height, width, seed, per_lesion, background
     )
     log.info("data ready in %.0f s wall", data_wall)
 
     patch_run, patch_cpu, patch_wall = timed(train_patch, patch_config(patches, work / "a_patch", seed, patch_epochs))
+    timer = StageTimer()
     whole_a, whole_a_cpu, whole_a_wall = timed(
-        train_whole, whole_config(prepared, work / "a_whole", seed, whole_epochs, patch_run)
+        train_whole, whole_config(prepared, work / "a_whole", seed, whole_epochs, patch_run), [timer]
     )
     budget = patch_cpu + whole_a_cpu
-    per_epoch = whole_a_cpu / sum(whole_epochs)
-    total_b = max(2, math.floor(budget / per_epoch))
-    first_b = max(1, round(total_b * whole_epochs[0] / sum(whole_epochs)))
-    epochs_b = (first_b, total_b - first_b)
+    # data set-up, final evaluation and saving: paid by (b) as well
+    overhead = whole_a_cpu - sum(timer.seconds)
+    epochs_b = epochs_within(budget, whole_epochs, timer.seconds, overhead)
     whole_b, whole_b_cpu, whole_b_wall = timed(
         train_whole, whole_config(prepared, work / "b_whole", seed, epochs_b, None)
     )
