@@ -61,7 +61,7 @@ class ResumableLoader(DataLoader):
         log.info("resuming epoch %d at batch %d", epoch, batches)
 
 
-def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+def collate_samples(samples: list[dict]) -> dict[str, torch.Tensor]:
     # image ids stay out of batches: they are never needed on the device and never logged.
     return {
         "image": torch.stack([s["image"] for s in samples]),
@@ -124,7 +124,7 @@ class ClassifierModule(L.LightningModule):
             "batch_size": batch_size,
             "sampler": sampler,
             "num_workers": workers,
-            "collate_fn": _collate,
+            "collate_fn": collate_samples,
             "pin_memory": self.device.type == "cuda",
             "persistent_workers": False,  # workers are re-created each epoch with the epoch's sampler state
             "drop_last": False,

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mammokit.engine.callbacks import LAST_CKPT, BestWeights, ResumeCheckpoint
 from mammokit.engine.config import LoaderConfig, OptimConfig, StageConfig, TrainerConfig
-from mammokit.engine.module import ClassifierModule
+from mammokit.engine.module import ClassifierModule, collate_samples
 from mammokit.engine.schedule import stage_trainable
 from mammokit.utils.atomic import atomic_write_json
 
@@ -134,6 +134,7 @@ def _read_progress(ckpt_dir: Path) -> dict[str, Any]:
 
 def _load_module_weights(model: nn.Module, ckpt_path: Path) -> None:
     """Copy the model weights of a Lightning checkpoint (keys 'model.*') into `model`."""
+    # Our own Lightning checkpoint: besides tensors it pickles loop/callback state, which weights_only refuses.
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
     model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
 
@@ -248,9 +249,7 @@ def predict_probs(
 
     dev = resolve_device("cuda" if lightning_accelerator(device) == "gpu" else device)
     model = model.to(dev).eval()
-    from mammokit.engine.module import _collate
-
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_samples, shuffle=False)
     probs, labels = [], []
     for batch in loader:
         with _autocast(dev, precision):
