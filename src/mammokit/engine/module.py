@@ -62,7 +62,10 @@ class ResumableLoader(DataLoader):
 
 
 def collate_samples(samples: list[dict]) -> dict[str, torch.Tensor]:
-    # image ids stay out of batches: they are never needed on the device and never logged.
+    """Dataset samples -> {"image": (B, 1, H, W), "label": (B,), "index": (B,)}.
+
+    Image ids stay out of batches: they are never needed on the device and never logged.
+    """
     return {
         "image": torch.stack([s["image"] for s in samples]),
         "label": torch.as_tensor([s["label"] for s in samples], dtype=torch.long),
