@@ -1,0 +1,45 @@
+"""Every shipped YAML config loads into its command's typed config (a misspelt key would fail here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mammokit.cli.prepare import PrepareConfig
+from mammokit.config import load_config
+from mammokit.data.patches import PatchConfig
+from mammokit.engine.config import FinetuneConfig, PatchTrainConfig, WholeTrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+KIND = {
+    "prepare": PrepareConfig,
+    "patches": PatchConfig,
+    "patch": PatchTrainConfig,
+    "whole": WholeTrainConfig,
+    "finetune": FinetuneConfig,
+}
+
+
+def _config_class(path: Path) -> type:
+    if path.parent.name in ("patch", "whole"):
+        return KIND[path.parent.name]
+    return KIND[path.stem.split("_")[0]]
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_file_loads(path: Path) -> None:
+    cfg = load_config(_config_class(path), [path])
+    assert cfg is not None
+
+
+def test_paper_recipes_match_the_paper() -> None:
+    whole = load_config(WholeTrainConfig, [CONFIGS / "paper" / "whole_resnet50_2x.yaml"])
+    assert whole.model.top == "resnet_2x" and whole.loader.batch_size == 2 and len(whole.stages) == 2
+    patch = load_config(PatchTrainConfig, [CONFIGS / "paper" / "patch_resnet50.yaml"])
+    assert patch.model.backbone == "resnet50" and [s.epochs for s in patch.stages] == [3, 10, 37]
+    patches = load_config(PatchConfig, [CONFIGS / "paper" / "patches_s10.yaml"])
+    assert (patches.scheme, patches.patch_size, patches.min_overlap) == ("s10", 224, 0.9)
+    prep = load_config(PrepareConfig, [CONFIGS / "paper" / "prepare_1152x896.yaml"])
+    assert (prep.preprocess.height, prep.preprocess.width) == (1152, 896)
