@@ -379,3 +379,36 @@ def test_whole_model_is_whole_image_classifier(patch_resnet18: PatchClassifier) 
     assert whole.arch_kwargs["backbone"] == "resnet18" and whole.arch_kwargs["top"] == "none"
     with pytest.raises(TypeError, match="comes from the patch model"):
         whole_from_patch(patch_resnet18, top="none", backbone="resnet50")
+
+
+def test_vgg_top_accepts_small_inputs_whose_map_becomes_one_pixel() -> None:
+    """128x96 input -> 4x3 trunk map -> 2x2 -> 1x1: pooling must not fail on the 1-pixel map."""
+    import torch
+
+    from mammokit.models import create_model
+
+    model = create_model("whole_image", backbone="resnet18", top="vgg_512x1", pretrained=None).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 1, 128, 96))
+    assert out.shape == (2, 2) and torch.isfinite(out).all()
+
+
+def test_top_bn_momentum_is_configurable_and_defaults_to_keras() -> None:
+    from torch import nn
+
+    from mammokit.models import create_model
+    from mammokit.models.tops import TopSpecError, parse_top
+
+    def momenta(model: nn.Module) -> set[float]:
+        return {m.momentum for m in model.top.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+    keras = create_model("whole_image", backbone="resnet18", top="vgg_512x1", pretrained=None)
+    assert momenta(keras) == {0.01}
+    spec = {"blocks": "vgg", "depths": [64, 64], "repetitions": [1, 1], "bn_momentum": 0.1}
+    fast = create_model("whole_image", backbone="resnet18", top=spec, pretrained=None)
+    assert momenta(fast) == {0.1}
+    # the kwargs stored in model.json rebuild the same momentum
+    rebuilt = create_model("whole_image", **{**fast.arch_kwargs, "pretrained": None})
+    assert momenta(rebuilt) == {0.1}
+    with pytest.raises(TopSpecError, match="bn_momentum"):
+        parse_top({**spec, "bn_momentum": 0.0})

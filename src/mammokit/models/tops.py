@@ -82,6 +82,10 @@ class TopSpec:
     heatmap: HeatmapSpec | None = None
     fc: FCSpec | None = None
     image_size: list[int] | None = None  # needed by the FC design (flatten size); (height, width)
+    # BatchNorm momentum of the new layers (PyTorch convention). Keras' 0.99 (= 0.01 here) is the paper's; its
+    # running statistics need thousands of steps to settle, so short runs (demo, small datasets) give wildly
+    # mis-scaled probabilities at eval time (AUC is unaffected). 0.1 is PyTorch's default.
+    bn_momentum: float = BN_MOMENTUM
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,6 +150,8 @@ def _validate(spec: TopSpec) -> None:
             raise TopSpecError("top.fc needs top.image_size [height, width] to size the flattened heatmap")
         if not spec.fc.units or any(u < 1 for u in spec.fc.units):
             raise TopSpecError(f"top.fc.units must be a non-empty list of positive ints, got {spec.fc.units}")
+    if not 0.0 < spec.bn_momentum <= 1.0:
+        raise TopSpecError(f"top.bn_momentum must be in (0, 1], got {spec.bn_momentum}")
     if spec.heatmap is not None:
         h = spec.heatmap
         if h.pool_size < 1 or h.pool_stride < 1 or h.max_pool < 1:
@@ -206,7 +212,9 @@ def vgg_block(in_ch: int, depth: int, reps: int, drop_rate: float) -> nn.Sequent
             nn.ReLU(inplace=True),
             nn.Dropout(drop_rate),
         ]
-    layers.append(nn.MaxPool2d(2, 2))
+    # ceil_mode: identical to Keras' floor pooling on even maps (all maps at 1152x896), but a 1-pixel-wide map
+    # (small inputs, e.g. 128x96 -> 4x3 -> 2x2 -> 1x1) still pools to 1 instead of failing.
+    layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
     return nn.Sequential(*layers)
 
 

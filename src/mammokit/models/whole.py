@@ -76,6 +76,9 @@ class WholeImageClassifier(nn.Module):
             _, fh, fw = feature_shape(self.trunk, int(h), int(w), in_chans)
             feature_hw = (fh, fw)
         self.top = TopLayers(self.top_spec, self.trunk.num_features, drop_rate, self.patch_num_classes, feature_hw)
+        for module in self.top.modules():  # one place for the new layers' BN momentum (see TopSpec.bn_momentum)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = self.top_spec.bn_momentum
         self.head = WholeHead(self.top.out_features, num_classes, drop_rate)
         if grad_checkpointing:
             self.set_grad_checkpointing(True)
