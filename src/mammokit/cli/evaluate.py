@@ -61,6 +61,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bootstrap", type=int, default=None, metavar="N", help="bootstrap resamples of women per CI (default 2000)"
     )
+    p.add_argument(
+        "--heatmaps",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="PNG",
+        help="heatmap overlay PNGs (e.g. from `mammokit predict --heatmap`) to show in the report",
+    )
     add_seed(p)
     add_device(p)
     add_batch_size(p)
@@ -98,8 +106,12 @@ def run(args: argparse.Namespace) -> int:
     options = to_dict(cfg)
     split = options.pop("split")
     n_boot = options.pop("n_boot")
+    missing = [str(path) for path in args.heatmaps if not path.is_file()]
+    if missing:
+        raise UserError(f"--heatmaps: file(s) not found: {', '.join(missing)}")
+    heatmaps = [(path.stem, path) for path in args.heatmaps]
     try:
-        result = evaluate(args.runs, args.data, split, args.out, n_boot=n_boot, **options)
+        result = evaluate(args.runs, args.data, split, args.out, n_boot=n_boot, heatmaps=heatmaps, **options)
     except (EvaluationError, RunFolderError, ManifestError, ConfigError) as exc:
         raise UserError(str(exc)) from None
     print(summary_text(result))
