@@ -52,7 +52,10 @@ def make_data(
     if not (prepared / "manifest.parquet").is_file():
         # raw images at twice the prepared size, as real mammograms are larger than the model input
         generate("cbis-ddsm", raw, women=women, seed=seed, height=2 * height, width=2 * width, overwrite=True)
-        prepare_dataset("cbis-ddsm", raw, prepared, PreprocessSpec(height=height, width=width), progress=False)
+        # 25 % of training women for validation: checkpoints are chosen on it (10 % of 60 women is a few images)
+        prepare_dataset(
+            "cbis-ddsm", raw, prepared, PreprocessSpec(height=height, width=width), val_fraction=0.25, progress=False
+        )
     if not (patches / "patches.json").is_file():
         sample_patches(
             prepared, patches, scheme="s10", n_per_lesion=per_lesion, n_background=background, classes=5, seed=seed
