@@ -1,9 +1,10 @@
 """`mammokit demo`: the whole method on a synthetic CBIS-DDSM-layout dataset, start to finish.
 
-synth -> prepare -> patches -> train patch -> train whole -> evaluate (TTA) -> predict with heatmaps
+synth -> prepare -> patches -> train patch -> train whole -> predict with heatmaps -> evaluate (TTA)
 -> HTML report. Every step is an ordinary `mammokit` command run in this process, so the demo is
 also the executable documentation of the pipeline. Each step is skipped when its output is already
-complete (re-running reuses what is done); delete the output folder to start over.
+complete, and an interrupted training step continues from its checkpoint (re-running reuses what is
+done); `--fresh` starts over.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mammokit.cli.common import UserError, add_device, add_out, add_seed, add_wo
 
 log = logging.getLogger(__name__)
 
-# Sizes chosen so the whole demo fits in a few minutes on 2 CPU cores (see docs/demo.md);
+# Sizes chosen so the whole demo fits in a few minutes on 2 CPU cores (docs/decisions.md, "Demo settings");
 # the paper's settings (1152x896, 224-px patches, ResNet50) live in configs/paper/.
 PRESETS: dict[str, dict[str, int]] = {
     # women: synthetic women; height/width: prepared whole-image size; synth_*: raw image size (2x, as real
@@ -218,6 +219,15 @@ def _write_predict_inputs(out: Path, n: int = 2) -> None:
     pd.DataFrame({"image_id": rows["image_id"], "path": paths}).to_csv(out / "predict-inputs.csv", index=False)
 
 
+def _resume_flag(run_dir: Path) -> list[str]:
+    """`--resume` when an interrupted run left checkpoints; an interrupted run without any is cleared."""
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        return ["--resume"]
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to keep
+    return []
+
+
 def run(args: argparse.Namespace) -> int:
     from mammokit.cli import main as cli_main
 
@@ -237,6 +247,8 @@ def run(args: argparse.Namespace) -> int:
         if step.argv[0] == "evaluate":
             overlays = sorted((out / "predict" / "heatmaps").glob("*.png"))
             step.argv = step.argv + [str(p) for p in overlays] if overlays else step.argv[:-1]
+        if step.argv[0] == "train":
+            step.argv = step.argv + _resume_flag(step.done_marker.parent)
         print(f"{prefix} ...", flush=True)
         t0 = time.perf_counter()
         status = cli_main(step.argv)

@@ -1,0 +1,34 @@
+"""`mammokit demo` step logic that the README test does not reach: resuming an interrupted training step."""
+
+from __future__ import annotations
+
+from mammokit.cli.demo import PRESETS, _resume_flag, _steps
+
+
+def test_interrupted_training_step_resumes_from_its_checkpoint(tmp_path):
+    run_dir = tmp_path / "runs" / "patch"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert _resume_flag(run_dir) == ["--resume"]
+    assert run_dir.is_dir()
+
+
+def test_interrupted_training_step_without_checkpoint_starts_over(tmp_path):
+    run_dir = tmp_path / "runs" / "whole"
+    (run_dir / "logs").mkdir(parents=True)
+    assert _resume_flag(run_dir) == []
+    assert not run_dir.exists()
+    assert _resume_flag(tmp_path / "never-started") == []
+
+
+def test_steps_chain_outputs_to_inputs(tmp_path):
+    steps = _steps(tmp_path, "default", seed=1, workers=2, device="cpu")
+    assert [s.argv[0] for s in steps] == ["synth", "prepare", "patches", "train", "train", "predict", "evaluate"]
+    by_name = {s.argv[0] + (s.argv[1] if s.argv[0] == "train" else ""): s for s in steps}
+    # each step reads the folder the previous one marks as done
+    assert str(by_name["synth"].done_marker.parent) in by_name["prepare"].argv
+    assert str(by_name["prepare"].done_marker.parent) in by_name["patches"].argv
+    assert str(by_name["patches"].done_marker.parent) in by_name["trainpatch"].argv
+    assert str(by_name["trainpatch"].done_marker.parent) in by_name["trainwhole"].argv
+    assert str(by_name["trainwhole"].done_marker.parent) in by_name["evaluate"].argv
+    assert str(PRESETS["default"]["height"]) in by_name["prepare"].argv
