@@ -135,22 +135,6 @@ def finish_tables(
     return images, validate_lesions(lesions)
 
 
-def check_options(dataset: str, options: dict[str, Any], allowed: Iterable[str]) -> None:
-    """TypeError naming the closest valid option if `options` has a key the adapter does not know.
-
-    TypeError (not ValueError) because it is a wrong keyword, like calling a function with one; `mammokit prepare`
-    turns it into a usage error.
-    """
-    import difflib
-
-    allowed = list(allowed)
-    for key in options:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TypeError(f"{dataset} adapter has no option {key!r}{hint} (options: {allowed or 'none'})")
-
-
 def warn_count(what: str, count: int, hint: str = "") -> None:
     """Log a count of skipped/changed items (never the ids: they can identify patients)."""
     if count:

@@ -9,6 +9,7 @@ does the rest (reading pixels, cropping, orienting, resizing) the same way for e
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,8 +36,12 @@ class DatasetSource:
     name: ClassVar[str] = ""
     citation: ClassVar[str] = ""
     licence: ClassVar[str] = ""
+    # keyword options the adapter understands; None = accept any (e.g. small adapters written in tests)
+    options_allowed: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, **options: Any) -> None:
+        if self.options_allowed is not None:
+            check_options(self.name, options, self.options_allowed)
         self.options = options
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -57,6 +62,22 @@ class DatasetSource:
         from mammokit.data.rois import rasterize_roi
 
         return rasterize_roi(lesion, shape, root)
+
+
+def check_options(dataset: str, options: dict[str, Any], allowed: Iterable[str]) -> None:
+    """TypeError naming the closest valid option if `options` has a key the adapter does not know.
+
+    TypeError (not ValueError) because it is a wrong keyword, like calling a function with one; `mammokit prepare`
+    turns it into a usage error.
+    """
+    import difflib
+
+    allowed = list(allowed)
+    for key in options:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"{dataset} adapter has no option {key!r}{hint} (options: {allowed or 'none'})")
 
 
 def register_source(cls: type[DatasetSource]) -> type[DatasetSource]:

@@ -49,7 +49,6 @@ import pandas as pd
 
 from mammokit.data.sources._common import (
     DatasetError,
-    check_options,
     fill_meta,
     finish_tables,
     header_str,
@@ -486,10 +485,6 @@ class CbisDdsm(DatasetSource):
     licence: ClassVar[str] = "CC BY 3.0"
 
     options_allowed: ClassVar[tuple[str, ...]] = ("cross_split", "missing_images", "csv_dir")
-
-    def __init__(self, **options: Any) -> None:
-        check_options(self.name, options, self.options_allowed)
-        super().__init__(**options)
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         root = Path(root)

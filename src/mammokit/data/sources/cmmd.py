@@ -36,7 +36,6 @@ import pandas as pd
 
 from mammokit.data.sources._common import (
     DatasetError,
-    check_options,
     fill_meta,
     finish_tables,
     header_str,
@@ -115,10 +114,6 @@ class Cmmd(DatasetSource):
     licence: ClassVar[str] = "CC BY 4.0"
 
     options_allowed: ClassVar[tuple[str, ...]] = ("unlisted",)
-
-    def __init__(self, **options: Any) -> None:
-        check_options(self.name, options, self.options_allowed)
-        super().__init__(**options)
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         root = Path(root)

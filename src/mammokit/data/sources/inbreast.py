@@ -44,7 +44,6 @@ import pandas as pd
 from mammokit.data.sources._common import (
     BiradsRule,
     DatasetError,
-    check_options,
     fill_meta,
     finish_tables,
     norm_laterality,
@@ -155,10 +154,6 @@ class Inbreast(DatasetSource):
     licence: ClassVar[str] = "research use under the INbreast data-sharing agreement (not redistributable)"
 
     options_allowed: ClassVar[tuple[str, ...]] = ("positive_birads", "birads3", "point_radius")
-
-    def __init__(self, **options: Any) -> None:
-        check_options(self.name, options, self.options_allowed)
-        super().__init__(**options)
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         release = find_release_root(Path(root))

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from mammokit.data.sources._common import DatasetError, check_options, fill_meta, find_one, finish_tables, warn_count
+from mammokit.data.sources._common import DatasetError, fill_meta, find_one, finish_tables, warn_count
 from mammokit.data.sources.base import DatasetSource, register_source
 
 log = logging.getLogger(__name__)
@@ -157,10 +157,6 @@ class MiniMias(DatasetSource):
     licence: ClassVar[str] = "MIAS licence: research use only, cite, not for sale (Licence.txt)"
 
     options_allowed: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, **options: Any) -> None:
-        check_options(self.name, options, self.options_allowed)
-        super().__init__(**options)
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         root = Path(root)

@@ -31,7 +31,6 @@ import pandas as pd
 
 from mammokit.data.sources._common import (
     DatasetError,
-    check_options,
     fill_meta,
     finish_tables,
     norm_laterality,
@@ -67,10 +66,6 @@ class Rsna(DatasetSource):
     licence: ClassVar[str] = "Kaggle competition rules (non-commercial research use, no redistribution)"
 
     options_allowed: ClassVar[tuple[str, ...]] = ("table", "images_dir")
-
-    def __init__(self, **options: Any) -> None:
-        check_options(self.name, options, self.options_allowed)
-        super().__init__(**options)
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         root = Path(root)

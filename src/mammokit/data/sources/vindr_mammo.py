@@ -36,7 +36,6 @@ import pandas as pd
 from mammokit.data.sources._common import (
     BiradsRule,
     DatasetError,
-    check_options,
     fill_meta,
     finish_tables,
     norm_laterality,
@@ -103,10 +102,6 @@ class VindrMammo(DatasetSource):
     licence: ClassVar[str] = "PhysioNet Restricted Health Data License 1.0.0"
 
     options_allowed: ClassVar[tuple[str, ...]] = ("positive_birads", "birads3")
-
-    def __init__(self, **options: Any) -> None:
-        check_options(self.name, options, self.options_allowed)
-        super().__init__(**options)
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         root = Path(root)
