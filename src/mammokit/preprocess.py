@@ -3,7 +3,9 @@
 Two steps, both parameterised only by values stored with the data and the model:
 
 1. `prepare_pixels(pixels, meta, spec)` (implemented in `mammokit.data.geometry`): breast
-   segmentation, crop, canonical orientation and resize to `spec.height x spec.width`; returns a
+   segmentation, crop, canonical orientation and resize to `spec.height x spec.width` (fixed-size mode)
+   or resampling to `spec.pixel_spacing` mm per pixel on a `spec.height x spec.width` canvas
+   (physical-scale mode, the same tissue size on every dataset); returns a
    uint16 image plus the `Geometry` that maps it back onto the original pixel grid. `mammokit prepare`
    runs it once per image and stores the result as 16-bit PNG; `mammokit predict` runs the very same
    function on a new file. The `PreprocessSpec` used is written into `dataset.json` and copied into each
@@ -23,14 +25,24 @@ import numpy as np
 from mammokit.config import ConfigError
 
 U16_MAX = 65535.0
+# Pixel spacings (mm) plausible for a mammogram: 0.02 mm is finer than any detector or film scanner in use
+# (CBIS-DDSM's scanners: 0.042-0.05 mm; FFDM detectors: 0.05-0.1 mm); 1.0 mm is coarser than any model input.
+SPACING_RANGE_MM = (0.02, 1.0)
 
 
 @dataclass
 class PreprocessSpec:
     """How a raw mammogram becomes a fixed-size, canonically oriented 16-bit image."""
 
-    height: int = 1152  # output rows (paper: 1152)
-    width: int = 896  # output columns (paper: 896)
+    height: int = 1152  # output rows (paper: 1152); the canvas height in physical-scale mode
+    width: int = 896  # output columns (paper: 896); the canvas width in physical-scale mode
+    # Physical-scale mode: resample to this many mm per output pixel (e.g. 0.2, the paper's effective scale:
+    # CBIS-DDSM films at ~0.05 mm resized to 1152 rows). None = fixed-size mode (stretch/pad to height x width).
+    # The breast keeps its aspect ratio, sits against the chest-wall (left) edge, centred vertically, zero padded.
+    pixel_spacing: float | None = None
+    # Physical-scale mode: a breast up to this factor larger than the canvas is shrunk to fit (the factor is
+    # recorded per image as `fit_scale`); a larger one is an error (raise the canvas or the spacing).
+    max_downscale: float = 1.25
     crop_breast: bool = True  # crop to the largest connected component's bounding box (paper: no crop for whole images)
     breast_threshold: float = 0.05  # segmentation threshold, fraction of the image's max intensity (paper: 0.05)
     canonical_side: Literal["left", "none"] = "left"  # flip right breasts so the chest wall is on the left
@@ -45,6 +57,14 @@ class PreprocessSpec:
     def validate(self) -> None:
         if self.height < 32 or self.width < 32:
             raise ConfigError(f"preprocess: image size {self.height}x{self.width} is too small (minimum 32x32)")
+        if self.pixel_spacing is not None:
+            lo, hi = SPACING_RANGE_MM
+            if not lo <= float(self.pixel_spacing) <= hi:
+                raise ConfigError(
+                    f"preprocess.pixel_spacing must be between {lo} and {hi} mm per pixel, got {self.pixel_spacing}"
+                )
+        if not self.max_downscale >= 1.0:
+            raise ConfigError(f"preprocess.max_downscale must be >= 1 (1 = never shrink), got {self.max_downscale}")
         if not 0.0 < self.breast_threshold < 1.0:
             raise ConfigError(f"preprocess.breast_threshold must be in (0, 1), got {self.breast_threshold}")
 

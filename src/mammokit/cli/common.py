@@ -48,6 +48,31 @@ def add_seed(p: argparse.ArgumentParser, default: int | None = None) -> None:
     )
 
 
+def spacing_mm(text: str) -> float:
+    """argparse type: a pixel spacing in mm, within the range plausible for a mammogram."""
+    from mammokit.preprocess import SPACING_RANGE_MM
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of millimetres per pixel") from None
+    lo, hi = SPACING_RANGE_MM
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"{value:g} mm per pixel is implausible for a mammogram (expected {lo}-{hi})")
+    return value
+
+
+def add_assume_pixel_spacing(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--assume-pixel-spacing",
+        type=spacing_mm,
+        default=None,
+        metavar="MM",
+        help="source mm per pixel for files whose spacing is not in their tags (PNG, PGM, tag-less DICOM); "
+        "takes precedence over a dataset's documented value, never over a file's own PixelSpacing",
+    )
+
+
 def add_workers(p: argparse.ArgumentParser, default: int | None = None) -> None:
     p.add_argument(
         "--workers",

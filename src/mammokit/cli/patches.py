@@ -41,7 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--patch-size",
         type=int,
         metavar="PX",
-        help="patch side in pixels (default: 224 scaled to the prepared height, round(224 * H / 1152))",
+        help="patch side in pixels (wins over --patch-mm; default: from --patch-mm in physical-scale mode, "
+        "else 224 scaled to the prepared height, round(224 * H / 1152))",
+    )
+    p.add_argument(
+        "--patch-mm",
+        type=float,
+        metavar="MM",
+        help="patch side in millimetres, so S1/S10/Sn cut the same tissue at any resolution (default: the "
+        "paper's 44.8 mm = 224 px at 0.2 mm, for a set prepared with --pixel-spacing)",
     )
     p.add_argument(
         "--min-overlap",
@@ -72,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         "scheme": args.scheme,
         "classes": args.classes,
         "patch_size": args.patch_size,
+        "patch_mm": args.patch_mm,
         "min_overlap": args.min_overlap,
         "background_breast_fraction": args.background_fraction,
         "n_per_lesion": args.n_per_lesion,

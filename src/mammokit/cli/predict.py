@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from mammokit.cli.common import (
     UserError,
+    add_assume_pixel_spacing,
     add_batch_size,
     add_config_args,
     add_device,
@@ -61,6 +62,7 @@ class PredictConfig:
         True  # torch backend: NHWC memory format, 1.5-1.9x faster on CPU (benchmarks/bench_predict.py)
     )
     tta: bool | None = None  # mean over the 4 flips; None = as calibration.json was fitted (plain without one)
+    assume_pixel_spacing: float | None = None  # source mm per pixel for files without a spacing tag
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -124,6 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="average p(malignant) over the four flips (paper test-time augmentation); default: as the run's "
         "calibration.json was fitted, plain without one",
     )
+    add_assume_pixel_spacing(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -132,6 +135,7 @@ def _config(args: argparse.Namespace) -> PredictConfig:
     from mammokit.config import load_config
 
     flags: dict[str, Any] = {
+        "assume_pixel_spacing": args.assume_pixel_spacing,
         "heatmap": args.heatmap,
         "backend": args.backend,
         "device": None if args.device == "auto" else args.device,
@@ -164,7 +168,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no inputs to predict")
     try:
         predictor = Predictor.from_run(
-            args.run, cfg.device, cfg.backend, patch_run=cfg.patch_run, channels_last=cfg.channels_last, tta=cfg.tta
+            args.run,
+            cfg.device,
+            cfg.backend,
+            patch_run=cfg.patch_run,
+            channels_last=cfg.channels_last,
+            tta=cfg.tta,
+            assume_pixel_spacing=cfg.assume_pixel_spacing,
         )
         predictor.check_heatmap(cfg.heatmap)
     except (RunFolderError, FileNotFoundError, ValueError, RuntimeError) as exc:

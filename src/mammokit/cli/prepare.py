@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mammokit.cli.common import UserError, add_config_args, add_out, add_seed, add_workers, config_error_to_user
+from mammokit.cli.common import (
+    UserError,
+    add_assume_pixel_spacing,
+    add_config_args,
+    add_out,
+    add_seed,
+    add_workers,
+    config_error_to_user,
+    spacing_mm,
+)
 from mammokit.preprocess import PreprocessSpec
 
 CONFIG_FILE = "config.yaml"
@@ -40,6 +49,7 @@ class PrepareConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     source_options: dict[str, Any] = field(default_factory=dict)  # keyword options of the dataset adapter
     workers: int = 0  # worker processes; 0 = all available CPUs
+    assume_pixel_spacing: float | None = None  # source mm per pixel for files without a spacing tag
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,6 +73,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_out(p, help="prepared dataset folder to write (created; an existing one is resumed)")
     p.add_argument("--height", type=int, default=None, metavar="H", help="output rows (default 1152)")
     p.add_argument("--width", type=int, default=None, metavar="W", help="output columns (default 896)")
+    p.add_argument(
+        "--pixel-spacing",
+        type=spacing_mm,
+        default=None,
+        metavar="MM",
+        help="physical-scale mode: resample every breast to MM per pixel (e.g. 0.2, the paper's scale) on an "
+        "H x W canvas, aspect kept, chest wall left; default: fixed-size mode (stretch to H x W)",
+    )
+    add_assume_pixel_spacing(p)
     add_workers(p)
     add_seed(p)
     add_config_args(p)
@@ -82,9 +101,10 @@ def resolve_config(args: argparse.Namespace) -> PrepareConfig:
     from mammokit.config import ConfigError, load_config
 
     flags = {
-        "preprocess": {"height": args.height, "width": args.width},
+        "preprocess": {"height": args.height, "width": args.width, "pixel_spacing": args.pixel_spacing},
         "split": {"seed": args.seed, "split_file": args.split_file},
         "workers": args.workers,
+        "assume_pixel_spacing": args.assume_pixel_spacing,
     }
     try:
         return load_config(PrepareConfig, args.config, args.set, flags)
@@ -122,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             keep_official=cfg.split.keep_official,
             split_file=cfg.split.split_file,
             source_options=cfg.source_options,
+            assume_pixel_spacing=cfg.assume_pixel_spacing,
             progress=not args.no_progress and sys.stderr.isatty(),
         )
     except PrepareError as exc:

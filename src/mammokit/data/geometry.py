@@ -14,7 +14,11 @@ identically. Steps, for a float32 (H, W) MONOCHROME2 image:
    laterality is unknown, the side holding more breast is taken as the chest wall. Both are recorded.
 5. **Resize** the crop to `spec.height x spec.width` with area averaging (integer block means, then a
    Pillow box filter for the fractional remainder): "stretch" (paper) or "pad" (keep aspect, content
-   against the chest-wall edge, centred vertically, zero padding).
+   against the chest-wall edge, centred vertically, zero padding). In physical-scale mode
+   (`spec.pixel_spacing` set) the crop is instead resampled from its own pixel spacing (`resolve_spacing`)
+   to `spec.pixel_spacing` mm per pixel and placed like "pad" on the `spec.height x spec.width` canvas,
+   so a 10 mm mass is the same number of pixels in every dataset; a breast larger than the canvas is
+   shrunk to fit up to `spec.max_downscale` (recorded as `fit_scale`), beyond that it is an error.
 6. **Intensity**: "minmax" maps the breast's 0.5-99.5 percentile range to 0..65535 (robust to film
    labels and single hot pixels); "none" maps the reader's nominal `value_range` (BitsStored/VOI-aware)
    to 0..65535. When cropping, pixels outside the breast are set to 0 (burned-in labels and markers are
@@ -37,7 +41,7 @@ from PIL import Image
 from scipy import ndimage
 
 from mammokit.io.meta import MammoMeta
-from mammokit.preprocess import U16_MAX, PreprocessSpec
+from mammokit.preprocess import SPACING_RANGE_MM, U16_MAX, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,52 @@ PERCENTILES = (0.5, 99.5)  # breast intensity range mapped to 0..65535 by intens
 
 class PreprocessError(ValueError):
     """An image cannot be preprocessed (e.g. it is blank); the message says why."""
+
+
+class SpacingError(PreprocessError):
+    """The pixel spacing of an image is unknown or implausible, or its breast does not fit the canvas."""
+
+
+SpacingMM = tuple[float, float]  # (row, column) mm per pixel
+
+
+def _plausible(spacing: SpacingMM, source: str) -> SpacingMM:
+    lo, hi = SPACING_RANGE_MM
+    if not all(lo <= float(v) <= hi for v in spacing):
+        raise SpacingError(
+            f"pixel spacing {spacing[0]:g} x {spacing[1]:g} mm (from {source}) is implausible for a mammogram "
+            f"(expected {lo}-{hi} mm); check the file, or prepare it in fixed-size mode (without --pixel-spacing)"
+        )
+    return float(spacing[0]), float(spacing[1])
+
+
+def resolve_spacing(
+    from_file: SpacingMM | None,
+    *,
+    dataset_default: float | None = None,
+    assumed: float | None = None,
+) -> tuple[SpacingMM, str]:
+    """The source pixel spacing of an image and where it came from, by the documented rule.
+
+    1. the file's own tags (`read_mammogram`: PixelSpacing, else ImagerPixelSpacing corrected by the
+       EstimatedRadiographicMagnificationFactor);
+    2. the user's `assumed` value (`--assume-pixel-spacing`), which also takes precedence over
+    3. the dataset adapter's documented value (mini-MIAS 0.2 mm; CBIS-DDSM 0.0435 mm, see docs/real-data.md).
+
+    Raises:
+        SpacingError: no source gives a spacing, or the one found is outside 0.02-1.0 mm.
+    """
+    if from_file is not None:
+        return _plausible(from_file, "the file's pixel-spacing tag"), "file"
+    if assumed is not None:
+        return _plausible((assumed, assumed), "--assume-pixel-spacing"), "assumed"
+    if dataset_default is not None:
+        return _plausible((dataset_default, dataset_default), "the dataset's documented value"), "dataset"
+    raise SpacingError(
+        "the pixel spacing is unknown (no PixelSpacing/ImagerPixelSpacing tag, no documented value for this "
+        "source) and physical-scale preprocessing needs it; pass it in mm with --assume-pixel-spacing MM "
+        "(e.g. 0.05 for a 50-micron film scan), or prepare without --pixel-spacing (fixed-size mode)"
+    )
 
 
 @dataclass
@@ -73,6 +123,9 @@ class Geometry:
     orientation_source: str = "none"  # "laterality", "content" (laterality unknown) or "none" (no canonicalisation)
     breast_on_right: bool = False  # where the segmented breast mass sits in the *original* image
     intensity_range: tuple[float, float] = (0.0, 0.0)  # source values mapped to 0 and 65535
+    spacing_mm: float | None = None  # source mm per pixel (row direction) when known
+    out_spacing_mm: float | None = None  # prepared mm per pixel (row direction) when the source spacing is known
+    fit_scale: float = 1.0  # physical-scale mode: > 1 when the breast was shrunk by this factor to fit the canvas
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -254,20 +307,46 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def _content_box(crop_h: int, crop_w: int, spec: PreprocessSpec) -> tuple[int, int, int, int, int, int]:
-    """(content_h, content_w, pad_top, pad_bottom, pad_left, pad_right) for the aspect policy."""
-    if spec.aspect == "stretch":
-        return spec.height, spec.width, 0, 0, 0, 0
-    scale = min(spec.height / crop_h, spec.width / crop_w)
-    ch = min(spec.height, max(1, round(crop_h * scale)))
-    cw = min(spec.width, max(1, round(crop_w * scale)))
+def _content_box(
+    crop_h: int, crop_w: int, spec: PreprocessSpec, spacing: SpacingMM | None
+) -> tuple[int, int, int, int, int, int, float]:
+    """(content_h, content_w, pad_top, pad_bottom, pad_left, pad_right, fit_scale) for the size policy."""
+    fit = 1.0
+    if spec.pixel_spacing is not None:
+        if spacing is None:  # prepare_pixels resolves it first; kept as a guard for direct callers
+            raise SpacingError("physical-scale preprocessing needs the source pixel spacing")
+        # output pixels = source pixels x (source mm per pixel / target mm per pixel), per axis
+        want_h = crop_h * spacing[0] / spec.pixel_spacing
+        want_w = crop_w * spacing[1] / spec.pixel_spacing
+        fit = max(1.0, want_h / spec.height, want_w / spec.width)
+        if fit > spec.max_downscale:
+            raise SpacingError(
+                f"the breast is {crop_h * spacing[0]:.0f} x {crop_w * spacing[1]:.0f} mm, larger than the "
+                f"{spec.height * spec.pixel_spacing:.0f} x {spec.width * spec.pixel_spacing:.0f} mm canvas "
+                f"({spec.height}x{spec.width} px at {spec.pixel_spacing} mm) by a factor {fit:.2f} "
+                f"(> max_downscale {spec.max_downscale}); use a larger --height/--width or --pixel-spacing"
+            )
+        ch = min(spec.height, max(1, round(want_h / fit)))
+        cw = min(spec.width, max(1, round(want_w / fit)))
+    elif spec.aspect == "stretch":
+        return spec.height, spec.width, 0, 0, 0, 0, fit
+    else:
+        scale = min(spec.height / crop_h, spec.width / crop_w)
+        ch = min(spec.height, max(1, round(crop_h * scale)))
+        cw = min(spec.width, max(1, round(crop_w * scale)))
     top = (spec.height - ch) // 2
     # chest wall on the left: content against the left edge; without canonical orientation: centred
     left = 0 if spec.canonical_side == "left" else (spec.width - cw) // 2
-    return ch, cw, top, spec.height - ch - top, left, spec.width - cw - left
+    return ch, cw, top, spec.height - ch - top, left, spec.width - cw - left, fit
 
 
-def prepare_pixels(pixels: np.ndarray, meta: MammoMeta | None, spec: PreprocessSpec) -> tuple[np.ndarray, Geometry]:
+def prepare_pixels(
+    pixels: np.ndarray,
+    meta: MammoMeta | None,
+    spec: PreprocessSpec,
+    *,
+    spacing: SpacingMM | None = None,
+) -> tuple[np.ndarray, Geometry]:
     """Raw MONOCHROME2 pixels -> canonical uint16 image (spec.height, spec.width) and its `Geometry`.
 
     Args:
@@ -275,14 +354,24 @@ def prepare_pixels(pixels: np.ndarray, meta: MammoMeta | None, spec: PreprocessS
         meta: its MammoMeta (laterality for the orientation, value_range for intensity="none"); None
             when unknown (orientation then comes from the image content).
         spec: the PreprocessSpec stored with the dataset / model.
+        spacing: the source (row, column) mm per pixel as resolved by `resolve_spacing`; None = the file's
+            own `meta.spacing_mm`. Required in physical-scale mode; recorded in the Geometry when known.
 
     Raises:
         PreprocessError: the image is blank (constant) or not 2-D.
+        SpacingError: physical-scale mode and the spacing is unknown or implausible, or the breast does not
+            fit the canvas.
     """
     if pixels.ndim != 2 or min(pixels.shape) < 2:
         raise PreprocessError(f"expected a 2-D image of at least 2x2 pixels, got shape {pixels.shape}")
     pixels = np.asarray(pixels, dtype=np.float32)
     H, W = pixels.shape
+    if spacing is None and meta is not None and meta.spacing_mm:
+        spacing = (float(meta.spacing_mm[0]), float(meta.spacing_mm[1]))
+    if spec.pixel_spacing is not None:
+        spacing = resolve_spacing(spacing)[0]  # SpacingError (with the how-to) when unknown or implausible
+    elif spacing is not None and not all(SPACING_RANGE_MM[0] <= v <= SPACING_RANGE_MM[1] for v in spacing):
+        spacing = None  # fixed-size mode does not use it; an implausible tag is not recorded as if it were true
 
     # 1-2. segmentation on an area-reduced copy
     k = max(1, min(H, W) // SEGMENT_SIDE)
@@ -318,7 +407,7 @@ def prepare_pixels(pixels: np.ndarray, meta: MammoMeta | None, spec: PreprocessS
         flipped, source = breast_on_right, "content"
 
     # 5. resize image and breast mask to the content box
-    ch, cw, top, bottom, left, right = _content_box(y1 - y0, x1 - x0, spec)
+    ch, cw, top, bottom, left, right, fit = _content_box(y1 - y0, x1 - x0, spec, spacing)
     content = resize(pixels[y0:y1, x0:x1], (ch, cw), spec.interpolation)
     # the reduced mask covering the crop, dilated by one reduced pixel so the skin line is never cut
     ms = ndimage.binary_dilation(breast_small)[y0 // k : -(-y1 // k), x0 // k : -(-x1 // k)]
@@ -360,6 +449,9 @@ def prepare_pixels(pixels: np.ndarray, meta: MammoMeta | None, spec: PreprocessS
         orientation_source=source,
         breast_on_right=bool(breast_on_right),
         intensity_range=(lo, hi),
+        spacing_mm=spacing[0] if spacing else None,
+        out_spacing_mm=spacing[0] * (y1 - y0) / ch if spacing else None,
+        fit_scale=float(fit),
         extra=extra,
     )
     return image, geometry

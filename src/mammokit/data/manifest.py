@@ -51,6 +51,11 @@ OPTIONAL_IMAGE_COLUMNS: dict[str, str] = {
     "pad_top": "rows of zero padding added on top (aspect='pad'; likewise pad_bottom, pad_left, pad_right)",
     "orientation_source": "what decided the flip: 'laterality' (tag or adapter) or 'content' (more breast on a side)",
     "orientation_disagrees": "True if the laterality tag and the image content disagree (flag for review)",
+    "spacing_mm": "source mm per pixel (row direction); NaN when unknown",
+    "spacing_source": "where spacing_mm came from: 'file' (DICOM tag), 'assumed' (--assume-pixel-spacing), "
+    "'dataset' (the adapter's documented value) or '' (unknown)",
+    "out_spacing_mm": "prepared mm per pixel (row direction); NaN when the source spacing is unknown",
+    "fit_scale": "physical-scale mode: factor by which a breast larger than the canvas was shrunk (1 = none)",
     "n_lesions": "number of lesion-table rows of the image",
 }
 

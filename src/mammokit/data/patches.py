@@ -75,6 +75,7 @@ PATCH_IMAGES_DIR = "images"
 # The paper's patch side (pixels) at its whole-image height; other prepared heights scale it proportionally.
 PAPER_PATCH_SIZE = 224
 PAPER_IMAGE_HEIGHT = 1152
+PAPER_PATCH_MM = 44.8  # 224 px at the paper's effective 0.2 mm per pixel (CBIS-DDSM films resized to 1152 rows)
 FALLBACK_STEP = 0.05  # cutoff decrement when no window reaches min_overlap (the original decayed by 0.05 too)
 
 PATCH_COLUMNS: dict[str, str] = {
@@ -110,7 +111,10 @@ class PatchConfig:
     scheme: str = "s10"  # "s1", "s10", ... "sN": N patches per lesion and N background patches per image
     n_per_lesion: int | None = None  # overrides N of the scheme for lesion patches
     n_background: int | None = None  # overrides N of the scheme for background patches per image
-    patch_size: int | None = None  # None: round(224 * prepared height / 1152) (224 at the paper's 1152x896)
+    patch_size: int | None = None  # pixels; wins over patch_mm. None: from patch_mm, else the height rule below
+    # Patch side in mm, so S1/S10/Sn cut the same tissue at any resolution. None: the paper's 44.8 mm (224 px at
+    # 0.2 mm) when the prepared set is in physical-scale mode; in fixed-size mode round(224 * height / 1152) px.
+    patch_mm: float | None = None
     classes: int = 5  # 5: background + (calc, mass) x (benign, malignant); 3: background, benign, malignant
     min_overlap: float = 0.9  # lesion patches: max(I/A_roi, I/A_patch) >= this (paper: 0.9)
     background_breast_fraction: float = 0.5  # background windows need at least this fraction of breast pixels
@@ -127,6 +131,8 @@ class PatchConfig:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
         if self.patch_size is not None and self.patch_size < 8:
             raise ConfigError(f"patch_size must be at least 8 pixels, got {self.patch_size}")
+        if self.patch_mm is not None and not 2.0 <= self.patch_mm <= 200.0:
+            raise ConfigError(f"patch_mm must be between 2 and 200 mm, got {self.patch_mm}")
         if self.classes not in (3, 5):
             raise ConfigError(f"classes must be 5 or 3, got {self.classes}")
         if not 0.0 < self.min_overlap <= 1.0:
@@ -157,6 +163,33 @@ def scheme_n(scheme: str) -> int:
 def default_patch_size(image_height: int) -> int:
     """The paper's 224-pixel patch at 1152 rows, scaled to another prepared height (same field of view)."""
     return max(8, round(PAPER_PATCH_SIZE * image_height / PAPER_IMAGE_HEIGHT))
+
+
+def resolve_patch_size(
+    cfg: PatchConfig, spec: dict[str, Any] | None, images: pd.DataFrame, height: int
+) -> tuple[int, str]:
+    """(patch side in pixels, the rule that gave it, for patches.json); see `PatchConfig.patch_mm`.
+
+    In physical-scale mode every prepared pixel is `spec["pixel_spacing"]` mm, so a side in mm is one pixel
+    count for all images. In fixed-size mode the per-image spacing differs; an explicit `patch_mm` then uses the
+    median prepared spacing of the manifest (`out_spacing_mm`), which needs every image's spacing to be known.
+    """
+    if cfg.patch_size is not None:
+        return int(cfg.patch_size), "given"
+    target = (spec or {}).get("pixel_spacing")
+    if target:
+        mm = cfg.patch_mm if cfg.patch_mm is not None else PAPER_PATCH_MM
+        return max(8, round(mm / float(target))), f"round({mm:g} mm / {float(target):g} mm per pixel)"
+    if cfg.patch_mm is None:
+        return default_patch_size(height), f"round(224 * {height} / 1152)"
+    spacing = pd.to_numeric(images.get("out_spacing_mm", pd.Series(dtype=float)), errors="coerce")
+    if len(spacing) == 0 or spacing.isna().any():
+        raise PatchSamplingError(
+            "patch_mm needs every image's pixel spacing, and the prepared manifest lacks some (out_spacing_mm); "
+            "prepare in physical-scale mode (--pixel-spacing) or with --assume-pixel-spacing, or give --patch-size"
+        )
+    median = float(spacing.median())
+    return max(8, round(cfg.patch_mm / median)), f"round({cfg.patch_mm:g} mm / median {median:.4g} mm per pixel)"
 
 
 def class_names(classes: int) -> tuple[str, ...]:
@@ -639,6 +672,7 @@ def sample_patches(
     n_per_lesion: int | None = None,
     n_background: int | None = None,
     patch_size: int | None = None,
+    patch_mm: float | None = None,
     classes: int = 5,
     min_overlap: float = 0.9,
     background_breast_fraction: float = 0.5,
@@ -655,7 +689,8 @@ def sample_patches(
         scheme: "s1", "s10" or "sN".
         n_per_lesion: override N for lesion patches.
         n_background: override N for background patches per image.
-        patch_size: window side; None = round(224 * prepared height / 1152).
+        patch_size: window side in pixels; None = from patch_mm (`resolve_patch_size`).
+        patch_mm: window side in mm; None = 44.8 mm in physical-scale mode, else round(224 * height / 1152) px.
         classes: 5 or 3.
         min_overlap: lesion-window overlap cutoff (paper 0.9).
         background_breast_fraction: minimum breast fraction of a background window.
@@ -676,6 +711,7 @@ def sample_patches(
         n_per_lesion=n_per_lesion,
         n_background=n_background,
         patch_size=patch_size,
+        patch_mm=patch_mm,
         classes=classes,
         min_overlap=min_overlap,
         background_breast_fraction=background_breast_fraction,
@@ -705,7 +741,7 @@ def sample_patches(
     dataset = _read_dataset_json(prepared)
     spec = _preprocess_spec(dataset)
     height = _prepared_height(prepared, spec, images)
-    size = int(cfg.patch_size) if cfg.patch_size is not None else default_patch_size(height)
+    size, size_rule = resolve_patch_size(cfg, spec, images, height)
     n_per_lesion_, n_background_ = cfg.counts()
 
     staging = _staging_dir(out)
@@ -737,7 +773,8 @@ def sample_patches(
             "n_per_lesion": n_per_lesion_,
             "n_background": n_background_,
             "patch_size": size,
-            "patch_size_rule": "given" if cfg.patch_size is not None else f"round(224 * {height} / 1152)",
+            "patch_size_rule": size_rule,
+            "patch_mm": size * float(spec["pixel_spacing"]) if spec and spec.get("pixel_spacing") else cfg.patch_mm,
             "classes": list(names),
             "seed": cfg.seed,
             "min_overlap": cfg.min_overlap,

@@ -54,7 +54,7 @@ from mammokit.version import __version__
 
 log = logging.getLogger(__name__)
 
-PREPARE_FORMAT = 1  # bump when the record or image format changes; part of the config hash
+PREPARE_FORMAT = 2  # bump when the record or image format changes; part of the config hash
 IMAGES_DIR, MASKS_DIR, RECORDS_DIR = "images", "masks", "records"
 ERROR_COLUMNS = ("image_id", "lesion_id", "path", "stage", "reason")
 # Geometry fields copied into the manifest (enough to rebuild the Geometry with `geometry_from_row`)
@@ -73,6 +73,9 @@ GEOMETRY_COLUMNS = (
     "pad_left",
     "pad_right",
     "orientation_source",
+    "spacing_mm",
+    "out_spacing_mm",
+    "fit_scale",
 )
 # reader metadata copied into the record and (some of it) into the manifest; never patient identifiers
 _META_FIELDS = (
@@ -189,7 +192,7 @@ def _valid_record(record_path: Path, image_hash: str, out: Path, stat: list[int]
 
 def _prepare_one(task: dict[str, Any]) -> dict[str, Any]:
     """Prepare one image and its lesion masks; never raises (failures come back as a result)."""
-    from mammokit.data.geometry import prepare_pixels
+    from mammokit.data.geometry import SpacingError, prepare_pixels, resolve_spacing
     from mammokit.io.images import write_png8, write_png16
 
     source = _WORKER_SOURCE
@@ -212,8 +215,19 @@ def _prepare_one(task: dict[str, Any]) -> dict[str, Any]:
             window_index=spec.window_index,
             allow_for_processing=spec.allow_for_processing,
         )
+        stage = "spacing"
+        try:
+            spacing, spacing_source = resolve_spacing(
+                meta.spacing_mm,
+                dataset_default=getattr(source, "pixel_spacing_mm", None),
+                assumed=task.get("assume_pixel_spacing"),
+            )
+        except SpacingError:
+            if spec.pixel_spacing is not None:
+                raise  # physical-scale mode cannot go on without it; the message says what to pass
+            spacing, spacing_source = None, ""  # fixed-size mode: the spacing is only recorded when known
         stage = "preprocess"
-        image, geometry = prepare_pixels(pixels, meta, spec)
+        image, geometry = prepare_pixels(pixels, meta, spec, spacing=spacing)
         stage = "write"
         image_file = f"{IMAGES_DIR}/{image_id}.png"
         write_png16(out / image_file, image)
@@ -247,6 +261,7 @@ def _prepare_one(task: dict[str, Any]) -> dict[str, Any]:
     meta_fields["spacing_mm"] = list(meta.spacing_mm) if meta.spacing_mm else None
     for key in ("laterality_source", "view_source"):
         meta_fields[key] = meta.extra.get(key)
+    meta_fields["spacing_source"] = spacing_source
     record = {
         "image_id": image_id,
         "image_config_hash": task["image_hash"],
@@ -354,6 +369,7 @@ def _records_to_tables(
     kept["image_file"] = [records[i]["image_file"] for i in kept["image_id"]]
     for col in GEOMETRY_COLUMNS:
         kept[col] = [records[i]["geometry"][col] for i in kept["image_id"]]
+    kept["spacing_source"] = [records[i]["meta"].get("spacing_source", "") for i in kept["image_id"]]
     kept["orientation_disagrees"] = [
         bool(records[i]["geometry"].get("extra", {}).get("orientation_disagrees", False)) for i in kept["image_id"]
     ]
@@ -387,6 +403,7 @@ def prepare_dataset(
     keep_official: bool = True,
     split_file: str | Path | None = None,
     source_options: dict[str, Any] | None = None,
+    assume_pixel_spacing: float | None = None,
     progress: bool = True,
 ) -> PrepareReport:
     """Prepare the raw dataset at `root` (read by adapter `source`) into the folder `out`.
@@ -401,6 +418,8 @@ def prepare_dataset(
         split_file: a published split (CSV patient_id,split) applied exactly instead (`import_splits`). Either
             way the split used is written to `splits.csv` in the prepared folder, so it can be published too.
         source_options: keyword options of the adapter.
+        assume_pixel_spacing: source mm per pixel for files without a spacing tag (overrides the adapter's
+            documented value; never the file's own tag). See `mammokit.data.geometry.resolve_spacing`.
         progress: show a progress bar (stderr).
 
     Returns:
@@ -439,7 +458,13 @@ def prepare_dataset(
     export_splits(images, out / "splits.csv")
 
     image_hash = config_hash(
-        {"format": PREPARE_FORMAT, "source": source, "source_options": options, "preprocess": spec}
+        {
+            "format": PREPARE_FORMAT,
+            "source": source,
+            "source_options": options,
+            "preprocess": spec,
+            "assume_pixel_spacing": assume_pixel_spacing,
+        }
     )
     split_options: dict[str, Any] = {
         "seed": seed,
@@ -464,6 +489,7 @@ def prepare_dataset(
             "out": str(out),
             "spec": spec,
             "image_hash": image_hash,
+            "assume_pixel_spacing": assume_pixel_spacing,
         }
         for row in images.to_dict("records")
     ]
@@ -515,6 +541,8 @@ def prepare_dataset(
             "label_rule": getattr(src, "label_rule", "") or "",
             "counts": counts,
             "preprocess": to_dict(spec),
+            "assume_pixel_spacing": assume_pixel_spacing,
+            "dataset_pixel_spacing_mm": getattr(src, "pixel_spacing_mm", None),
             "split": split_options,
             "config_hash": full_hash,
             "image_config_hash": image_hash,

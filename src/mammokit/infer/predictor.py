@@ -20,6 +20,7 @@ same decision as comparing the calibrated probability with the calibrated thresh
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import logging
 import os
 from collections import deque
@@ -193,8 +194,10 @@ class Predictor:
         calibration: dict[str, Any] | None,
         patch_run: Path | None = None,
         tta: bool | None = None,
+        assume_pixel_spacing: float | None = None,
     ) -> None:
         self.run_dir = run_dir
+        self.assume_pixel_spacing = assume_pixel_spacing
         self.card = card
         self.backend = backend
         self.backend_name = backend_name
@@ -221,6 +224,7 @@ class Predictor:
         patch_run: str | Path | None = None,
         channels_last: bool = True,
         tta: bool | None = None,
+        assume_pixel_spacing: float | None = None,
     ) -> Predictor:
         """Load a whole-image run for prediction.
 
@@ -234,6 +238,8 @@ class Predictor:
                 in benchmarks/bench_predict.py; the numbers are identical up to float rounding).
             tta: average p(malignant) over the four flips (paper §7.2); None = as the run's
                 calibration.json was fitted (plain when there is none).
+            assume_pixel_spacing: source mm per pixel for files without a spacing tag; needed by a run
+                prepared in physical-scale mode (`preprocess.pixel_spacing`) for PNG/PGM/tag-less DICOM input.
         """
         run_dir = Path(run_dir)
         card = read_card(run_dir)
@@ -258,13 +264,13 @@ class Predictor:
         patch = Path(patch_run) if patch_run else _resolve_run(card.parent_run, run_dir)
         if patch_run and not (patch / "model.json").is_file():
             raise FileNotFoundError(f"--patch-run {patch_run}: no model.json there; pass a patch-classifier run folder")
-        return cls(run_dir, card, impl, backend, read_calibration(run_dir), patch, tta)
+        return cls(run_dir, card, impl, backend, read_calibration(run_dir), patch, tta, assume_pixel_spacing)
 
     # ---- reading (NumPy only; safe to run in threads) ---------------------------------------
 
     def load_image(self, item: InputItem | str | Path, *, keep_pixels: bool = False) -> PreparedImage:
         """Read a file and prepare it exactly as the run's training images were prepared."""
-        from mammokit.data.geometry import prepare_pixels
+        from mammokit.data.geometry import prepare_pixels, resolve_spacing
         from mammokit.io.dicom import read_mammogram
 
         if not isinstance(item, InputItem):
@@ -275,6 +281,10 @@ class Predictor:
             window_index=self.spec.window_index,
             allow_for_processing=self.spec.allow_for_processing,
         )
+        if self.spec.pixel_spacing is not None:
+            # the same rule as `mammokit prepare` (file tag, else the user's value); SpacingError otherwise
+            spacing, _ = resolve_spacing(meta.spacing_mm, assumed=self.assume_pixel_spacing)
+            meta = dataclasses.replace(meta, spacing_mm=spacing)
         image_u16, geometry = prepare_pixels(pixels, meta, self.spec)
         x = to_model_input(image_u16, self.card.input.pixel_mean, self.card.input.pixel_std)
         return PreparedImage(item, x, image_u16, geometry, meta, pixels if keep_pixels else None)

@@ -334,15 +334,31 @@ def _view(ds: Any, path: Path) -> tuple[str | None, str | None]:
 
 
 def _spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None]:
+    """(row, column) mm per pixel in the breast's plane, and the tag it came from.
+
+    PixelSpacing, when present, is already calibrated to the patient plane. ImagerPixelSpacing is the
+    detector pitch; a magnified breast (the detector sits below it) is smaller than it looks there, so it is
+    divided by EstimatedRadiographicMagnificationFactor (0018,1114) when that is given (typically ~1.05-1.1;
+    1.5-1.8 for magnification views).
+    """
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = ds.get(keyword)
-        if value is not None and len(value) == 2:
+        if value is None or len(value) != 2:
+            continue
+        try:
+            row, col = float(value[0]), float(value[1])
+        except (TypeError, ValueError):
+            continue
+        if not (row > 0 and col > 0):
+            continue
+        if keyword == "ImagerPixelSpacing":
             try:
-                row, col = float(value[0]), float(value[1])
+                factor = float(ds.get("EstimatedRadiographicMagnificationFactor") or 0)
             except (TypeError, ValueError):
-                continue
-            if row > 0 and col > 0:
-                return (row, col), keyword
+                factor = 0.0
+            if factor >= 1.0:  # < 1 would mean the breast is smaller than the detector: not physical
+                return (row / factor, col / factor), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+        return (row, col), keyword
     return None, None
 
 

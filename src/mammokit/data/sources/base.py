@@ -36,6 +36,9 @@ class DatasetSource:
     name: ClassVar[str] = ""
     citation: ClassVar[str] = ""
     licence: ClassVar[str] = ""
+    # documented source pixel spacing (mm) for datasets whose files carry none (mini-MIAS PGMs, CBIS-DDSM DICOMs);
+    # used by physical-scale preprocessing after the file's own tags and the user's --assume-pixel-spacing
+    pixel_spacing_mm: ClassVar[float | None] = None
     # keyword options the adapter understands; None = accept any (e.g. small adapters written in tests)
     options_allowed: ClassVar[tuple[str, ...] | None] = None
 

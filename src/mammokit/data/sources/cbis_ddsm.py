@@ -485,6 +485,11 @@ class CbisDdsm(DatasetSource):
     licence: ClassVar[str] = "CC BY 3.0"
 
     options_allowed: ClassVar[tuple[str, ...]] = ("cross_split", "missing_images", "csv_dir")
+    # CBIS-DDSM DICOMs carry no spacing tag. DDSM films were scanned at 42 um (DBA), 43.5 um (Howtek) or
+    # 50 um (Lumisys); CBIS does not say which scanner made which image. 0.05 mm is chosen because the real
+    # CBIS DICOMs have 4432-4736 rows, i.e. a 24 cm film at ~50 um (4800 rows; at 43.5 um it would be ~5500).
+    # Error for a Howtek/DBA image: <= 16 %. docs/real-data.md has the reasoning; --assume-pixel-spacing overrides.
+    pixel_spacing_mm: ClassVar[float | None] = 0.05
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         root = Path(root)

@@ -157,6 +157,8 @@ class MiniMias(DatasetSource):
     licence: ClassVar[str] = "MIAS licence: research use only, cite, not for sale (Licence.txt)"
 
     options_allowed: ClassVar[tuple[str, ...]] = ()
+    # the distribution's own README (Info.txt): "reduced to 200 micron pixel edge"
+    pixel_spacing_mm: ClassVar[float | None] = 0.2
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         root = Path(root)
