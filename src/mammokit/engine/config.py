@@ -55,6 +55,11 @@ class OptimConfig:
     # Frozen layers' BatchNorm: "train" = Keras 2.0 behaviour (batch statistics used and running statistics
     # updated even though the weights are frozen); "frozen" = frozen BN runs in eval mode (running stats kept).
     bn_policy: Literal["train", "frozen"] = "train"
+    # Which weights the run keeps: "best" = the epoch with the best validation metric over all stages (the
+    # paper's checkpointing); "last" = the weights at the end of the schedule. On a small dataset the
+    # validation split holds a handful of cancers, its AUC swings by +-0.1 between epochs, and "best" picks
+    # noise (often an early, nearly constant model): a fixed schedule with "last" is the sounder choice there.
+    keep: Literal["best", "last"] = "best"
 
     def validate(self) -> None:
         if self.lr <= 0:

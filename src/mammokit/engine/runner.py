@@ -160,7 +160,7 @@ def run_stages(
     """Train `model` through `plans`; returns the best-weights tracker and whether this is global rank 0.
 
     On return (rank 0) `model` holds the best weights seen on validation (or the final weights when no
-    validation ran).
+    validation ran, or when `optim.keep` is "last").
     """
     ckpt_dir = run_dir / CHECKPOINTS
     progress = _read_progress(ckpt_dir) if resume else {"completed_stages": 0}
@@ -225,7 +225,7 @@ def run_stages(
         if is_zero:
             atomic_write_json(ckpt_dir / PROGRESS_JSON, {"completed_stages": k, "best": best.state_dict()})
 
-    if is_zero and (ckpt_dir / BEST_WEIGHTS).is_file():
+    if is_zero and optim.keep == "best" and (ckpt_dir / BEST_WEIGHTS).is_file():
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(ckpt_dir / BEST_WEIGHTS)))

@@ -208,6 +208,7 @@ def train_patch(cfg: PatchTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
     )
     metrics = {
         "monitor": "val_acc",
+        "kept_weights": cfg.optim.keep,
         "best_stage": best.best_stage,
         "best_epoch": best.best_epoch,
         "val": _named(val_metrics, classes),
@@ -284,6 +285,7 @@ def _finish_whole(
     )
     metrics = {
         "monitor": "val_auc",
+        "kept_weights": cfg.optim.keep,
         "best_stage": best.best_stage,
         "best_epoch": best.best_epoch,
         "val": _named(val_metrics, labels),

@@ -1,0 +1,375 @@
+"""Cross-validated real-data benchmark: the whole method on the mini-MIAS development set, k folds of women.
+
+    python benchmarks/bench_mias_cv.py --out cv/mias-06 [--folds 5] [--pixel-spacing 0.6 --height 344 --width 256]
+        [--patch-config configs/mini-mias/patch.yaml] [--whole-config configs/mini-mias/whole.yaml]
+        [--scheme s10] [--patch-set KEY=VALUE ...] [--whole-set KEY=VALUE ...] [--no-baseline]
+
+What one run does (every step is a `mammokit` command in a subprocess, so it is exactly what a user runs):
+
+1. `prepare mini-mias` once, in physical-scale mode (`--pixel-spacing`), into OUT/prepared.
+2. Women-level stratified k-fold (a woman is positive when any of her images is malignant; seeded): for fold
+   k the fold's women are `test`, a stratified 20 % of the other women are the inner `val` split (early
+   stopping, best-epoch choice and the stored threshold use it, never the fold's test women), the rest
+   `train`. A fold is a folder of symlinks to the prepared images with its own manifest (no re-preparing).
+3. Per fold: `patches` -> `train patch` -> `train whole --from-patch` -> `evaluate --split test` (with and
+   without flip TTA), and in the same run, with the same folds and budget, the `--no-patch-init` baseline.
+4. Pooled out-of-fold predictions (every development image is predicted once, by the model that did not
+   see its woman): per-fold AUC, pooled AUC with a women-clustered bootstrap 95 % CI, per-abnormality
+   sensitivity at each fold model's stored threshold, and wall/CPU time per step.
+
+Resumable: a finished step (its output file exists) is skipped; an interrupted training resumes from its
+checkpoint. Writes OUT/cv_results.json and OUT/cv_results.md. Takes ~10-15 min per fold on 2 CPU cores at
+0.6 mm per pixel with the shipped configs (see docs/real-data.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "mini-mias-dev"
+# mini-MIAS abnormality codes (Info.txt) -> the reported groups
+ABNORMALITY = {
+    "CALC": "calcification",
+    "CIRC": "mass",
+    "SPIC": "mass",
+    "MISC": "mass",
+    "ARCH": "architectural distortion",
+    "ASYM": "asymmetry",
+}
+
+
+def mammokit_cmd() -> list[str]:
+    return [sys.executable, "-m", "mammokit"]
+
+
+class StepTimer:
+    """Wall and CPU seconds (children included: every step is a subprocess) per named step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.times: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def run(self, name: str, argv: list[str], log_file: Path) -> None:
+        t0 = time.perf_counter()
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "a") as log:
+            log.write(f"$ {' '.join(argv)}\n")
+            log.flush()
+            proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"step {name} failed (exit {proc.returncode}); see {log_file}")
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        # a resumed step adds to the time already spent on it
+        prev = self.times.get(name, {"wall_s": 0.0, "cpu_s": 0.0})
+        self.times[name] = {"wall_s": prev["wall_s"] + time.perf_counter() - t0, "cpu_s": prev["cpu_s"] + cpu}
+        self.path.write_text(json.dumps(self.times, indent=1))
+        print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def woman_folds(manifest: pd.DataFrame, k: int, seed: int) -> dict[str, int]:
+    """patient_id -> fold index, stratified by whether the woman has a malignant image."""
+    from sklearn.model_selection import StratifiedKFold
+
+    women = manifest.groupby("patient_id")["label"].max().clip(lower=0).sort_index()
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    fold_of: dict[str, int] = {}
+    for i, (_, test_idx) in enumerate(skf.split(np.zeros(len(women)), women.to_numpy())):
+        for w in women.index[test_idx]:
+            fold_of[str(w)] = i
+    return fold_of
+
+
+def inner_val(women: pd.Series, seed: int, fraction: float = 0.2) -> set[str]:
+    """A stratified `fraction` of `women` (patient_id -> 0/1) for validation."""
+    from sklearn.model_selection import train_test_split
+
+    _, val = train_test_split(women.index.to_numpy(), test_size=fraction, stratify=women.to_numpy(), random_state=seed)
+    return {str(w) for w in val}
+
+
+def write_fold_view(prepared: Path, fold_dir: Path, split_of: dict[str, str]) -> Path:
+    """A prepared folder for one fold: symlinks to the images/masks/records, a manifest with the fold's splits."""
+    view = fold_dir / "prepared"
+    if (view / "manifest.parquet").is_file():
+        return view
+    tmp = fold_dir / ".prepared.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for sub in ("images", "masks", "records"):
+        if (prepared / sub).is_dir():
+            (tmp / sub).symlink_to((prepared / sub).resolve())
+    images = pd.read_parquet(prepared / "manifest.parquet")
+    images["split"] = [split_of[str(p)] for p in images["patient_id"]]
+    images.to_parquet(tmp / "manifest.parquet", index=False)
+    lesions = pd.read_parquet(prepared / "lesions.parquet")
+    if "split" in lesions.columns:
+        split_by_image = dict(zip(images["image_id"], images["split"], strict=True))
+        lesions["split"] = [split_by_image.get(i, "train") for i in lesions["image_id"]]
+    lesions.to_parquet(tmp / "lesions.parquet", index=False)
+    dataset = json.loads((prepared / "dataset.json").read_text())
+    dataset["split"] = {"cv_fold_view": str(fold_dir.name)}
+    dataset["counts"]["by_split"] = {s: int(n) for s, n in images["split"].value_counts().sort_index().items()}
+    (tmp / "dataset.json").write_text(json.dumps(dataset, indent=1))
+    images[["patient_id", "split"]].drop_duplicates().to_csv(tmp / "splits.csv", index=False)
+    for name in ("errors.csv",):
+        if (prepared / name).is_file():
+            shutil.copy(prepared / name, tmp / name)
+    tmp.rename(view)
+    return view
+
+
+def train_step(timer: StepTimer, name: str, run_dir: Path, argv: list[str], log_file: Path) -> None:
+    if (run_dir / "model.json").is_file():
+        return
+    resume = ["--resume"] if (run_dir / "checkpoints").is_dir() else []
+    timer.run(name, argv + resume, log_file)
+
+
+def evaluate_step(timer: StepTimer, name: str, run_dir: Path, view: Path, out: Path, tta: bool, log: Path) -> None:
+    if (out / "predictions.csv").is_file():
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    argv = [*mammokit_cmd(), "evaluate", str(run_dir), "--data", str(view), "--split", "test", "--out", str(out)]
+    timer.run(name, argv + (["--tta"] if tta else []), log)
+
+
+def run_fold(args: argparse.Namespace, fold: int, view: Path, fold_dir: Path, timer: StepTimer) -> None:
+    mk = mammokit_cmd()
+    log = fold_dir / "log.txt"
+    patches = fold_dir / "patches"
+    if not (patches / "patches.json").is_file():
+        shutil.rmtree(patches, ignore_errors=True)
+        argv = [*mk, "patches", "--data", str(view), "--out", str(patches), "--scheme", args.scheme]
+        argv += ["--seed", str(args.seed), "--workers", str(args.workers)]
+        for kv in args.patches_set:
+            argv += ["--set", kv]
+        timer.run(f"fold{fold}/patches", argv, log)
+    common = ["--device", "cpu", "--seed", str(args.seed), "--set", "trainer.progress_bar=false"]
+    common += ["--set", "trainer.tensorboard=false"]
+    patch_run = fold_dir / "runs" / "patch"
+    argv = [*mk, "train", "patch", "--data", str(patches), "--out", str(patch_run), "-c", str(args.patch_config)]
+    argv += common + [a for kv in args.patch_set for a in ("--set", kv)]
+    train_step(timer, f"fold{fold}/train_patch", patch_run, argv, log)
+
+    whole_cfg = ["-c", str(args.whole_config), *common, *[a for kv in args.whole_set for a in ("--set", kv)]]
+    whole = fold_dir / "runs" / "whole"
+    argv = [*mk, "train", "whole", "--data", str(view), "--from-patch", str(patch_run), "--out", str(whole)]
+    train_step(timer, f"fold{fold}/train_whole", whole, argv + whole_cfg, log)
+    evaluate_step(timer, f"fold{fold}/evaluate_tta", whole, view, fold_dir / "eval-tta", True, log)
+    evaluate_step(timer, f"fold{fold}/evaluate", whole, view, fold_dir / "eval", False, log)
+    if args.baseline:
+        base = fold_dir / "runs" / "whole-no-patch-init"
+        argv = [*mk, "train", "whole", "--data", str(view), "--no-patch-init", "--out", str(base)]
+        train_step(timer, f"fold{fold}/train_whole_baseline", base, argv + whole_cfg, log)
+        evaluate_step(timer, f"fold{fold}/evaluate_baseline_tta", base, view, fold_dir / "eval-baseline-tta", True, log)
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def pooled_predictions(out: Path, folds: int, eval_name: str, run_name: str) -> pd.DataFrame | None:
+    frames = []
+    for k in range(folds):
+        path = out / f"fold{k}" / eval_name / "predictions.csv"
+        if not path.is_file():
+            return None
+        df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
+        card = json.loads((out / f"fold{k}" / "runs" / run_name / "model.json").read_text())
+        df["fold"] = k
+        df["threshold"] = float(card["threshold"])
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarise(pred: pd.DataFrame, lesions: pd.DataFrame, seed: int) -> dict[str, Any]:
+    """Per-fold and pooled AUC (women-clustered bootstrap CI) and per-abnormality sensitivity."""
+    from mammokit.metrics.bootstrap import bootstrap_ci
+
+    y = pred["label"].to_numpy().astype(int)
+    p = pred["prob_uncalibrated"].to_numpy().astype(float)
+    ci = bootstrap_ci(_auc, y, p, groups=pred["patient_id"].to_numpy(), n=2000, seed=seed)
+    per_fold = {
+        int(k): _auc(g["label"].to_numpy().astype(int), g["prob_uncalibrated"].to_numpy())
+        for k, g in pred.groupby("fold")
+    }
+    called = pred["prob_uncalibrated"] >= pred["threshold"]
+    kinds = lesions.assign(group=lesions["mias_class"].map(ABNORMALITY)).groupby("image_id")["group"].agg(set)
+    sens: dict[str, Any] = {}
+    malignant = pred["label"] == 1
+    for group in ("mass", "calcification", "architectural distortion", "asymmetry"):
+        has = pred["image_id"].map(lambda i, g=group: g in kinds.get(i, set()))
+        rows = malignant & has
+        sens[group] = {"n": int(rows.sum()), "sensitivity": float(called[rows].mean()) if rows.any() else None}
+    spec_rows = ~malignant
+    return {
+        "n_images": len(pred),
+        "n_malignant": int(malignant.sum()),
+        "n_women": int(pred["patient_id"].nunique()),
+        "pooled_auc": ci.as_dict(),
+        "mean_fold_auc": float(np.nanmean(list(per_fold.values()))),
+        "per_fold_auc": per_fold,
+        "sensitivity_at_threshold": float(called[malignant].mean()),
+        "specificity_at_threshold": float((~called[spec_rows]).mean()),
+        "sensitivity_by_abnormality": sens,
+        "prob_quantiles": {
+            "malignant": [float(v) for v in np.quantile(p[y == 1], [0.1, 0.5, 0.9])],
+            "non_malignant": [float(v) for v in np.quantile(p[y == 0], [0.1, 0.5, 0.9])],
+        },
+    }
+
+
+def _fmt_auc(d: dict[str, Any]) -> str:
+    a = d["pooled_auc"]
+    return f"{a['value']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f})"
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    lines = [f"# mini-MIAS {results['folds']}-fold cross-validation: `{results['tag']}`", ""]
+    lines += [f"Settings: `{json.dumps(results['settings'])}`", ""]
+    lines += [
+        "| model | pooled OOF AUC (95% CI, women bootstrap) | "
+        + " | ".join(f"fold {k}" for k in range(results["folds"]))
+        + " | sens / spec at stored threshold |"
+    ]
+    lines += ["|---|---|" + "---|" * results["folds"] + "---|"]
+    for name, res in results["models"].items():
+        if res is None:
+            continue
+        folds = " | ".join(f"{res['per_fold_auc'][k]:.3f}" for k in sorted(res["per_fold_auc"]))
+        lines.append(
+            f"| {name} | {_fmt_auc(res)} | {folds} | "
+            f"{res['sensitivity_at_threshold']:.2f} / {res['specificity_at_threshold']:.2f} |"
+        )
+    main = results["models"].get("patch->whole, flip TTA")
+    if main:
+        lines += ["", "Sensitivity at the stored threshold by abnormality (malignant images; patch->whole, TTA):", ""]
+        lines += ["| abnormality | malignant images | sensitivity |", "|---|---|---|"]
+        for group, s in main["sensitivity_by_abnormality"].items():
+            value = "-" if s["sensitivity"] is None else f"{s['sensitivity']:.2f}"
+            lines.append(f"| {group} | {s['n']} | {value} |")
+    lines += ["", f"Time: {results['wall_min']:.1f} min wall, {results['cpu_min']:.1f} min CPU ({results['cpu']})."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {len(os.sched_getaffinity(0))} cores"
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="mini-MIAS folder (mdbNNN.pgm + Info.txt)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tag", default=None, help="name of this configuration in the results (default: OUT's name)")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--only-folds", type=int, nargs="*", default=None, help="run just these folds (no summary)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pixel-spacing", type=float, default=0.6)
+    ap.add_argument("--height", type=int, default=344, help="canvas rows (344 x 0.6 mm = 206 mm)")
+    ap.add_argument("--width", type=int, default=256, help="canvas columns (256 x 0.6 mm = 154 mm)")
+    ap.add_argument("--scheme", default="s10")
+    ap.add_argument("--patches-set", action="append", default=[], metavar="KEY=VALUE", help="`patches --set`")
+    ap.add_argument("--patch-config", type=Path, default=REPO / "configs" / "mini-mias" / "patch.yaml")
+    ap.add_argument("--whole-config", type=Path, default=REPO / "configs" / "mini-mias" / "whole.yaml")
+    ap.add_argument("--patch-set", action="append", default=[], metavar="KEY=VALUE", help="`train patch --set`")
+    ap.add_argument("--whole-set", action="append", default=[], metavar="KEY=VALUE", help="`train whole --set`")
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the --no-patch-init runs")
+    ap.add_argument("--prepared", type=Path, default=None, help="reuse a prepared mini-MIAS folder")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    timer = StepTimer(out / "times.json")
+    t_start = time.perf_counter()
+    prepared = args.prepared or out / "prepared"
+    if not (prepared / "dataset.json").is_file():
+        argv_ = [*mammokit_cmd(), "prepare", "mini-mias", "--root", str(args.data), "--out", str(prepared)]
+        argv_ += ["--pixel-spacing", str(args.pixel_spacing), "--height", str(args.height), "--width", str(args.width)]
+        argv_ += ["--workers", str(args.workers), "--no-progress", "--set", "split.val_fraction=0.2"]
+        timer.run("prepare", argv_, out / "log.txt")
+    manifest = pd.read_parquet(prepared / "manifest.parquet")
+    lesions = pd.read_parquet(prepared / "lesions.parquet")
+    fold_of = woman_folds(manifest, args.folds, args.seed)
+    women = manifest.groupby("patient_id")["label"].max().clip(lower=0)
+    for k in range(args.folds):
+        if args.only_folds is not None and k not in args.only_folds:
+            continue
+        fold_dir = out / f"fold{k}"
+        rest = women[[fold_of[str(w)] != k for w in women.index]]
+        val = inner_val(rest, args.seed + k)
+        split_of = {
+            str(w): "test" if fold_of[str(w)] == k else ("val" if str(w) in val else "train") for w in women.index
+        }
+        view = write_fold_view(prepared, fold_dir, split_of)
+        print(f"fold {k}: {sum(v == 'test' for v in split_of.values())} test women", flush=True)
+        run_fold(args, k, view, fold_dir, timer)
+    if args.only_folds is not None:
+        return 0
+
+    models = {
+        "patch->whole, flip TTA": ("eval-tta", "whole"),
+        "patch->whole, no TTA": ("eval", "whole"),
+        "no patch init (baseline), flip TTA": ("eval-baseline-tta", "whole-no-patch-init"),
+    }
+    summary: dict[str, Any] = {}
+    for name, (eval_name, run_name) in models.items():
+        pred = pooled_predictions(out, args.folds, eval_name, run_name)
+        summary[name] = summarise(pred, lesions, args.seed) if pred is not None else None
+    times = timer.times
+    settings = {
+        "pixel_spacing": args.pixel_spacing,
+        "canvas": [args.height, args.width],
+        "scheme": args.scheme,
+        "patch_config": args.patch_config.name,
+        "whole_config": args.whole_config.name,
+        "patch_set": args.patch_set,
+        "whole_set": args.whole_set,
+        "patches_set": args.patches_set,
+        "seed": args.seed,
+    }
+    results = {
+        "tag": args.tag or out.name,
+        "folds": args.folds,
+        "settings": settings,
+        "models": summary,
+        "times": times,
+        "wall_min": sum(t["wall_s"] for t in times.values()) / 60,
+        "cpu_min": sum(t["cpu_s"] for t in times.values()) / 60,
+        "cpu": cpu_name(),
+        "this_invocation_wall_min": (time.perf_counter() - t_start) / 60,
+    }
+    (out / "cv_results.json").write_text(json.dumps(results, indent=1))
+    write_markdown(results, out / "cv_results.md")
+    print((out / "cv_results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
