@@ -148,9 +148,22 @@ def evaluate_step(timer: StepTimer, name: str, run_dir: Path, view: Path, out: P
     timer.run(name, argv + (["--tta"] if tta else []), log)
 
 
+def link_patch_stage(source: Path, fold_dir: Path) -> None:
+    """Reuse another run's patch set and patch classifier for this fold (whole-image ablations, same folds)."""
+    for rel in ("patches", "runs/patch"):
+        target = fold_dir / rel
+        if not target.exists():
+            if not (source / rel).exists():
+                raise SystemExit(f"--reuse-patch-stage: {source / rel} does not exist")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to((source / rel).resolve())
+
+
 def run_fold(args: argparse.Namespace, fold: int, view: Path, fold_dir: Path, timer: StepTimer) -> None:
     mk = mammokit_cmd()
     log = fold_dir / "log.txt"
+    if args.reuse_patch_stage is not None:
+        link_patch_stage(args.reuse_patch_stage / f"fold{fold}", fold_dir)
     patches = fold_dir / "patches"
     if not (patches / "patches.json").is_file():
         shutil.rmtree(patches, ignore_errors=True)
@@ -301,6 +314,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--whole-set", action="append", default=[], metavar="KEY=VALUE", help="`train whole --set`")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the --no-patch-init runs")
     ap.add_argument("--prepared", type=Path, default=None, help="reuse a prepared mini-MIAS folder")
+    ap.add_argument(
+        "--reuse-patch-stage",
+        type=Path,
+        default=None,
+        metavar="CV_OUT",
+        help="take each fold's patch set and patch classifier from another run of this benchmark (same data, "
+        "spacing, folds and seed): whole-image ablations without re-training the patch stage",
+    )
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
 
@@ -353,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         "whole_set": args.whole_set,
         "patches_set": args.patches_set,
         "seed": args.seed,
+        "reuse_patch_stage": str(args.reuse_patch_stage) if args.reuse_patch_stage else None,
     }
     results = {
         "tag": args.tag or out.name,
