@@ -49,7 +49,6 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -648,6 +647,19 @@ def _tasks(
         )
 
 
+def _run_tasks(tasks: list[_ImageTask], workers: int) -> list[tuple[list[dict[str, Any]], list[dict[str, str]], int]]:
+    """`_process_image` of every task in task order, in worker processes (`mammokit.utils.pool`): a prepared
+    folder may come from someone else, and a decoder that panics or aborts must cost one image, not the set."""
+    from mammokit.utils.pool import TaskFailed, run_isolated
+
+    results = []
+    for index, result in run_isolated(_process_image, tasks, workers=workers, ordered=True):
+        if isinstance(result, TaskFailed):
+            result = ([], [{"image_id": _text(tasks[index].image["image_id"]), "reason": result.reason}], 0)
+        results.append(result)
+    return results
+
+
 def _empty_patch_table() -> pd.DataFrame:
     dtypes = {"class_index": "int64", "y0": "int64", "x0": "int64", "size": "int64", "fallback": "bool"}
     dtypes |= {"overlap": "float64", "overlap_cutoff": "float64", "breast_fraction": "float64"}
@@ -749,11 +761,7 @@ def sample_patches(
         (staging / PATCH_IMAGES_DIR).mkdir()
         tasks = list(_tasks(prepared, staging, images, lesions, cfg, size))
         log.info("sampling %s patches (size %d) from %d images, %d worker(s)", cfg.scheme, size, len(tasks), workers)
-        if workers > 1 and len(tasks) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = list(pool.map(_process_image, tasks, chunksize=max(1, len(tasks) // (workers * 8))))
-        else:
-            results = [_process_image(t) for t in tasks]
+        results = _run_tasks(tasks, workers)
 
         rows = [r for result in results for r in result[0]]
         errors = [e for result in results for e in result[1]]

@@ -16,7 +16,8 @@ Guarantees:
   ROI) becomes a row of `errors.csv` with its stage and reason; `PrepareReport.ok` says whether
   anything failed. Images that failed are left out of the manifest; a lesion whose ROI failed keeps
   its image and gets an empty `mask_file`.
-* **Parallel**: `workers` > 1 uses a process pool (one image per task).
+* **Parallel and isolated**: images are read in `workers` child processes (one image per task; see
+  `mammokit.utils.pool`), so a decoder that panics or aborts costs that image, not the batch.
 * Splits are assigned on the whole source table before any image is read, so a failure (or a later
   fix) never moves other patients between splits.
 """
@@ -29,7 +30,6 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,9 +288,8 @@ def _remove_stale_temporaries(out: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def _crash_result(task: dict[str, Any]) -> dict[str, Any]:
+def _failed_result(task: dict[str, Any], reason: str) -> dict[str, Any]:
     row = task["row"]
-    reason = "the worker process died while preparing this image (out of memory, or a crash in a codec)"
     return {
         "status": "failed",
         "error": {"image_id": str(row["image_id"]), "lesion_id": "", "path": str(row["path"]), "stage": "read",
@@ -298,59 +297,23 @@ def _crash_result(task: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _pool_results(tasks: list[dict[str, Any]], source: Any, workers: int) -> Iterator[tuple[dict, dict]]:
-    """(task, result) pairs from a process pool; survives workers that die.
-
-    When a worker dies (killed for memory, a segfault in a decoder) the pool breaks and every task in
-    flight is lost. Those tasks are re-run one at a time, each in a fresh one-process pool: the one that
-    breaks its pool again is the culprit and is reported as failed; the others complete normally. The
-    remaining queue then continues in a new pool.
-    """
-    from concurrent.futures.process import BrokenProcessPool
-
-    queue = list(reversed(tasks))  # pop() from the end = source order
-    while queue:
-        suspects: list[dict[str, Any]] = []
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(source,)) as pool:
-            in_flight: dict[Any, dict[str, Any]] = {}
-            broken = False
-            while (queue or in_flight) and not broken:
-                # at most 2 tasks per worker in flight, so an interrupted run has little unfinished work
-                while queue and len(in_flight) < 2 * workers:
-                    task = queue.pop()
-                    in_flight[pool.submit(_prepare_one, task)] = task
-                done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    try:
-                        result = fut.result()
-                    except BrokenProcessPool:  # a worker died: this task stays in flight (a suspect)
-                        broken = True
-                        continue
-                    yield in_flight.pop(fut), result
-            if broken:
-                suspects = list(in_flight.values())
-                log.warning("a worker process died; re-running the %d image(s) it may have held", len(suspects))
-        for task in suspects:
-            with ProcessPoolExecutor(max_workers=1, initializer=_init_worker, initargs=(source,)) as solo:
-                try:
-                    result = solo.submit(_prepare_one, task).result()
-                except BrokenProcessPool:
-                    result = _crash_result(task)
-            yield task, result
-
-
 def _run_tasks(tasks: list[dict[str, Any]], source: Any, workers: int, progress: bool) -> Iterator[dict[str, Any]]:
+    """Results of `_prepare_one` for every task, computed in worker processes (`mammokit.utils.pool`).
+
+    Always in child processes, even with one worker: decoding files we were handed can panic or abort the
+    process, and that must cost one image, not the batch.
+    """
     from tqdm import tqdm
+
+    from mammokit.utils.pool import TaskFailed, run_isolated
 
     bar = tqdm(total=len(tasks), desc="prepare", unit="img", disable=not progress, dynamic_ncols=True)
     try:
-        if workers <= 1:
-            _init_worker(source)
-            for task in tasks:
-                yield _prepare_one(task)
-                bar.update()
-            return
-        for _task, result in _pool_results(tasks, source, workers):
+        for index, result in run_isolated(
+            _prepare_one, tasks, workers=workers, initializer=_init_worker, initargs=(source,)
+        ):
+            if isinstance(result, TaskFailed):
+                result = _failed_result(tasks[index], result.reason)
             yield result
             bar.update()
     finally:
