@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # pydicom logs (and warns) about every damaged header it meets, with tracebacks; the reader turns each
+    # failure into one clear error row, so pydicom's own output is only shown with -v.
+    logging.getLogger("pydicom").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -20,8 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mammokit.io.dicom import has_dicom_magic
+
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".dcm", ".dicom", ".png", ".pgm", ".jpg", ".jpeg"})
-_DICOM_MAGIC_OFFSET = 128  # DICOM Part 10: 128-byte preamble, then b"DICM"
 
 
 class InputError(ValueError):
@@ -37,14 +38,7 @@ class InputItem:
     source: str  # the argument it came from (a file, a folder or a CSV list), for error reports
 
 
-def is_dicom_file(path: Path) -> bool:
-    """True when `path` has the DICOM Part 10 magic (the extension is not trusted either way)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(_DICOM_MAGIC_OFFSET)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
+is_dicom_file = has_dicom_magic  # the one DICOM magic check lives in mammokit.io.dicom
 
 
 def _is_candidate(path: Path) -> bool:

@@ -69,7 +69,7 @@ def _guarded(fn: Callable[[Any], Any], task: Any) -> Any:
         return fn(task)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as exc:  # noqa: BLE001 - pyo3 PanicException derives from BaseException
+    except BaseException as exc:
         log.debug("task failed in worker %d", os.getpid(), exc_info=True)
         return TaskFailed(f"{type(exc).__name__}: {exc}")
 

@@ -47,11 +47,11 @@ from mammokit.data.sources._common import (
     warn_count,
 )
 from mammokit.data.sources.base import DatasetSource, register_source
+from mammokit.io.dicom import view_from_header
 
 log = logging.getLogger(__name__)
 
 _PATIENT_RE = re.compile(r"^D[12]-\d{4}$")
-_VIEW_MEANINGS = {"cranio-caudal": "CC", "medio-lateral oblique": "MLO", "medio-lateral": "ML", "latero-medial": "LM"}
 
 
 def find_clinical_table(root: Path) -> Path:
@@ -92,14 +92,7 @@ def read_clinical(path: Path) -> pd.DataFrame:
 
 
 def _view_of(ds: Any) -> str:
-    view = header_str(ds, "ViewPosition").upper()
-    if view:
-        return view
-    seq = ds.get("ViewCodeSequence")
-    if seq:
-        meaning = str(seq[0].get("CodeMeaning", "")).strip().lower()
-        return _VIEW_MEANINGS.get(meaning, "")
-    return ""
+    return view_from_header(ds)[0] or ""  # the reader's view parser (ViewPosition, then ViewCodeSequence, ...)
 
 
 @register_source
