@@ -194,6 +194,7 @@ def _prepare_one(task: dict[str, Any]) -> dict[str, Any]:
     """Prepare one image and its lesion masks; never raises (failures come back as a result)."""
     from mammokit.data.geometry import SpacingError, prepare_pixels, resolve_spacing
     from mammokit.io.images import write_png8, write_png16
+    from mammokit.utils.paths import check_file_stem
 
     source = _WORKER_SOURCE
     row, lesions = task["row"], task["lesions"]
@@ -245,6 +246,7 @@ def _prepare_one(task: dict[str, Any]) -> dict[str, Any]:
             lesion_results.append({"lesion_id": lesion_id, "mask_file": "", "mask_pixels": 0})
             continue
         try:
+            check_file_stem(lesion_id, "lesion_id")  # names masks/<lesion_id>.png: must stay inside --out
             mask = source.lesion_mask(pd.Series(lesion), pixels.shape, root)
             prepared = geometry.to_prepared(mask)
             mask_file = f"{MASKS_DIR}/{lesion_id}.png"
@@ -348,6 +350,35 @@ def _records_to_tables(
     return kept, les.reset_index(drop=True)
 
 
+def _refuse_unusable_ids(images: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """Drop the rows whose image id cannot name a file safely or is not unique; returns (kept, refused rows).
+
+    Image ids name files (images/<id>.png, records/<id>.json), so an id like `../../x` would write outside the
+    output folder; a repeated id would make two images overwrite each other. Neither refuses the whole batch.
+    """
+    from mammokit.utils.paths import UnsafeNameError, check_file_stem
+
+    if "image_id" not in images.columns:
+        return images, []  # validate_images names the missing column
+    ids = images["image_id"].astype(str)
+    paths = images["path"].astype(str) if "path" in images.columns else pd.Series("", index=images.index)
+    refused: list[dict[str, str]] = []
+    bad = np.zeros(len(images), dtype=bool)
+    counts = ids.value_counts()
+    for i, (image_id, path) in enumerate(zip(ids, paths, strict=True)):
+        try:
+            check_file_stem(image_id, "image_id")
+        except UnsafeNameError as exc:
+            refused.append({"image_id": image_id[:200], "path": path, "reason": str(exc)})
+            bad[i] = True
+            continue
+        if counts[image_id] > 1:
+            reason = f"image_id {image_id!r} appears {counts[image_id]} times; ids must be unique (none is used)"
+            refused.append({"image_id": image_id, "path": path, "reason": reason})
+            bad[i] = True
+    return images[~bad].reset_index(drop=True), refused
+
+
 def _write_errors(path: Path, errors: Iterable[dict[str, str]]) -> None:
     table = pd.DataFrame(list(errors), columns=list(ERROR_COLUMNS))
     atomic_write_with(path, lambda tmp: table.to_csv(tmp, index=False))
@@ -402,11 +433,22 @@ def prepare_dataset(
     src = get_source(source, **options)
     try:
         images, lesions = src.build_manifest(root)
+        images, refused = _refuse_unusable_ids(images)
         images = validate_images(images)
         lesions = validate_lesions(lesions) if len(lesions) else empty_lesions()
     except (OSError, ValueError) as exc:  # adapter errors: missing files, bad tables (DatasetError, ManifestError)
         raise PrepareError(f"{source}: cannot build the manifest from {root}: {exc}") from exc
+    # every source item that is not used is an errors.csv row (batch rule, docs/security.md)
+    skipped = [
+        {"image_id": e["image_id"], "lesion_id": "", "path": e["path"], "stage": "manifest", "reason": e["reason"]}
+        for e in [*getattr(src, "skipped", []), *refused]
+    ]
     if images.empty:
+        if skipped:
+            out.mkdir(parents=True, exist_ok=True)
+            _write_errors(out / ERRORS_FILE, skipped)
+            raise PrepareError(f"{source}: no usable image under {root}; the {len(skipped)} refused item(s) and the "
+                               f"reasons are in {out / ERRORS_FILE}")  # fmt: skip
         raise PrepareError(f"{source}: no images found under {root}; check --root")
     try:
         if split_file is not None:
@@ -458,7 +500,7 @@ def prepare_dataset(
     ]
 
     records: dict[str, dict] = {}
-    errors: list[dict[str, str]] = []
+    errors: list[dict[str, str]] = list(skipped)
     n_written = n_reused = 0
     for result in _run_tasks(tasks, src, max(1, int(workers)), progress):
         if result["status"] == "failed":
