@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     out: Path = args.out
     try:
-        items = collect_inputs(args.inputs)
+        items = collect_inputs(args.inputs, exclude=out)
     except InputError as exc:
         raise UserError(str(exc)) from None
     if not items:

@@ -62,6 +62,7 @@ from mammokit.constants import PATCH_CLASSES_3, PATCH_CLASSES_5
 from mammokit.data.manifest import DATASET_JSON, ERRORS_FILE, read_images, read_lesions
 from mammokit.io.images import read_png8, read_png16, write_png16
 from mammokit.utils.atomic import atomic_write_json, atomic_write_text, atomic_write_with
+from mammokit.utils.paths import check_file_stem, inside
 from mammokit.version import __version__
 
 log = logging.getLogger(__name__)
@@ -510,8 +511,10 @@ def _process_image(task: _ImageTask) -> tuple[list[dict[str, Any]], list[dict[st
     row = task.image
     image_id = _text(row["image_id"])
     try:
+        # the prepared folder may come from someone else: its ids name our files, its paths must stay inside it
+        check_file_stem(image_id, "image_id")
         image_file = _text(row.get("image_file")) or f"images/{image_id}.png"
-        image = read_png16(Path(task.prepared) / image_file)
+        image = read_png16(inside(Path(task.prepared), image_file, "image_file"))
         if image.max() == 0:
             raise PatchSamplingError("the image is blank (all pixels 0)")
         infos, masks = [], []
@@ -521,7 +524,7 @@ def _process_image(task: _ImageTask) -> tuple[list[dict[str, Any]], list[dict[st
             if not mask_file:
                 all_masked = False  # no ROI: its pixels are unknown, so no background can be trusted
                 continue
-            masks.append(read_png8(Path(task.prepared) / mask_file))
+            masks.append(read_png8(inside(Path(task.prepared), mask_file, "mask_file")))
             infos.append(
                 LesionInfo(
                     lesion_id=_text(lesion["lesion_id"]),

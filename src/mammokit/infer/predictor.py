@@ -465,11 +465,15 @@ class Predictor:
 
         reader = copy.copy(self)  # the workers need the preprocessing only, not the model
         reader.backend, reader._patch = None, None
-        tasks = [(item, keep) for item in items]
+        usable = [item for item in items if item.error is None]
+        tasks = [(item, keep) for item in usable]
+        for item in items:  # inputs collect_inputs already refused: reported, never read
+            if item.error is not None:
+                yield item, PredictionFailure(item.image_id, str(item.path), "input", item.error)
         for index, result in run_isolated(
             _read_task, tasks, workers=max(1, workers), initializer=_init_reader, initargs=(reader,), ordered=True
         ):
-            item = items[index]
+            item = usable[index]
             if isinstance(result, TaskFailed):
                 log.warning("cannot read %s: %s", item.path, result.reason)
                 result = PredictionFailure(item.image_id, str(item.path), "read", result.reason)
