@@ -64,11 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from mammokit.cli.common import UserError
+    from mammokit.config import ConfigError
 
     try:
         result = args.func(args)
     except UserError as exc:
         print(f"mammokit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:  # any command: a bad config file or --set value is a one-line usage error
+        print(f"mammokit {args.command}: error: configuration: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
