@@ -9,13 +9,20 @@ range, with `meta.extra["value_range"]` set to the nominal range of the bit dept
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mammokit.io.dicom import MammogramReadError, check_declared_size, laterality_view_from_text, max_image_pixels
+from mammokit.io.dicom import (
+    MAX_PIXELS_ENV,
+    MammogramReadError,
+    check_declared_size,
+    laterality_view_from_text,
+    max_image_pixels,
+)
 from mammokit.io.meta import MammoMeta
 
 # Pillow modes of single-channel images and the bit depth they hold.
@@ -70,7 +77,12 @@ def read_raster(path: str | Path, *, max_pixels: int | None = None) -> tuple[np.
             else:
                 raise RasterReadError(f"{path}: unsupported image mode {mode!r}; expected 8- or 16-bit grayscale")
     except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: refused in Image.open
-        raise RasterReadError(f"{path}: image too large to decode safely ({exc})") from None
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = f"declares {int(found.group(1)) / 1e6:.1f} Mpixels, " if found else ""
+        raise RasterReadError(
+            f"{path}: {declared}over the limit of {limit / 1e6:.1f} Mpixels (a damaged header or a decompression "
+            f"bomb); if the image is genuine, raise the limit with {MAX_PIXELS_ENV}"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         # Pillow raises OSError for truncated data and SyntaxError for malformed headers (e.g. PGM).
         raise RasterReadError(f"{path}: not a readable PNG/PGM/JPEG image ({exc})") from None

@@ -55,6 +55,9 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _worker_init(parent_pid: int, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+    import faulthandler
+
+    faulthandler.disable()  # a worker's crash is reported by the parent (errors.csv), not as a stack dump
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
     # Ctrl+C reaches the whole process group; the parent decides what to do, workers just keep going until
     # the parent shuts the pool down (or dies, and the watchdog ends them).
