@@ -113,55 +113,60 @@ def build_seeds(folder: Path) -> list[Path]:
     return _dicom_seeds(folder) + _raster_seeds(folder)
 
 
-def _overwrite_tag(data: bytearray, rng: random.Random) -> None:
-    name, tag = rng.choice(list(_TAGS.items()))
+N_OPS = 7  # mutation kinds, see apply_mutation
+
+
+def _overwrite_tag(data: bytearray, which: int, value: int) -> None:
+    name, tag = list(_TAGS.items())[which % len(_TAGS)]
     pos = data.find(tag, 132)
-    if pos < 0:
+    if pos < 0 or pos + 12 > len(data):
         return
     # explicit VR: tag(4) VR(2) len(2) value; implicit VR: tag(4) len(4) value. Guess from the VR letters.
     explicit = data[pos + 4 : pos + 6].isalpha()
-    if explicit and name != "PixelData":
-        length = struct.unpack_from("<H", data, pos + 6)[0]
-        value_at = pos + 8
-    elif name == "PixelData":  # corrupt the declared length (4 bytes after 'OB/OW' + 2 reserved, or implicit)
+    if name == "PixelData":  # corrupt the declared length (after 'OB/OW' + 2 reserved bytes, or implicit)
         at = pos + 8 if explicit else pos + 4
-        struct.pack_into("<I", data, at, rng.choice([0, 1, 2, 0xFFFFFFFF, 0x7FFFFFFF, rng.randrange(1 << 20)]))
+        struct.pack_into("<I", data, at, [0, 1, 2, 0xFFFFFFFF, 0x7FFFFFFF, value & 0xFFFFF][value % 6])
         return
+    if explicit:
+        length, value_at = struct.unpack_from("<H", data, pos + 6)[0], pos + 8
     else:
-        length = struct.unpack_from("<I", data, pos + 4)[0]
-        value_at = pos + 8
+        length, value_at = struct.unpack_from("<I", data, pos + 4)[0], pos + 8
+    if value_at + length > len(data):
+        return
     if length == 2:
-        struct.pack_into("<H", data, value_at, rng.choice(_EXTREME_US))
+        struct.pack_into("<H", data, value_at, _EXTREME_US[value % len(_EXTREME_US)])
     elif 0 < length <= 64:
-        value = rng.choice(_EXTREME_DS)[:length].ljust(length, b" ")
-        data[value_at : value_at + length] = value
+        data[value_at : value_at + length] = _EXTREME_DS[value % len(_EXTREME_DS)][:length].ljust(length, b" ")
+
+
+def apply_mutation(data: bytearray, op: int, where: int, value: int) -> None:
+    """Apply one mutation in place. `op` in range(N_OPS); `where` and `value` are any non-negative ints (taken
+    modulo the file length / the table sizes), so hypothesis can draw and shrink them freely."""
+    n = len(data)
+    if n < 2:
+        return
+    at = where % n
+    op %= N_OPS
+    if op == 0:  # flip one bit
+        data[at] ^= 1 << (value % 8)
+    elif op == 1:  # overwrite 4 bytes
+        data[at : at + 4] = value.to_bytes(8, "little")[:4]
+    elif op == 2:  # truncate (keep at least a quarter: the interesting part is past the header)
+        del data[max(n // 4, at) :]
+    elif op == 3:  # delete a chunk
+        del data[at : at + 1 + value % 64]
+    elif op == 4:  # duplicate a chunk
+        data[at:at] = data[at : at + 1 + value % 64]
+    elif op == 5:  # an extreme 16-bit integer past the preamble
+        at = min(132, n - 2) + where % max(1, n - 133)
+        struct.pack_into("<H", data, min(at, n - 2), _EXTREME_US[value % len(_EXTREME_US)])
+    else:  # a header-aware mutation: an extreme value in a known tag
+        _overwrite_tag(data, where, value)
 
 
 def mutate(seed: bytes, rng: random.Random) -> bytes:
-    """One mutated copy of `seed` (1-4 stacked mutations)."""
+    """One mutated copy of `seed`: 1-4 random mutations (the long-running fuzzer's generator)."""
     data = bytearray(seed)
     for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(7)
-        n = len(data)
-        if n < 2:
-            break
-        if op == 0:  # flip bits
-            for _ in range(rng.randint(1, 8)):
-                data[rng.randrange(n)] ^= 1 << rng.randrange(8)
-        elif op == 1:  # random bytes
-            at = rng.randrange(n)
-            data[at : at + 4] = bytes(rng.randrange(256) for _ in range(4))
-        elif op == 2:  # truncate
-            del data[rng.randrange(max(1, n // 4), n) :]
-        elif op == 3:  # delete a chunk
-            at = rng.randrange(n)
-            del data[at : at + rng.randint(1, 64)]
-        elif op == 4:  # duplicate a chunk
-            at = rng.randrange(n)
-            data[at:at] = data[at : at + rng.randint(1, 64)]
-        elif op == 5:  # interesting integers anywhere past the preamble
-            at = rng.randrange(min(132, n - 1), n - 1)
-            struct.pack_into("<H", data, at, rng.choice(_EXTREME_US))
-        else:
-            _overwrite_tag(data, rng)
+        apply_mutation(data, rng.randrange(N_OPS), rng.randrange(1 << 30), rng.randrange(1 << 30))
     return bytes(data)
