@@ -419,7 +419,8 @@ class Predictor:
             progress: show a tqdm progress bar on stderr.
 
         Yields:
-            `(result, prepared)` in input order; `prepared` is None for failures.
+            `(result, prepared)`: first a failure for each input `collect_inputs` refused (stage "input"),
+            then the others in input order; `prepared` is None for failures.
         """
         self.check_heatmap(heatmap)
         given = list(inputs)
