@@ -260,3 +260,26 @@ def write_mammogram(
     if pixels is None:
         pixels = phantom(bits=kwargs.get("bits_stored") or 12, side=kwargs.get("image_laterality") or "L")
     return write_dicom(path, make_dataset(pixels, **kwargs), syntax)
+
+
+# An RLE Lossless frame (2 x 3 pixels, 16-bit: two segments) whose first segment's literal run is longer than the
+# image; found by tests/fuzz_corpus.py. pylibjpeg-rle's Rust decoder panics on it ("index out of bounds"), raising
+# pyo3's PanicException, a BaseException that `except Exception` misses - the defect of issue 17.
+PANIC_RLE_FRAME = bytes.fromhex(
+    "0200000040000000640000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000"
+    "20823cfde6f1c26b30f90ec7dd01e4887534a20f0b0d04c36ed80e71e0fd77b0"
+    "7670eb94d533"
+)
+
+
+def write_panic_rle(path: str | Path) -> Path:
+    """A 2 x 3 MG DICOM (RLE Lossless) whose pixel data makes the Rust RLE decoder panic."""
+    import pydicom
+
+    path = Path(path)
+    write_dicom(path, make_dataset(np.full((2, 3), 100, np.uint16), bits_stored=12), "rle")
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([PANIC_RLE_FRAME])
+    ds.save_as(path, enforce_file_format=True)
+    return path

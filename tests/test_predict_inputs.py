@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from mammokit.infer.inputs import InputError, collect_inputs, is_dicom_file
+from mammokit.infer.inputs import collect_inputs, is_dicom_file
 
 
 def _dicom_like(path):
@@ -47,11 +45,26 @@ def test_csv_list_with_ids_and_relative_paths(tmp_path):
     assert all(i.source == str(listing) for i in items)
 
 
-def test_bad_arguments_are_user_errors(tmp_path):
+def test_unusable_arguments_become_error_items_not_batch_failures(tmp_path):
+    """Batch rule: an argument that cannot be used is an errors.csv row with a reason; the rest still runs."""
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no images found"):
-        collect_inputs([tmp_path / "empty"])
+    (tmp_path / "x.dcm").mkdir()  # a folder named like an image
+    good = _dicom_like(tmp_path / "in" / "a.dcm")
     bad_csv = tmp_path / "l.csv"
     bad_csv.write_text("file\nx.dcm\n")
-    with pytest.raises(InputError, match="'path' column"):
-        collect_inputs([bad_csv])
+    items = collect_inputs([tmp_path / "empty", tmp_path / "x.dcm", bad_csv, good])
+    errors = [i.error or "" for i in items]
+    assert "a folder with no images" in errors[0] and "a folder with no images" in errors[1]
+    assert "'path' column" in errors[2]
+    assert items[3].path == good and items[3].error is None
+
+
+def test_output_folder_is_never_read(tmp_path):
+    """`predict --out` inside an input folder: the next run must not read its own overlays."""
+    _dicom_like(tmp_path / "in" / "a.dcm")
+    out = tmp_path / "in" / "preds"
+    _dicom_like(out / "heatmaps" / "a_gradcam.png")
+    items = collect_inputs([tmp_path / "in"], exclude=out)
+    assert [i.path.name for i in items] == ["a.dcm"]
+    explicit = collect_inputs([out / "heatmaps" / "a_gradcam.png"], exclude=out)
+    assert "inside the output folder" in (explicit[0].error or "")

@@ -78,7 +78,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def _last_state(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "stage3_all" / "last.ckpt", weights_only=False)["state_dict"]
+    return torch.load(run / "checkpoints" / "stage3_all" / "last.ckpt", weights_only=True)["state_dict"]
 
 
 @pytest.fixture(scope="module")

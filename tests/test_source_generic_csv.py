@@ -38,8 +38,11 @@ def test_generic_csv_end_to_end(tmp_path, caplog):
     assert images["label"].tolist() == [1, 1, 0] and images["patient_id"].tolist() == ["A", "A", "B"]
     assert images["laterality"].tolist() == ["L", "L", "R"] and images["view"].tolist() == ["CC", "MLO", "CC"]
     assert images["site"].tolist() == ["x", "x", "y"] and lesions.empty
-    assert "1 rows name a file that does not exist (lines [5])" in caplog.text
-    assert "1 rows have an unreadable label (lines [6])" in caplog.text
+    # every row left out is recorded for errors.csv with its line and reason (batch rule)
+    reasons = {e["path"]: e["reason"] for e in source.skipped}
+    assert reasons["imgs/missing.png"].startswith("labels.csv line 5: file not found")
+    assert reasons["imgs/c.png"].startswith("labels.csv line 6: unreadable label 'maybe'")
+    assert "1 rows of labels.csv name a file that does not exist" in caplog.text
     pixels, meta = source.read_image(images.iloc[0], tmp_path)
     assert pixels.shape == (32, 24) and (meta.laterality, meta.view) == ("L", "CC")
     # the CSV file itself as root: paths stored absolute, same images

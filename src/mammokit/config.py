@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -83,18 +84,25 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
         try:
             as_float = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-        if as_float != int(as_float):
+        if not math.isfinite(as_float) or as_float != int(as_float):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(as_float)
     if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # YAML .inf/.nan, or 1e400 which overflows to inf
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, Mapping | list):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -122,7 +130,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:  # a validate() that raises a plain error
+            raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
     return obj
 
 
@@ -156,26 +169,60 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         dotted, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = out
         parts = dotted.strip().split(".")
-        for part in parts[:-1]:
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: the key {dotted!r} has an empty part")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {dotted}: cannot parse the value {raw!r} ({_one_line(exc)})") from None
+        node = out
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is set to a value, not a section")
         node[parts[-1]] = value
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; an `_base_: other.yaml` key (relative path) is merged underneath it."""
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping; an `_base_: other.yaml` key (relative path) is merged underneath it.
+
+    Raises:
+        ConfigError: one line naming the file for a missing or unreadable file, bad UTF-8, a YAML syntax error
+            (with line and column), a top level that is not a mapping, or a `_base_` cycle.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, resolved))
+        raise ConfigError(f"{path}: _base_ cycle ({cycle})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or _one_line(exc)
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     base = data.pop("_base_", None)
     if base is not None:
-        data = _deep_merge(read_yaml(path.parent / base), data)
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{path}: _base_ must be the path of another YAML file, got {base!r}")
+        data = _deep_merge(read_yaml(path.parent / base, (*_chain, resolved)), data)
     return data
 
 

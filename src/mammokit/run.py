@@ -136,11 +136,26 @@ def read_card(run_dir: str | Path) -> ModelCard:
             f"{run_dir} is not a mammokit run folder: {MODEL_JSON} is missing "
             "(train one with `mammokit train patch|whole`, or pass the folder that holds model.json)"
         )
-    data = json.loads(path.read_text())
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path}: malformed {MODEL_JSON} (the top level must be an object)")
     version = data.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise RunFolderError(f"{path}: malformed {MODEL_JSON} (format_version {version!r} is not an integer)")
     if version > FORMAT_VERSION:
         raise RunFolderError(f"{path}: format_version {version} is newer than this mammokit supports; upgrade")
-    return from_dict(ModelCard, data)
+    try:
+        return from_dict(ModelCard, data)
+    except ValueError as exc:  # ConfigError: a missing, unknown or mistyped field
+        raise RunFolderError(f"{path}: malformed {MODEL_JSON} ({exc})") from None
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file of a run folder; RunFolderError naming the file when it is unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RunFolderError(f"{path}: unreadable or malformed JSON ({' '.join(str(exc).split())[:200]})") from None
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
@@ -156,9 +171,25 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         raise RunFolderError(f"{run_dir}: {WEIGHTS} is missing; the run did not finish saving")
     kwargs = dict(card.arch_kwargs)
     kwargs["pretrained"] = None  # the saved weights replace any initialisation
-    model = create_model(card.arch, **kwargs)
-    state = load_file(str(weights), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        model = create_model(card.arch, **kwargs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunFolderError(
+            f"{run_dir / MODEL_JSON}: arch {card.arch!r} / arch_kwargs do not build a model ({exc})"
+        ) from None
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as exc:  # SafetensorError (truncated, bad header), OSError
+        raise RunFolderError(
+            f"{weights}: unreadable safetensors file, probably truncated or corrupt ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); copy the run folder again"
+        ) from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shapes differ from the architecture
+        raise RunFolderError(
+            f"{weights} does not match architecture {card.arch!r} ({str(exc).splitlines()[0]})"
+        ) from None
     if missing or unexpected:
         raise RunFolderError(
             f"{weights} does not match architecture {card.arch!r}: missing {list(missing)[:5]}, "
@@ -171,4 +202,9 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
 def read_calibration(run_dir: str | Path) -> dict[str, Any] | None:
     """The stored calibration map (plain JSON) or None."""
     path = Path(run_dir) / CALIBRATION_JSON
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path}: malformed {CALIBRATION_JSON} (the top level must be an object)")
+    return data

@@ -57,15 +57,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # pydicom logs (and warns) about every damaged header it meets, with tracebacks; the reader turns each
+    # failure into one clear error row, so pydicom's own output is only shown with -v.
+    logging.getLogger("pydicom").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     from mammokit.cli.common import UserError
+    from mammokit.config import ConfigError
 
     try:
         result = args.func(args)
     except UserError as exc:
         print(f"mammokit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:  # any command: a bad config file or --set value is a one-line usage error
+        print(f"mammokit {args.command}: error: configuration: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -105,4 +105,4 @@ def run(args: argparse.Namespace) -> int:
         summary["n_images"],
         summary["n_images_failed"],
     )
-    return 0
+    return 1 if summary["n_images_failed"] else 0  # batch rule: exit 1 when any image was skipped (errors.csv)

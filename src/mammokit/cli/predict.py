@@ -54,7 +54,7 @@ class PredictConfig:
     backend: Literal["torch", "onnx"] = "torch"  # onnx = onnxruntime only, torch is never imported
     device: str = "auto"  # auto = cuda if available (torch) / CUDA provider if installed (onnx)
     batch_size: int = 4  # images per forward pass
-    workers: int = 2  # reader threads (DICOM decoding and resizing run in parallel with the model)
+    workers: int = 2  # reader processes: decoding runs isolated from the model, in parallel with it
     patch_run: str | None = None  # patch-classifier run for patch heatmaps (default: model.json parent_run)
     overlay_alpha: float = 0.5  # opacity of the heatmap at its maximum
     overlay_max_side: int = 0  # 0 = overlays at the original resolution; else downscale the longer side to this
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     out: Path = args.out
     try:
-        items = collect_inputs(args.inputs)
+        items = collect_inputs(args.inputs, exclude=out)
     except InputError as exc:
         raise UserError(str(exc)) from None
     if not items:

@@ -49,7 +49,6 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +62,7 @@ from mammokit.constants import PATCH_CLASSES_3, PATCH_CLASSES_5
 from mammokit.data.manifest import DATASET_JSON, ERRORS_FILE, read_images, read_lesions
 from mammokit.io.images import read_png8, read_png16, write_png16
 from mammokit.utils.atomic import atomic_write_json, atomic_write_text, atomic_write_with
+from mammokit.utils.paths import check_file_stem, inside
 from mammokit.version import __version__
 
 log = logging.getLogger(__name__)
@@ -511,8 +511,10 @@ def _process_image(task: _ImageTask) -> tuple[list[dict[str, Any]], list[dict[st
     row = task.image
     image_id = _text(row["image_id"])
     try:
+        # the prepared folder may come from someone else: its ids name our files, its paths must stay inside it
+        check_file_stem(image_id, "image_id")
         image_file = _text(row.get("image_file")) or f"images/{image_id}.png"
-        image = read_png16(Path(task.prepared) / image_file)
+        image = read_png16(inside(Path(task.prepared), image_file, "image_file"))
         if image.max() == 0:
             raise PatchSamplingError("the image is blank (all pixels 0)")
         infos, masks = [], []
@@ -522,7 +524,7 @@ def _process_image(task: _ImageTask) -> tuple[list[dict[str, Any]], list[dict[st
             if not mask_file:
                 all_masked = False  # no ROI: its pixels are unknown, so no background can be trusted
                 continue
-            masks.append(read_png8(Path(task.prepared) / mask_file))
+            masks.append(read_png8(inside(Path(task.prepared), mask_file, "mask_file")))
             infos.append(
                 LesionInfo(
                     lesion_id=_text(lesion["lesion_id"]),
@@ -648,6 +650,19 @@ def _tasks(
         )
 
 
+def _run_tasks(tasks: list[_ImageTask], workers: int) -> list[tuple[list[dict[str, Any]], list[dict[str, str]], int]]:
+    """`_process_image` of every task in task order, in worker processes (`mammokit.utils.pool`): a prepared
+    folder may come from someone else, and a decoder that panics or aborts must cost one image, not the set."""
+    from mammokit.utils.pool import TaskFailed, run_isolated
+
+    results = []
+    for index, result in run_isolated(_process_image, tasks, workers=workers, ordered=True):
+        if isinstance(result, TaskFailed):
+            result = ([], [{"image_id": _text(tasks[index].image["image_id"]), "reason": result.reason}], 0)
+        results.append(result)
+    return results
+
+
 def _empty_patch_table() -> pd.DataFrame:
     dtypes = {"class_index": "int64", "y0": "int64", "x0": "int64", "size": "int64", "fallback": "bool"}
     dtypes |= {"overlap": "float64", "overlap_cutoff": "float64", "breast_fraction": "float64"}
@@ -749,11 +764,7 @@ def sample_patches(
         (staging / PATCH_IMAGES_DIR).mkdir()
         tasks = list(_tasks(prepared, staging, images, lesions, cfg, size))
         log.info("sampling %s patches (size %d) from %d images, %d worker(s)", cfg.scheme, size, len(tasks), workers)
-        if workers > 1 and len(tasks) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = list(pool.map(_process_image, tasks, chunksize=max(1, len(tasks) // (workers * 8))))
-        else:
-            results = [_process_image(t) for t in tasks]
+        results = _run_tasks(tasks, workers)
 
         rows = [r for result in results for r in result[0]]
         errors = [e for result in results for e in result[1]]

@@ -16,7 +16,8 @@ Guarantees:
   ROI) becomes a row of `errors.csv` with its stage and reason; `PrepareReport.ok` says whether
   anything failed. Images that failed are left out of the manifest; a lesion whose ROI failed keeps
   its image and gets an empty `mask_file`.
-* **Parallel**: `workers` > 1 uses a process pool (one image per task).
+* **Parallel and isolated**: images are read in `workers` child processes (one image per task; see
+  `mammokit.utils.pool`), so a decoder that panics or aborts costs that image, not the batch.
 * Splits are assigned on the whole source table before any image is read, so a failure (or a later
   fix) never moves other patients between splits.
 """
@@ -29,7 +30,6 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,7 @@ def _prepare_one(task: dict[str, Any]) -> dict[str, Any]:
     """Prepare one image and its lesion masks; never raises (failures come back as a result)."""
     from mammokit.data.geometry import SpacingError, prepare_pixels, resolve_spacing
     from mammokit.io.images import write_png8, write_png16
+    from mammokit.utils.paths import check_file_stem
 
     source = _WORKER_SOURCE
     row, lesions = task["row"], task["lesions"]
@@ -245,6 +246,7 @@ def _prepare_one(task: dict[str, Any]) -> dict[str, Any]:
             lesion_results.append({"lesion_id": lesion_id, "mask_file": "", "mask_pixels": 0})
             continue
         try:
+            check_file_stem(lesion_id, "lesion_id")  # names masks/<lesion_id>.png: must stay inside --out
             mask = source.lesion_mask(pd.Series(lesion), pixels.shape, root)
             prepared = geometry.to_prepared(mask)
             mask_file = f"{MASKS_DIR}/{lesion_id}.png"
@@ -288,9 +290,8 @@ def _remove_stale_temporaries(out: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def _crash_result(task: dict[str, Any]) -> dict[str, Any]:
+def _failed_result(task: dict[str, Any], reason: str) -> dict[str, Any]:
     row = task["row"]
-    reason = "the worker process died while preparing this image (out of memory, or a crash in a codec)"
     return {
         "status": "failed",
         "error": {"image_id": str(row["image_id"]), "lesion_id": "", "path": str(row["path"]), "stage": "read",
@@ -298,59 +299,23 @@ def _crash_result(task: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _pool_results(tasks: list[dict[str, Any]], source: Any, workers: int) -> Iterator[tuple[dict, dict]]:
-    """(task, result) pairs from a process pool; survives workers that die.
-
-    When a worker dies (killed for memory, a segfault in a decoder) the pool breaks and every task in
-    flight is lost. Those tasks are re-run one at a time, each in a fresh one-process pool: the one that
-    breaks its pool again is the culprit and is reported as failed; the others complete normally. The
-    remaining queue then continues in a new pool.
-    """
-    from concurrent.futures.process import BrokenProcessPool
-
-    queue = list(reversed(tasks))  # pop() from the end = source order
-    while queue:
-        suspects: list[dict[str, Any]] = []
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(source,)) as pool:
-            in_flight: dict[Any, dict[str, Any]] = {}
-            broken = False
-            while (queue or in_flight) and not broken:
-                # at most 2 tasks per worker in flight, so an interrupted run has little unfinished work
-                while queue and len(in_flight) < 2 * workers:
-                    task = queue.pop()
-                    in_flight[pool.submit(_prepare_one, task)] = task
-                done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    try:
-                        result = fut.result()
-                    except BrokenProcessPool:  # a worker died: this task stays in flight (a suspect)
-                        broken = True
-                        continue
-                    yield in_flight.pop(fut), result
-            if broken:
-                suspects = list(in_flight.values())
-                log.warning("a worker process died; re-running the %d image(s) it may have held", len(suspects))
-        for task in suspects:
-            with ProcessPoolExecutor(max_workers=1, initializer=_init_worker, initargs=(source,)) as solo:
-                try:
-                    result = solo.submit(_prepare_one, task).result()
-                except BrokenProcessPool:
-                    result = _crash_result(task)
-            yield task, result
-
-
 def _run_tasks(tasks: list[dict[str, Any]], source: Any, workers: int, progress: bool) -> Iterator[dict[str, Any]]:
+    """Results of `_prepare_one` for every task, computed in worker processes (`mammokit.utils.pool`).
+
+    Always in child processes, even with one worker: decoding files we were handed can panic or abort the
+    process, and that must cost one image, not the batch.
+    """
     from tqdm import tqdm
+
+    from mammokit.utils.pool import TaskFailed, run_isolated
 
     bar = tqdm(total=len(tasks), desc="prepare", unit="img", disable=not progress, dynamic_ncols=True)
     try:
-        if workers <= 1:
-            _init_worker(source)
-            for task in tasks:
-                yield _prepare_one(task)
-                bar.update()
-            return
-        for _task, result in _pool_results(tasks, source, workers):
+        for index, result in run_isolated(
+            _prepare_one, tasks, workers=workers, initializer=_init_worker, initargs=(source,)
+        ):
+            if isinstance(result, TaskFailed):
+                result = _failed_result(tasks[index], result.reason)
             yield result
             bar.update()
     finally:
@@ -383,6 +348,35 @@ def _records_to_tables(
     les = lesions[lesions["image_id"].isin(records)].copy()
     les["mask_file"] = [mask_of.get(str(i), "") for i in les["lesion_id"]]
     return kept, les.reset_index(drop=True)
+
+
+def _refuse_unusable_ids(images: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """Drop the rows whose image id cannot name a file safely or is not unique; returns (kept, refused rows).
+
+    Image ids name files (images/<id>.png, records/<id>.json), so an id like `../../x` would write outside the
+    output folder; a repeated id would make two images overwrite each other. Neither refuses the whole batch.
+    """
+    from mammokit.utils.paths import UnsafeNameError, check_file_stem
+
+    if "image_id" not in images.columns:
+        return images, []  # validate_images names the missing column
+    ids = images["image_id"].astype(str)
+    paths = images["path"].astype(str) if "path" in images.columns else pd.Series("", index=images.index)
+    refused: list[dict[str, str]] = []
+    bad = np.zeros(len(images), dtype=bool)
+    counts = ids.value_counts()
+    for i, (image_id, path) in enumerate(zip(ids, paths, strict=True)):
+        try:
+            check_file_stem(image_id, "image_id")
+        except UnsafeNameError as exc:
+            refused.append({"image_id": image_id[:200], "path": path, "reason": str(exc)})
+            bad[i] = True
+            continue
+        if counts[image_id] > 1:
+            reason = f"image_id {image_id!r} appears {counts[image_id]} times; ids must be unique (none is used)"
+            refused.append({"image_id": image_id, "path": path, "reason": reason})
+            bad[i] = True
+    return images[~bad].reset_index(drop=True), refused
 
 
 def _write_errors(path: Path, errors: Iterable[dict[str, str]]) -> None:
@@ -439,11 +433,22 @@ def prepare_dataset(
     src = get_source(source, **options)
     try:
         images, lesions = src.build_manifest(root)
+        images, refused = _refuse_unusable_ids(images)
         images = validate_images(images)
         lesions = validate_lesions(lesions) if len(lesions) else empty_lesions()
     except (OSError, ValueError) as exc:  # adapter errors: missing files, bad tables (DatasetError, ManifestError)
         raise PrepareError(f"{source}: cannot build the manifest from {root}: {exc}") from exc
+    # every source item that is not used is an errors.csv row (batch rule, docs/security.md)
+    skipped = [
+        {"image_id": e["image_id"], "lesion_id": "", "path": e["path"], "stage": "manifest", "reason": e["reason"]}
+        for e in [*getattr(src, "skipped", []), *refused]
+    ]
     if images.empty:
+        if skipped:
+            out.mkdir(parents=True, exist_ok=True)
+            _write_errors(out / ERRORS_FILE, skipped)
+            raise PrepareError(f"{source}: no usable image under {root}; the {len(skipped)} refused item(s) and the "
+                               f"reasons are in {out / ERRORS_FILE}")  # fmt: skip
         raise PrepareError(f"{source}: no images found under {root}; check --root")
     try:
         if split_file is not None:
@@ -495,7 +500,7 @@ def prepare_dataset(
     ]
 
     records: dict[str, dict] = {}
-    errors: list[dict[str, str]] = []
+    errors: list[dict[str, str]] = list(skipped)
     n_written = n_reused = 0
     for result in _run_tasks(tasks, src, max(1, int(workers)), progress):
         if result["status"] == "failed":

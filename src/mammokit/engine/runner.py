@@ -132,10 +132,32 @@ def _read_progress(ckpt_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {"completed_stages": 0}
 
 
+def load_checkpoint(ckpt_path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint of ours, unpickled with `weights_only=True` (tensors and plain containers only).
+
+    Raises:
+        TrainingError: the file is unreadable, truncated, or holds anything else (e.g. pickled code from a
+            crafted or foreign checkpoint), which is refused instead of executed.
+    """
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for refused globals, RuntimeError/EOFError for damaged files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(
+            f"{ckpt_path}: not a usable mammokit checkpoint ({type(exc).__name__}: {first_line}); checkpoints are "
+            "loaded with weights_only=True and anything but tensors and plain values is refused. Delete the "
+            "file (training restarts that stage) or train without --resume"
+        ) from None
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise TrainingError(f"{ckpt_path}: not a Lightning checkpoint (no 'state_dict'); delete it or drop --resume")
+    return state
+
+
 def _load_module_weights(model: nn.Module, ckpt_path: Path) -> None:
     """Copy the model weights of a Lightning checkpoint (keys 'model.*') into `model`."""
-    # Our own Lightning checkpoint: besides tensors it pickles loop/callback state, which weights_only refuses.
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    # weights_only=True: a checkpoint is something a user can be handed, and a full unpickler would run any code
+    # it holds. Our checkpoints keep only tensors and plain containers/numbers (loop, optimizer, callback state).
+    state = load_checkpoint(ckpt_path)["state_dict"]
     model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
 
 
@@ -207,6 +229,8 @@ def run_stages(
             callbacks.extend(extra_callbacks)
             ckpt_path = stage_dir / LAST_CKPT
             resuming = resume and ckpt_path.is_file()
+            if resuming:
+                load_checkpoint(ckpt_path)  # refuse a foreign/damaged file with a clear error before Lightning reads it
             trainer = build_trainer(
                 trainer_cfg, run_dir, plan.name, plan.config.epochs, callbacks, optim.grad_clip, resuming
             )
@@ -218,7 +242,7 @@ def run_stages(
                 lr,
                 len(trainable),
             )
-            trainer.fit(module, ckpt_path=ckpt_path if resuming else None)
+            trainer.fit(module, ckpt_path=ckpt_path if resuming else None, weights_only=True)
             if trainer.interrupted:
                 raise KeyboardInterrupt(f"training interrupted in stage {k}; continue with --resume")
             is_zero = trainer.is_global_zero

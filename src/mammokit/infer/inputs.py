@@ -20,8 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mammokit.io.dicom import has_dicom_magic
+
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".dcm", ".dicom", ".png", ".pgm", ".jpg", ".jpeg"})
-_DICOM_MAGIC_OFFSET = 128  # DICOM Part 10: 128-byte preamble, then b"DICM"
 
 
 class InputError(ValueError):
@@ -35,16 +36,10 @@ class InputItem:
     path: Path
     image_id: str
     source: str  # the argument it came from (a file, a folder or a CSV list), for error reports
+    error: str | None = None  # why this input cannot be used (reported per item in errors.csv, never read)
 
 
-def is_dicom_file(path: Path) -> bool:
-    """True when `path` has the DICOM Part 10 magic (the extension is not trusted either way)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(_DICOM_MAGIC_OFFSET)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
+is_dicom_file = has_dicom_magic  # the one DICOM magic check lives in mammokit.io.dicom
 
 
 def _is_candidate(path: Path) -> bool:
@@ -55,9 +50,19 @@ def _is_candidate(path: Path) -> bool:
     return path.suffix == "" and is_dicom_file(path)
 
 
-def _walk_folder(folder: Path) -> list[Path]:
-    # sorted so that output order (and id disambiguation) is reproducible across file systems
-    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_candidate(p))
+def _is_under(path: Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    try:
+        return path.resolve().is_relative_to(folder)
+    except OSError:
+        return False
+
+
+def _walk_folder(folder: Path, exclude: Path | None) -> list[Path]:
+    # sorted so that output order (and id disambiguation) is reproducible across file systems; files under the
+    # command's own output folder are never inputs (a second run would otherwise read its own overlays)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_candidate(p) and not _is_under(p, exclude))
 
 
 def _read_csv_list(csv_path: Path) -> list[tuple[Path, str | None]]:
@@ -124,41 +129,51 @@ def _unique_ids(paths: Sequence[Path], given: Sequence[str | None]) -> list[str]
     return out
 
 
-def collect_inputs(args: Iterable[str | Path]) -> list[InputItem]:
+def collect_inputs(args: Iterable[str | Path], *, exclude: str | Path | None = None) -> list[InputItem]:
     """Expand files, folders and CSV lists into `InputItem`s (in argument order).
 
-    A file that does not exist is kept (its read error is reported per item by the predictor, so a
-    batch is never stopped by one bad entry); a folder without any image, or a CSV without a `path`
-    column, is a user error.
+    Nothing here stops the batch: an argument that cannot be used (a missing file, a folder without any image,
+    a CSV list without a `path` column, a file inside `exclude`) becomes an item whose `error` says why, and
+    is reported in errors.csv with the rest.
 
-    Raises:
-        InputError: a folder holds no image, or a CSV list is missing or malformed.
+    Args:
+        args: files, folders and CSV lists.
+        exclude: the command's output folder; nothing under it is read (folders skip it, files in it are errors).
     """
+    skip_dir = Path(exclude).expanduser().resolve() if exclude is not None else None
     paths: list[Path] = []
     given: list[str | None] = []
     sources: list[str] = []
+    errors: list[str | None] = []
+
+    def add(path: Path, image_id: str | None, source: str, error: str | None = None) -> None:
+        if error is None and _is_under(path, skip_dir):
+            error = f"{path}: inside the output folder {skip_dir}; outputs are never read as inputs"
+        paths.append(path)
+        given.append(image_id)
+        sources.append(source)
+        errors.append(error)
+
     for arg in args:
         p = Path(arg).expanduser()
         if p.is_dir():
-            found = _walk_folder(p)
+            found = _walk_folder(p, skip_dir)
             if not found:
-                raise InputError(
-                    f"{p}: no images found (looked recursively for {', '.join(sorted(IMAGE_SUFFIXES))} "
-                    "and extension-less DICOM files)"
-                )
-            paths += found
-            given += [None] * len(found)
-            sources += [str(p)] * len(found)
-        elif p.suffix.lower() == ".csv":
-            if not p.is_file():
-                raise InputError(f"{p}: CSV input list not found")
-            for path, image_id in _read_csv_list(p):
-                paths.append(path)
-                given.append(image_id)
-                sources.append(str(p))
+                add(p, None, str(p), f"{p}: a folder with no images (looked recursively for "
+                    f"{', '.join(sorted(IMAGE_SUFFIXES))} and extension-less DICOM files)")  # fmt: skip
+            for path in found:
+                add(path, None, str(p))
+        elif p.suffix.lower() == ".csv" and p.is_file():
+            try:
+                rows = _read_csv_list(p)
+            except (InputError, OSError, UnicodeDecodeError, csv.Error) as exc:
+                add(p, None, str(p), str(exc) if isinstance(exc, InputError) else f"{p}: unreadable CSV list ({exc})")
+                continue
+            for path, image_id in rows:
+                add(path, image_id, str(p))
         else:
-            paths.append(p)  # a missing file is reported per item later, not fatal for the batch
-            given.append(None)
-            sources.append(str(p))
+            add(p, None, str(p))  # a missing file is reported per item by the reader ("file not found")
     ids = _unique_ids(paths, given)
-    return [InputItem(path=p, image_id=i, source=s) for p, i, s in zip(paths, ids, sources, strict=True)]
+    return [
+        InputItem(path=p, image_id=i, source=s, error=e) for p, i, s, e in zip(paths, ids, sources, errors, strict=True)
+    ]

@@ -19,11 +19,8 @@ same decision as comparing the calibrated probability with the calibrated thresh
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import logging
-import os
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -416,13 +413,14 @@ class Predictor:
             inputs: paths, folders/CSV lists (expanded by `collect_inputs`) or `InputItem`s.
             heatmap: "none", "gradcam", "patch" or "both".
             batch_size: images per forward pass.
-            workers: reader threads (DICOM decoding and resizing release the GIL); 0 = read inline.
+            workers: reader processes (decoding runs isolated from this process; 0 = one).
             keep_pixels: keep the original pixels in the yielded `PreparedImage` (for overlays);
                 default: when heatmaps are requested.
             progress: show a tqdm progress bar on stderr.
 
         Yields:
-            `(result, prepared)` in input order; `prepared` is None for failures.
+            `(result, prepared)`: first a failure for each input `collect_inputs` refused (stage "input"),
+            then the others in input order; `prepared` is None for failures.
         """
         self.check_heatmap(heatmap)
         given = list(inputs)
@@ -452,35 +450,35 @@ class Predictor:
         finally:
             bar.close()
 
-    def _read_one(self, item: InputItem, keep: bool) -> PreparedImage | PredictionFailure:
-        try:
-            return self.load_image(item, keep_pixels=keep)
-        except Exception as exc:  # any unreadable file is reported, never fatal for the batch
-            log.warning("cannot read %s: %s", item.path, exc)
-            return PredictionFailure(item.image_id, str(item.path), "read", f"{type(exc).__name__}: {exc}")
-
     def _read_stream(
         self, items: Sequence[InputItem], keep: bool, workers: int, prefetch: int
     ) -> Iterator[tuple[InputItem, PreparedImage | PredictionFailure]]:
-        if workers <= 0:
-            for item in items:
-                yield item, self._read_one(item, keep)
-            return
-        # bounded look-ahead: one batch plus one image per reader in flight, so memory stays at a few
-        # decoded mammograms (~50 MB each for a 4500x2800 scan when heatmaps keep the original pixels)
-        with cf.ThreadPoolExecutor(max_workers=min(workers, os.cpu_count() or 1)) as pool:
-            pending: deque[tuple[InputItem, cf.Future]] = deque()
-            it = iter(items)
-            for item in it:
-                pending.append((item, pool.submit(self._read_one, item, keep)))
-                if len(pending) >= prefetch:
-                    break
-            while pending:
-                item, fut = pending.popleft()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.append((nxt, pool.submit(self._read_one, nxt, keep)))
-                yield item, fut.result()
+        """Read and prepare `items` in input order, in `workers` (at least 1) reader *processes*.
+
+        Files we were handed are decoded in child processes (`mammokit.utils.pool`): a decoder that panics or
+        aborts, or a file that exhausts memory, costs that one file (a "read" failure), never the batch or the
+        model in this process. At most 2 files per reader are in flight, so memory stays at a few decoded
+        mammograms (~50 MB each for a 4500x2800 scan when heatmaps keep the original pixels).
+        """
+        import copy
+
+        from mammokit.utils.pool import TaskFailed, run_isolated
+
+        reader = copy.copy(self)  # the workers need the preprocessing only, not the model
+        reader.backend, reader._patch = None, None
+        usable = [item for item in items if item.error is None]
+        tasks = [(item, keep) for item in usable]
+        for item in items:  # inputs collect_inputs already refused: reported, never read
+            if item.error is not None:
+                yield item, PredictionFailure(item.image_id, str(item.path), "input", item.error)
+        for index, result in run_isolated(
+            _read_task, tasks, workers=max(1, workers), initializer=_init_reader, initargs=(reader,), ordered=True
+        ):
+            item = usable[index]
+            if isinstance(result, TaskFailed):
+                log.warning("cannot read %s: %s", item.path, result.reason)
+                result = PredictionFailure(item.image_id, str(item.path), "read", result.reason)
+            yield item, result
 
     def _run_batch(
         self, batch: list[PreparedImage], heatmap: HeatmapKind, bar: Any
@@ -500,3 +498,19 @@ class Predictor:
         for r, p in zip(results, batch, strict=True):
             bar.update(1)
             yield r, (p if isinstance(r, Prediction) else None)
+
+
+# --- reader processes (see Predictor._read_stream) ---------------------------------------------------------------
+
+_READER: Predictor | None = None
+
+
+def _init_reader(reader: Predictor) -> None:
+    global _READER
+    _READER = reader
+
+
+def _read_task(task: tuple[InputItem, bool]) -> PreparedImage:
+    item, keep = task
+    assert _READER is not None, "_init_reader runs first in every reader process"
+    return _READER.load_image(item, keep_pixels=keep)

@@ -21,13 +21,24 @@ Files that are not images, not mammograms (Modality other than MG), multi-frame 
 `MammogramReadError` that says why. Patient identifiers are never copied into the metadata or logs:
 PatientID is only *searched* for the CBIS-DDSM `_LEFT_CC` pattern.
 
+Hardening (docs/security.md): every failure on bad data - a damaged header, an inconsistent LUT, a decoder
+error or even a Rust decoder's `PanicException` - is a `MammogramReadError` naming the file and the cause;
+the declared image size is checked against `max_pixels` (default 100 Mpixels, environment variable
+`MAMMOKIT_MAX_PIXELS`) before anything is decoded; non-finite pixels after the LUTs are refused. A decoder that
+*aborts* the process cannot be caught here: batch commands decode in worker processes (`mammokit.utils.pool`).
+
 No torch here: the ONNX prediction path imports this module.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,8 +80,83 @@ _TRANSFER_SYNTAX_PLUGINS = (
 )
 
 
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 Mpixels: 10x the largest clinical mammogram (~4.7k x 5.9k)
+MAX_PIXELS_ENV = "MAMMOKIT_MAX_PIXELS"
+DICOM_MAGIC_OFFSET = 128  # DICOM Part 10: 128-byte preamble, then b"DICM"
+
+
 class MammogramReadError(ValueError):
     """A file could not be read as a mammogram; the message names the file and says why."""
+
+
+def max_image_pixels() -> int:
+    """The image-size limit: `MAMMOKIT_MAX_PIXELS` when set (an integer > 0), else `DEFAULT_MAX_PIXELS`."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{MAX_PIXELS_ENV}={text!r}: expected a positive number of pixels, e.g. 100000000")
+    return value
+
+
+def check_declared_size(path: Path, height: int, width: int, max_pixels: int, frames: int = 1) -> None:
+    """Refuse an image whose *declared* size is over the limit, before any memory is spent decoding it."""
+    n = int(height) * int(width) * max(1, int(frames))
+    if n > max_pixels:
+        raise MammogramReadError(
+            f"{path}: declares {height} x {width} pixels"
+            + (f" x {frames} frames" if frames > 1 else "")
+            + f" = {n / 1e6:.1f} Mpixels, over the limit of {max_pixels / 1e6:.1f} Mpixels (a damaged header or "
+            f"a decompression bomb); if the image is genuine, raise the limit with {MAX_PIXELS_ENV}"
+        )
+
+
+def has_dicom_magic(path: str | Path) -> bool:
+    """True when `path` is a DICOM Part 10 file ("DICM" at byte 128); the extension is not trusted either way."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(DICOM_MAGIC_OFFSET)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+@contextmanager
+def _warnings_to_log(path: Path) -> Iterator[None]:
+    """pydicom's warnings about damaged headers go to the debug log, not the user's terminal (our error says it)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught[:20]:
+        log.debug("%s: %s: %s", path, w.category.__name__, w.message)
+
+
+@contextmanager
+def _stage(path: Path, what: str) -> Iterator[None]:
+    """Turn any failure of one reading step into a MammogramReadError that names the file and the step.
+
+    BaseException on purpose: a Rust decoder's pyo3 `PanicException` is one. Only interpreter-level exits pass.
+    """
+    try:
+        yield
+    except (MammogramReadError, KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except MemoryError:
+        raise MammogramReadError(f"{path}: out of memory while {what}; the file is too large or damaged") from None
+    except BaseException as exc:
+        log.debug("%s: %s failed", path, what, exc_info=True)
+        raise MammogramReadError(
+            f"{path}: {what} failed, the file is damaged or inconsistent ({_describe(exc)})"
+        ) from None
 
 
 def laterality_view_from_text(text: str) -> tuple[str | None, str | None, str | None]:
@@ -91,6 +177,7 @@ def read_mammogram(
     voi: VoiMode = "auto",
     window_index: int = 0,
     allow_for_processing: bool = False,
+    max_pixels: int | None = None,
 ) -> tuple[np.ndarray, MammoMeta]:
     """Read one mammogram file.
 
@@ -102,27 +189,38 @@ def read_mammogram(
             Ignored for PNG/PGM/JPEG.
         window_index: which of several windows / VOI LUTs to use (0 = the first, the default view).
         allow_for_processing: accept "FOR PROCESSING" (raw detector) DICOMs instead of refusing them.
+        max_pixels: refuse images whose declared rows x columns exceed this, before decoding; None = the
+            `MAMMOKIT_MAX_PIXELS` environment variable or 100 Mpixels.
 
     Returns:
         `(pixels, meta)`: float32 array (H, W), MONOCHROME2 (brighter = denser), after the Modality and
         VOI LUTs, not normalised; and its `MammoMeta`.
 
     Raises:
-        MammogramReadError: the file is missing, unreadable or not an acceptable mammogram; the
-            message says which check failed.
+        MammogramReadError: the file is missing, unreadable, too large, damaged or not an acceptable
+            mammogram; the message names the file and says which check failed. Nothing else is raised for
+            bad data (the fuzz suite, tests/test_fuzz_reader.py, holds the reader to that).
     """
     path = Path(path)
     if voi not in VOI_MODES:
         raise ValueError(f"voi must be one of {VOI_MODES}, got {voi!r}")
+    limit = max_image_pixels() if max_pixels is None else int(max_pixels)
+    if path.is_dir():
+        raise MammogramReadError(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise MammogramReadError(f"{path}: file not found")
-    kind = sniff_format(path)
+    with _stage(path, "opening the file"):
+        kind = sniff_format(path)
     if kind == "dicom":
-        return _read_dicom(path, voi=voi, window_index=window_index, allow_for_processing=allow_for_processing)
+        with _warnings_to_log(path):
+            return _read_dicom(
+                path, voi=voi, window_index=window_index, allow_for_processing=allow_for_processing, max_pixels=limit
+            )
     if kind in ("png", "pgm", "jpeg"):
         from mammokit.io.raster import read_raster
 
-        return read_raster(path)
+        with _stage(path, f"reading the {kind.upper()} image"):
+            return read_raster(path, max_pixels=limit)
     raise MammogramReadError(
         f"{path}: not a DICOM, PNG, PGM or JPEG file (no 'DICM' marker at byte 128 and no image signature); "
         "check that the path points at an image"
@@ -132,8 +230,8 @@ def read_mammogram(
 def sniff_format(path: Path) -> str | None:
     """'dicom', 'png', 'pgm', 'jpeg' from the file's first bytes, or None."""
     with open(path, "rb") as fh:
-        head = fh.read(132)
-    if len(head) >= 132 and head[128:132] == b"DICM":
+        head = fh.read(DICOM_MAGIC_OFFSET + 4)
+    if head[DICOM_MAGIC_OFFSET:] == b"DICM":
         return "dicom"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
@@ -152,18 +250,38 @@ def _dcmread(path: Path) -> Any:
         return pydicom.dcmread(path)
     except InvalidDicomError as exc:
         raise MammogramReadError(f"{path}: not a valid DICOM file ({exc})") from None
-    except Exception as exc:  # pydicom raises EOFError, struct.error, ValueError... on damaged files
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        log.debug("%s: dcmread failed", path, exc_info=True)
         raise MammogramReadError(
-            f"{path}: unreadable DICOM, probably truncated or corrupt ({type(exc).__name__}: {exc})"
+            f"{path}: unreadable DICOM, probably truncated or corrupt ({_describe(exc)})"
         ) from None
 
 
-def _check_is_mammogram(ds: Any, path: Path, allow_for_processing: bool) -> None:
-    """Refuse what is not a single-frame, for-presentation MG image, saying why."""
+def _int_attr(ds: Any, path: Path, keyword: str, default: int) -> int:
+    value = ds.get(keyword, default)
+    try:
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError, OverflowError):
+        raise MammogramReadError(
+            f"{path}: {keyword} is not an integer ({str(value)[:40]!r}); the header is damaged"
+        ) from None
+
+
+def _check_is_mammogram(ds: Any, path: Path, allow_for_processing: bool, max_pixels: int) -> None:
+    """Refuse what is not a single-frame, for-presentation MG image of an acceptable size, saying why."""
     if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise MammogramReadError(
+                f"{path}: holds float pixel data (Float/Double Float Pixel Data); mammograms store integer "
+                "Pixel Data, this is not a supported image"
+            )
         sop = ds.get("SOPClassUID")
         sop_name = getattr(sop, "name", None) or "unknown SOP class"
-        raise MammogramReadError(f"{path}: has no pixel data (not an image; SOP class: {sop_name})")
+        raise MammogramReadError(
+            f"{path}: has no pixel data (not an image, or a file truncated before its pixels; SOP class: {sop_name})"
+        )
     modality = str(ds.get("Modality", "") or "").upper()
     if not modality:
         raise MammogramReadError(f"{path}: has no Modality attribute; only mammograms (Modality 'MG') are accepted")
@@ -171,15 +289,16 @@ def _check_is_mammogram(ds: Any, path: Path, allow_for_processing: bool) -> None
         raise MammogramReadError(
             f"{path}: Modality is {modality!r}, not 'MG' (mammography); only mammograms are accepted"
         )
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    rows, cols = _int_attr(ds, path, "Rows", 0), _int_attr(ds, path, "Columns", 0)
     if rows <= 0 or cols <= 0:
         raise MammogramReadError(f"{path}: zero-size image (Rows={rows}, Columns={cols})")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _int_attr(ds, path, "NumberOfFrames", 1)
+    check_declared_size(path, rows, cols, max_pixels, frames)
     if frames > 1:
         raise MammogramReadError(
             f"{path}: multi-frame image ({frames} frames, e.g. tomosynthesis); only 2-D mammograms are supported"
         )
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    samples = _int_attr(ds, path, "SamplesPerPixel", 1)
     photometric = str(ds.get("PhotometricInterpretation", "") or "")
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise MammogramReadError(
@@ -194,24 +313,69 @@ def _check_is_mammogram(ds: Any, path: Path, allow_for_processing: bool) -> None
         )
 
 
+def _decoder_problem(ts: Any) -> str | None:
+    """Why pixel data in transfer syntax `ts` cannot be decoded here at all (None when a decoder is available)."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(ts)
+    except (NotImplementedError, ValueError):
+        return f"transfer syntax {str(ts)!r} is unknown or not supported for pixel data"
+    if not decoder.is_available:
+        return f"no decoder installed for transfer syntax {getattr(ts, 'name', str(ts))!r}; {_TRANSFER_SYNTAX_PLUGINS}"
+    return None
+
+
+@contextmanager
+def _stderr_to_log(path: Path) -> Iterator[None]:
+    """Send what native decoders print on stderr (a Rust panic message and backtrace) to the debug log.
+
+    File-descriptor level: the text is written by native code, not through `sys.stderr`. Batch commands decode
+    in worker processes, so redirecting this process's stderr for the duration of one decode is harmless.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read(4000).decode("utf-8", "replace").strip()
+            if text:
+                log.debug("%s: the decoder wrote on stderr: %s", path, text)
+
+
 def _decode(ds: Any, path: Path) -> np.ndarray:
     ts = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
     ts_name = getattr(ts, "name", str(ts))
+    if ts is None:
+        raise MammogramReadError(f"{path}: the file meta information has no Transfer Syntax UID")
+    problem = _decoder_problem(ts)
+    if problem:
+        raise MammogramReadError(f"{path}: {problem}")
     try:
-        arr = ds.pixel_array
-    except (RuntimeError, NotImplementedError) as exc:
-        if "plugin" in str(exc).lower() or "decoder" in str(exc).lower():
-            raise MammogramReadError(
-                f"{path}: no decoder for transfer syntax {ts_name!r}; {_TRANSFER_SYNTAX_PLUGINS}"
-            ) from None
-        raise MammogramReadError(f"{path}: pixel data could not be decoded ({ts_name}): {exc}") from None
-    except Exception as exc:
+        with _stderr_to_log(path):
+            arr = ds.pixel_array
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except MemoryError:
+        raise MammogramReadError(f"{path}: out of memory decoding the {ts_name} pixel data") from None
+    except BaseException as exc:
+        log.debug("%s: pixel_array failed", path, exc_info=True)
         raise MammogramReadError(
-            f"{path}: pixel data could not be decoded, the file is probably truncated or corrupt "
-            f"({type(exc).__name__}: {exc})"
+            f"{path}: the {ts_name} pixel data could not be decoded: the file is truncated or corrupt "
+            f"(decoder error {_describe(exc)})"
         ) from None
-    if arr.ndim != 2 or arr.size == 0:
-        raise MammogramReadError(f"{path}: decoded pixel data has shape {arr.shape}, expected a 2-D image")
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.size == 0:
+        raise MammogramReadError(
+            f"{path}: decoded pixel data has shape {getattr(arr, 'shape', None)}, expected a 2-D image"
+        )
     return arr
 
 
@@ -310,7 +474,13 @@ def _laterality(ds: Any, path: Path) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _view(ds: Any, path: Path) -> tuple[str | None, str | None]:
+def view_from_header(ds: Any, path: str | Path | None = None) -> tuple[str | None, str | None]:
+    """The view ("CC", "MLO", ...) of a DICOM dataset and where it was found, or (None, None).
+
+    Order: ViewPosition, ViewCodeSequence (SNOMED code or meaning), PatientOrientation misused as a view code
+    (CBIS-DDSM), then the `_LEFT_CC` pattern in PatientID or `path`. The one view parser of the project
+    (the reader and the dataset adapters use it).
+    """
     value = str(ds.get("ViewPosition", "") or "").strip().upper()
     if value:
         return value, "ViewPosition"
@@ -326,7 +496,10 @@ def _view(ds: Any, path: Path) -> tuple[str | None, str | None]:
         for part in parts:
             if part in KNOWN_VIEWS:  # CBIS-DDSM stores the view here instead of row/column directions
                 return part, "PatientOrientation"
-    for source, text in (("PatientID pattern", str(ds.get("PatientID", "") or "")), ("path pattern", str(path))):
+    texts = [("PatientID pattern", str(ds.get("PatientID", "") or ""))]
+    if path is not None:
+        texts.append(("path pattern", str(path)))
+    for source, text in texts:
         _, view, found = laterality_view_from_text(text)
         if found:
             return view, source
@@ -362,20 +535,46 @@ def _spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None]:
     return None, None
 
 
-def _read_dicom(path: Path, *, voi: str, window_index: int, allow_for_processing: bool) -> tuple[np.ndarray, MammoMeta]:
+def _read_dicom(
+    path: Path, *, voi: str, window_index: int, allow_for_processing: bool, max_pixels: int
+) -> tuple[np.ndarray, MammoMeta]:
     from pydicom.pixels.processing import apply_modality_lut
 
     ds = _dcmread(path)
-    _check_is_mammogram(ds, path, allow_for_processing)
-    stored = _decode(ds, path)
-    padding = _padding_mask(ds, stored)
-
-    arr = apply_modality_lut(stored, ds)
-    value_range = _modality_range(ds)
-    arr, voi_desc, value_range = _apply_voi(arr, ds, path, voi, window_index, value_range)
-    pixels = np.asarray(arr, dtype=np.float32)
+    with _stage(path, "checking the DICOM header"):
+        _check_is_mammogram(ds, path, allow_for_processing, max_pixels)
+    with _stage(path, "decoding the pixel data"):
+        stored = _decode(ds, path)
+    with _stage(path, "applying the Pixel Padding Value"):
+        padding = _padding_mask(ds, stored)
+    with _stage(path, "applying the Modality LUT (RescaleSlope/Intercept)"):
+        arr = apply_modality_lut(stored, ds)
+        value_range = _modality_range(ds)
+    with _stage(path, "applying the VOI LUT / window"):
+        arr, voi_desc, value_range = _apply_voi(arr, ds, path, voi, window_index, value_range)
+        pixels = np.asarray(arr, dtype=np.float32)
     if pixels is stored or np.shares_memory(pixels, stored):
         pixels = pixels.copy()  # never hand out (or modify) pydicom's decoded buffer
+    lo, hi = value_range
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise MammogramReadError(
+            f"{path}: the Modality/VOI LUT gives a non-finite value range ({lo}, {hi}); RescaleSlope/Intercept "
+            "or the window values are damaged"
+        )
+    finite = np.isfinite(pixels)
+    if not finite.all():
+        raise MammogramReadError(
+            f"{path}: {int(pixels.size - finite.sum())} of {pixels.size} pixels are NaN or infinite after the "
+            "Modality/VOI LUTs; RescaleSlope/Intercept, the VOI LUT or the window values are damaged"
+        )
+    with _stage(path, "reading the image metadata"):
+        return pixels, _dicom_meta(ds, path, pixels, padding, (lo, hi), voi_desc)
+
+
+def _dicom_meta(
+    ds: Any, path: Path, pixels: np.ndarray, padding: np.ndarray | None, value_range: tuple[float, float], voi: str
+) -> MammoMeta:
+    """Finish the pixels (MONOCHROME1 inversion, padding -> background) and collect the metadata."""
     lo, hi = value_range
     photometric = str(ds.PhotometricInterpretation)
     if photometric == "MONOCHROME1":
@@ -389,7 +588,7 @@ def _read_dicom(path: Path, *, voi: str, window_index: int, allow_for_processing
         extra["padding_pixels"] = n_pad
 
     laterality, lat_source = _laterality(ds, path)
-    view, view_source = _view(ds, path)
+    view, view_source = view_from_header(ds, path)
     spacing, spacing_source = _spacing(ds)
     extra.update(
         laterality_source=lat_source,
@@ -401,7 +600,7 @@ def _read_dicom(path: Path, *, voi: str, window_index: int, allow_for_processing
     )
     ts = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
     bits = ds.get("BitsStored")
-    meta = MammoMeta(
+    return MammoMeta(
         source_format="dicom",
         height=int(pixels.shape[0]),
         width=int(pixels.shape[1]),
@@ -413,10 +612,9 @@ def _read_dicom(path: Path, *, voi: str, window_index: int, allow_for_processing
         manufacturer=str(ds.get("Manufacturer", "") or "") or None,
         presentation_intent=str(ds.get("PresentationIntentType", "") or "") or None,
         transfer_syntax=str(ts) if ts else None,
-        voi_applied=voi_desc,
+        voi_applied=voi,
         extra=extra,
     )
-    return pixels, meta
 
 
 def read_mask_file(path: str | Path) -> np.ndarray:
@@ -432,21 +630,28 @@ def read_mask_file(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise MammogramReadError(f"{path}: mask file not found")
-    kind = sniff_format(path)
+    with _stage(path, "opening the mask file"):
+        kind = sniff_format(path)
     if kind == "dicom":
         ds = _dcmread(path)
         if "PixelData" not in ds:
             raise MammogramReadError(f"{path}: mask DICOM has no pixel data")
-        arr = _decode(ds, path)
+        with _stage(path, "checking the mask header"):
+            check_declared_size(path, _int_attr(ds, path, "Rows", 0), _int_attr(ds, path, "Columns", 0),
+                                max_image_pixels())  # fmt: skip
+        with _stage(path, "decoding the mask pixel data"):
+            arr = _decode(ds, path)
         if arr.ndim != 2:
             raise MammogramReadError(f"{path}: mask DICOM is not a 2-D single-channel image (shape {arr.shape})")
-        if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-            return arr < _stored_range(ds)[1]  # MONOCHROME1: lesion is darker than full white
-        return arr > 0
+        with _stage(path, "thresholding the mask"):
+            if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+                return arr < _stored_range(ds)[1]  # MONOCHROME1: lesion is darker than full white
+            return arr > 0
     if kind in ("png", "pgm", "jpeg"):
         from mammokit.io.raster import read_raster
 
-        pixels, _ = read_raster(path)
+        with _stage(path, "reading the mask image"):
+            pixels, _ = read_raster(path, max_pixels=max_image_pixels())
         # JPEG masks carry compression noise around 0; half the range separates lesion from background.
         threshold = 0.0 if kind != "jpeg" else 127.0
         return pixels > threshold

@@ -9,12 +9,20 @@ range, with `meta.extra["value_range"]` set to the nominal range of the bit dept
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mammokit.io.dicom import MammogramReadError, laterality_view_from_text
+from mammokit.io.dicom import (
+    MAX_PIXELS_ENV,
+    MammogramReadError,
+    check_declared_size,
+    laterality_view_from_text,
+    max_image_pixels,
+)
 from mammokit.io.meta import MammoMeta
 
 # Pillow modes of single-channel images and the bit depth they hold.
@@ -26,22 +34,33 @@ class RasterReadError(MammogramReadError):
     """A PNG/PGM/JPEG file could not be read as a grayscale mammogram; the message says why."""
 
 
-def read_raster(path: str | Path) -> tuple[np.ndarray, MammoMeta]:
+def read_raster(path: str | Path, *, max_pixels: int | None = None) -> tuple[np.ndarray, MammoMeta]:
     """Read a grayscale PNG, PGM or JPEG mammogram.
 
     Args:
         path: the image file.
+        max_pixels: refuse images whose declared width x height exceeds this, before decoding (None: the
+            `MAMMOKIT_MAX_PIXELS` environment variable or 100 Mpixels). Pillow's own decompression-bomb
+            check is replaced by this one, so the error is always a `RasterReadError`.
 
     Returns:
         `(pixels, meta)`: float32 array (H, W), brighter = denser (these formats have no
         MONOCHROME1), and its `MammoMeta`.
 
     Raises:
-        RasterReadError: the file is not a readable image, is empty, or is a colour image.
+        RasterReadError: the file is not a readable image, is empty, too large, or is a colour image.
     """
     path = Path(path)
+    limit = max_image_pixels() if max_pixels is None else int(max_pixels)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
+            im = Image.open(path)
+        with im:
+            try:
+                check_declared_size(path, im.height, im.width, limit)
+            except MammogramReadError as exc:
+                raise RasterReadError(str(exc)) from None
             fmt = _FORMAT_NAMES.get(im.format or "", (im.format or "unknown").lower())
             mode = im.mode
             if mode in ("RGB", "RGBA", "LA", "P"):
@@ -57,6 +76,13 @@ def read_raster(path: str | Path) -> tuple[np.ndarray, MammoMeta]:
                 bits = _GREY_MODES[mode]
             else:
                 raise RasterReadError(f"{path}: unsupported image mode {mode!r}; expected 8- or 16-bit grayscale")
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: refused in Image.open
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = f"declares {int(found.group(1)) / 1e6:.1f} Mpixels, " if found else ""
+        raise RasterReadError(
+            f"{path}: {declared}over the limit of {limit / 1e6:.1f} Mpixels (a damaged header or a decompression "
+            f"bomb); if the image is genuine, raise the limit with {MAX_PIXELS_ENV}"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         # Pillow raises OSError for truncated data and SyntaxError for malformed headers (e.g. PGM).
         raise RasterReadError(f"{path}: not a readable PNG/PGM/JPEG image ({exc})") from None

@@ -46,6 +46,16 @@ class DatasetSource:
         if self.options_allowed is not None:
             check_options(self.name, options, self.options_allowed)
         self.options = options
+        self.skipped: list[dict[str, str]] = []  # items build_manifest left out, with the reason (-> errors.csv)
+
+    def skip(self, reason: str, *, path: str = "", image_id: str = "") -> None:
+        """Record one item of the raw dataset that `build_manifest` leaves out; `prepare` lists it in errors.csv.
+
+        Batch rule: every input item that is not used appears in errors.csv with a reason.
+        """
+        if not hasattr(self, "skipped"):  # adapters that do not call DatasetSource.__init__
+            self.skipped = []
+        self.skipped.append({"image_id": str(image_id), "path": str(path), "reason": reason})
 
     def build_manifest(self, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Scan `root` and return (image table, lesion table) in source coordinates."""

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -323,8 +324,11 @@ def cases_to_manifest(
     cross_split: str = "test",
     index: DicomIndex | None = None,
     missing_images: str = "drop",
+    skip: Callable[..., None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Turn the abnormality table into (image table, lesion table).
+
+    `skip(reason, path=, image_id=)` is told about every image left out (the adapter's `DatasetSource.skip`).
 
     Args:
         cases: output of `read_case_tables`.
@@ -341,6 +345,7 @@ def cases_to_manifest(
     cases["malignant"] = cases["pathology"].str.startswith("MALIGNANT").astype(int)
 
     crossing = set(crossing_patients(cases))
+    dropped_crossing: list[str] = []
     warn_count(
         "CBIS-DDSM patients have rows in both official splits",
         len(crossing),
@@ -379,6 +384,7 @@ def cases_to_manifest(
     images["split"] = np.where(images["official_split"] == "train", "train", "test")
     if crossing:
         if cross_split == "drop":
+            dropped_crossing = images.loc[images["crosses_official_split"], "image_id"].tolist()
             images = images[~images["crosses_official_split"]]
         else:
             images.loc[images["crosses_official_split"], "split"] = cross_split
@@ -406,6 +412,14 @@ def cases_to_manifest(
         alts.append(";".join(others))
     images["path"] = paths
     images["alt_paths"] = alts
+    if skip is not None:
+        for image_id, cands, kept in zip(images["image_id"], images["candidates"], keep, strict=True):
+            if not kept:
+                skip("full-mammogram DICOM named in the CBIS-DDSM CSVs not found on disk", path=cands[0],
+                     image_id=image_id)  # fmt: skip
+        if crossing and cross_split == "drop":
+            for image_id in dropped_crossing:
+                skip("patient has rows in both official splits and cross_split='drop'", image_id=image_id)
     n_missing = len(keep) - sum(keep)
     images = images[np.array(keep, dtype=bool)].drop(columns=["candidates"])
     if index is not None and n_missing:
@@ -416,7 +430,7 @@ def cases_to_manifest(
                 "point the command at the folder holding the downloaded Mass-*/Calc-* folders, or use "
                 "missing_images='keep' to build a CSV-only manifest"
             )
-        warn_count("CBIS-DDSM images named in the CSVs were not found on disk and are left out", n_missing)
+        warn_count("CBIS-DDSM images named in the CSVs were not found on disk (listed in errors.csv)", n_missing)
 
     lesions = _lesion_table(cases[cases["image_id"].isin(set(images["image_id"]))], images, index)
     return finish_tables(images, lesions, CbisDdsm.name)
@@ -504,6 +518,7 @@ class CbisDdsm(DatasetSource):
             cross_split=self.options.get("cross_split", "test"),
             index=index,
             missing_images=self.options.get("missing_images", "drop"),
+            skip=self.skip,
         )
 
     def read_image(self, row: pd.Series, root: Path, **reader_options: Any) -> tuple[np.ndarray, Any]:

@@ -47,11 +47,11 @@ from mammokit.data.sources._common import (
     warn_count,
 )
 from mammokit.data.sources.base import DatasetSource, register_source
+from mammokit.io.dicom import view_from_header
 
 log = logging.getLogger(__name__)
 
 _PATIENT_RE = re.compile(r"^D[12]-\d{4}$")
-_VIEW_MEANINGS = {"cranio-caudal": "CC", "medio-lateral oblique": "MLO", "medio-lateral": "ML", "latero-medial": "LM"}
 
 
 def find_clinical_table(root: Path) -> Path:
@@ -92,14 +92,7 @@ def read_clinical(path: Path) -> pd.DataFrame:
 
 
 def _view_of(ds: Any) -> str:
-    view = header_str(ds, "ViewPosition").upper()
-    if view:
-        return view
-    seq = ds.get("ViewCodeSequence")
-    if seq:
-        meaning = str(seq[0].get("CodeMeaning", "")).strip().lower()
-        return _VIEW_MEANINGS.get(meaning, "")
-    return ""
+    return view_from_header(ds)[0] or ""  # the reader's view parser (ViewPosition, then ViewCodeSequence, ...)
 
 
 @register_source
@@ -127,14 +120,16 @@ class Cmmd(DatasetSource):
         for path in iter_files(root, (".dcm",)):
             try:
                 ds = read_dicom_header(path)
-            except Exception:  # not a DICOM / truncated: counted and skipped
+            except Exception as exc:  # not a DICOM / truncated: counted and listed in errors.csv
                 unreadable += 1
+                self.skip(f"not a readable DICOM ({type(exc).__name__})", path=relpath(path, root))
                 continue
             folder = next((p for p in reversed(path.relative_to(root).parts[:-1]) if _PATIENT_RE.match(p)), "")
             patient = folder or header_str(ds, "PatientID")
             lat = norm_laterality(header_str(ds, "ImageLaterality") or header_str(ds, "Laterality"))
             if not patient or not lat:
                 no_side += 1
+                self.skip("no ImageLaterality/Laterality tag or no patient folder", path=relpath(path, root))
                 continue
             rows.append(
                 {
@@ -146,8 +141,8 @@ class Cmmd(DatasetSource):
                     "vendor": header_str(ds, "Manufacturer"),
                 }
             )
-        warn_count("files under the CMMD root are not readable DICOMs (skipped)", unreadable)
-        warn_count("CMMD DICOMs have no laterality tag or patient folder (skipped)", no_side)
+        warn_count("files under the CMMD root are not readable DICOMs (in errors.csv)", unreadable)
+        warn_count("CMMD DICOMs have no laterality tag or patient folder (in errors.csv)", no_side)
         if not rows:
             raise DatasetError(f"{root}: no CMMD DICOM with a laterality tag found")
         images = pd.DataFrame(rows).sort_values("path", kind="stable").reset_index(drop=True)
@@ -164,6 +159,8 @@ class Cmmd(DatasetSource):
         images["label_source"] = np.where(listed, "clinical classification (biopsy)", "breast not in clinical table")
         images["split"] = ""
         if unlisted == "drop":
+            for image_id, path in zip(images.loc[~listed, "image_id"], images.loc[~listed, "path"], strict=True):
+                self.skip("breast not in the CMMD clinical table (unlisted='drop')", path=path, image_id=image_id)
             warn_count("CMMD images belong to breasts missing from the clinical table (dropped)", int((~listed).sum()))
             images = images[listed]
         return finish_tables(images, None, self.name)

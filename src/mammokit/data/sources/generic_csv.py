@@ -26,6 +26,7 @@ the root is the CSV file, so that `root / path` always finds the image.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -120,20 +121,22 @@ class GenericCsv(DatasetSource):
 
         labels = df["label"].map(parse_label) if "label" in df.columns else pd.Series(-1, index=df.index)
         bad_label = labels.isna().to_numpy()
-        if bad_label.any():
-            log.warning(
-                "%s: %d rows have an unreadable label (lines %s); accepted: 0/1/-1, malignant/benign/normal, "
-                "yes/no, true/false, empty",
-                csv.name, int(bad_label.sum()), lines[bad_label][:10].tolist(),
-            )  # fmt: skip
         df["path"] = df["path"].str.replace("\\", "/", regex=False)  # Windows-written CSVs
         resolved = [Path(p) if Path(p).is_absolute() else base / p for p in df["path"]]
         missing = np.array([p == "" or not r.is_file() for p, r in zip(df["path"], resolved, strict=True)])
-        if missing.any():
-            log.warning(
-                "%s: %d rows name a file that does not exist (lines %s)",
-                csv.name, int(missing.sum()), lines[missing][:10].tolist(),
-            )  # fmt: skip
+        for i in np.flatnonzero(bad_label | missing):
+            given = df["image_id"].iloc[i] if "image_id" in df.columns else ""
+            if bad_label[i]:
+                label = df["label"].iloc[i][:40]
+                reason = (f"{csv.name} line {lines[i]}: unreadable label {label!r}; accepted: 0/1/-1, "
+                          "malignant/benign/normal, yes/no, true/false, empty")  # fmt: skip
+            elif df["path"].iloc[i] == "":
+                reason = f"{csv.name} line {lines[i]}: empty path"
+            else:
+                reason = f"{csv.name} line {lines[i]}: file not found ({resolved[i]})"
+            self.skip(reason, path=df["path"].iloc[i], image_id=given)
+        warn_count(f"rows of {csv.name} have an unreadable label (listed in errors.csv)", int(bad_label.sum()))
+        warn_count(f"rows of {csv.name} name a file that does not exist (listed in errors.csv)", int(missing.sum()))
         keep = ~(bad_label | missing)
         if not keep.any():
             raise DatasetError(f"{csv}: no usable row (every row has a missing file or an unreadable label)")
@@ -145,10 +148,17 @@ class GenericCsv(DatasetSource):
         images["path"] = [self._stored_path(p, base, absolute=root.is_file()) for p in paths]
         if "image_id" not in images.columns:
             images["image_id"] = [
-                Path(p).with_suffix("").as_posix().lstrip("/").replace("/", "__") for p in images["path"]
+                re.sub(r'[\\:*?"<>|\x00-\x1f]', "_", Path(p).with_suffix("").as_posix().lstrip("/").replace("/", "__"))
+                for p in images["path"]
             ]
-        if images["image_id"].duplicated().any():
-            raise DatasetError(f"{csv.name}: {int(images['image_id'].duplicated().sum())} repeated image ids")
+        repeated = images["image_id"].duplicated(keep=False).to_numpy()
+        for image_id, path in zip(images["image_id"][repeated], images["path"][repeated], strict=True):
+            n = int((images["image_id"] == image_id).sum())
+            self.skip(f"image_id {image_id[:80]!r} appears {n} times in {csv.name}; ids must be unique (none of "
+                      "these rows is used)", path=path, image_id=image_id)  # fmt: skip
+        images = images[~repeated]
+        if images.empty:
+            raise DatasetError(f"{csv}: no usable row (every image id is repeated)")
         if "patient_id" not in images.columns or (images["patient_id"] == "").any():
             n = len(images) if "patient_id" not in images.columns else int((images["patient_id"] == "").sum())
             log.warning(
@@ -167,7 +177,6 @@ class GenericCsv(DatasetSource):
             images["split"] = (
                 images["split"].str.lower().where(images["split"].str.lower().isin(["train", "val", "test"]), "")
             )
-        warn_count("rows of the CSV were left out (see the messages above)", int((~keep).sum()))
         return finish_tables(images, None, self.name)
 
     @staticmethod

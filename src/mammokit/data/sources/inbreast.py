@@ -176,6 +176,7 @@ class Inbreast(DatasetSource):
         for _, row in sheet.iterrows():
             if row["file_name"] not in dicoms:
                 no_dicom += 1
+                self.skip("listed in the INbreast sheet but no DICOM in AllDICOMs", image_id=str(row["file_name"]))
                 continue
             path, m = dicoms[row["file_name"]]
             parsed = parse_birads(row["birads"])
@@ -223,7 +224,7 @@ class Inbreast(DatasetSource):
                         **roi_geometry(roi["points"], point_radius),
                     }
                 )
-        warn_count("INbreast sheet rows have no DICOM in AllDICOMs (skipped)", no_dicom)
+        warn_count("INbreast sheet rows have no DICOM in AllDICOMs (in errors.csv)", no_dicom)
         warn_count("INbreast images have an unreadable BI-RADS (label -1)", unreadable_birads)
         warn_count("INbreast BI-RADS 3 images excluded (birads3='exclude')", excluded)
         warn_count("INbreast XML files could not be parsed (their lesions are missing)", bad_xml)

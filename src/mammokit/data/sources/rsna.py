@@ -117,7 +117,9 @@ class Rsna(DatasetSource):
             if src in raw.columns:
                 images[dst] = raw[src].str.strip()
         missing_files = images["path"] == ""
-        warn_count("RSNA images have no file under the image folder (skipped)", int(missing_files.sum()))
+        for image_id in images.loc[missing_files, "image_id"]:
+            self.skip("listed in the RSNA CSV but no file under the image folder", image_id=str(image_id))
+        warn_count("RSNA images have no file under the image folder (in errors.csv)", int(missing_files.sum()))
         images = images[~missing_files]
         if images.empty:
             raise DatasetError(f"{images_dir}: none of the images of {csv.name} found as <patient_id>/<image_id>.dcm")

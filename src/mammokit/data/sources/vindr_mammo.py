@@ -127,6 +127,9 @@ class VindrMammo(DatasetSource):
             path = self._image_path(release, row["study_id"], row["image_id"])
             if path is None:
                 no_file += 1
+                expected = f"images/{row['study_id']}/{row['image_id']}.dicom"
+                reason = "listed in the annotation CSV but no DICOM under images/<study_id>/"
+                self.skip(reason, path=expected, image_id=str(row["image_id"]))
                 continue
             parsed = parse_birads(row["breast_birads"])
             label, label_source = rule.label(parsed[0] if parsed else None)
@@ -150,7 +153,7 @@ class VindrMammo(DatasetSource):
                     "source_width": _float(row.get("width")),
                 }
             )
-        warn_count("VinDr-Mammo images listed in the CSV have no DICOM under images/ (skipped)", no_file)
+        warn_count("VinDr-Mammo images listed in the CSV have no DICOM under images/ (in errors.csv)", no_file)
         warn_count("VinDr-Mammo BI-RADS 3 images excluded (birads3='exclude')", excluded)
         if not image_rows:
             raise DatasetError(f"{release}: no image of the annotation CSV was found under images/<study_id>/")
