@@ -30,6 +30,7 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 def _ensure_builtin_models() -> None:
     # Importing these modules runs their @register_model decorators.
+    import mammokit.models.keras_net
     import mammokit.models.patch
     import mammokit.models.whole  # noqa: F401
 
