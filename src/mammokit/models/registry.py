@@ -41,6 +41,15 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def registered_name(model: nn.Module) -> str:
+    """The registry name that rebuilds `model` (its class's), e.g. "whole_image" or "keras_graph"."""
+    _ensure_builtin_models()
+    for name, fn in _REGISTRY.items():
+        if fn is type(model):
+            return name
+    raise KeyError(f"{type(model).__name__} is not a registered model class")
+
+
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name."""
     _ensure_builtin_models()
