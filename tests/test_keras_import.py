@@ -225,9 +225,13 @@ def test_cli_import_predict_export_evaluate(small_whole, tmp_path, capsys):
     assert main(["export", str(run)]) == 0  # checked against torch within 1e-4 before it is kept
     assert (run / "model.onnx").is_file()
     out_onnx = tmp_path / "pred_onnx"
-    assert main(["predict", str(run), str(listing), "--out", str(out_onnx), "--no-progress", "--backend", "onnx"]) == 0
-    onnx_preds = pd.read_csv(out_onnx / "predictions.csv")
-    np.testing.assert_allclose(onnx_preds["prob_malignant"], preds["prob_malignant"], atol=1e-4)
+    few = tmp_path / "few.csv"  # three of the eight files: enough for the ONNX parity, cheaper to read
+    few.write_text("".join(listing.read_text().splitlines(keepends=True)[:4]))
+    assert main(["predict", str(run), str(few), "--out", str(out_onnx), "--no-progress", "--backend", "onnx"]) == 0
+    onnx_preds = pd.read_csv(out_onnx / "predictions.csv").set_index("image_id")["prob_malignant"]
+    torch_preds = preds.set_index("image_id")["prob_malignant"].loc[onnx_preds.index]
+    assert len(onnx_preds) == 3
+    np.testing.assert_allclose(onnx_preds.to_numpy(), torch_preds.to_numpy(), atol=1e-4)
 
     prepared = tmp_path / "prep"  # a prepared folder at the model's 64x64 input size
     rng = np.random.default_rng(0)
@@ -243,6 +247,7 @@ def test_cli_import_predict_export_evaluate(small_whole, tmp_path, capsys):
     assert "image AUC" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a Lightning fit on CPU; keeps `make test` within its budget
 def test_finetune_trains_an_imported_run(small_whole, tmp_path):
     """Stage 2 (all layers) of `mammokit finetune` runs on an imported model and writes a loadable run."""
     from mammokit.data.manifest import write_table
