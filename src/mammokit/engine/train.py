@@ -46,6 +46,7 @@ from mammokit.engine.runner import (
     run_stages,
 )
 from mammokit.io.images import read_png16
+from mammokit.models.registry import registered_name
 from mammokit.preprocess import PreprocessSpec
 from mammokit.run import InputSpec, ModelCard, save_run
 
@@ -273,7 +274,7 @@ def _finish_whole(
     height, width = _image_size(data, str(images["image_file"].iloc[0]))
     card = ModelCard(
         task="whole",
-        arch="whole_image",
+        arch=registered_name(model),  # "whole_image", or "keras_graph" for a fine-tuned imported Keras model
         arch_kwargs=model.arch_kwargs,
         input=InputSpec(height, width, 1, mean, std, preprocess=_preprocess_from(meta)),
         labels=labels,

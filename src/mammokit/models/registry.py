@@ -30,6 +30,7 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 def _ensure_builtin_models() -> None:
     # Importing these modules runs their @register_model decorators.
+    import mammokit.models.keras_net
     import mammokit.models.patch
     import mammokit.models.whole  # noqa: F401
 
@@ -38,6 +39,15 @@ def list_models() -> list[str]:
     """Names accepted by `create_model`."""
     _ensure_builtin_models()
     return sorted(_REGISTRY)
+
+
+def registered_name(model: nn.Module) -> str:
+    """The registry name that rebuilds `model` (its class's), e.g. "whole_image" or "keras_graph"."""
+    _ensure_builtin_models()
+    for name, fn in _REGISTRY.items():
+        if fn is type(model):
+            return name
+    raise KeyError(f"{type(model).__name__} is not a registered model class")
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
