@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evaluate",
     "predict",
     "export",
+    "serve",
     "demo",
 )
 

@@ -26,6 +26,7 @@ No torch here: the ONNX prediction path imports this module.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from pathlib import Path
@@ -133,6 +134,11 @@ def sniff_format(path: Path) -> str | None:
     """'dicom', 'png', 'pgm', 'jpeg' from the file's first bytes, or None."""
     with open(path, "rb") as fh:
         head = fh.read(132)
+    return sniff_bytes(head)
+
+
+def sniff_bytes(head: bytes) -> str | None:
+    """'dicom', 'png', 'pgm', 'jpeg' from a file's first 132 bytes (the content decides, never a file name)."""
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -451,3 +457,46 @@ def read_mask_file(path: str | Path) -> np.ndarray:
         threshold = 0.0 if kind != "jpeg" else 127.0
         return pixels > threshold
     raise MammogramReadError(f"{path}: not a DICOM, PNG, PGM or JPEG mask file")
+
+
+class _InMemoryFile(io.BytesIO):
+    """A file's bytes held in memory, read by pydicom and Pillow like a file; `str()` names it in messages."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def read_mammogram_bytes(
+    data: bytes,
+    *,
+    name: str = "upload",
+    voi: VoiMode = "auto",
+    window_index: int = 0,
+    allow_for_processing: bool = False,
+) -> tuple[np.ndarray, MammoMeta]:
+    """`read_mammogram` for a file held in memory (the HTTP service writes nothing to disk): same checks, same result.
+
+    Args:
+        data: the whole file.
+        name: how messages name the file (also searched for the CBIS-DDSM `_LEFT_CC` pattern, like a path).
+        voi, window_index, allow_for_processing: as for `read_mammogram`.
+    """
+    if voi not in VOI_MODES:
+        raise ValueError(f"voi must be one of {VOI_MODES}, got {voi!r}")
+    if not data:
+        raise MammogramReadError(f"{name}: empty file (0 bytes)")
+    kind = sniff_bytes(bytes(data[:132]))
+    source = _InMemoryFile(bytes(data), name)
+    if kind == "dicom":
+        return _read_dicom(source, voi=voi, window_index=window_index, allow_for_processing=allow_for_processing)  # type: ignore[arg-type]
+    if kind in ("png", "pgm", "jpeg"):
+        from mammokit.io.raster import read_raster
+
+        return read_raster(source)
+    raise MammogramReadError(
+        f"{name}: not a DICOM, PNG, PGM or JPEG file (no 'DICM' marker at byte 128 and no image signature)"
+    )

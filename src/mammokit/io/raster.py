@@ -10,6 +10,7 @@ range, with `meta.extra["value_range"]` set to the nominal range of the bit dept
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -26,11 +27,11 @@ class RasterReadError(MammogramReadError):
     """A PNG/PGM/JPEG file could not be read as a grayscale mammogram; the message says why."""
 
 
-def read_raster(path: str | Path) -> tuple[np.ndarray, MammoMeta]:
+def read_raster(path: str | Path | BinaryIO) -> tuple[np.ndarray, MammoMeta]:
     """Read a grayscale PNG, PGM or JPEG mammogram.
 
     Args:
-        path: the image file.
+        path: the image file, or a binary file object (e.g. `io.dicom.read_mammogram_bytes`'s in-memory file).
 
     Returns:
         `(pixels, meta)`: float32 array (H, W), brighter = denser (these formats have no
@@ -39,7 +40,7 @@ def read_raster(path: str | Path) -> tuple[np.ndarray, MammoMeta]:
     Raises:
         RasterReadError: the file is not a readable image, is empty, or is a colour image.
     """
-    path = Path(path)
+    path = path if hasattr(path, "read") else Path(path)  # type: ignore[arg-type]
     try:
         with Image.open(path) as im:
             fmt = _FORMAT_NAMES.get(im.format or "", (im.format or "unknown").lower())
