@@ -30,6 +30,9 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
 from mammokit.serve.models import ExamLimits, ServedModels
 from mammokit.serve.settings import ServeConfig
 from mammokit.serve.store import ResultStore
@@ -69,9 +72,6 @@ def create_app(
     runs: list[str] | None = None, config: ServeConfig | None = None, *, models: ServedModels | None = None
 ) -> Any:
     """The ASGI app. Models load in the lifespan (from `runs`), unless `models` are given already loaded."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-
     cfg = config or ServeConfig()
     state: dict[str, Any] = {"models": models, "load_error": None}
 

@@ -23,6 +23,10 @@ from mammokit.io.dicom import sniff_bytes
 FILE_FIELD = "files"
 TEXT_FIELDS: frozenset[str] = frozenset({"laterality", "view", "heatmap", "inline"})
 MAX_TEXT_FIELD_BYTES = 1024
+# Encapsulated (compressed) pixel data ends with a Sequence Delimitation Item, (FFFE,E0DD) + zero length,
+# little endian; only trailing padding may follow it.
+_ENCAPSULATED_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
 _NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
 
 
@@ -182,7 +186,7 @@ def precheck(upload: UploadedFile, *, max_pixels: int) -> None:
             f"{label}: not a DICOM, PNG, PGM or JPEG image (the content has no DICOM 'DICM' marker and no image "
             "signature, whatever the file name says)",
         )
-    rows, cols, expected = _declared_size(kind, data)
+    rows, cols, expected, encapsulated = _declared_size(kind, data)
     if rows is None or cols is None:
         return  # the header could not be parsed: read_mammogram reports what is wrong
     if rows * cols > max_pixels:
@@ -190,6 +194,12 @@ def precheck(upload: UploadedFile, *, max_pixels: int) -> None:
             413,
             f"{label}: declares {rows} x {cols} pixels ({rows * cols / 1e6:.0f} MP), more than this server's limit "
             f"of {max_pixels / 1e6:.0f} MP per image (--max-megapixels)",
+        )
+    if encapsulated and _ENCAPSULATED_END not in data[-65536:]:
+        raise UploadError(
+            422,
+            f"{label}: the compressed pixel data has no end marker (sequence delimiter): the file is truncated; "
+            "send the complete file",
         )
     if expected is not None and expected > len(data):
         raise UploadError(
@@ -199,8 +209,8 @@ def precheck(upload: UploadedFile, *, max_pixels: int) -> None:
         )
 
 
-def _declared_size(kind: str, data: bytes) -> tuple[int | None, int | None, int | None]:
-    """(rows, columns, bytes of uncompressed pixel data or None) from the header alone."""
+def _declared_size(kind: str, data: bytes) -> tuple[int | None, int | None, int | None, bool]:
+    """(rows, columns, bytes of uncompressed pixel data or None, encapsulated?) from the header alone."""
     if kind == "dicom":
         import pydicom
 
@@ -212,10 +222,11 @@ def _declared_size(kind: str, data: bytes) -> tuple[int | None, int | None, int 
             bits = int(ds.get("BitsAllocated", 16) or 16)
             syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
         except Exception:  # damaged header: read_mammogram says so precisely
-            return None, None, None
+            return None, None, None, False
         native = syntax in _NATIVE_SYNTAXES
         expected = rows * cols * frames * samples * bits // 8 if native else None
-        return rows, cols, expected
+        encapsulated = not native and syntax != _DEFLATED_SYNTAX
+        return rows, cols, expected, encapsulated
     from PIL import Image
 
     try:
@@ -224,5 +235,5 @@ def _declared_size(kind: str, data: bytes) -> tuple[int | None, int | None, int 
     except Image.DecompressionBombError as exc:  # over twice Pillow's own pixel limit
         raise UploadError(413, f"image too large to decode safely ({exc})") from None
     except Exception:
-        return None, None, None
-    return int(height), int(width), None
+        return None, None, None, False
+    return int(height), int(width), None, False
