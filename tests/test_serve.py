@@ -289,3 +289,26 @@ def test_token_is_required_when_set_and_for_a_public_bind(client, exam, runs):
     ServeConfig(host="0.0.0.0", token="t").validate()
     ServeConfig(host="::1").validate()
     assert main(["serve", str(runs), "--host", "0.0.0.0"]) == 2  # refused before anything starts
+
+
+def test_onnx_backend_serves_the_same_probabilities_without_heatmaps(client, runs, exam, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    import shutil
+
+    from mammokit.cli import main
+
+    run = shutil.copytree(runs, tmp_path / runs.name)
+    shutil.copytree(runs.parent / "patch", tmp_path / "patch")
+    assert main(["export", str(run)]) == 0
+    torch_body = client.post("/v1/predict", files=multipart(exam), data={"heatmap": "none"}).json()
+    config = ServeConfig(backend="onnx")
+    config.validate()  # an ONNX server defaults to no heatmaps
+    with TestClient(create_app([str(run)], config)) as c:
+        wait_ready(c)
+        assert c.get("/v1/model").json()["heatmap_kinds"] == ["none"]
+        body = c.post("/v1/predict", files=multipart(exam)).json()
+        refused = c.post("/v1/predict", files=multipart(exam), data={"heatmap": "gradcam"})
+    assert body["models"][0]["backend"] == "onnx"
+    for onnx_view, torch_view in zip(body["views"], torch_body["views"], strict=True):
+        assert onnx_view["prob_malignant"] == pytest.approx(torch_view["prob_malignant"], abs=1e-4)
+    assert refused.status_code == 422 and "not available" in refused.json()["detail"]

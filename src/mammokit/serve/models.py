@@ -261,8 +261,8 @@ class ServedModels:
                     "height": meta.height,
                     "width": meta.width,
                     # ensemble = the mean over runs of each probability, as engine.evaluate.ensemble_predictions
-                    "prob_malignant": round(float(np.mean([m["prob_malignant"] for m in members])), 6),
-                    "prob_raw": round(float(np.mean([m["prob_raw"] for m in members])), 6),
+                    "prob_malignant": round(float(np.mean([preds[i].prob_malignant for preds in per_run])), 6),
+                    "prob_raw": round(float(np.mean([preds[i].prob_raw for preds in per_run])), 6),
                     "call": members[0]["call"] if single else None,
                     "threshold": members[0]["threshold"] if single else None,
                     "models": members,
