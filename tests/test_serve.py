@@ -291,6 +291,7 @@ def test_token_is_required_when_set_and_for_a_public_bind(client, exam, runs):
     assert main(["serve", str(runs), "--host", "0.0.0.0"]) == 2  # refused before anything starts
 
 
+@pytest.mark.slow  # the ONNX export alone takes a minute or more on 2 shared cores
 def test_onnx_backend_serves_the_same_probabilities_without_heatmaps(client, runs, exam, tmp_path):
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     import shutil
@@ -312,3 +313,58 @@ def test_onnx_backend_serves_the_same_probabilities_without_heatmaps(client, run
     for onnx_view, torch_view in zip(body["views"], torch_body["views"], strict=True):
         assert onnx_view["prob_malignant"] == pytest.approx(torch_view["prob_malignant"], abs=1e-4)
     assert refused.status_code == 422 and "not available" in refused.json()["detail"]
+
+
+def test_nothing_is_written_to_disk_during_a_request(client, exam, monkeypatch):
+    import builtins
+    import tempfile
+
+    writes: list[str] = []
+    real_open = builtins.open
+
+    def watching_open(file, mode="r", *args, **kwargs):
+        if any(flag in str(mode) for flag in "wax+"):
+            writes.append(f"{file} ({mode})")
+        return real_open(file, mode, *args, **kwargs)
+
+    def no_temp(*args, **kwargs):
+        writes.append("tempfile")
+        raise AssertionError("a temporary file was created")
+
+    monkeypatch.setattr(builtins, "open", watching_open)
+    for name in ("SpooledTemporaryFile", "NamedTemporaryFile", "TemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, no_temp)
+    response = client.post("/v1/predict", files=multipart(exam), data={"heatmap": "gradcam"})
+    assert response.status_code == 200 and client.get(response.json()["views"][0]["image_url"]).status_code == 200
+    assert writes == []
+
+
+def test_result_store_expires_and_evicts_the_oldest_results():
+    from mammokit.serve.store import ResultStore
+
+    store = ResultStore(ttl_s=0.2, max_bytes=100)
+    first = store.put({"a.png": b"x" * 60})
+    assert store.get(first, "a.png") == b"x" * 60 and store.get(first, "b.png") is None
+    second = store.put({"a.png": b"y" * 60})  # 120 bytes > 100: the oldest result goes
+    assert store.get(first, "a.png") is None and store.get(second, "a.png") == b"y" * 60
+    assert store.n_bytes == 60 and len(store) == 1
+    time.sleep(0.25)
+    assert store.get(second, "a.png") is None and store.n_bytes == 0
+    with pytest.raises(ValueError, match="exceeds"):
+        store.put({"big.png": b"z" * 101})
+
+
+def test_read_mammogram_bytes_equals_read_mammogram(exam, tmp_path):
+    from mammokit.io.dicom import MammogramReadError, read_mammogram, read_mammogram_bytes
+
+    png = tmp_path / "Case_RIGHT_MLO.png"
+    Image.fromarray(phantom((256, 192), bits=8, side="R").astype(np.uint8)).save(png)
+    for path in (exam[0], png):
+        pixels, meta = read_mammogram(path)
+        from_bytes, meta_bytes = read_mammogram_bytes(path.read_bytes(), name=str(path))
+        np.testing.assert_array_equal(from_bytes, pixels)
+        assert meta_bytes == meta
+    with pytest.raises(MammogramReadError, match="empty file"):
+        read_mammogram_bytes(b"", name="x.dcm")
+    with pytest.raises(MammogramReadError, match=r"^notes\.txt: not a DICOM"):
+        read_mammogram_bytes(b"plain text" * 20, name="notes.txt")

@@ -232,6 +232,9 @@ def create_app(
             return error(exc.status, exc.message, rid, **extra)
         except JobTimeout as exc:
             return error(504, str(exc), rid)
+        except Exception as exc:  # a bug or a model failure: the type only (messages can name the file)
+            log.error("request_id=%s failed with %s", rid, type(exc).__name__)
+            return error(500, f"internal error ({type(exc).__name__}); quote request id {rid}", rid)
         finally:
             slot.release_if_unused()
 

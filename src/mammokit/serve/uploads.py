@@ -23,6 +23,7 @@ from mammokit.io.dicom import sniff_bytes
 FILE_FIELD = "files"
 TEXT_FIELDS: frozenset[str] = frozenset({"laterality", "view", "heatmap", "inline"})
 MAX_TEXT_FIELD_BYTES = 1024
+MAX_TEXT_FIELDS = 16  # laterality + view per file, heatmap, inline: a few; more is not a real client
 # Encapsulated (compressed) pixel data ends with a Sequence Delimitation Item, (FFFE,E0DD) + zero length,
 # little endian; only trailing padding may follow it.
 _ENCAPSULATED_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
@@ -95,6 +96,8 @@ async def parse_predict_form(
     state: dict[str, bytes] = {"field": b"", "value": b""}
 
     def on_part_begin() -> None:
+        if len(parts) >= max_files + MAX_TEXT_FIELDS:
+            raise UploadError(422, f"too many form fields (more than {max_files + MAX_TEXT_FIELDS} parts)")
         parts.append(_Part())
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
