@@ -12,7 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mammokit.cli.common import UserError, add_config_args, add_device, add_workers, config_error_to_user
+from mammokit.cli.common import (
+    UserError,
+    add_assume_pixel_spacing,
+    add_config_args,
+    add_device,
+    add_workers,
+    config_error_to_user,
+)
 from mammokit.config import ConfigError
 
 
@@ -41,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("torch", "onnx"), default=None, help="torch (default) or onnx (no heatmaps)")
     p.add_argument("--aggregate", choices=("mean", "max"), default=None, help="views of a breast (default mean)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
+    add_assume_pixel_spacing(p)
     p.add_argument("--heatmap", choices=("none", "gradcam", "patch", "both"), default=None, help="default heatmap")
     p.add_argument("--max-file-mb", type=float, default=None, metavar="MB", help="upload limit per file (100)")
     p.add_argument("--max-megapixels", type=float, default=None, metavar="MP", help="image size limit (40)")
@@ -62,6 +70,7 @@ def _config(args: argparse.Namespace) -> Any:
         "backend": args.backend,
         "aggregate": args.aggregate,
         "tta": args.tta,
+        "assume_pixel_spacing": args.assume_pixel_spacing,
         "default_heatmap": args.heatmap,
         "max_file_mb": args.max_file_mb,
         "max_megapixels": args.max_megapixels,

@@ -263,7 +263,12 @@ def _load(runs: list[str], cfg: ServeConfig, state: dict[str, Any]) -> None:
     start = time.perf_counter()
     try:
         state["models"] = ServedModels.load(
-            runs, device=cfg.device, backend=cfg.backend, tta=cfg.tta, aggregate=cfg.aggregate
+            runs,
+            device=cfg.device,
+            backend=cfg.backend,
+            tta=cfg.tta,
+            aggregate=cfg.aggregate,
+            assume_pixel_spacing=cfg.assume_pixel_spacing,
         )
     except Exception as exc:  # reported on /readyz and in the log; the process stays up to say so
         state["load_error"] = f"{type(exc).__name__}: {exc}"

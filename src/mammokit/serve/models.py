@@ -73,8 +73,12 @@ class ServedModels:
         backend: str = "torch",
         tta: bool | None = None,
         aggregate: str = "mean",
+        assume_pixel_spacing: float | None = None,
     ) -> ServedModels:
-        predictors = [Predictor.from_run(r, device, backend, tta=tta) for r in runs]  # type: ignore[arg-type]
+        predictors = [
+            Predictor.from_run(r, device, backend, tta=tta, assume_pixel_spacing=assume_pixel_spacing)  # type: ignore[arg-type]
+            for r in runs
+        ]
         return cls(predictors, aggregate=aggregate)
 
     # ---- what the service offers --------------------------------------------------------------

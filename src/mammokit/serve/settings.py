@@ -21,6 +21,7 @@ class ServeConfig:
     backend: Literal["torch", "onnx"] = "torch"
     device: str = "auto"
     tta: bool | None = None  # None = as each run's calibration.json was fitted (plain without one)
+    assume_pixel_spacing: float | None = None  # mm/pixel for files without a spacing tag (pixel-spacing runs)
     aggregate: Literal["mean", "max"] = "mean"  # views of one breast, as `mammokit evaluate --aggregate`
     default_heatmap: Literal["none", "gradcam", "patch", "both"] = "gradcam"  # when a request names none
     max_file_mb: float = 100.0  # per uploaded file
