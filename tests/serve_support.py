@@ -24,7 +24,7 @@ def make_exam(root: Path) -> list[Path]:
     return sorted((root / "AllDICOMs").glob("*.dcm"))
 
 
-def wait_ready(client, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+def wait_ready(client, timeout_s: float = 600.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         response = client.get("/readyz")

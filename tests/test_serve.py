@@ -36,7 +36,8 @@ def exam(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def client(runs):
-    app = create_app([str(runs)], ServeConfig(max_file_mb=MAX_FILE_MB, queue=4, workers=2))
+    # a generous timeout: on a starved shared CPU one exam can take over a minute
+    app = create_app([str(runs)], ServeConfig(max_file_mb=MAX_FILE_MB, queue=4, workers=2, timeout_s=900))
     with TestClient(app) as c:
         wait_ready(c)
         yield c
