@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 DEMO_DIR ?= demo-output
 
-.PHONY: help venv test test-slow lint format demo demo-small bench clean chromium
+.PHONY: help venv test test-slow lint format demo demo-small serve bench clean chromium
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,10 @@ test-slow: $(STAMP)  ## the slow tests (training-quality checks; tens of minutes
 
 demo: $(STAMP)  ## the whole method on a synthetic CBIS-DDSM-layout dataset (<= 10 min on 2 cores)
 	$(BIN)/mammokit demo --out $(DEMO_DIR)
+
+serve: $(STAMP)  ## the prediction service + viewer on the demo's model: http://127.0.0.1:8000/ (after make demo)
+	@test -f $(DEMO_DIR)/runs/whole/model.json || { echo "no $(DEMO_DIR)/runs/whole: run 'make demo' first"; exit 2; }
+	$(BIN)/mammokit serve $(DEMO_DIR)/runs/whole
 
 bench: $(STAMP)  ## run the benchmark scripts
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "predict",
     "export",
     "import_keras",
+    "serve",
     "demo",
 )
 

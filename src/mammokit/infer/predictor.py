@@ -265,19 +265,38 @@ class Predictor:
 
     # ---- reading (NumPy only; safe to run in threads) ---------------------------------------
 
-    def load_image(self, item: InputItem | str | Path, *, keep_pixels: bool = False) -> PreparedImage:
-        """Read a file and prepare it exactly as the run's training images were prepared."""
-        from mammokit.data.geometry import prepare_pixels, resolve_spacing
-        from mammokit.io.dicom import read_mammogram
-
+    def load_image(
+        self, item: InputItem | str | Path, *, keep_pixels: bool = False, data: bytes | None = None
+    ) -> PreparedImage:
+        """Read a file (or `data`, the file's bytes held in memory) and prepare it as training did."""
         if not isinstance(item, InputItem):
             item = InputItem(path=Path(item), image_id=Path(item).stem, source=str(item))
-        pixels, meta = read_mammogram(
-            item.path,
-            voi=self.spec.voi,
-            window_index=self.spec.window_index,
-            allow_for_processing=self.spec.allow_for_processing,
-        )
+        pixels, meta = self.read(item, data=data)
+        return self.prepare(item, pixels, meta, keep_pixels=keep_pixels)
+
+    @property
+    def reader_options(self) -> dict[str, Any]:
+        """The `read_mammogram` options this run was trained with (runs with equal options can share a read)."""
+        return {
+            "voi": self.spec.voi,
+            "window_index": self.spec.window_index,
+            "allow_for_processing": self.spec.allow_for_processing,
+        }
+
+    def read(self, item: InputItem, *, data: bytes | None = None) -> tuple[np.ndarray, MammoMeta]:
+        """`read_mammogram` with this run's reader options; `data` = the file's bytes (nothing touches the disk)."""
+        from mammokit.io.dicom import read_mammogram, read_mammogram_bytes
+
+        if data is not None:
+            return read_mammogram_bytes(data, name=str(item.path), **self.reader_options)
+        return read_mammogram(item.path, **self.reader_options)
+
+    def prepare(
+        self, item: InputItem, pixels: np.ndarray, meta: MammoMeta, *, keep_pixels: bool = False
+    ) -> PreparedImage:
+        """Raw pixels + meta (from `read`) -> the model input, prepared exactly as the run's training images."""
+        from mammokit.data.geometry import prepare_pixels, resolve_spacing
+
         if self.spec.pixel_spacing is not None:
             # the same rule as `mammokit prepare` (file tag, else the user's value); SpacingError otherwise
             spacing, _ = resolve_spacing(meta.spacing_mm, assumed=self.assume_pixel_spacing)

@@ -32,6 +32,7 @@ No torch here: the ONNX prediction path imports this module.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -231,7 +232,12 @@ def sniff_format(path: Path) -> str | None:
     """'dicom', 'png', 'pgm', 'jpeg' from the file's first bytes, or None."""
     with open(path, "rb") as fh:
         head = fh.read(DICOM_MAGIC_OFFSET + 4)
-    if head[DICOM_MAGIC_OFFSET:] == b"DICM":
+    return sniff_bytes(head)
+
+
+def sniff_bytes(head: bytes) -> str | None:
+    """'dicom', 'png', 'pgm', 'jpeg' from a file's first 132 bytes (the content decides, never a file name)."""
+    if head[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
         return "dicom"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
@@ -656,3 +662,56 @@ def read_mask_file(path: str | Path) -> np.ndarray:
         threshold = 0.0 if kind != "jpeg" else 127.0
         return pixels > threshold
     raise MammogramReadError(f"{path}: not a DICOM, PNG, PGM or JPEG mask file")
+
+
+class _InMemoryFile(io.BytesIO):
+    """A file's bytes held in memory, read by pydicom and Pillow like a file; `str()` names it in messages."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def read_mammogram_bytes(
+    data: bytes,
+    *,
+    name: str = "upload",
+    voi: VoiMode = "auto",
+    window_index: int = 0,
+    allow_for_processing: bool = False,
+    max_pixels: int | None = None,
+) -> tuple[np.ndarray, MammoMeta]:
+    """`read_mammogram` for a file held in memory (the HTTP service writes nothing to disk): same checks, same result.
+
+    Args:
+        data: the whole file.
+        name: how messages name the file (also searched for the CBIS-DDSM `_LEFT_CC` pattern, like a path).
+        voi, window_index, allow_for_processing, max_pixels: as for `read_mammogram`.
+    """
+    if voi not in VOI_MODES:
+        raise ValueError(f"voi must be one of {VOI_MODES}, got {voi!r}")
+    if not data:
+        raise MammogramReadError(f"{name}: empty file (0 bytes)")
+    limit = max_image_pixels() if max_pixels is None else int(max_pixels)
+    kind = sniff_bytes(bytes(data[: DICOM_MAGIC_OFFSET + 4]))
+    source = _InMemoryFile(bytes(data), name)
+    if kind == "dicom":
+        with _warnings_to_log(source):  # type: ignore[arg-type]
+            return _read_dicom(
+                source,  # type: ignore[arg-type]
+                voi=voi,
+                window_index=window_index,
+                allow_for_processing=allow_for_processing,
+                max_pixels=limit,
+            )
+    if kind in ("png", "pgm", "jpeg"):
+        from mammokit.io.raster import read_raster
+
+        with _stage(source, f"reading the {kind.upper()} image"):  # type: ignore[arg-type]
+            return read_raster(source, max_pixels=limit)
+    raise MammogramReadError(
+        f"{name}: not a DICOM, PNG, PGM or JPEG file (no 'DICM' marker at byte 128 and no image signature)"
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -34,11 +35,11 @@ class RasterReadError(MammogramReadError):
     """A PNG/PGM/JPEG file could not be read as a grayscale mammogram; the message says why."""
 
 
-def read_raster(path: str | Path, *, max_pixels: int | None = None) -> tuple[np.ndarray, MammoMeta]:
+def read_raster(path: str | Path | BinaryIO, *, max_pixels: int | None = None) -> tuple[np.ndarray, MammoMeta]:
     """Read a grayscale PNG, PGM or JPEG mammogram.
 
     Args:
-        path: the image file.
+        path: the image file, or a binary file object (e.g. `io.dicom.read_mammogram_bytes`'s in-memory file).
         max_pixels: refuse images whose declared width x height exceeds this, before decoding (None: the
             `MAMMOKIT_MAX_PIXELS` environment variable or 100 Mpixels). Pillow's own decompression-bomb
             check is replaced by this one, so the error is always a `RasterReadError`.
@@ -50,7 +51,7 @@ def read_raster(path: str | Path, *, max_pixels: int | None = None) -> tuple[np.
     Raises:
         RasterReadError: the file is not a readable image, is empty, too large, or is a colour image.
     """
-    path = Path(path)
+    path = path if hasattr(path, "read") else Path(path)  # type: ignore[arg-type]
     limit = max_image_pixels() if max_pixels is None else int(max_pixels)
     try:
         with warnings.catch_warnings():

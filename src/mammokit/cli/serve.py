@@ -1,0 +1,126 @@
+"""`mammokit serve RUN [RUN ...]`: the HTTP prediction service and the web viewer (see docs/serving.md).
+
+Loads the runs once (several = an ensemble averaged as in `mammokit evaluate`) through the same
+`Predictor` as `mammokit predict`, and serves `POST /v1/predict`, `GET /v1/model`, `/healthz`, `/readyz`,
+`/docs` and the viewer at `/`. Binds to 127.0.0.1 unless told otherwise; any other address needs a token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from mammokit.cli.common import (
+    UserError,
+    add_assume_pixel_spacing,
+    add_config_args,
+    add_device,
+    add_workers,
+    config_error_to_user,
+)
+from mammokit.config import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="HTTP prediction service and web viewer for trained whole-image runs",
+        description=(
+            "Serve one or more whole-image runs over HTTP: POST /v1/predict (one image or one exam of up to 4 "
+            "views, multipart), GET /v1/model, /healthz, /readyz, /docs, and a viewer page at /. Several runs are "
+            "averaged as an ensemble. Binds to 127.0.0.1 by default; another address needs --token (or "
+            "$MAMMOKIT_SERVE_TOKEN). Nothing is written to disk. Research use only."
+        ),
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="whole-image run folders (hold model.json)")
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="bearer token required on /v1/* (default: $MAMMOKIT_SERVE_TOKEN); required for a non-loopback --host",
+    )
+    add_config_args(p)
+    add_device(p)
+    add_workers(p)
+    p.add_argument("--backend", choices=("torch", "onnx"), default=None, help="torch (default) or onnx (no heatmaps)")
+    p.add_argument("--aggregate", choices=("mean", "max"), default=None, help="views of a breast (default mean)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
+    add_assume_pixel_spacing(p)
+    p.add_argument("--heatmap", choices=("none", "gradcam", "patch", "both"), default=None, help="default heatmap")
+    p.add_argument("--max-file-mb", type=float, default=None, metavar="MB", help="upload limit per file (100)")
+    p.add_argument("--max-megapixels", type=float, default=None, metavar="MP", help="image size limit (40)")
+    p.add_argument("--queue", type=int, default=None, metavar="N", help="requests admitted at once; more get 503 (8)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="per-request limit in seconds (60)")
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from mammokit.config import load_config
+    from mammokit.serve.settings import TOKEN_ENV, ServeConfig
+
+    flags: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "token": args.token or os.environ.get(TOKEN_ENV) or None,
+        "device": None if args.device == "auto" else args.device,
+        "workers": args.workers,
+        "backend": args.backend,
+        "aggregate": args.aggregate,
+        "tta": args.tta,
+        "assume_pixel_spacing": args.assume_pixel_spacing,
+        "default_heatmap": args.heatmap,
+        "max_file_mb": args.max_file_mb,
+        "max_megapixels": args.max_megapixels,
+        "queue": args.queue,
+        "timeout_s": args.timeout,
+    }
+    try:
+        return load_config(ServeConfig, args.config, args.set, flags)
+    except ConfigError as exc:
+        raise config_error_to_user(exc) from None
+
+
+def _check_runs(runs: list[Path], backend: str) -> None:
+    """Fail before starting the server when a run folder cannot be served (the message says why)."""
+    from mammokit.run import WEIGHTS, RunFolderError, read_card
+
+    for run_dir in runs:
+        try:
+            card = read_card(run_dir)
+        except (RunFolderError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+        if card.task != "whole":
+            raise UserError(f"{run_dir} is a {card.task!r} run; serve whole-image runs (`mammokit train whole`)")
+        needed = "model.onnx" if backend == "onnx" else WEIGHTS
+        if not (run_dir / needed).is_file():
+            hint = " (`mammokit export` writes it)" if backend == "onnx" else ""
+            raise UserError(f"{run_dir}: {needed} is missing{hint}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from mammokit.serve.app import create_app
+    except ModuleNotFoundError as exc:
+        raise UserError(
+            f"`mammokit serve` needs the serve extra ({exc.name} is missing): pip install 'mammokit[serve]'"
+        ) from None
+    cfg = _config(args)
+    _check_runs(list(args.runs), cfg.backend)
+    app = create_app([str(r) for r in args.runs], cfg)
+    import logging
+
+    logging.getLogger("mammokit.serve").info(
+        "serving %d run(s) on http://%s:%d/ (token %s)",
+        len(args.runs),
+        cfg.host,
+        cfg.port,
+        "on" if cfg.token else "off",
+    )
+    # access_log off: the app logs each request itself with a request id, sizes and timings (no URLs, no names)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, access_log=False, log_config=None)
+    return 0

@@ -1,0 +1,283 @@
+"""The FastAPI application of `mammokit serve`.
+
+Routes:
+    GET  /                 the viewer (one self-contained page, package data; no CDN)
+    POST /v1/predict       multipart upload of one image or one exam -> JSON (see docs/serving.md)
+    GET  /v1/results/{id}/views/{i}/{name}.png   the view and heatmap PNGs a result links to (in memory)
+    GET  /v1/model         the model cards
+    GET  /healthz          the process is up
+    GET  /readyz           the models are loaded (503 until then, or with the load error)
+    GET  /docs, /openapi.json   the API description
+
+Safety: /v1/* needs `Authorization: Bearer TOKEN` when a token is set (required for a non-loopback bind);
+uploads are parsed in memory under size limits (`serve.uploads`); a bounded queue answers 503 +
+Retry-After when full and a request that runs past the timeout gets 504 (`serve.work`); nothing is
+written to disk. Logs carry a request id, sizes, status and timings - never file names, header fields
+or pixels (messages about a file go to the client only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from mammokit.serve.models import ExamLimits, ServedModels
+from mammokit.serve.settings import ServeConfig
+from mammokit.serve.store import ResultStore
+from mammokit.serve.uploads import FILE_FIELD, UploadError, parse_predict_form, precheck
+from mammokit.serve.work import JobTimeout, QueueFull, WorkQueue
+from mammokit.version import __version__
+
+log = logging.getLogger("mammokit.serve")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_PREDICT_FORM_SCHEMA = {
+    "type": "object",
+    "required": [FILE_FIELD],
+    "properties": {
+        FILE_FIELD: {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "one image or the views of one exam (at most 4): DICOM, PNG, PGM or JPEG",
+        },
+        "laterality": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["", "L", "R"]},
+            "description": "per file, in upload order: used where the file does not record it",
+        },
+        "view": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "per file, in upload order (CC, MLO, ...): used where the file does not record it",
+        },
+        "heatmap": {"type": "string", "enum": ["none", "gradcam", "patch", "both"]},
+        "inline": {"type": "boolean", "description": "PNGs as base64 data: URLs instead of links"},
+    },
+}
+
+
+def create_app(
+    runs: list[str] | None = None, config: ServeConfig | None = None, *, models: ServedModels | None = None
+) -> Any:
+    """The ASGI app. Models load in the lifespan (from `runs`), unless `models` are given already loaded."""
+    cfg = config or ServeConfig()
+    state: dict[str, Any] = {"models": models, "load_error": None}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        _quiet_third_party_logs()
+        queue = WorkQueue(capacity=cfg.queue, workers=cfg.workers, timeout_s=cfg.timeout_s)
+        state["queue"] = queue
+        state["store"] = ResultStore(ttl_s=cfg.result_ttl_s, max_bytes=int(cfg.result_store_mb * 2**20))
+        loader = None
+        if state["models"] is None:
+            loader = asyncio.create_task(asyncio.to_thread(_load, runs or [], cfg, state))
+        try:
+            yield
+        finally:
+            if loader is not None and not loader.done():
+                await asyncio.wait([loader])
+            queue.shutdown()
+
+    app = FastAPI(
+        title="mammokit serve",
+        version=__version__,
+        summary="p(malignant) and heatmaps for screening mammograms (research use only; not a medical device)",
+        lifespan=lifespan,
+    )
+    app.state.serve = state
+
+    def error(status: int, message: str, request_id: str, **extra: Any) -> JSONResponse:
+        headers = extra.pop("headers", None)
+        return JSONResponse({"detail": message, "request_id": request_id, **extra}, status, headers=headers)
+
+    @app.middleware("http")
+    async def request_log(request: Request, call_next: Any) -> Any:
+        given = request.headers.get("x-request-id", "")
+        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+        request.state.request_id = rid
+        request.state.upload_bytes = 0
+        start = time.perf_counter()
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = rid
+        log.info(
+            "request_id=%s %s %s status=%d upload_bytes=%d response_bytes=%s ms=%.1f",
+            rid,
+            request.method,
+            request.scope.get("route").path if request.scope.get("route") else "-",  # template, not the URL
+            response.status_code,
+            request.state.upload_bytes,
+            response.headers.get("content-length", "-"),
+            (time.perf_counter() - start) * 1e3,
+        )
+        return response
+
+    def auth_failure(request: Request) -> JSONResponse | None:
+        if not cfg.token:
+            return None
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and secrets.compare_digest(value.strip().encode(), cfg.token.encode()):
+            return None
+        return error(
+            401,
+            "this server needs a token: send 'Authorization: Bearer TOKEN' (in the viewer: enter it at the top)",
+            request.state.request_id,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def viewer() -> HTMLResponse:
+        page = resources.files("mammokit.serve").joinpath("static/viewer.html").read_text(encoding="utf-8")
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": _CSP})
+
+    @app.get("/healthz", summary="the process is up")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", summary="the models are loaded")
+    async def readyz(request: Request) -> Any:
+        if state["models"] is not None:
+            return {"status": "ready", "models": state["models"].names}
+        if state["load_error"]:
+            return error(503, f"the models failed to load: {state['load_error']}", request.state.request_id)
+        return error(503, "the models are loading", request.state.request_id, headers={"Retry-After": "5"})
+
+    @app.get("/v1/model", summary="the model cards of the served runs")
+    async def model(request: Request) -> Any:
+        if (denied := auth_failure(request)) is not None:
+            return denied
+        models = state["models"]
+        if models is None:
+            return error(503, "the models are not loaded yet; see /readyz", request.state.request_id)
+        return {
+            "models": models.cards(),
+            "ensemble": len(models.names) > 1,
+            "aggregate": models.aggregate,
+            "heatmap_kinds": models.heatmap_kinds,
+            "default_heatmap": cfg.default_heatmap,
+            "limits": {
+                "max_file_mb": cfg.max_file_mb,
+                "max_views": cfg.max_views,
+                "max_megapixels": cfg.max_megapixels,
+                "min_side": cfg.min_side,
+                "timeout_s": cfg.timeout_s,
+                "result_ttl_s": cfg.result_ttl_s,
+            },
+            "research_use_only": True,
+        }
+
+    @app.post(
+        "/v1/predict",
+        summary="p(malignant), the call, per-breast/exam results and heatmaps for one image or one exam",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _PREDICT_FORM_SCHEMA}}}
+        },
+    )
+    async def predict(request: Request) -> Any:
+        rid = request.state.request_id
+        if (denied := auth_failure(request)) is not None:
+            return denied
+        models: ServedModels | None = state["models"]
+        if models is None:
+            return error(503, "the models are not loaded yet; see /readyz", rid, headers={"Retry-After": "5"})
+        queue: WorkQueue = state["queue"]
+        try:
+            slot = queue.acquire()  # before reading the body: memory stays bounded by queue x upload limit
+        except QueueFull as exc:
+            return error(503, str(exc), rid, headers={"Retry-After": str(exc.retry_after_s)})
+        try:
+            max_file = int(cfg.max_file_mb * 1e6)
+            declared = int(request.headers.get("content-length") or 0)
+            if declared > cfg.max_views * max_file + 2**20:
+                raise UploadError(413, f"upload of {declared / 1e6:.0f} MB is larger than this server accepts")
+            form = await parse_predict_form(
+                request.headers.get("content-type"), request.stream(), max_file_bytes=max_file, max_files=cfg.max_views
+            )
+            request.state.upload_bytes = form.n_bytes
+            heatmap = (form.fields.get("heatmap") or [cfg.default_heatmap])[-1] or cfg.default_heatmap
+            inline = (form.fields.get("inline") or ["false"])[-1].lower() in ("1", "true", "yes", "on")
+            for upload in form.files:
+                precheck(upload, max_pixels=int(cfg.max_megapixels * 1e6))
+            start = time.perf_counter()
+            result = await slot.run(
+                lambda: models.predict_exam(
+                    form.files,
+                    lateralities=form.fields.get("laterality", []),
+                    views=form.fields.get("view", []),
+                    heatmap=heatmap,
+                    limits=ExamLimits(min_side=cfg.min_side, display_max_side=cfg.display_max_side),
+                    store=state["store"],
+                    inline=inline,
+                )
+            )
+            result["timings_ms"]["total"] = round((time.perf_counter() - start) * 1e3, 1)
+            result["request_id"] = rid
+            result["heatmap"] = heatmap
+            return result
+        except UploadError as exc:
+            extra = {"errors": exc.errors} if exc.errors else {}
+            return error(exc.status, exc.message, rid, **extra)
+        except JobTimeout as exc:
+            return error(504, str(exc), rid)
+        except Exception as exc:  # a bug or a model failure: the type only (messages can name the file)
+            log.error("request_id=%s failed with %s", rid, type(exc).__name__)
+            return error(500, f"internal error ({type(exc).__name__}); quote request id {rid}", rid)
+        finally:
+            slot.release_if_unused()
+
+    @app.get("/v1/results/{result_id}/views/{index}/{name}", summary="a PNG linked from a prediction")
+    async def result_file(request: Request, result_id: str, index: int, name: str) -> Any:
+        if (denied := auth_failure(request)) is not None:
+            return denied
+        data = state["store"].get(result_id, f"views/{index}/{name}")
+        if data is None:
+            return error(
+                404, "no such result file (results are kept in memory for a limited time)", request.state.request_id
+            )
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
+
+    return app
+
+
+# The viewer is one inline page: scripts/styles from itself, images from this server (blob:/data: URLs).
+_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob: data:; "
+    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def _load(runs: list[str], cfg: ServeConfig, state: dict[str, Any]) -> None:
+    start = time.perf_counter()
+    try:
+        state["models"] = ServedModels.load(
+            runs,
+            device=cfg.device,
+            backend=cfg.backend,
+            tta=cfg.tta,
+            aggregate=cfg.aggregate,
+            assume_pixel_spacing=cfg.assume_pixel_spacing,
+        )
+    except Exception as exc:  # reported on /readyz and in the log; the process stays up to say so
+        state["load_error"] = f"{type(exc).__name__}: {exc}"
+        log.error("loading the models failed: %s", state["load_error"])
+        return
+    log.info("loaded %d model(s) in %.1f s; ready", len(runs), time.perf_counter() - start)
+
+
+def _quiet_third_party_logs() -> None:
+    """pydicom's warnings can quote header values (names, dates): keep them out of the service log."""
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")

@@ -1,0 +1,456 @@
+"""The served models: one or more runs loaded through `Predictor`, and one exam predicted with them.
+
+Several runs form an ensemble exactly as in `mammokit evaluate` (`engine.evaluate.ensemble_predictions`):
+the raw and the calibrated p(malignant) are each the mean over the runs. An ensemble has no stored operating
+threshold, so, as in evaluate, it makes no call of its own; each member's call is reported. Breast and exam
+aggregates are `engine.evaluate.aggregate_predictions` (breast = mean or max over its views, exam = max over
+its breasts), with a single run's threshold applied on the calibrated scale as evaluate does.
+
+Heatmaps: each run's maps come back on the original pixel grid; for an ensemble the maps of one kind are
+averaged over the runs. They are stored as display-sized PNGs (see `render_view_pngs`) in the `ResultStore`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mammokit.infer.inputs import InputItem
+from mammokit.infer.predictor import HEATMAP_KINDS, Prediction, Predictor
+from mammokit.io.dicom import KNOWN_VIEWS, MammogramReadError
+from mammokit.io.meta import MammoMeta
+from mammokit.serve.store import ResultStore
+from mammokit.serve.uploads import UploadedFile, UploadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExamLimits:
+    min_side: int = 128  # px; smaller is no mammogram (and leaves the model nothing to see)
+    display_max_side: int = 1024  # px; longer side of the view/heatmap PNGs the viewer gets
+
+
+@dataclass
+class _ReadView:
+    upload: UploadedFile
+    item: InputItem
+    reads: dict[tuple, tuple[np.ndarray, MammoMeta]]  # reader options -> (pixels, meta)
+    meta: MammoMeta  # of the first read, with laterality/view from the form where the file had none
+
+
+class ServedModels:
+    """Predictors of the served runs, and `predict_exam` for one upload. The model stage is serialised."""
+
+    def __init__(self, predictors: Sequence[Predictor], *, aggregate: str = "mean") -> None:
+        if not predictors:
+            raise ValueError("serve needs at least one run")
+        if aggregate not in ("mean", "max"):
+            raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
+        self.predictors = list(predictors)
+        self.names = _unique_names([p.run_name for p in self.predictors])
+        self.aggregate = aggregate
+        # Grad-CAM keeps hook state on the model and a CPU forward pass already uses every core: one model
+        # call at a time; reading and preparing the next request's images goes on in other threads meanwhile.
+        self._model_lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        runs: Sequence[str | Path],
+        *,
+        device: str = "auto",
+        backend: str = "torch",
+        tta: bool | None = None,
+        aggregate: str = "mean",
+        assume_pixel_spacing: float | None = None,
+    ) -> ServedModels:
+        predictors = [
+            Predictor.from_run(r, device, backend, tta=tta, assume_pixel_spacing=assume_pixel_spacing)  # type: ignore[arg-type]
+            for r in runs
+        ]
+        return cls(predictors, aggregate=aggregate)
+
+    # ---- what the service offers --------------------------------------------------------------
+
+    @property
+    def heatmap_kinds(self) -> list[str]:
+        """The `heatmap` values every served run can make."""
+        kinds = []
+        for kind in HEATMAP_KINDS:
+            try:
+                for p in self.predictors:
+                    p.check_heatmap(kind)
+            except (ValueError, FileNotFoundError, OSError):
+                continue
+            kinds.append(kind)
+        return kinds
+
+    @property
+    def threshold(self) -> float | None:
+        """The operating threshold on the raw scale (a single run's); None for an ensemble."""
+        return self.predictors[0].threshold if len(self.predictors) == 1 else None
+
+    def cards(self) -> list[dict[str, Any]]:
+        """The model cards (model.json) with what the service adds: name, backend, calibration, TTA."""
+        from mammokit.config import to_dict
+
+        out = []
+        for name, p in zip(self.names, self.predictors, strict=True):
+            card = to_dict(p.card)
+            out.append(
+                {
+                    "name": name,
+                    "backend": p.backend_name,
+                    "calibrated": p.calibration is not None,
+                    "calibration_method": (p.calibration or {}).get("method"),
+                    "tta": p.tta,
+                    "card": card,
+                }
+            )
+        return out
+
+    def model_summaries(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "mammokit_version": p.card.mammokit_version,
+                "created": p.card.created,
+                "backend": p.backend_name,
+                "threshold": p.threshold,
+                "threshold_rule": p.card.threshold_rule,
+                "calibrated": p.calibration is not None,
+                "tta": p.tta,
+            }
+            for name, p in zip(self.names, self.predictors, strict=True)
+        ]
+
+    # ---- one exam ----------------------------------------------------------------------------
+
+    def predict_exam(
+        self,
+        uploads: Sequence[UploadedFile],
+        *,
+        lateralities: Sequence[str] = (),
+        views: Sequence[str] = (),
+        heatmap: str = "gradcam",
+        limits: ExamLimits | None = None,
+        store: ResultStore | None = None,
+        inline: bool = False,
+    ) -> dict[str, Any]:
+        """Read, check, predict and (optionally) render one image or exam; returns the JSON-able result.
+
+        Raises:
+            UploadError: 422 with one entry per rejected file when any file cannot be used.
+        """
+        limits = limits or ExamLimits()
+        if heatmap not in self.heatmap_kinds:
+            raise UploadError(422, f"heatmap {heatmap!r} is not available here; choose one of {self.heatmap_kinds}")
+        t0 = time.perf_counter()
+        read = self._read_all(uploads, lateralities, views, limits)
+        t_read = time.perf_counter()
+        per_run = self._predict(read, heatmap)
+        t_model = time.perf_counter()
+        result = self._assemble(read, per_run)
+        files = self._render(read, per_run, limits) if store is not None or inline else {}
+        t_render = time.perf_counter()
+        if files:
+            self._attach_images(result, files, store, inline)
+        result["timings_ms"] = {
+            "read": round((t_read - t0) * 1e3, 1),
+            "model": round((t_model - t_read) * 1e3, 1),
+            "render": round((t_render - t_model) * 1e3, 1),
+        }
+        return result
+
+    def _read_all(
+        self, uploads: Sequence[UploadedFile], lateralities: Sequence[str], views: Sequence[str], limits: ExamLimits
+    ) -> list[_ReadView]:
+        errors: list[dict[str, Any]] = []
+        out: list[_ReadView] = []
+        for i, up in enumerate(uploads):
+            try:
+                out.append(self._read_one(up, _at(lateralities, i), _at(views, i), limits))
+            except (MammogramReadError, ValueError) as exc:
+                errors.append({"file": up.index, "filename": up.filename, "error": str(exc)})
+        seen: dict[tuple[str, str], str] = {}
+        for rv in out:
+            lat, view = rv.meta.laterality, rv.meta.view
+            if lat and view:
+                if (lat, view) in seen:
+                    errors.append(
+                        {
+                            "file": rv.upload.index,
+                            "filename": rv.upload.filename,
+                            "error": f"{rv.upload.filename}: a second {lat} {view} view (also {seen[(lat, view)]}); "
+                            "an exam holds each view once - upload the exams separately",
+                        }
+                    )
+                seen[(lat, view)] = rv.upload.filename
+        if errors:
+            first = errors[0]["error"]
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise UploadError(422, f"rejected: {first}{more}", errors=errors)
+        return out
+
+    def _read_one(self, up: UploadedFile, laterality: str, view: str, limits: ExamLimits) -> _ReadView:
+        item = InputItem(path=Path(up.filename), image_id=f"view{up.index + 1}", source="upload")
+        reads: dict[tuple, tuple[np.ndarray, MammoMeta]] = {}
+        for p in self.predictors:
+            key = tuple(sorted(p.reader_options.items()))
+            if key not in reads:
+                reads[key] = p.read(item, data=up.data)
+        pixels, meta = next(iter(reads.values()))
+        if min(pixels.shape) < limits.min_side:
+            raise ValueError(
+                f"{up.filename}: image too small ({pixels.shape[0]} x {pixels.shape[1]} pixels); a mammogram needs "
+                f"at least {limits.min_side} pixels on each side"
+            )
+        overrides = _form_overrides(up.filename, meta, laterality, view)
+        for key, (px, m) in reads.items():
+            reads[key] = (px, dataclasses.replace(m, **overrides))
+        return _ReadView(up, item, reads, dataclasses.replace(meta, **overrides))
+
+    def _predict(self, read: list[_ReadView], heatmap: str) -> list[list[Prediction]]:
+        keep = heatmap in ("patch", "both")  # patch maps in another geometry re-prepare the original pixels
+        per_run = []
+        for p in self.predictors:
+            key = tuple(sorted(p.reader_options.items()))
+            try:
+                batch = [p.prepare(rv.item, *rv.reads[key], keep_pixels=keep) for rv in read]
+            except ValueError as exc:  # PreprocessError: e.g. a blank image
+                raise UploadError(422, f"rejected: {exc}") from None
+            with self._model_lock:
+                per_run.append(p.predict_prepared(batch, heatmap))  # type: ignore[arg-type]
+        return per_run
+
+    def _assemble(self, read: list[_ReadView], per_run: list[list[Prediction]]) -> dict[str, Any]:
+        from mammokit.metrics.calibration import apply_calibration
+
+        single = len(self.predictors) == 1
+        views = []
+        for i, rv in enumerate(read):
+            members = [
+                {
+                    "name": name,
+                    "prob_malignant": round(preds[i].prob_malignant, 6),
+                    "prob_raw": round(preds[i].prob_raw, 6),
+                    "call": int(preds[i].call),
+                    "threshold": preds[i].threshold,
+                }
+                for name, preds in zip(self.names, per_run, strict=True)
+            ]
+            meta = rv.meta
+            views.append(
+                {
+                    "index": rv.upload.index,
+                    "filename": rv.upload.filename,
+                    "format": meta.source_format,
+                    "laterality": meta.laterality,
+                    "view": meta.view,
+                    "laterality_source": meta.extra.get("laterality_source"),
+                    "view_source": meta.extra.get("view_source"),
+                    "photometric": meta.photometric,
+                    "spacing_mm": list(meta.spacing_mm) if meta.spacing_mm else None,
+                    "height": meta.height,
+                    "width": meta.width,
+                    # ensemble = the mean over runs of each probability, as engine.evaluate.ensemble_predictions
+                    "prob_malignant": round(float(np.mean([preds[i].prob_malignant for preds in per_run])), 6),
+                    "prob_raw": round(float(np.mean([preds[i].prob_raw for preds in per_run])), 6),
+                    "call": members[0]["call"] if single else None,
+                    "threshold": members[0]["threshold"] if single else None,
+                    "models": members,
+                }
+            )
+        threshold_cal = None
+        if single:
+            p = self.predictors[0]
+            threshold_cal = float(apply_calibration(p.threshold, p.calibration)) if p.calibration else p.threshold
+        breasts, exam, notes = _aggregates(views, self.aggregate, threshold_cal)
+        if not single:
+            notes.append("an ensemble has no stored threshold (as in `mammokit evaluate`): see each model's call")
+        return {
+            "models": self.model_summaries(),
+            "ensemble": not single,
+            "aggregate": self.aggregate,
+            "threshold_calibrated": threshold_cal,
+            "views": views,
+            "breasts": breasts,
+            "exam": exam,
+            "notes": notes,
+        }
+
+    def _render(self, read: list[_ReadView], per_run: list[list[Prediction]], limits: ExamLimits) -> dict[str, bytes]:
+        files: dict[str, bytes] = {}
+        for i, rv in enumerate(read):
+            pixels = next(iter(rv.reads.values()))[0]
+            maps: dict[str, list[np.ndarray]] = {}
+            for preds in per_run:
+                for kind, heat in preds[i].heatmaps.items():
+                    maps.setdefault(kind, []).append(heat)
+            mean_maps = {k: np.mean(v, axis=0) if len(v) > 1 else v[0] for k, v in maps.items()}
+            for name, png in render_view_pngs(pixels, mean_maps, limits.display_max_side).items():
+                files[f"views/{i}/{name}"] = png
+        return files
+
+    @staticmethod
+    def _attach_images(
+        result: dict[str, Any], files: dict[str, bytes], store: ResultStore | None, inline: bool
+    ) -> None:
+        result_id = store.put(files) if store is not None and not inline else None
+        result["result_id"] = result_id
+        if result_id is not None:
+            result["expires_in_s"] = store.ttl_s if store is not None else None
+
+        def link(name: str) -> str:
+            if inline:
+                return "data:image/png;base64," + base64.b64encode(files[name]).decode("ascii")
+            return f"/v1/results/{result_id}/{name}"
+
+        for i, view in enumerate(result["views"]):
+            prefix = f"views/{i}/"
+            view["image_url"] = link(prefix + "image.png")
+            view["heatmaps"] = {
+                name[len(prefix) + len("heatmap_") : -len(".png")]: link(name)
+                for name in sorted(files)
+                if name.startswith(prefix + "heatmap_")
+            }
+
+
+def render_view_pngs(pixels: np.ndarray, heatmaps: dict[str, np.ndarray], max_side: int) -> dict[str, bytes]:
+    """The view as a windowed grey PNG, and each heatmap as a grey+alpha PNG, both scaled to `max_side`.
+
+    Heatmap PNG: luminance = round(255 * heat) for heat in [0, 1] (the viewer applies the colour map), alpha 0
+    where the map has no value (NaN: outside what the model saw) and 255 elsewhere.
+    """
+    from PIL import Image
+
+    from mammokit.infer.overlay import window_to_u8
+
+    h, w = pixels.shape
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    grey = Image.fromarray(window_to_u8(pixels))
+    if grey.size != size:
+        grey = grey.resize(size, Image.Resampling.BOX)
+    out = {"image.png": _png(grey)}
+    for kind, heat in heatmaps.items():
+        heat = np.asarray(heat, dtype=np.float32)
+        valid = np.isfinite(heat)
+        level = np.clip(np.nan_to_num(heat, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        la = Image.merge("LA", (Image.fromarray(level), Image.fromarray(valid.astype(np.uint8) * 255)))
+        if la.size != size:
+            la = la.resize(size, Image.Resampling.BOX)
+        out[f"heatmap_{kind}.png"] = _png(la)
+    return out
+
+
+def _png(image: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)  # speed over size: these live in memory for minutes
+    return buf.getvalue()
+
+
+def _at(values: Sequence[str], i: int) -> str:
+    return values[i].strip().upper() if i < len(values) and values[i] else ""
+
+
+def _form_overrides(filename: str, meta: MammoMeta, laterality: str, view: str) -> dict[str, Any]:
+    """Laterality/view from the form where the file has none; a form value that contradicts the file is an error."""
+    out: dict[str, Any] = {}
+    extra = dict(meta.extra)
+    if laterality:
+        if laterality not in ("L", "R"):
+            raise ValueError(f"{filename}: laterality must be L or R, got {laterality!r}")
+        if meta.laterality and meta.laterality != laterality:
+            raise ValueError(
+                f"{filename}: the form says laterality {laterality} but the file says {meta.laterality} "
+                f"({meta.extra.get('laterality_source')}); leave the form field empty to use the file's"
+            )
+        if not meta.laterality:
+            out["laterality"] = laterality
+            extra["laterality_source"] = "form"
+    if view:
+        if view not in KNOWN_VIEWS:
+            raise ValueError(f"{filename}: unknown view {view!r}; use one of {', '.join(sorted(KNOWN_VIEWS))}")
+        if meta.view and meta.view != view:
+            raise ValueError(
+                f"{filename}: the form says view {view} but the file says {meta.view} "
+                f"({meta.extra.get('view_source')}); leave the form field empty to use the file's"
+            )
+        if not meta.view:
+            out["view"] = view
+            extra["view_source"] = "form"
+    if out:
+        out["extra"] = extra
+    return out
+
+
+def _aggregates(
+    views: list[dict[str, Any]], how: str, threshold_cal: float | None
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[str]]:
+    """Per-breast and per-exam p(malignant) with evaluate's `aggregate_predictions` (views of known laterality)."""
+    import pandas as pd
+
+    from mammokit.engine.evaluate import aggregate_predictions
+
+    notes: list[str] = []
+    known = [v for v in views if v["laterality"] in ("L", "R")]
+    if len(known) < len(views):
+        notes.append(
+            f"{len(views) - len(known)} view(s) without laterality are left out of the breast/exam results; "
+            "give the laterality as a form field"
+        )
+    if not known:
+        return [], None, notes
+    df = pd.DataFrame(
+        {
+            "image_id": [f"view{v['index'] + 1}" for v in known],
+            "patient_id": "upload",
+            "exam_id": "upload",
+            "laterality": [v["laterality"] for v in known],
+            "label": 0,  # unknown; aggregate_predictions carries it along
+            "prob_malignant": [v["prob_malignant"] for v in known],
+        }
+    )
+
+    def call(prob: float) -> int | None:
+        return None if threshold_cal is None else int(prob >= threshold_cal)
+
+    breasts = [
+        {
+            "laterality": row.laterality,
+            "prob_malignant": round(float(row.prob_malignant), 6),
+            "call": call(float(row.prob_malignant)),
+            "n_views": int(row.n_images),
+        }
+        for row in aggregate_predictions(df, "breast", how).itertuples()  # type: ignore[arg-type]
+    ]
+    row = aggregate_predictions(df, "exam", how).iloc[0]  # type: ignore[arg-type]
+    exam = {
+        "prob_malignant": round(float(row["prob_malignant"]), 6),
+        "call": call(float(row["prob_malignant"])),
+        "n_views": int(row["n_images"]),
+        "n_breasts": len(breasts),
+    }
+    return breasts, exam, notes
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        candidate, k = name, 2
+        while candidate in out:
+            candidate, k = f"{name}-{k}", k + 1
+        out.append(candidate)
+    return out

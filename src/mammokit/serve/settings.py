@@ -1,0 +1,65 @@
+"""`ServeConfig`: the options of `mammokit serve` (also readable from YAML with -c / --set)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+from mammokit.config import ConfigError
+
+TOKEN_ENV = "MAMMOKIT_SERVE_TOKEN"
+
+
+@dataclass
+class ServeConfig:
+    """Service options; the models' preprocessing comes from the run folders, as for `mammokit predict`."""
+
+    host: str = "127.0.0.1"  # loopback by default; any other address needs a token
+    port: int = 8000
+    token: str | None = None  # bearer token for /v1/*; default: $MAMMOKIT_SERVE_TOKEN
+    backend: Literal["torch", "onnx"] = "torch"
+    device: str = "auto"
+    tta: bool | None = None  # None = as each run's calibration.json was fitted (plain without one)
+    assume_pixel_spacing: float | None = None  # mm/pixel for files without a spacing tag (pixel-spacing runs)
+    aggregate: Literal["mean", "max"] = "mean"  # views of one breast, as `mammokit evaluate --aggregate`
+    default_heatmap: Literal["none", "gradcam", "patch", "both"] = "gradcam"  # when a request names none
+    max_file_mb: float = 100.0  # per uploaded file
+    max_views: int = 4  # files per request (one exam)
+    max_megapixels: float = 40.0  # declared image size limit (largest FFDM detectors are ~30 MP)
+    min_side: int = 128  # px; smaller images are refused
+    queue: int = 8  # requests admitted at once (running + waiting); more get HTTP 503 + Retry-After
+    workers: int = 2  # requests processed in parallel (reading overlaps the serialised model stage)
+    timeout_s: float = 60.0  # per request; HTTP 504 after it
+    result_ttl_s: float = 600.0  # how long a result's PNGs stay fetchable
+    result_store_mb: float = 256.0  # memory for result PNGs (oldest results dropped first)
+    display_max_side: int = 1024  # px; longer side of the view/heatmap PNGs
+
+    def validate(self) -> None:
+        for name in ("max_file_mb", "max_megapixels", "timeout_s", "result_ttl_s", "result_store_mb"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_views", "queue", "workers", "min_side", "display_max_side"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        if self.queue < self.workers:
+            raise ConfigError(f"queue ({self.queue}) must be at least workers ({self.workers})")
+        if self.backend == "onnx" and self.default_heatmap != "none":
+            self.default_heatmap = "none"  # ONNX Runtime has no gradients: no Grad-CAM, no patch maps
+        if not is_loopback(self.host) and not self.token:
+            raise ConfigError(
+                f"binding to {self.host!r} exposes the service beyond this machine: set a token with --token or "
+                f"${TOKEN_ENV} (clients then send 'Authorization: Bearer TOKEN'), or bind to 127.0.0.1"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """True for 'localhost' and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
