@@ -2,7 +2,7 @@
 
 Pipeline of `evaluate(runs, prepared, split, out)`:
 
-1. `predict_prepared` per run: p(malignant) for every labelled image of the split (optionally the mean over
+1. `predict_split` per run: p(malignant) for every labelled image of the split (optionally the mean over
    the four flips, the paper's "augmented AUC"), raw and after the run's `calibration.json` if any.
 2. Optionally fit temperature/Platt scaling on these predictions and store it in each run (`--fit-calibration`,
    meant for the validation split).
@@ -111,13 +111,6 @@ def load_split(prepared: str | Path, split: str) -> tuple[pd.DataFrame, int]:
     return known.reset_index(drop=True), int(len(table) - len(known))
 
 
-def _flips(x: Any) -> list[Any]:
-    """The four flips of a (B, C, H, W) batch: none, horizontal (columns), vertical (rows), both."""
-    import torch
-
-    return [x, torch.flip(x, dims=[-1]), torch.flip(x, dims=[-2]), torch.flip(x, dims=[-2, -1])]
-
-
 def _check_card(card: ModelCard, run_dir: Path) -> None:
     if card.task != "whole":
         raise EvaluationError(
@@ -126,7 +119,7 @@ def _check_card(card: ModelCard, run_dir: Path) -> None:
         )
 
 
-def predict_prepared(
+def predict_split(
     run_dir: str | Path,
     prepared: str | Path,
     split: str,
@@ -137,55 +130,47 @@ def predict_prepared(
     workers: int = 0,
     images: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """p(malignant) of one run for every labelled image of a prepared split.
+    """p(malignant) of one run for every labelled image of a prepared split, through the inference core.
 
     Args:
         run_dir: run folder (model.json + model.safetensors [+ calibration.json]).
         prepared: prepared dataset folder.
         split: "train", "val" or "test".
         tta: mean over the four flips instead of the image as is.
-        batch_size, device, workers: inference settings.
+        batch_size, device, workers: inference settings (workers = DataLoader processes reading PNGs).
         images: the split's labelled rows (from `load_split`) to avoid re-reading the manifest.
 
     Returns:
         One row per image: the id columns, optional density/birads/vendor/site, `prob_uncalibrated`
-        (sum of softmax over the card's positive labels) and `prob_malignant` (after calibration.json when
-        the run has one, else equal to the raw probability).
+        (`infer.core`: float32 softmax summed over the card's positive labels) and `prob_malignant` (after
+        calibration.json when the run has one, else equal to the raw probability).
     """
-    import torch
     from torch.utils.data import DataLoader
 
-    from mammokit.data.datasets import WholeImageDataset
-    from mammokit.run import load_model
-    from mammokit.utils.device import resolve_device
+    from mammokit.data.datasets import PreparedImages, stack_images
+    from mammokit.infer.core import TorchScorer
 
     run_dir = Path(run_dir)
     card = read_card(run_dir)
     _check_card(card, run_dir)
     if images is None:
         images, _ = load_split(prepared, split)
-    dev = resolve_device(device)
-    model, card = load_model(run_dir, device=dev)
-    positive = card.positive_indices
-    dataset = WholeImageDataset(prepared, images, mean=card.input.pixel_mean, std=card.input.pixel_std)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    scorer = TorchScorer.from_run(run_dir, device)
+    table = images[images["label"] >= 0].reset_index(drop=True)
+    files = table["image_file"].astype(str).tolist()
+    loader = DataLoader(PreparedImages(prepared, files), batch_size=batch_size, num_workers=workers,
+                        collate_fn=stack_images)  # fmt: skip
     expected = (card.input.height, card.input.width)
     probs: list[np.ndarray] = []
-    with torch.inference_mode():
-        for batch in loader:
-            x = batch["image"].to(dev, non_blocking=True)  # (B, 1, H, W), normalised
-            if tuple(x.shape[-2:]) != expected:
-                raise EvaluationError(
-                    f"{run_dir.name} expects {expected[0]}x{expected[1]} images but {prepared} holds "
-                    f"{x.shape[-2]}x{x.shape[-1]}; prepare the data with the run's size (see model.json input)"
-                )
-            views = _flips(x) if tta else [x]
-            p = torch.zeros(x.shape[0], device=dev)
-            for v in views:
-                p += torch.softmax(model(v).float(), dim=1)[:, positive].sum(dim=1)
-            probs.append((p / len(views)).cpu().numpy().astype(np.float64))
+    for batch in loader:  # (B, H, W) uint16
+        if tuple(batch.shape[-2:]) != expected:
+            raise EvaluationError(
+                f"{run_dir.name} expects {expected[0]}x{expected[1]} images but {prepared} holds "
+                f"{batch.shape[-2]}x{batch.shape[-1]}; prepare the data with the run's size (see model.json input)"
+            )
+        probs.append(scorer.score(batch, tta))
     raw = np.concatenate(probs) if probs else np.zeros(0)
-    out = dataset.table[[c for c in (*ID_COLUMNS, *OPTIONAL_COLUMNS) if c in dataset.table.columns]].copy()
+    out = table[[c for c in (*ID_COLUMNS, *OPTIONAL_COLUMNS) if c in table.columns]].copy()
     out["prob_uncalibrated"] = raw
     out["prob_malignant"] = apply_calibration(raw, read_calibration(run_dir))
     log.info("%s: predicted %d images of split %s (tta=%s)", run_dir.name, len(out), split, tta)
@@ -456,7 +441,7 @@ def evaluate(
         ece_bins: bins of the expected calibration error.
         batch_size, device, workers: inference settings.
         heatmaps: (caption, PNG) pairs to inline in the HTML report.
-        predictions: precomputed `predict_prepared` frames, one per run (skips inference; used by tests/demo).
+        predictions: precomputed `predict_split` frames, one per run (skips inference; used by tests/demo).
 
     Returns:
         The metrics dict also written to `out/metrics.json` (key "out" adds the output folder).
@@ -501,7 +486,7 @@ def evaluate(
         if predictions is not None:
             df = predictions[i].copy()
         else:
-            df = predict_prepared(
+            df = predict_split(
                 run_dir, prepared, split, tta=tta, batch_size=batch_size, device=device, workers=workers, images=images
             )
         if cfg.fit_calibration != "none":

@@ -35,14 +35,13 @@ from mammokit.engine.config import (
     TrainerConfig,
     WholeTrainConfig,
 )
-from mammokit.engine.metrics import classification_metrics, malignancy_scores, youden_threshold
+from mammokit.engine.metrics import classification_metrics
 from mammokit.engine.runner import (
     StagePlan,
     TrainingError,
     check_run_dir,
     finite_or_none,
     global_rank,
-    predict_probs,
     run_stages,
 )
 from mammokit.io.images import read_png16
@@ -97,17 +96,21 @@ def _split(table: pd.DataFrame, split: str, what: str, required: bool = True) ->
 def _evaluate(
     model: nn.Module, dataset: Dataset | None, positive: list[int], loader: LoaderConfig, trainer: TrainerConfig
 ) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
-    """Metrics of `model` on `dataset` (no augmentation), plus the raw (prob, label)."""
+    """Metrics of `model` on `dataset` (no augmentation), plus the raw (prob, label).
+
+    The probabilities come from the inference core in float32 whatever `trainer.precision` was, so the
+    threshold chosen on them is on the scale evaluate and predict produce.
+    """
+    from torch.utils.data import DataLoader
+
+    from mammokit.engine.module import collate_samples
+    from mammokit.infer.core import predict_class_probs
+
     if dataset is None or len(dataset) == 0:
         return {}, None, None
-    prob, label = predict_probs(
-        model,
-        dataset,
-        batch_size=loader.eval_batch_size or loader.batch_size,
-        workers=loader.workers,
-        device=trainer.accelerator,
-        precision=trainer.precision,
-    )
+    batches = DataLoader(dataset, batch_size=loader.eval_batch_size or loader.batch_size,
+                         num_workers=loader.workers, collate_fn=collate_samples, shuffle=False)  # fmt: skip
+    prob, label = predict_class_probs(model, batches, device=trainer.accelerator)
     return classification_metrics(prob, label, positive), prob, label
 
 
@@ -121,9 +124,17 @@ def _named(metrics: dict[str, Any], labels: list[str]) -> dict[str, Any]:
 
 
 def _threshold(prob: np.ndarray | None, label: np.ndarray | None, positive: list[int]) -> float:
+    """Youden threshold on validation p(malignant) (`mammokit.metrics`); 0.5 when it is undefined."""
+    from mammokit.infer.core import malignant_from_class_probs
+    from mammokit.metrics import youden_threshold
+
     if prob is None or label is None:
         return 0.5
-    return youden_threshold(malignancy_scores(prob, positive), np.isin(label, positive).astype(int))
+    y = np.isin(label, positive).astype(int)
+    if y.min() == y.max():
+        log.warning("validation has one class only: the stored threshold is 0.5, not a Youden threshold")
+        return 0.5
+    return youden_threshold(y, malignant_from_class_probs(prob, positive))
 
 
 # ---------------------------------------------------------------------------------------- patch stage
