@@ -91,3 +91,22 @@ def test_onnx_backend_without_export_says_what_to_do(exported, tmp_path):
     (whole / "model.onnx").unlink()
     with pytest.raises(FileNotFoundError, match="mammokit export"):
         Predictor.from_run(whole, backend="onnx")
+
+
+def test_onnx_file_from_before_the_graph_normalised_is_refused(exported, tmp_path):
+    """An older export (input = normalised image, no `mammokit_input` metadata) would give wrong
+    probabilities with today's predictor, which feeds the prepared image: it is refused with what to do."""
+    import onnx
+
+    from mammokit.infer.onnx import INPUT_META_KEY, OnnxBackend
+
+    proto = onnx.load(str(exported / "model.onnx"))
+    kept = [(e.key, e.value) for e in proto.metadata_props if e.key != INPUT_META_KEY]
+    del proto.metadata_props[:]
+    for key, value in kept:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    old = tmp_path / "model.onnx"
+    onnx.save(proto, str(old))
+    with pytest.raises(ValueError, match="re-export it with `mammokit export"):
+        OnnxBackend(old, device="cpu")

@@ -40,6 +40,10 @@ ONNX_FILE = "model.onnx"
 INPUT_NAME = "image"
 OUTPUT_NAME = "prob_malignant"
 DEFAULT_OPSET = 18
+# Metadata key/value naming what the graph's input is. Files exported before the graph held the
+# normalisation (input = normalised image) lack it and would give wrong probabilities: they are refused.
+INPUT_META_KEY = "mammokit_input"
+INPUT_META_VALUE = "prepared_uint16_values"
 
 
 def export_onnx(
@@ -123,8 +127,9 @@ def _embed_card(path: Path, card_json: str) -> None:
 
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "mammokit_model_card", card_json
+    for key, value in (("mammokit_model_card", card_json), (INPUT_META_KEY, INPUT_META_VALUE)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.save(proto, str(path))
 
 
@@ -160,6 +165,11 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(path), providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
+        if self.session.get_modelmeta().custom_metadata_map.get(INPUT_META_KEY) != INPUT_META_VALUE:
+            raise ValueError(
+                f"{path} was exported by an older mammokit whose graph expects a normalised image; "
+                f"re-export it with `mammokit export {path.parent}` (the graph now normalises itself)"
+            )
 
     def prob_malignant(self, x: np.ndarray) -> np.ndarray:
         """float32 (B, 1, H, W) in uint16 units (the prepared image's values) -> (B,) float32 p(malignant)."""
