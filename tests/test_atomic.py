@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -49,7 +50,7 @@ def test_resume_checkpoint_is_fsynced_before_it_replaces_the_last_one(tmp_path, 
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
     (tmp_path / LAST_CKPT).write_bytes(b"old")
     trainer = SimpleNamespace(
-        save_checkpoint=lambda path: open(path, "wb").write(b"new"),
+        save_checkpoint=lambda path: Path(path).write_bytes(b"new"),
         is_global_zero=True,
         strategy=SimpleNamespace(barrier=lambda name: None),
         global_step=7,
