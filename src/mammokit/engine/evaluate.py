@@ -31,7 +31,7 @@ import pandas as pd
 
 from mammokit.config import dump_yaml, to_dict
 from mammokit.constants import VIEWS
-from mammokit.data.manifest import DATASET_JSON, read_images
+from mammokit.data.manifest import DATASET_JSON, PreparedDataset
 from mammokit.metrics import (
     OneClassWarning,
     apply_calibration,
@@ -95,9 +95,7 @@ class EvaluateConfig:
 
 def load_split(prepared: str | Path, split: str) -> tuple[pd.DataFrame, int]:
     """Labelled images of `split` and the number of images skipped for an unknown label (-1)."""
-    images = read_images(prepared)
-    if "split" not in images.columns or "image_file" not in images.columns:
-        raise EvaluationError(f"{prepared}: manifest lacks 'split'/'image_file'; run `mammokit prepare` on it")
+    images = PreparedDataset.open(prepared).images
     table = images[images["split"].astype(str) == split]
     if table.empty:
         found = sorted(images["split"].astype(str).unique().tolist())

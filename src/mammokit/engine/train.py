@@ -13,7 +13,6 @@ threshold chosen on validation by Youden's rule), the resolved config and `metri
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch.utils.data import Dataset
 from mammokit.config import from_dict
 from mammokit.constants import WHOLE_IMAGE_CLASSES
 from mammokit.data.datasets import PatchDataset, WholeImageDataset
+from mammokit.data.manifest import PreparedDataset
 from mammokit.engine.config import (
     FinetuneConfig,
     LoaderConfig,
@@ -60,14 +60,13 @@ def _require(value: Path | None, what: str) -> Path:
     return Path(value)
 
 
-def _preprocess_from(meta: dict[str, Any] | None) -> PreprocessSpec:
-    """The PreprocessSpec stored in dataset.json / patches.json, whichever key holds it (default if none)."""
-    for holder in (meta or {}, (meta or {}).get("source") or {}):
-        for key in ("preprocess", "preprocess_spec", "spec"):
-            value = holder.get(key) if isinstance(holder, dict) else None
-            if isinstance(value, dict):
-                return from_dict(PreprocessSpec, value)
-    log.warning("no PreprocessSpec recorded with the data; model.json gets the default spec")
+def _recorded_spec(spec: PreprocessSpec | dict[str, Any] | None, where: str) -> PreprocessSpec:
+    """The PreprocessSpec the data was prepared with, for model.json (the default, with a warning, if none)."""
+    if isinstance(spec, dict):
+        return from_dict(PreprocessSpec, spec)
+    if isinstance(spec, PreprocessSpec):
+        return spec
+    log.warning("%s records no PreprocessSpec; model.json gets the default spec", where)
     return PreprocessSpec()
 
 
@@ -157,6 +156,7 @@ def train_patch(cfg: PatchTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
     data, out = _require(cfg.data, "patch set (--data)"), _require(cfg.out, "run folder (--out)")
     check_run_dir(out, cfg.resume)
     table, meta = read_patch_set(data)
+    source_spec = (meta.get("source") or {}).get("preprocess")  # the prepared images' spec, kept by `patches`
     classes = [str(c) for c in meta["classes"]]
     positive_labels = [c for c in classes if "malignant" in c]
     positive = [classes.index(c) for c in positive_labels]
@@ -210,7 +210,7 @@ def train_patch(cfg: PatchTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
         task="patch",
         arch="patch_classifier",
         arch_kwargs=model.arch_kwargs,
-        input=InputSpec(height, width, 1, mean, std, preprocess=_preprocess_from(meta)),
+        input=InputSpec(height, width, 1, mean, std, preprocess=_recorded_spec(source_spec, f"{data}/patches.json")),
         labels=classes,
         positive_labels=positive_labels,
         threshold=threshold,
@@ -231,20 +231,13 @@ def train_patch(cfg: PatchTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
 
 
 # ---------------------------------------------------------------------------------------- whole image
-def _read_prepared(data: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    from mammokit.data.manifest import DATASET_JSON, IMAGES_FILE
+def _open_prepared(data: Path) -> PreparedDataset:
+    from mammokit.data.manifest import ManifestError
 
-    manifest = data / IMAGES_FILE
-    if not manifest.is_file():
-        raise TrainingError(f"{data} is not a prepared dataset ({IMAGES_FILE} is missing); run `mammokit prepare`")
-    images = pd.read_parquet(manifest)
-    missing = {"split", "label", "image_file"} - set(images.columns)
-    if missing:
-        raise TrainingError(f"{manifest} lacks column(s) {sorted(missing)}; re-run `mammokit prepare`")
-    meta_path = data / DATASET_JSON
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    images = images[images["image_file"].notna() & (images["image_file"].astype(str) != "")]
-    return images, meta
+    try:
+        return PreparedDataset.open(data)
+    except ManifestError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def _whole_datasets(
@@ -267,9 +260,8 @@ def _finish_whole(
     model: nn.Module,
     cfg: Any,
     best: Any,
-    data: Path,
+    prepared: PreparedDataset,
     images: pd.DataFrame,
-    meta: dict[str, Any],
     mean: float,
     std: float,
     val_set: Dataset,
@@ -281,12 +273,14 @@ def _finish_whole(
     positive = [labels.index("malignant")]
     val_metrics, val_prob, val_label = _evaluate(model, val_set, positive, cfg.loader, cfg.trainer)
     test_metrics, _, _ = _evaluate(model, test_set, positive, cfg.loader, cfg.trainer)
-    height, width = _image_size(data, str(images["image_file"].iloc[0]))
+    height, width = _image_size(prepared.root, str(images["image_file"].iloc[0]))
     card = ModelCard(
         task="whole",
         arch="whole_image",
         arch_kwargs=model.arch_kwargs,
-        input=InputSpec(height, width, 1, mean, std, preprocess=_preprocess_from(meta)),
+        input=InputSpec(
+            height, width, 1, mean, std, preprocess=_recorded_spec(prepared.spec, f"{prepared.root}/dataset.json")
+        ),
         labels=labels,
         positive_labels=["malignant"],
         threshold=_threshold(val_prob, val_label, positive),
@@ -328,7 +322,8 @@ def train_whole(cfg: WholeTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
 
     data, out = _require(cfg.data, "prepared dataset (--data)"), _require(cfg.out, "run folder (--out)")
     check_run_dir(out, cfg.resume)
-    images, meta = _read_prepared(data)
+    prepared = _open_prepared(data)
+    images = prepared.images
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     m = cfg.model
     common = {"top": m.top, "num_classes": len(WHOLE_IMAGE_CLASSES), "drop_rate": m.drop_rate,
@@ -368,7 +363,7 @@ def train_whole(cfg: WholeTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
     if not is_zero or global_rank() != 0:
         return out
     return _finish_whole(
-        out=out, model=model, cfg=cfg, best=best, data=data, images=images, meta=meta, mean=mean, std=std,
+        out=out, model=model, cfg=cfg, best=best, prepared=prepared, images=images, mean=mean, std=std,
         val_set=val_set, test_set=test_set, parent_run=parent, notes=notes,
     )  # fmt: skip
 
@@ -407,7 +402,8 @@ def finetune(cfg: FinetuneConfig, callbacks: Sequence[Callback] = ()) -> Path:
     data, out = _require(cfg.data, "prepared dataset (--data)"), _require(cfg.out, "run folder (--out)")
     source = _require(cfg.from_run, "whole-image run (--from)")
     check_run_dir(out, cfg.resume)
-    images, meta = _read_prepared(data)
+    prepared = _open_prepared(data)
+    images = prepared.images
     if cfg.train_patients:
         if "patient_id" not in images.columns:
             raise TrainingError("--train-patients needs a patient_id column in the manifest")
@@ -440,6 +436,6 @@ def finetune(cfg: FinetuneConfig, callbacks: Sequence[Callback] = ()) -> Path:
         return out
     notes = {"init": "finetune", "train_patients": cfg.train_patients or "all"}
     return _finish_whole(
-        out=out, model=model, cfg=cfg, best=best, data=data, images=images, meta=meta, mean=mean, std=std,
+        out=out, model=model, cfg=cfg, best=best, prepared=prepared, images=images, mean=mean, std=std,
         val_set=val_set, test_set=test_set, parent_run=str(source), notes=notes,
     )  # fmt: skip
