@@ -36,12 +36,12 @@ def test_open_without_dataset_json_has_no_spec(tmp_path):
 
 
 def test_open_says_what_is_missing_and_what_to_run(tmp_path):
-    with pytest.raises(ManifestError, match="manifest.parquet not found; run `mammokit prepare`"):
+    with pytest.raises(ManifestError, match=r"manifest\.parquet not found; run `mammokit prepare`"):
         PreparedDataset.open(tmp_path)
     write_table(pd.DataFrame({"image_id": ["a"], "image_file": ["images/a.png"]}), tmp_path / "manifest.parquet")
     with pytest.raises(ManifestError, match=r"lacks column\(s\) \['label', 'split'\]; re-run `mammokit prepare`"):
         PreparedDataset.open(tmp_path)
     _manifest(tmp_path)
     (tmp_path / "dataset.json").write_text("{not json")
-    with pytest.raises(ManifestError, match="dataset.json is unreadable"):
+    with pytest.raises(ManifestError, match=r"dataset\.json is unreadable"):
         PreparedDataset.open(tmp_path)
