@@ -123,6 +123,23 @@ class TrainerConfig:
         return int(text)
 
 
+# The defaults below are those of the shipped configs/patch/default.yaml and configs/whole/default.yaml
+# (tests/test_config.py asserts they are equal): small and CPU-friendly, with larger later-stage learning
+# rates than the paper's 0.1 / 0.01 multipliers because they train for a few epochs (docs/decisions.md).
+# The paper's settings are in configs/paper/.
+def _default_patch_stages() -> list[StageConfig]:
+    return [StageConfig(1, 1.0), StageConfig(2, 1.0), StageConfig(3, 0.3)]
+
+
+def _default_whole_stages() -> list[StageConfig]:
+    return [StageConfig(2, 1.0), StageConfig(6, 0.3)]
+
+
+def _default_whole_top() -> dict[str, Any]:
+    # = the vgg_512x1 preset with PyTorch's BN momentum 0.1 (Keras' 0.99 needs thousands of steps)
+    return {"blocks": "vgg", "depths": [512, 512], "repetitions": [1, 1], "bn_momentum": 0.1}
+
+
 @dataclass
 class PatchModelConfig:
     """The patch classifier (mammokit.models.create_model("patch_classifier", ...))."""
@@ -138,17 +155,9 @@ class WholeModelConfig:
 
     backbone: str = "efficientnet_lite0"  # only used with --no-patch-init (else the patch run's backbone)
     pretrained: str | None = "imagenet"  # ImageNet weights for --no-patch-init
-    top: Any = "vgg_512x1"  # resnet_2x | vgg_512x1 | heatmap_blocks | heatmap_fc | none | a dict of options
+    top: Any = field(default_factory=_default_whole_top)  # a preset name (resnet_2x | vgg_512x1 | ...) or options
     drop_rate: float = 0.0
     grad_checkpointing: bool = False  # activation checkpointing in the trunk (saves memory at full resolution)
-
-
-def _default_patch_stages() -> list[StageConfig]:
-    return [StageConfig(1, 1.0), StageConfig(2, 0.1), StageConfig(3, 0.01)]
-
-
-def _default_whole_stages() -> list[StageConfig]:
-    return [StageConfig(2, 1.0), StageConfig(6, 0.1)]
 
 
 @dataclass
