@@ -35,6 +35,7 @@ from mammokit.engine.config import LoaderConfig, OptimConfig, StageConfig, Train
 from mammokit.engine.module import ClassifierModule
 from mammokit.engine.schedule import stage_trainable
 from mammokit.utils.atomic import atomic_write_json
+from mammokit.utils.console import tidy_third_party_output
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def build_trainer(
     """A Lightning Trainer for one stage: CSV (+ TensorBoard) logs under RUN/logs/<stage>/[resumed-N/]."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    tidy_third_party_output()  # after Lightning's import-time handler setup; the CLI's root handler exists by now
     version = ""
     if resuming:  # keep the interrupted attempt's logs; the continuation logs beside them
         n = 1
