@@ -146,7 +146,7 @@ def _masks(prepared: Path) -> dict[str, list[np.ndarray]]:
 
 
 def _overlap(mask: np.ndarray, y0: int, x0: int, size: int) -> float:
-    """Independent recomputation of seed_spec §4.2 by cropping (no summed-area table)."""
+    """Independent recomputation of the overlap rule (docs/patches.md) by cropping (no summed-area table)."""
     inside = int(mask[y0 : y0 + size, x0 : x0 + size].sum())
     return max(inside / int(mask.sum()), inside / size**2)
 

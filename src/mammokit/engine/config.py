@@ -43,7 +43,7 @@ class OptimConfig:
     lr: float = 1e-3  # stage learning rate = lr * stage.lr_multiplier
     momentum: float = 0.9  # SGD (Nesterov) / RMSprop only
     # L2 on the weights of the *new* layers only (patch head; whole-image top layers), never on biases,
-    # BatchNorm or the pretrained backbone (spec §5.7). `l2_style`: "keras" adds lambda*sum(W^2) to the loss
+    # BatchNorm or the pretrained backbone (docs/decisions.md, L2). `l2_style`: "keras" adds lambda*sum(W^2) to the loss
     # (coupled; implemented as weight_decay = 2*lambda on that parameter group of a plain optimizer, exactly
     # Keras' l2(lambda)); "decoupled" applies AdamW-style decay lambda*lr*W on that group.
     weight_decay: float = 1e-4
@@ -78,10 +78,10 @@ class LoaderConfig:
     eval_batch_size: int = 0  # 0 = same as batch_size
     workers: int = 0  # DataLoader worker processes
     # "loss": the paper's per-batch balancing (batch loss = sum over the classes present of that class's
-    # mean loss, spec §5.5); "sampler": draw training samples with probability 1/class frequency (with
+    # mean loss; docs/training.md); "sampler": draw training samples with probability 1/class frequency (with
     # replacement, one epoch = as many draws as training samples); "none": plain cross-entropy.
     balance: Balance = "loss"
-    # training-time augmentation (mammokit.data.transforms, spec §5.6); `augment.enabled: false` switches it off
+    # training-time augmentation (mammokit.data.transforms; docs/decisions.md, augmentation); `augment.enabled: false` switches it off
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
@@ -162,7 +162,7 @@ class WholeModelConfig:
 
 @dataclass
 class PatchTrainConfig:
-    """`mammokit train patch`: the 3-stage patch-classifier schedule (spec §5.3)."""
+    """`mammokit train patch`: the 3-stage patch-classifier schedule (docs/training.md; deviations in docs/decisions.md)."""
 
     data: Path | None = None  # patch set folder (mammokit patches)
     out: Path | None = None  # run folder to write
@@ -182,7 +182,7 @@ class PatchTrainConfig:
 
 @dataclass
 class WholeTrainConfig:
-    """`mammokit train whole`: the 2-stage whole-image schedule (spec §6.3)."""
+    """`mammokit train whole`: the 2-stage whole-image schedule (docs/training.md; deviations in docs/decisions.md)."""
 
     data: Path | None = None  # prepared dataset folder
     out: Path | None = None
@@ -206,7 +206,7 @@ class WholeTrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    """`mammokit finetune`: stage-2-only training of a whole-image run on a new dataset (spec §8)."""
+    """`mammokit finetune`: stage-2-only training of a whole-image run on a new dataset (the paper's INbreast transfer)."""
 
     data: Path | None = None  # prepared dataset folder of the new dataset
     out: Path | None = None

@@ -1,10 +1,10 @@
 """Public training entry points: `train_patch`, `train_whole` and `finetune` (each returns the run folder).
 
-* `train_patch(cfg)`: patch set (`mammokit patches`) -> patch run, the 3-stage schedule (spec §5.3).
-* `train_whole(cfg)`: prepared dataset + patch run -> whole-image run, the 2-stage schedule (spec §6.3);
+* `train_patch(cfg)`: patch set (`mammokit patches`) -> patch run, the 3-stage schedule (docs/training.md).
+* `train_whole(cfg)`: prepared dataset + patch run -> whole-image run, the 2-stage schedule (docs/training.md);
   `no_patch_init=True` trains the same network from ImageNet weights (the baseline that measures what the
   patch stage buys).
-* `finetune(cfg)`: whole-image run + new prepared dataset -> new run, stage 2 only (spec §8).
+* `finetune(cfg)`: whole-image run + new prepared dataset -> new run, stage 2 only (the paper's INbreast transfer).
 
 All three share `runner.run_stages` (Lightning Trainer per stage, exact resume) and end with
 `run.save_run`: best weights, `model.json` (input size, normalisation, the source PreprocessSpec, labels,

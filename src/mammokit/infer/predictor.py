@@ -228,7 +228,7 @@ class Predictor:
                 `parent_run` from model.json.
             channels_last: torch backend only: NHWC memory format (1.5-1.9x faster than NCHW on CPU
                 in benchmarks/bench_predict.py; the numbers are identical up to float rounding).
-            tta: average p(malignant) over the four flips (paper §7.2); None = as the run's
+            tta: average p(malignant) over the four flips (the paper's test-time augmentation); None = as the run's
                 calibration.json was fitted (plain when there is none).
             assume_pixel_spacing: source mm per pixel for files without a spacing tag; needed by a run
                 prepared in physical-scale mode (`preprocess.pixel_spacing`) for PNG/PGM/tag-less DICOM input.
