@@ -14,6 +14,7 @@ from mammokit.cli.common import (
     add_device,
     add_workers,
     config_error_to_user,
+    require_data_and_runs,
 )
 
 
@@ -66,10 +67,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(CalibrateConfig, args.config, args.set, flags)
     except ConfigError as exc:
         raise config_error_to_user(exc) from None
-    if not args.data.is_dir():
-        raise UserError(f"--data {args.data}: not a folder (give a prepared dataset from `mammokit prepare`)")
-    if not args.run.is_dir():
-        raise UserError(f"{args.run}: not a folder (give a run folder written by `mammokit train whole`)")
+    require_data_and_runs(args.data, [args.run])
     try:
         cal = calibrate(args.run, args.data, cfg)
     except (EvaluationError, RunFolderError, ManifestError, ConfigError) as exc:

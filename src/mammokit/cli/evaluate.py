@@ -16,6 +16,7 @@ from mammokit.cli.common import (
     add_seed,
     add_workers,
     config_error_to_user,
+    require_data_and_runs,
 )
 
 DESCRIPTION = """\
@@ -98,11 +99,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(EvaluateConfig, args.config, args.set, flags)
     except ConfigError as exc:
         raise config_error_to_user(exc) from None
-    if not args.data.is_dir():
-        raise UserError(f"--data {args.data}: not a folder (give a prepared dataset from `mammokit prepare`)")
-    for run_dir in args.runs:
-        if not run_dir.is_dir():
-            raise UserError(f"{run_dir}: not a folder (give a run folder written by `mammokit train whole`)")
+    require_data_and_runs(args.data, args.runs)
     missing = [str(path) for path in args.heatmaps if not path.is_file()]
     if missing:
         raise UserError(f"--heatmaps: file(s) not found: {', '.join(missing)}")

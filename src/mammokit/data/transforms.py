@@ -50,7 +50,7 @@ PAPER_SHEAR_RAD = 0.2  # Keras 2.0 shear_range is in radians
 
 @dataclass
 class AugmentConfig:
-    """Augmentation settings (defaults = the paper's; docs/decisions.md, augmentation). Put it in a training config as-is."""
+    """Augmentation settings (defaults = the paper's; docs/decisions.md). Put it in a training config as-is."""
 
     enabled: bool = True  # False: the transform returns its input unchanged (evaluation)
     hflip_p: float = 0.5  # probability of a left-right flip

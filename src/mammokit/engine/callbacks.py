@@ -56,7 +56,7 @@ class ResumeCheckpoint(Checkpoint):
 
 
 class BestWeights(Callback):
-    """Keep the weights with the best validation metric across all stages (the paper's checkpoint rule; docs/decisions.md).
+    """Keep the weights with the best validation metric across all stages (the paper's rule).
 
     The value is checked after every validation; on improvement global rank 0 writes the model's state dict
     to `path` (safetensors, atomic). The best value travels in Lightning checkpoints (`state_dict`), so a

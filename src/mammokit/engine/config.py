@@ -81,7 +81,7 @@ class LoaderConfig:
     # mean loss; docs/training.md); "sampler": draw training samples with probability 1/class frequency (with
     # replacement, one epoch = as many draws as training samples); "none": plain cross-entropy.
     balance: Balance = "loss"
-    # training-time augmentation (mammokit.data.transforms; docs/decisions.md, augmentation); `augment.enabled: false` switches it off
+    # training-time augmentation (mammokit.data.transforms; docs/decisions.md); `augment.enabled: false` switches it off
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
@@ -162,7 +162,7 @@ class WholeModelConfig:
 
 @dataclass
 class PatchTrainConfig:
-    """`mammokit train patch`: the 3-stage patch-classifier schedule (docs/training.md; deviations in docs/decisions.md)."""
+    """`mammokit train patch`: the 3-stage patch-classifier schedule (docs/training.md)."""
 
     data: Path | None = None  # patch set folder (mammokit patches)
     out: Path | None = None  # run folder to write
@@ -182,7 +182,7 @@ class PatchTrainConfig:
 
 @dataclass
 class WholeTrainConfig:
-    """`mammokit train whole`: the 2-stage whole-image schedule (docs/training.md; deviations in docs/decisions.md)."""
+    """`mammokit train whole`: the 2-stage whole-image schedule (docs/training.md)."""
 
     data: Path | None = None  # prepared dataset folder
     out: Path | None = None
@@ -206,7 +206,7 @@ class WholeTrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    """`mammokit finetune`: stage-2-only training of a whole-image run on a new dataset (the paper's INbreast transfer)."""
+    """`mammokit finetune`: stage-2-only training of a whole-image run on a new dataset (INbreast transfer)."""
 
     data: Path | None = None  # prepared dataset folder of the new dataset
     out: Path | None = None

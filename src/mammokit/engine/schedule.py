@@ -1,7 +1,7 @@
 """Staged fine-tuning: which parameters train in a stage, the frozen-BatchNorm policy, and the optimizer.
 
-Stages follow the paper's schedules (docs/training.md): (patch: 1 head, 2 last block + head, 3 all) and (whole image: 1 new top
-layers, 2 all). The model says which parameters a stage trains through `model.stage_parameters(stage)`;
+Stages follow the paper's (docs/training.md): patch 1 head, 2 last block + head, 3 all; whole image 1 new top
+layers, 2 all. The model says which parameters a stage trains through `model.stage_parameters(stage)`;
 everything else gets `requires_grad=False`. Every stage builds a fresh optimizer (fresh Adam moments), as
 the original code did by re-compiling the Keras model.
 """
