@@ -16,18 +16,16 @@ import pytest
 
 from mammokit.cli import main
 from mammokit.constants import PATCH_CLASSES_3, PATCH_CLASSES_5
-from mammokit.data.patches import (
+from mammokit.data.patch_sampling import (
     LesionInfo,
     PatchSamplingError,
-    default_patch_size,
     image_rng,
     lesion_class,
     overlap_map,
-    read_patch_set,
     sample_image_patches,
-    sample_patches,
     window_sums,
 )
+from mammokit.data.patches import default_patch_size, read_patch_set, sample_patches
 from mammokit.io.images import read_png16, write_png8, write_png16
 
 H, W, PATCH = 96, 80, 16  # tiny prepared geometry; 16-px patches keep every test well under a second
