@@ -335,40 +335,14 @@ def _staging_dir(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
 
 
-def sample_patches(
-    prepared: str | Path,
-    out: str | Path,
-    *,
-    scheme: str = "s10",
-    n_per_lesion: int | None = None,
-    n_background: int | None = None,
-    patch_size: int | None = None,
-    patch_mm: float | None = None,
-    classes: int = 5,
-    min_overlap: float = 0.9,
-    background_breast_fraction: float = 0.5,
-    breast_threshold: float = 0.05,
-    include_normal_images: bool = True,
-    seed: int = 0,
-    workers: int = 1,
-) -> dict[str, Any]:
+def sample_patches(prepared: str | Path, out: str | Path, cfg: PatchConfig | None = None) -> dict[str, Any]:
     """Sample a patch set from a prepared dataset folder and write it to `out` (see the module docstring).
 
     Args:
         prepared: prepared dataset folder (`mammokit prepare`).
         out: patch-set folder to create (must not exist or be empty).
-        scheme: "s1", "s10" or "sN".
-        n_per_lesion: override N for lesion patches.
-        n_background: override N for background patches per image.
-        patch_size: window side in pixels; None = from patch_mm (`resolve_patch_size`).
-        patch_mm: window side in mm; None = 44.8 mm in physical-scale mode, else round(224 * height / 1152) px.
-        classes: 5 or 3.
-        min_overlap: lesion-window overlap cutoff (paper 0.9).
-        background_breast_fraction: minimum breast fraction of a background window.
-        breast_threshold: the breast mask is `data.geometry.segment_breast(image, breast_threshold)`.
-        include_normal_images: take background patches from lesion-free negative images too.
-        seed: random seed.
-        workers: worker processes (the result does not depend on it).
+        cfg: the settings (`PatchConfig`: scheme, counts, patch size, classes, overlap, breast rules, seed,
+            workers); default PatchConfig() (S10, 5 classes).
 
     Returns:
         The summary written to patches.json.
@@ -377,20 +351,7 @@ def sample_patches(
         PatchSamplingError: bad settings, missing manifest, or `out` not empty. A bad image or mask is not an
             error: it is listed in errors.csv and skipped.
     """
-    cfg = PatchConfig(
-        scheme=scheme,
-        n_per_lesion=n_per_lesion,
-        n_background=n_background,
-        patch_size=patch_size,
-        patch_mm=patch_mm,
-        classes=classes,
-        min_overlap=min_overlap,
-        background_breast_fraction=background_breast_fraction,
-        breast_threshold=breast_threshold,
-        include_normal_images=include_normal_images,
-        seed=seed,
-        workers=workers,
-    )
+    cfg = cfg if cfg is not None else PatchConfig()
     try:
         cfg.validate()
     except ConfigError as exc:
@@ -418,10 +379,12 @@ def sample_patches(
     try:
         (staging / PATCH_IMAGES_DIR).mkdir()
         tasks = list(_tasks(prepared, staging, images, lesions, cfg, size))
-        log.info("sampling %s patches (size %d) from %d images, %d worker(s)", cfg.scheme, size, len(tasks), workers)
-        if workers > 1 and len(tasks) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = list(pool.map(_process_image, tasks, chunksize=max(1, len(tasks) // (workers * 8))))
+        log.info(
+            "sampling %s patches (size %d) from %d images, %d worker(s)", cfg.scheme, size, len(tasks), cfg.workers
+        )
+        if cfg.workers > 1 and len(tasks) > 1:
+            with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
+                results = list(pool.map(_process_image, tasks, chunksize=max(1, len(tasks) // (cfg.workers * 8))))
         else:
             results = [_process_image(t) for t in tasks]
 
