@@ -42,7 +42,7 @@ def make_data(
 
     Each step is skipped when its output exists, so a work folder can be reused.
     """
-    from mammokit.data.patches import sample_patches
+    from mammokit.data.patches import PatchConfig, sample_patches
     from mammokit.data.prepare import prepare_dataset
     from mammokit.preprocess import PreprocessSpec
     from mammokit.synth import generate
@@ -58,7 +58,9 @@ def make_data(
         )
     if not (patches / "patches.json").is_file():
         sample_patches(
-            prepared, patches, scheme="s10", n_per_lesion=per_lesion, n_background=background, classes=5, seed=seed
+            prepared,
+            patches,
+            PatchConfig(scheme="s10", n_per_lesion=per_lesion, n_background=background, classes=5, seed=seed),
         )
     return prepared, patches
 

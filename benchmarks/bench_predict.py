@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from mammokit.infer.onnx import OnnxBackend, _prob_wrapper, _torch_export
+from mammokit.infer.core import probability_graph
+from mammokit.infer.onnx import OnnxBackend, _torch_export
 
 BACKBONE = "efficientnet_lite0"  # engine/config.py defaults for the whole-image model
 TOP = "vgg_512x1"
@@ -84,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     h, w = args.size
     model = create_model("whole_image", backbone=BACKBONE, top=TOP, pretrained=None).eval()
-    wrapper = _prob_wrapper(model, [1])
-    x = torch.randn(args.batch, 1, h, w)
+    wrapper = probability_graph(model, [1], 0.449, 0.226)  # what predict runs and export writes
+    x = torch.randint(0, 65536, (args.batch, 1, h, w)).float()  # prepared uint16 values
     print(
         f"model: whole_image {BACKBONE} + {TOP}, input {args.batch}x1x{h}x{w}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results.append(("torch eager (NCHW)", time_images_per_s(eager, args.batch, args.repeat)))
 
-    wrapper_cl = _prob_wrapper(model, [1]).to(memory_format=torch.channels_last)
+    wrapper_cl = probability_graph(model, [1], 0.449, 0.226).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
     def channels_last() -> None:

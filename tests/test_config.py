@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mammokit.config import ConfigError, dump_yaml, load_config, parse_overrides
+from mammokit.config import ConfigError, dump_yaml, load_config, parse_overrides, to_dict
 from mammokit.preprocess import PreprocessSpec
 
 
@@ -72,3 +72,18 @@ def test_parse_overrides_nested():
     assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
     with pytest.raises(ConfigError):
         parse_overrides(["novalue"])
+
+
+@pytest.mark.parametrize(
+    ("cls_name", "yaml_path"),
+    [("PatchTrainConfig", "configs/patch/default.yaml"), ("WholeTrainConfig", "configs/whole/default.yaml")],
+)
+def test_library_defaults_equal_the_shipped_default_yaml(cls_name, yaml_path):
+    """`mammokit train` without -c and with -c configs/<stage>/default.yaml train the same way."""
+    from pathlib import Path
+
+    import mammokit.engine.config as engine_config
+
+    cls = getattr(engine_config, cls_name)
+    from_yaml = load_config(cls, [Path(__file__).resolve().parents[1] / yaml_path])
+    assert to_dict(from_yaml) == to_dict(cls())

@@ -15,7 +15,7 @@ from mammokit.config import ConfigError, load_config
 from mammokit.data.datasets import EpochSampler, PatchDataset, seeded_rng
 from mammokit.engine.config import OptimConfig, PatchTrainConfig, WholeTrainConfig
 from mammokit.engine.losses import batch_balanced_cross_entropy, classification_loss
-from mammokit.engine.metrics import classification_metrics, youden_threshold
+from mammokit.engine.metrics import classification_metrics
 from mammokit.engine.schedule import build_optimizer, regularised_parameters
 
 
@@ -186,12 +186,18 @@ def test_classification_metrics_per_class_and_confusion() -> None:
     assert m["loss"] == pytest.approx(-np.mean(np.log([0.8, 0.8, 0.7, 0.1])))
 
 
-def test_youden_threshold_separates_perfectly_separable_scores() -> None:
-    score = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
-    positive = np.array([0, 0, 0, 1, 1])
-    t = youden_threshold(score, positive)
-    assert 0.3 < t <= 0.8
-    assert youden_threshold(score, np.zeros(5, dtype=int)) == 0.5
+def test_training_threshold_is_youden_on_summed_malignant_probabilities() -> None:
+    """The stored threshold: Youden (mammokit.metrics, the one definition) on p(malignant) summed over the
+    malignant classes; a one-class validation set gives 0.5 (Youden is undefined there)."""
+    from mammokit.engine.train import _threshold
+
+    # three classes, classes 1 and 2 malignant: p(malignant) = 0.1, 0.2, 0.3 (benign) and 0.8, 0.9 (malignant)
+    p_mal = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
+    prob = np.stack([1 - p_mal, p_mal / 2, p_mal / 2], axis=1)
+    label = np.array([0, 0, 0, 1, 2])
+    assert _threshold(prob, label, [1, 2]) == pytest.approx(0.8)  # the lowest score calling both cancers
+    assert _threshold(prob, np.zeros(5, dtype=int), [1, 2]) == 0.5
+    assert _threshold(None, None, [1]) == 0.5
 
 
 # ------------------------------------------------------------------------------------------- config

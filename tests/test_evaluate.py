@@ -16,16 +16,18 @@ from sklearn.metrics import roc_auc_score
 
 from mammokit.config import to_dict
 from mammokit.data.manifest import write_table
+from mammokit.engine.calibrate import CalibrateConfig, calibrate
 from mammokit.engine.evaluate import (
     ENSEMBLE,
+    EvaluateConfig,
     EvaluationError,
     aggregate_predictions,
     ensemble_predictions,
     evaluate,
     load_split,
 )
-from mammokit.metrics import apply_calibration, delong_test
-from mammokit.run import CALIBRATION_JSON, METRICS_JSON, InputSpec, ModelCard
+from mammokit.metrics import apply_calibration, delong_test, ece
+from mammokit.run import CALIBRATION_JSON, InputSpec, ModelCard
 from mammokit.utils.atomic import atomic_write_json
 
 N_BOOT = 50
@@ -139,7 +141,8 @@ def test_evaluate_writes_all_outputs_with_correct_values(setup, tmp_path):
     prepared, run, images, _ = setup
     preds = fake_predictions(images, 3)
     out = tmp_path / "out"
-    result = evaluate([run], prepared, "test", out, n_boot=N_BOOT, predictions=[preds])
+    run_files = sorted(p.name for p in run.iterdir())
+    result = evaluate([run], prepared, out, EvaluateConfig(n_boot=N_BOOT), predictions=[preds])
     for name in ("predictions.csv", "breast_predictions.csv", "exam_predictions.csv", "metrics.json", "roc.png",
                  "pr.png", "reliability.png", "report.html", "evaluate.yaml"):  # fmt: skip
         assert (out / name).is_file(), name
@@ -175,34 +178,36 @@ def test_evaluate_writes_all_outputs_with_correct_values(setup, tmp_path):
     )
     assert metrics["data"]["n_images"] == len(images) and metrics["data"]["n_excluded_unknown_label"] == 1
     assert result["out"] == str(out)
-    # A summary lands in the run's own metrics.json.
-    run_metrics = json.loads((run / METRICS_JSON).read_text())
-    assert run_metrics["eval/prep-test"]["auc"] == pytest.approx(res["image"]["auc"]["value"])
+    assert sorted(p.name for p in run.iterdir()) == run_files  # nothing written into the evaluated run
     html = (out / "report.html").read_text()
     assert f"{res['image']['auc']['value']:.3f}" in html
 
 
-def test_default_out_dir_is_inside_the_run(setup):
+def test_default_out_dir_is_outside_the_run(setup, tmp_path, monkeypatch):
     prepared, run, images, _ = setup
-    evaluate([run], prepared, "test", None, n_boot=5, predictions=[fake_predictions(images, 0)])
-    assert (run / "eval" / "prep-test" / "report.html").is_file()
+    monkeypatch.chdir(tmp_path)
+    evaluate([run], prepared, None, EvaluateConfig(n_boot=5), predictions=[fake_predictions(images, 0)])
+    assert (tmp_path / "eval" / "runA-prep-test" / "report.html").is_file()
+    assert not (run / "eval").exists()
 
 
-def test_fit_calibration_stores_plain_json_and_maps_the_threshold(setup, tmp_path):
+def test_calibrate_stores_plain_json_and_evaluate_maps_the_threshold(setup, tmp_path):
     prepared, run, _, _ = setup
     val, _ = load_split(prepared, "val")
     preds = fake_predictions(val, 4, factor=3.0)  # overconfident
-    result = evaluate(
-        [run], prepared, "val", tmp_path / "cal", n_boot=N_BOOT, fit_calibration="temperature", predictions=[preds]
-    )
+    fitted = calibrate(run, prepared, CalibrateConfig(split="val", method="temperature"), predictions=preds)
     cal = json.loads((run / CALIBRATION_JSON).read_text())  # plain JSON, readable without mammokit
     assert cal["method"] == "temperature" and cal["temperature"] > 1.0
-    assert cal["fitted_on"] == "prep / val"
+    assert cal["fitted_on"] == "prep / val" and cal["tta"] is False and cal["n_images"] == len(val)
+    assert fitted["ece_before"] == pytest.approx(ece(val["label"].to_numpy(), preds["prob_uncalibrated"].to_numpy()))
+    assert cal["log_loss_after"] < cal["log_loss_before"]  # the fit's objective
+    preds = preds.assign(prob_malignant=apply_calibration(preds["prob_uncalibrated"], cal))  # as predict_split reads it
+    cfg = EvaluateConfig(split="val", n_boot=N_BOOT)
+    result = evaluate([run], prepared, tmp_path / "cal", cfg, predictions=[preds])
     csv = pd.read_csv(tmp_path / "cal" / "predictions.csv")
     np.testing.assert_allclose(csv["prob_malignant"], apply_calibration(preds["prob_uncalibrated"], cal), rtol=1e-5)
     res = result["results"]["runA"]
     assert res["calibration"]["method"] == "temperature" and res["calibration"]["in_sample"]
-    assert cal["log_loss_after"] < cal["log_loss_before"]  # the fit's objective; ECE on 32 images is too noisy
     assert np.isfinite(res["calibration"]["ece_calibrated"]) and np.isfinite(res["calibration"]["ece_uncalibrated"])
     # The stored threshold (0.4 on the raw scale) is mapped through the same monotone map: same calls.
     point = res["image"]["operating_points"][0]
@@ -210,13 +215,16 @@ def test_fit_calibration_stores_plain_json_and_maps_the_threshold(setup, tmp_pat
     raw_calls = int((preds["prob_uncalibrated"] >= 0.4).sum())
     assert point["confusion"]["tp"] + point["confusion"]["fp"] == raw_calls
     assert any("in-sample" in w for w in result["warnings"])
+    on_test = evaluate([run], prepared, tmp_path / "t", EvaluateConfig(n_boot=5), predictions=[fake_predictions(
+        load_split(prepared, "test")[0], 1)])  # fmt: skip
+    assert not on_test["results"]["runA"]["calibration"]["in_sample"]
 
 
 def test_two_runs_give_an_ensemble_and_a_delong_test(setup, tmp_path):
     prepared, run_a, images, _ = setup
     run_b = make_run(tmp_path / "runB", threshold=0.5)
     a, b = fake_predictions(images, 5, strength=2.5), fake_predictions(images, 6, strength=0.5)
-    result = evaluate([run_a, run_b], prepared, "test", tmp_path / "ens", n_boot=N_BOOT, predictions=[a, b])
+    result = evaluate([run_a, run_b], prepared, tmp_path / "ens", EvaluateConfig(n_boot=N_BOOT), predictions=[a, b])
     assert result["primary"] == ENSEMBLE and set(result["results"]) == {"runA", "runB", ENSEMBLE}
     mean = (a["prob_malignant"] + b["prob_malignant"]) / 2
     assert result["results"][ENSEMBLE]["image"]["auc"]["value"] == pytest.approx(roc_auc_score(a["label"], mean))
@@ -228,7 +236,7 @@ def test_two_runs_give_an_ensemble_and_a_delong_test(setup, tmp_path):
     csv = pd.read_csv(tmp_path / "ens" / "predictions.csv")
     assert {"prob_runA", "prob_runB"} <= set(csv.columns)
     with pytest.raises(EvaluationError, match="--out"):
-        evaluate([run_a, run_b], prepared, "test", None, n_boot=5, predictions=[a, b])
+        evaluate([run_a, run_b], prepared, None, EvaluateConfig(n_boot=5), predictions=[a, b])
 
 
 def test_single_class_split_reports_nan_instead_of_crashing(setup, tmp_path):
@@ -237,7 +245,9 @@ def test_single_class_split_reports_nan_instead_of_crashing(setup, tmp_path):
     table = pd.read_parquet(prepared / "manifest.parquet")
     table = table[(table["split"] != "test") | (table["label"] == 0)]
     write_table(table, prepared / "manifest.parquet")
-    result = evaluate([run], prepared, "test", tmp_path / "one", n_boot=5, predictions=[fake_predictions(negatives, 0)])
+    result = evaluate(
+        [run], prepared, tmp_path / "one", EvaluateConfig(n_boot=5), predictions=[fake_predictions(negatives, 0)]
+    )
     assert np.isnan(result["results"]["runA"]["image"]["auc"]["value"])
     assert any("only one class" in w for w in result["warnings"])
     assert (tmp_path / "one" / "report.html").is_file()
@@ -247,4 +257,4 @@ def test_patch_runs_are_refused_with_a_clear_message(tmp_path):
     prepared = make_manifest(tmp_path / "prep")
     run = make_run(tmp_path / "patchrun", task="patch")
     with pytest.raises(EvaluationError, match="whole-image run"):
-        evaluate([run], prepared, "test", tmp_path / "o", n_boot=5)
+        evaluate([run], prepared, tmp_path / "o", EvaluateConfig(n_boot=5))

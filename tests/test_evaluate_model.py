@@ -13,7 +13,7 @@ import torch
 
 from mammokit.cli import main
 from mammokit.data.manifest import write_table
-from mammokit.engine.evaluate import EvaluationError, predict_prepared
+from mammokit.engine.evaluate import EvaluationError, predict_split
 from mammokit.io.images import read_png16, write_png16
 from mammokit.preprocess import PreprocessSpec, to_model_input
 from mammokit.run import CALIBRATION_JSON, MODEL_JSON, InputSpec, ModelCard, load_model, save_run
@@ -84,15 +84,15 @@ def _manual_probs(run: Path, prepared: Path, flips: bool) -> np.ndarray:
     return np.array(out)
 
 
-def test_predict_prepared_matches_an_independent_computation(tiny):
+def test_predict_split_matches_an_independent_computation(tiny):
     run, prepared = tiny
-    plain = predict_prepared(run, prepared, "test", batch_size=5, device="cpu")
+    plain = predict_split(run, prepared, "test", batch_size=5, device="cpu")
     assert len(plain) == 24 and list(plain["image_id"]) == list(
         pd.read_parquet(prepared / "manifest.parquet")["image_id"]
     )
     np.testing.assert_allclose(plain["prob_malignant"], _manual_probs(run, prepared, flips=False), rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(plain["prob_malignant"], plain["prob_uncalibrated"])  # no calibration.json
-    tta = predict_prepared(run, prepared, "test", tta=True, batch_size=8, device="cpu")
+    tta = predict_split(run, prepared, "test", tta=True, batch_size=8, device="cpu")
     np.testing.assert_allclose(tta["prob_malignant"], _manual_probs(run, prepared, flips=True), rtol=1e-4, atol=1e-6)
 
 
@@ -100,7 +100,7 @@ def test_stored_calibration_is_applied_at_prediction(tiny, tmp_path):
     run, prepared = tiny
     calibrated_run = Path(shutil.copytree(run, tmp_path / "run-cal"))
     atomic_write_json(calibrated_run / CALIBRATION_JSON, {"method": "temperature", "temperature": 4.0})
-    df = predict_prepared(calibrated_run, prepared, "test", device="cpu")
+    df = predict_split(calibrated_run, prepared, "test", device="cpu")
     raw = df["prob_uncalibrated"].to_numpy()
     logit = np.log(raw / (1 - raw))
     np.testing.assert_allclose(df["prob_malignant"], 1 / (1 + np.exp(-logit / 4.0)), rtol=1e-6)
@@ -113,17 +113,18 @@ def test_wrong_input_size_is_refused(tiny, tmp_path):
     card["input"]["height"] = 128
     atomic_write_json(other / MODEL_JSON, card)
     with pytest.raises(EvaluationError, match="expects 128x48"):
-        predict_prepared(other, prepared, "test", device="cpu")
+        predict_split(other, prepared, "test", device="cpu")
 
 
-def test_cli_evaluate_end_to_end(tiny, capsys):
+def test_cli_evaluate_end_to_end(tiny, capsys, tmp_path, monkeypatch):
     run, prepared = tiny
+    monkeypatch.chdir(tmp_path)
     status = main(["evaluate", str(run), "--data", str(prepared), "--bootstrap", "30", "--device", "cpu", "--tta",
                    "--aggregate", "max", "--batch-size", "6"])  # fmt: skip
     assert status == 0
     printed = capsys.readouterr().out
     assert "image AUC" in printed and "95% CI" in printed
-    out = run / "eval" / "prep-test"
+    out = tmp_path / "eval" / "run-prep-test"  # the default output folder: outside the run
     metrics = json.loads((out / "metrics.json").read_text())
     preds = pd.read_csv(out / "predictions.csv")
     assert metrics["settings"]["tta"] is True and metrics["settings"]["aggregate"] == "max"
@@ -154,12 +155,30 @@ def test_cuda_prediction_matches_cpu(tiny, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     run, prepared = tiny
-    cpu = predict_prepared(run, prepared, "test", tta=True, device="cpu")
-    gpu = predict_prepared(run, prepared, "test", tta=True, device="cuda", batch_size=16)
+    cpu = predict_split(run, prepared, "test", tta=True, device="cpu")
+    gpu = predict_split(run, prepared, "test", tta=True, device="cuda", batch_size=16)
     # cuDNN may use TF32 convolutions: agreement to ~1e-3, not bit-exact.
     np.testing.assert_allclose(gpu["prob_malignant"], cpu["prob_malignant"], atol=2e-3)
-    from mammokit.engine.evaluate import evaluate
+    from mammokit.engine.evaluate import EvaluateConfig, evaluate
 
-    result = evaluate([run], prepared, "test", tmp_path / "gpu", tta=True, n_boot=50, device="cuda")
+    result = evaluate([run], prepared, tmp_path / "gpu", EvaluateConfig(tta=True, n_boot=50, device="cuda"))
     assert (tmp_path / "gpu" / "report.html").is_file()
     assert result["results"]["run"]["image"]["n"] == 24
+
+
+def test_cli_calibrate_writes_the_map_that_evaluate_then_applies(tiny, tmp_path, capsys):
+    run, prepared = tiny
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    # the fixture has a test split only; calibrating on it here just exercises the command
+    argv = ["calibrate", str(run), "--data", str(prepared), "--split", "test", "--method", "temperature", "--tta",
+            "--device", "cpu", "--batch-size", "6"]  # fmt: skip
+    assert main(argv) == 0
+    assert "temperature calibration fitted on 24 images" in capsys.readouterr().out
+    cal = json.loads((run / CALIBRATION_JSON).read_text())
+    assert cal["method"] == "temperature" and cal["tta"] is True and cal["fitted_on"] == "prep / test"
+    df = predict_split(run, prepared, "test", tta=True, device="cpu")
+    from mammokit.metrics import apply_calibration
+
+    np.testing.assert_allclose(df["prob_malignant"], apply_calibration(df["prob_uncalibrated"].to_numpy(), cal))
+    assert main(["evaluate", str(run), "--data", str(prepared), "--fit-calibration", "platt"]) == 2
+    assert "mammokit calibrate RUN --data PREPARED --split val --method platt" in capsys.readouterr().err

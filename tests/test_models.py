@@ -267,7 +267,7 @@ def test_save_and_load_run_gives_identical_outputs(tmp_path) -> None:
 
 
 def test_paper_presets_feature_arithmetic_at_full_resolution() -> None:
-    """The seed spec's shape table (1152x896 input) on meta tensors: no memory, no compute."""
+    """The shape table of docs/models.md (1152x896 input) on meta tensors: no memory, no compute."""
     x = torch.empty(2, 1, 1152, 896, device="meta")
     with torch.device("meta"):
         r50 = create_model("whole_image", backbone="resnet50", top="resnet_2x").eval()

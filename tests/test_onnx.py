@@ -27,7 +27,8 @@ def exported() -> Path:
     return whole
 
 
-def test_onnx_matches_torch_for_several_batch_sizes(exported):
+def test_onnx_takes_the_prepared_image_and_matches_torch_for_several_batch_sizes(exported):
+    """The graph's input is the prepared uint16 image (as float32); mean/std are inside the graph."""
     import torch
 
     from mammokit.infer.onnx import OnnxBackend
@@ -36,11 +37,14 @@ def test_onnx_matches_torch_for_several_batch_sizes(exported):
     model, card = load_model(exported, "cpu")
     backend = OnnxBackend(exported / "model.onnx", device="cpu")
     rng = np.random.default_rng(1)
-    for batch in (1, 3):  # the export used batch 1: 3 proves the batch axis is dynamic
-        x = rng.standard_normal((batch, 1, *TINY_HW)).astype(np.float32)
+    mean, std = card.input.pixel_mean, card.input.pixel_std
+    for batch in (1, 3):  # the export used batch 2: 1 and 3 prove the batch axis is dynamic
+        u16 = rng.integers(0, 65536, (batch, 1, *TINY_HW)).astype(np.uint16)
+        normalised = (u16.astype(np.float64) / 65535.0 - mean) / std  # by hand, independently of mammokit
         with torch.inference_mode():
-            expected = torch.softmax(model(torch.from_numpy(x)), -1)[:, card.positive_indices].sum(-1).numpy()
-        got = backend.prob_malignant(x)
+            logits = model(torch.from_numpy(normalised.astype(np.float32)))
+            expected = torch.softmax(logits, -1)[:, card.positive_indices].sum(-1).numpy()
+        got = backend.prob_malignant(u16.astype(np.float32))
         assert got.shape == (batch,)
         assert np.abs(got - expected).max() <= 1e-4
     assert backend.card_json()["arch"] == "whole_image"  # the model card travels inside the file
@@ -87,3 +91,22 @@ def test_onnx_backend_without_export_says_what_to_do(exported, tmp_path):
     (whole / "model.onnx").unlink()
     with pytest.raises(FileNotFoundError, match="mammokit export"):
         Predictor.from_run(whole, backend="onnx")
+
+
+def test_onnx_file_from_before_the_graph_normalised_is_refused(exported, tmp_path):
+    """An older export (input = normalised image, no `mammokit_input` metadata) would give wrong
+    probabilities with today's predictor, which feeds the prepared image: it is refused with what to do."""
+    import onnx
+
+    from mammokit.infer.onnx import INPUT_META_KEY, OnnxBackend
+
+    proto = onnx.load(str(exported / "model.onnx"))
+    kept = [(e.key, e.value) for e in proto.metadata_props if e.key != INPUT_META_KEY]
+    del proto.metadata_props[:]
+    for key, value in kept:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    old = tmp_path / "model.onnx"
+    onnx.save(proto, str(old))
+    with pytest.raises(ValueError, match="re-export it with `mammokit export"):
+        OnnxBackend(old, device="cpu")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mammokit.cli.prepare import PrepareConfig
-from mammokit.config import load_config
+from mammokit.config import load_config, read_yaml, to_dict
 from mammokit.data.patches import PatchConfig
 from mammokit.engine.config import FinetuneConfig, PatchTrainConfig, WholeTrainConfig
 
@@ -28,10 +29,24 @@ def _config_class(path: Path) -> type:
     return KIND[path.stem.split("_")[0]]
 
 
+def _assert_applied(given: Any, resolved: Any, where: str) -> None:
+    """Every value the YAML file gives is the value of the resolved config (none dropped or coerced away)."""
+    if isinstance(given, dict) and isinstance(resolved, dict):
+        for key, value in given.items():
+            assert key in resolved, f"{where}.{key} is not in the resolved config"
+            _assert_applied(value, resolved[key], f"{where}.{key}")
+    elif isinstance(given, list | tuple):
+        assert isinstance(resolved, list | tuple) and len(given) == len(resolved), where
+        for i, (a, b) in enumerate(zip(given, resolved, strict=True)):
+            _assert_applied(a, b, f"{where}[{i}]")
+    else:
+        assert given == resolved, f"{where}: file says {given!r}, resolved config has {resolved!r}"
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
-def test_config_file_loads(path: Path) -> None:
+def test_config_file_loads_and_every_value_is_applied(path: Path) -> None:
     cfg = load_config(_config_class(path), [path])
-    assert cfg is not None
+    _assert_applied(read_yaml(path), to_dict(cfg), path.name)
 
 
 def test_paper_recipes_match_the_paper() -> None:

@@ -16,18 +16,16 @@ import pytest
 
 from mammokit.cli import main
 from mammokit.constants import PATCH_CLASSES_3, PATCH_CLASSES_5
-from mammokit.data.patches import (
+from mammokit.data.patch_sampling import (
     LesionInfo,
     PatchSamplingError,
-    default_patch_size,
     image_rng,
     lesion_class,
     overlap_map,
-    read_patch_set,
     sample_image_patches,
-    sample_patches,
     window_sums,
 )
+from mammokit.data.patches import PatchConfig, default_patch_size, read_patch_set, sample_patches
 from mammokit.io.images import read_png16, write_png8, write_png16
 
 H, W, PATCH = 96, 80, 16  # tiny prepared geometry; 16-px patches keep every test well under a second
@@ -130,7 +128,7 @@ def prepared(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def s10(prepared, tmp_path_factory) -> tuple[Path, pd.DataFrame, dict]:
     out = tmp_path_factory.mktemp("s10") / "patches"
-    sample_patches(prepared, out, scheme="s10", patch_size=PATCH, seed=7)
+    sample_patches(prepared, out, PatchConfig(scheme="s10", patch_size=PATCH, seed=7))
     table, summary = read_patch_set(out)
     return out, table, summary
 
@@ -146,7 +144,7 @@ def _masks(prepared: Path) -> dict[str, list[np.ndarray]]:
 
 
 def _overlap(mask: np.ndarray, y0: int, x0: int, size: int) -> float:
-    """Independent recomputation of seed_spec §4.2 by cropping (no summed-area table)."""
+    """Independent recomputation of the overlap rule (docs/patches.md) by cropping (no summed-area table)."""
     inside = int(mask[y0 : y0 + size, x0 : x0 + size].sum())
     return max(inside / int(mask.sum()), inside / size**2)
 
@@ -181,7 +179,7 @@ def test_s10_counts_per_lesion_and_per_image(s10):
 
 
 def test_s1_one_centred_patch_per_lesion_and_one_background(prepared, tmp_path):
-    summary = sample_patches(prepared, tmp_path / "s1", scheme="s1", patch_size=PATCH, seed=0)
+    summary = sample_patches(prepared, tmp_path / "s1", PatchConfig(scheme="s1", patch_size=PATCH, seed=0))
     table, _ = read_patch_set(tmp_path / "s1")
     assert (table[table["kind"] == "lesion"].groupby("lesion_id").size() == 1).all()
     assert len(table[table["kind"] == "lesion"]) == 7
@@ -197,7 +195,7 @@ def test_s1_one_centred_patch_per_lesion_and_one_background(prepared, tmp_path):
 
 
 def test_scheme_sn_and_overrides(prepared, tmp_path):
-    sample_patches(prepared, tmp_path / "s3", scheme="s3", n_background=2, patch_size=PATCH)
+    sample_patches(prepared, tmp_path / "s3", PatchConfig(scheme="s3", n_background=2, patch_size=PATCH))
     table, summary = read_patch_set(tmp_path / "s3")
     assert (table[table["kind"] == "lesion"].groupby("lesion_id").size() == 3).all()
     assert (table[table["kind"] == "background"].groupby("image_id").size() == 2).all()
@@ -309,7 +307,9 @@ def test_background_breast_fraction_threshold_is_applied(s10, prepared, tmp_path
     _, loose, _ = s10  # default threshold 0.5 lets windows reach into the dark background
     assert (loose.loc[loose["kind"] == "background", "breast_fraction"] < 1.0).any()
     strict = sample_patches(
-        prepared, tmp_path / "strict", scheme="s1", n_background=10, patch_size=24, background_breast_fraction=1.0
+        prepared,
+        tmp_path / "strict",
+        PatchConfig(scheme="s1", n_background=10, patch_size=24, background_breast_fraction=1.0),
     )
     table, _ = read_patch_set(tmp_path / "strict")
     background = table[table["kind"] == "background"]
@@ -345,7 +345,7 @@ def test_five_classes(s10):
 
 
 def test_three_classes(prepared, tmp_path):
-    sample_patches(prepared, tmp_path / "c3", scheme="s1", classes=3, patch_size=PATCH)
+    sample_patches(prepared, tmp_path / "c3", PatchConfig(scheme="s1", classes=3, patch_size=PATCH))
     table, summary = read_patch_set(tmp_path / "c3")
     assert summary["classes"] == list(PATCH_CLASSES_3)
     by_lesion = table[table["kind"] == "lesion"].set_index("lesion_id")
@@ -422,14 +422,16 @@ def _folder_bytes(folder: Path) -> dict[str, bytes]:
 def test_same_seed_identical_different_seed_different(s10, prepared, tmp_path):
     out, table, _ = s10
     again = tmp_path / "again"
-    sample_patches(prepared, again, scheme="s10", patch_size=PATCH, seed=7, workers=2)  # worker count irrelevant
+    sample_patches(
+        prepared, again, PatchConfig(scheme="s10", patch_size=PATCH, seed=7, workers=2)
+    )  # worker count irrelevant
     table2, _ = read_patch_set(again)
     pd.testing.assert_frame_equal(table, table2)
     assert _folder_bytes(out) == _folder_bytes(again)
     assert (out / "patches.parquet").read_bytes() == (again / "patches.parquet").read_bytes()
 
     other = tmp_path / "other"
-    sample_patches(prepared, other, scheme="s10", patch_size=PATCH, seed=8)
+    sample_patches(prepared, other, PatchConfig(scheme="s10", patch_size=PATCH, seed=8))
     table3, _ = read_patch_set(other)
     assert list(table3["patch_id"]) == list(table["patch_id"])  # same structure ...
     moved = (table3[["y0", "x0"]].to_numpy() != table[["y0", "x0"]].to_numpy()).any(axis=1)
@@ -443,7 +445,7 @@ def test_bad_image_and_mask_are_reported_and_skipped(tmp_path):
     prepared = make_prepared(tmp_path / "prep")
     (prepared / "images" / "img_b.png").write_bytes(b"not a png")
     (prepared / "masks" / "img_a_roi1.png").unlink()
-    summary = sample_patches(prepared, tmp_path / "out", scheme="s1", patch_size=PATCH)
+    summary = sample_patches(prepared, tmp_path / "out", PatchConfig(scheme="s1", patch_size=PATCH))
     errors = pd.read_csv(tmp_path / "out" / "errors.csv")
     assert set(errors["image_id"]) == {"img_a", "img_b"}
     assert summary["n_images_failed"] == 2
@@ -467,7 +469,7 @@ def test_existing_nonempty_output_is_refused(prepared, tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     with pytest.raises(PatchSamplingError, match="not empty"):
-        sample_patches(prepared, tmp_path / "full", patch_size=PATCH)
+        sample_patches(prepared, tmp_path / "full", PatchConfig(patch_size=PATCH))
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
     assert [p.name for p in tmp_path.iterdir()] == ["full"]  # no staging folder left behind
 
@@ -477,7 +479,7 @@ def test_default_patch_size_scales_with_prepared_height(tmp_path):
     assert default_patch_size(576) == 112
     assert default_patch_size(320) == 62
     prepared = make_prepared(tmp_path / "prep", height=H)
-    summary = sample_patches(prepared, tmp_path / "out", scheme="s1")
+    summary = sample_patches(prepared, tmp_path / "out", PatchConfig(scheme="s1"))
     assert summary["patch_size"] == round(224 * H / 1152) == 19
     assert summary["patch_size_rule"] == "round(224 * 96 / 1152)"
 

@@ -210,7 +210,7 @@ def test_tta_is_flip_invariant_and_follows_the_calibration(runs, tmp_path):
     plain = Predictor.from_run(whole, device="cpu")
     assert plain.tta is False
     prepared = plain.load_image(path)
-    mirrored = dataclasses.replace(prepared, x=np.ascontiguousarray(prepared.x[..., ::-1]))
+    mirrored = dataclasses.replace(prepared, image_u16=np.ascontiguousarray(prepared.image_u16[..., ::-1]))
     p, q = (r.prob_raw for r in plain.predict_prepared([prepared, mirrored]))
     assert abs(p - q) > 1e-6  # the model itself is not mirror-symmetric ...
     tta = Predictor.from_run(whole, device="cpu", tta=True)

@@ -21,8 +21,12 @@ PATCH_HW = (64, 64)
 EXPECTED_SIDE_VIEW = {"rcc": ("R", "CC"), "lcc": ("L", "CC"), "rmlo": ("R", "MLO"), "lmlo": ("L", "MLO")}
 
 
-def make_tiny_runs(root: Path, hw: tuple[int, int] = TINY_HW, seed: int = 0) -> tuple[Path, Path]:
+def make_tiny_runs(
+    root: Path, hw: tuple[int, int] = TINY_HW, seed: int = 0, spec: PreprocessSpec | None = None
+) -> tuple[Path, Path]:
     """A patch run and a whole-image run initialised from it (random weights, resnet18), as training writes them.
+
+    `spec`: the PreprocessSpec recorded in model.json (default: the default spec at size `hw`).
 
     Returns:
         (whole_run, patch_run); the whole run's model.json names the patch run as parent_run
@@ -33,7 +37,7 @@ def make_tiny_runs(root: Path, hw: tuple[int, int] = TINY_HW, seed: int = 0) -> 
     from mammokit.models.registry import create_model
 
     torch.manual_seed(seed)
-    spec = PreprocessSpec(height=hw[0], width=hw[1])
+    spec = spec if spec is not None else PreprocessSpec(height=hw[0], width=hw[1])
     patch = create_model("patch_classifier", backbone="resnet18", num_classes=len(PATCH_CLASSES_5), pretrained=None)
     patch_card = ModelCard(
         task="patch",

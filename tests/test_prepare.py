@@ -14,7 +14,8 @@ from PIL import Image
 
 from dicom_factory import phantom, write_mammogram
 from mammokit.cli import main
-from mammokit.data.prepare import PrepareError, geometry_from_row, prepare_dataset
+from mammokit.data.geometry import Geometry
+from mammokit.data.prepare import GEOMETRY_COLUMNS, PrepareError, prepare_dataset
 from mammokit.data.sources import DatasetSource, register_source
 from mammokit.io.images import read_png8, read_png16
 from mammokit.preprocess import PreprocessSpec
@@ -100,7 +101,7 @@ def test_prepare_end_to_end(raw: Path, tmp_path: Path) -> None:
     assert list(manifest["flipped"]) == [False, True, False, True, False, True, False]
     assert (manifest[["orig_height", "orig_width"]].to_numpy() == SHAPE).all()
     assert not manifest["orientation_disagrees"].any()
-    geo = geometry_from_row(manifest.iloc[1])  # maps prepared arrays back onto the source grid
+    geo = Geometry.from_dict({c: manifest.iloc[1][c] for c in GEOMETRY_COLUMNS})  # prepared -> source grid
     assert geo.flipped and geo.to_original(np.ones((64, 48), bool)).shape == SHAPE
     for f in manifest["image_file"]:
         img = read_png16(out / f)

@@ -38,8 +38,15 @@ def test_readme_small_demo_runs_end_to_end(tmp_path):
     assert 0.0 <= auc["value"] <= 1.0 and auc["ci_low"] <= auc["value"] <= auc["ci_high"]
     html = (out / "eval" / "report.html").read_text()
     assert "AUC" in html and html.count("data:image/png;base64,") >= 4  # ROC, PR, reliability + overlays
-    overlays = sorted((out / "predict" / "heatmaps").glob("*.png"))
-    assert {p.stem.rsplit("_", 1)[-1] for p in overlays} >= {"gradcam", "patch"} or len(overlays) >= 2
+    # every predicted image has a Grad-CAM overlay and one patch-classifier overlay per patch class
+    patch_classes = json.loads((out / "runs" / "patch" / "model.json").read_text())["labels"]
+    expected_kinds = {"gradcam", *(f"patch_{c}" for c in patch_classes)}
+    predicted = pd.read_csv(out / "predict" / "predictions.csv", dtype={"image_id": str})
+    assert len(predicted) >= 2
+    for image_id, listed in zip(predicted["image_id"], predicted["heatmaps"], strict=True):
+        names = listed.split(";")
+        assert {n.removeprefix(f"heatmaps/{image_id}_").removesuffix(".png") for n in names} == expected_kinds
+        assert all((out / "predict" / n).is_file() for n in names)
     # the ONNX export predicts what torch predicted for the same raw DICOMs
     torch_pred = pd.read_csv(out / "predict" / "predictions.csv").set_index("image_id")["prob_malignant"]
     onnx_pred = pd.read_csv(out / "predict-onnx" / "predictions.csv").set_index("image_id")["prob_malignant"]

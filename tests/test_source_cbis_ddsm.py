@@ -55,7 +55,7 @@ def test_real_manifest_labels_follow_the_any_malignant_rule(real_cases):
     both_types = real_cases.groupby(["patient_id", "side", "view"])["lesion_type"].nunique()
     assert (images["alt_paths"] != "").sum() == (both_types == 2).sum() == 71
     assert images.loc[images["alt_paths"] != "", "path"].str.startswith("Calc-").all()
-    # counts by official split, each split's rows counted separately (seed spec: 2,420/1,097 and 641/262)
+    # counts by official split, each split's rows counted separately (docs/datasets.md: 2,420/1,097 and 641/262)
     for split, n_img, n_mal in (("train", 2420, 1097), ("test", 641, 262)):
         sub = real_cases[real_cases["official_split"] == split].assign(
             m=lambda d: d["pathology"].str.startswith("MALIGNANT")

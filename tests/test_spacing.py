@@ -169,7 +169,7 @@ def test_prepare_without_known_spacing_lists_every_image_in_errors_csv_and_the_a
 
 
 def test_patch_mm_in_fixed_size_mode_needs_known_spacing(tmp_path):
-    from mammokit.data.patches import PatchSamplingError, sample_patches
+    from mammokit.data.patches import PatchConfig, PatchSamplingError, sample_patches
 
     raw = _png_csv(tmp_path / "raw")
     from mammokit.data.prepare import prepare_dataset
@@ -177,10 +177,10 @@ def test_patch_mm_in_fixed_size_mode_needs_known_spacing(tmp_path):
     prepare_dataset("csv", raw, tmp_path / "fixed", PreprocessSpec(height=96, width=64), val_fraction=0,
                     test_fraction=0, progress=False)  # fmt: skip
     with pytest.raises(PatchSamplingError, match="pixel spacing"):
-        sample_patches(tmp_path / "fixed", tmp_path / "p", patch_mm=20.0)
+        sample_patches(tmp_path / "fixed", tmp_path / "p", PatchConfig(patch_mm=20.0))
     prepare_dataset("csv", raw, tmp_path / "known", PreprocessSpec(height=96, width=64), val_fraction=0,
                     test_fraction=0, assume_pixel_spacing=0.2, progress=False)  # fmt: skip
-    summary = sample_patches(tmp_path / "known", tmp_path / "p2", patch_mm=20.0)
+    summary = sample_patches(tmp_path / "known", tmp_path / "p2", PatchConfig(patch_mm=20.0))
     spacing = pd.read_parquet(tmp_path / "known/manifest.parquet")["out_spacing_mm"].median()
     assert summary["patch_size"] == round(20.0 / spacing)
 

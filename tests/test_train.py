@@ -136,7 +136,18 @@ def test_whole_from_patch_then_finetune(patch_run: Path, prepared: Path, tmp_pat
     assert card.input.pixel_mean == patch_card.input.pixel_mean  # the patch run's normalisation is kept
     metrics = json.loads((whole / "metrics.json").read_text())
     assert metrics["monitor"] == "val_auc"
-    assert 0.0 <= metrics["val"]["auc"] <= 1.0 and 0.0 <= metrics["test"]["auc"] <= 1.0
+    # The final metrics and the stored threshold come from the same float32 probabilities `mammokit evaluate`
+    # computes on the saved run (the inference core), whatever the training precision.
+    from mammokit.engine.split_predict import predict_split
+    from mammokit.metrics import roc_auc, youden_threshold
+
+    for split in ("val", "test"):
+        df = predict_split(whole, prepared, split, device="cpu")
+        y, p = df["label"].to_numpy(), df["prob_uncalibrated"].to_numpy()
+        assert 0 < y.sum() < len(y), f"the fixture's {split} split needs both classes"
+        assert metrics[split]["auc"] == pytest.approx(roc_auc(y, p), abs=1e-6)
+        if split == "val":
+            assert card.threshold == pytest.approx(youden_threshold(y, p), abs=1e-6)
     model, _ = load_model(whole)
     assert model(torch.zeros(2, 1, 64, 48)).shape == (2, 2)
 
@@ -194,22 +205,19 @@ def test_whole_no_patch_init_baseline(prepared: Path, tmp_path: Path) -> None:
     assert card.parent_run is None and "no patch stage" in card.notes["init"]
 
 
-def test_finetune_rejects_too_many_patients(tmp_path: Path, prepared: Path, patch_run: Path) -> None:
-    rc = main(
-        [
-            "finetune",
-            "--from",
-            str(patch_run),
-            "--data",
-            str(prepared),
-            "--out",
-            str(tmp_path / "x"),
-            *COMMON,
-            "--train-patients",
-            "1",
-        ]
-    )
-    assert rc == 2  # a patch run is not a whole-image run
+def test_finetune_rejects_too_many_patients(tmp_path: Path, prepared: Path, patch_run: Path, capsys) -> None:
+    """More training patients asked for than the split holds: a usage error that says how many there are (the
+    check runs before the starting run is loaded, so the patch run given here is never reached)."""
+    import pandas as pd
+
+    images = pd.read_parquet(prepared / "manifest.parquet")
+    n_train = images.loc[images["split"] == "train", "patient_id"].nunique()
+    argv = ["finetune", "--from", str(patch_run), "--data", str(prepared), "--out", str(tmp_path / "x"), *COMMON,
+            "--train-patients", str(n_train + 1)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--train-patients {n_train + 1}: the training split has only {n_train} patients" in err
+    assert not (tmp_path / "x" / "model.json").exists()
 
 
 def test_select_patients_is_seeded_and_keeps_other_splits(prepared: Path) -> None:

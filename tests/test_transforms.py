@@ -1,4 +1,4 @@
-"""The paper's augmentation (seed_spec §5.6) on albumentations: contract, determinism, each step's effect."""
+"""The paper's augmentation (docs/decisions.md) on albumentations: contract, determinism, each step's effect."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ Two steps, both parameterised only by values stored with the data and the model:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class PreprocessSpec:
     # recorded per image as `fit_scale`); a larger one is an error (raise the canvas or the spacing).
     max_downscale: float = 1.25
     crop_breast: bool = True  # crop to the largest connected component's bounding box (paper: no crop for whole images)
-    breast_threshold: float = 0.05  # segmentation threshold, fraction of the image's max intensity (paper: 0.05)
+    breast_threshold: float = 0.05  # segmentation threshold, fraction of the image's intensity range min..max (0.05)
     canonical_side: Literal["left", "none"] = "left"  # flip right breasts so the chest wall is on the left
     aspect: Literal["stretch", "pad"] = "stretch"  # stretch = paper (aspect not kept); pad = keep aspect, pad with 0
     interpolation: Literal["area", "bilinear", "bicubic"] = "area"  # area avoids aliasing when downsizing 3-5x
@@ -69,12 +69,25 @@ class PreprocessSpec:
             raise ConfigError(f"preprocess.breast_threshold must be in (0, 1), got {self.breast_threshold}")
 
 
+def unit_scale(image_u16: np.ndarray) -> np.ndarray:
+    """uint16 image (any shape) -> float32 in [0, 1] (value / 65535). The first half of the model input."""
+    return np.asarray(image_u16).astype(np.float32) / np.float32(U16_MAX)
+
+
+def normalise(x: Any, mean: float, std: float) -> Any:
+    """(x - mean) / std on [0, 1] intensities, with float32 constants: the second half of the model input.
+
+    Works on NumPy arrays and torch tensors alike (plain arithmetic), so the training dataset applies
+    it after augmentation, `to_model_input` applies it at prediction, and both give the same numbers.
+    """
+    return (x - np.float32(mean)) / np.float32(std)
+
+
 def to_model_input(image_u16: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """uint16 image (H, W) -> float32 array (1, H, W) normalised with the model's stored mean/std.
+    """uint16 image (H, W) -> float32 array (1, H, W): `normalise(unit_scale(image), mean, std)`.
 
     NumPy only (no torch), so the ONNX prediction path can use it without importing torch.
     """
     if image_u16.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {image_u16.shape}")
-    x = image_u16.astype(np.float32) / np.float32(U16_MAX)
-    return ((x - np.float32(mean)) / np.float32(std))[None]
+    return normalise(unit_scale(image_u16), mean, std)[None]

@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "patches",
     "train",
     "finetune",
+    "calibrate",
     "evaluate",
     "predict",
     "export",

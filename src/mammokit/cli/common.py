@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from mammokit.config import ConfigError
@@ -89,6 +90,15 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 def add_batch_size(p: argparse.ArgumentParser, default: int | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=default, metavar="N", help="images per step")
+
+
+def require_data_and_runs(data: Path, runs: Sequence[Path]) -> None:
+    """--data must be a folder (a prepared dataset) and every RUN a folder; else a UserError saying what to give."""
+    if not data.is_dir():
+        raise UserError(f"--data {data}: not a folder (give a prepared dataset from `mammokit prepare`)")
+    for run_dir in runs:
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: not a folder (give a run folder written by `mammokit train whole`)")
 
 
 def config_error_to_user(exc: ConfigError) -> UserError:

@@ -16,6 +16,7 @@ from mammokit.cli.common import (
     add_seed,
     add_workers,
     config_error_to_user,
+    require_data_and_runs,
 )
 
 DESCRIPTION = """\
@@ -25,7 +26,8 @@ sensitivity/specificity at operating points (the model's stored threshold, Youde
 80/90 %, fixed sensitivity 80/90 %), breast- and exam-level results, subgroups (view, density, dataset,
 site, vendor), calibration, and the DeLong test between runs. Several runs are also averaged into an
 ensemble. Writes predictions.csv, metrics.json, roc.png, pr.png, reliability.png and a self-contained
-report.html to --out (default for one run: RUN/eval/<dataset>-<split>).
+report.html to --out (default for one run: eval/<run>-<dataset>-<split> in the working folder). Nothing is
+written into the run folders; fit a calibration map beforehand with `mammokit calibrate`.
 """
 
 
@@ -39,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folder(s) (model.json + model.safetensors)")
     add_data(p)
     p.add_argument("--split", default=None, help="split of the prepared manifest to evaluate (default test)")
-    add_out(p, required=False, help="output folder (default for a single run: RUN/eval/<dataset>-<split>)")
+    add_out(p, required=False, help="output folder (default for a single run: eval/<run>-<dataset>-<split>)")
     p.add_argument(
         "--tta",
         action="store_true",
@@ -52,12 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="how the views of one breast are combined for breast/exam-level results (default mean)",
     )
-    p.add_argument(
-        "--fit-calibration",
-        choices=("temperature", "platt"),
-        default=None,
-        help="fit temperature or Platt scaling on --split (normally val) and write calibration.json into each run",
-    )
+    p.add_argument("--fit-calibration", default=None, help=argparse.SUPPRESS)  # moved to `mammokit calibrate`
     p.add_argument(
         "--bootstrap", type=int, default=None, metavar="N", help="bootstrap resamples of women per CI (default 2000)"
     )
@@ -78,16 +75,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammokit.config import ConfigError, load_config, to_dict
+    from mammokit.config import ConfigError, load_config
     from mammokit.data.manifest import ManifestError
     from mammokit.engine.evaluate import EvaluateConfig, EvaluationError, evaluate
     from mammokit.run import RunFolderError
 
+    if args.fit_calibration is not None:
+        raise UserError(
+            "--fit-calibration moved to its own command (evaluate never writes into a run folder): "
+            f"mammokit calibrate RUN --data PREPARED --split val --method {args.fit_calibration}, then evaluate"
+        )
     flags: dict[str, Any] = {
         "split": args.split,
         "tta": args.tta,
         "aggregate": args.aggregate,
-        "fit_calibration": args.fit_calibration,
         "n_boot": args.bootstrap,
         "seed": args.seed,
         "batch_size": args.batch_size,
@@ -98,20 +99,13 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(EvaluateConfig, args.config, args.set, flags)
     except ConfigError as exc:
         raise config_error_to_user(exc) from None
-    if not args.data.is_dir():
-        raise UserError(f"--data {args.data}: not a folder (give a prepared dataset from `mammokit prepare`)")
-    for run_dir in args.runs:
-        if not run_dir.is_dir():
-            raise UserError(f"{run_dir}: not a folder (give a run folder written by `mammokit train whole`)")
-    options = to_dict(cfg)
-    split = options.pop("split")
-    n_boot = options.pop("n_boot")
+    require_data_and_runs(args.data, args.runs)
     missing = [str(path) for path in args.heatmaps if not path.is_file()]
     if missing:
         raise UserError(f"--heatmaps: file(s) not found: {', '.join(missing)}")
     heatmaps = [(path.stem, path) for path in args.heatmaps]
     try:
-        result = evaluate(args.runs, args.data, split, args.out, n_boot=n_boot, heatmaps=heatmaps, **options)
+        result = evaluate(args.runs, args.data, args.out, cfg, heatmaps=heatmaps)
     except (EvaluationError, RunFolderError, ManifestError, ConfigError) as exc:
         raise UserError(str(exc)) from None
     print(summary_text(result))

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise UserError(f"configuration: {exc}") from None
     try:
-        summary = sample_patches(args.data, args.out, **vars(cfg))
+        summary = sample_patches(args.data, args.out, cfg)
     except PatchSamplingError as exc:
         raise UserError(str(exc)) from None
     log.info(

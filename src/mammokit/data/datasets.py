@@ -1,9 +1,13 @@
 """PyTorch datasets over prepared folders: whole images (image-level labels) and patch sets.
 
-Samples are dicts: {"image": float tensor (1, H, W), "label": int, "image_id": str, "index": int (row)}. Intensity
-normalisation is `preprocess.to_model_input` with the mean/std the model will store, so training
-and prediction normalise identically. `transform`, when given, acts on the (1, H, W) tensor before
-normalisation (augmentation works on [0, 1] intensities).
+Samples are dicts: {"image": float tensor (1, H, W), "label": int, "image_id": str, "index": int (row)}. The
+image goes through the two steps of `preprocess.to_model_input` with augmentation between them:
+`preprocess.unit_scale` (uint16 -> [0, 1]) -> `transform` (augmentation works on [0, 1] intensities) ->
+`preprocess.normalise` with the mean/std the model will store. Without a transform that is exactly
+`to_model_input`, so training and prediction normalise identically (tests/test_parity.py).
+
+`PreparedImages` yields the prepared uint16 images themselves: the input of the inference core
+(`infer.core`), which evaluation scores.
 
 Reproducible training order: `EpochSampler` yields `(index, sample_seed)` pairs whose order and seeds
 are a pure function of (seed, epoch, position), sharded over DDP ranks; a dataset indexed with such a
@@ -25,7 +29,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from mammokit.io.images import read_png16
-from mammokit.preprocess import U16_MAX
+from mammokit.preprocess import normalise, unit_scale
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -57,14 +61,14 @@ class _PngDataset(Dataset):
         # `key` is an index, or (index, sample_seed) from EpochSampler (seeded augmentation).
         i, seed = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (int(key), None)
         u16 = read_png16(self.root / self.files[i])
-        x = torch.from_numpy(u16.astype(np.float32) / U16_MAX).unsqueeze(0)  # (1, H, W) in [0, 1]
+        x = torch.from_numpy(unit_scale(u16)).unsqueeze(0)  # (1, H, W) in [0, 1]
         if self.transform is not None:
             if seed is None:
                 x = self.transform(x)
             else:
                 with seeded_rng(seed, self.transform):
                     x = self.transform(x)
-        x = (x - self.mean) / self.std
+        x = normalise(x, self.mean, self.std)
         return {"image": x, "label": int(self.labels[i]), "image_id": self.ids[i], "index": i}
 
 
@@ -97,6 +101,25 @@ class PatchDataset(_PngDataset):
         transform: Transform | None = None,
     ) -> None:
         super().__init__(patch_root, patches, "patch_file", "class_index", "patch_id", mean, std, transform)
+
+
+class PreparedImages(Dataset):
+    """The prepared uint16 images (H, W) of a table's `image_file` column, in row order (no labels needed)."""
+
+    def __init__(self, prepared: str | Path, files: list[str]) -> None:
+        self.root = Path(prepared)
+        self.files = [str(f) for f in files]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return read_png16(self.root / self.files[i])
+
+
+def stack_images(images: list[np.ndarray]) -> np.ndarray:
+    """DataLoader collate for `PreparedImages`: a list of (H, W) uint16 -> (B, H, W) uint16 (no torch copy)."""
+    return np.stack(images)
 
 
 @contextlib.contextmanager

@@ -7,11 +7,18 @@ source file). `mammokit prepare` adds the prepared-geometry columns (`image_file
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from mammokit.utils.atomic import atomic_write_with
+
+if TYPE_CHECKING:
+    from mammokit.preprocess import PreprocessSpec
 
 IMAGES_FILE = "manifest.parquet"
 LESIONS_FILE = "lesions.parquet"
@@ -136,3 +143,51 @@ def read_lesions(prepared: str | Path) -> pd.DataFrame:
     """Read the lesion table of a prepared dataset folder (empty table if the dataset has none)."""
     path = Path(prepared) / LESIONS_FILE
     return pd.read_parquet(path) if path.is_file() else empty_lesions()
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset folder (`mammokit prepare`), opened once: the one reader of its files.
+
+    Attributes:
+        root: the folder.
+        images: the manifest's rows that have a prepared image (`image_file`); failed images are left out.
+        info: dataset.json ({} when absent: it is provenance, not input).
+    """
+
+    root: Path
+    images: pd.DataFrame
+    info: dict[str, Any]
+
+    @classmethod
+    def open(cls, root: str | Path, *, require: Sequence[str] = ("split", "label", "image_file")) -> PreparedDataset:
+        """Read manifest.parquet and dataset.json; ManifestError naming what is missing and what to run."""
+        root = Path(root)
+        images = read_images(root)
+        missing = sorted(set(require) - set(images.columns))
+        if missing:
+            raise ManifestError(f"{root / IMAGES_FILE} lacks column(s) {missing}; re-run `mammokit prepare`")
+        if "image_file" in images.columns:
+            images = images[images["image_file"].notna() & (images["image_file"].astype(str) != "")]
+        info: dict[str, Any] = {}
+        path = root / DATASET_JSON
+        if path.is_file():
+            try:
+                loaded = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise ManifestError(f"{path} is unreadable ({exc}); re-run `mammokit prepare`") from None
+            info = loaded if isinstance(loaded, dict) else {}
+        return cls(root, images.reset_index(drop=True), info)
+
+    @property
+    def spec(self) -> PreprocessSpec | None:
+        """The PreprocessSpec the images were prepared with (dataset.json "preprocess"), or None if not recorded."""
+        from mammokit.config import from_dict
+        from mammokit.preprocess import PreprocessSpec
+
+        value = self.info.get("preprocess")
+        return from_dict(PreprocessSpec, value) if isinstance(value, dict) else None
+
+    def lesions(self) -> pd.DataFrame:
+        """The lesion table (empty when the dataset has none)."""
+        return read_lesions(self.root)

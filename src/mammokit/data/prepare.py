@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 PREPARE_FORMAT = 2  # bump when the record or image format changes; part of the config hash
 IMAGES_DIR, MASKS_DIR, RECORDS_DIR = "images", "masks", "records"
 ERROR_COLUMNS = ("image_id", "lesion_id", "path", "stage", "reason")
-# Geometry fields copied into the manifest (enough to rebuild the Geometry with `geometry_from_row`)
+# Geometry fields copied into the manifest (enough to rebuild it: `Geometry.from_dict({c: row[c] for c in ...})`)
 GEOMETRY_COLUMNS = (
     "orig_height",
     "orig_width",
@@ -568,13 +568,6 @@ def prepare_dataset(
     )
     (log.info if report.ok else log.warning)(report.summary())
     return report
-
-
-def geometry_from_row(row: Any) -> Any:
-    """The `Geometry` of a prepared image from its manifest row (to map heatmaps/masks back to the source)."""
-    from mammokit.data.geometry import Geometry
-
-    return Geometry.from_dict({col: row[col] for col in GEOMETRY_COLUMNS})
 
 
 def worker_count(requested: int | None) -> int:

@@ -1,4 +1,4 @@
-"""Training-time augmentation of Shen et al. 2019 (seed_spec §5.6), for patches and whole images alike.
+"""Training-time augmentation of Shen et al. 2019 (docs/decisions.md, augmentation), for patches and whole images alike.
 
 The paper's Keras `ImageDataGenerator` settings, per sample: random horizontal and vertical flips (p = 0.5
 each), rotation uniform in +/-25 degrees, shear uniform in +/-0.2 **radians** (Keras 2.0 semantics, about
@@ -50,7 +50,7 @@ PAPER_SHEAR_RAD = 0.2  # Keras 2.0 shear_range is in radians
 
 @dataclass
 class AugmentConfig:
-    """Augmentation settings (defaults = the paper's, seed_spec §5.6). Put it in a training config as-is."""
+    """Augmentation settings (defaults = the paper's; docs/decisions.md). Put it in a training config as-is."""
 
     enabled: bool = True  # False: the transform returns its input unchanged (evaluation)
     hflip_p: float = 0.5  # probability of a left-right flip

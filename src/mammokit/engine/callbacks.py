@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, Checkpoint
 
 from mammokit.run import state_dict_for_saving
-from mammokit.utils.atomic import atomic_path
+from mammokit.utils.atomic import atomic_path, commit_file
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class ResumeCheckpoint(Checkpoint):
         tmp = self.dirpath / f".{LAST_CKPT}.tmp"
         trainer.save_checkpoint(tmp)  # collective: every rank calls it, global rank 0 writes
         if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+            commit_file(tmp, self.path)  # fsync + rename: a power loss never leaves an empty last.ckpt
         trainer.strategy.barrier("ResumeCheckpoint")
         self._last_saved_step = trainer.global_step
 
@@ -57,7 +56,7 @@ class ResumeCheckpoint(Checkpoint):
 
 
 class BestWeights(Callback):
-    """Keep the weights with the best validation metric across all stages (spec §5.3, §6.3).
+    """Keep the weights with the best validation metric across all stages (the paper's rule).
 
     The value is checked after every validation; on improvement global rank 0 writes the model's state dict
     to `path` (safetensors, atomic). The best value travels in Lightning checkpoints (`state_dict`), so a

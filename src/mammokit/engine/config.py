@@ -43,7 +43,7 @@ class OptimConfig:
     lr: float = 1e-3  # stage learning rate = lr * stage.lr_multiplier
     momentum: float = 0.9  # SGD (Nesterov) / RMSprop only
     # L2 on the weights of the *new* layers only (patch head; whole-image top layers), never on biases,
-    # BatchNorm or the pretrained backbone (spec §5.7). `l2_style`: "keras" adds lambda*sum(W^2) to the loss
+    # BatchNorm or the pretrained backbone (docs/decisions.md, L2). `l2_style`: "keras" adds lambda*sum(W^2) to the loss
     # (coupled; implemented as weight_decay = 2*lambda on that parameter group of a plain optimizer, exactly
     # Keras' l2(lambda)); "decoupled" applies AdamW-style decay lambda*lr*W on that group.
     weight_decay: float = 1e-4
@@ -78,10 +78,10 @@ class LoaderConfig:
     eval_batch_size: int = 0  # 0 = same as batch_size
     workers: int = 0  # DataLoader worker processes
     # "loss": the paper's per-batch balancing (batch loss = sum over the classes present of that class's
-    # mean loss, spec §5.5); "sampler": draw training samples with probability 1/class frequency (with
+    # mean loss; docs/training.md); "sampler": draw training samples with probability 1/class frequency (with
     # replacement, one epoch = as many draws as training samples); "none": plain cross-entropy.
     balance: Balance = "loss"
-    # training-time augmentation (mammokit.data.transforms, spec §5.6); `augment.enabled: false` switches it off
+    # training-time augmentation (mammokit.data.transforms; docs/decisions.md); `augment.enabled: false` switches it off
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
@@ -123,6 +123,23 @@ class TrainerConfig:
         return int(text)
 
 
+# The defaults below are those of the shipped configs/patch/default.yaml and configs/whole/default.yaml
+# (tests/test_config.py asserts they are equal): small and CPU-friendly, with larger later-stage learning
+# rates than the paper's 0.1 / 0.01 multipliers because they train for a few epochs (docs/decisions.md).
+# The paper's settings are in configs/paper/.
+def _default_patch_stages() -> list[StageConfig]:
+    return [StageConfig(1, 1.0), StageConfig(2, 1.0), StageConfig(3, 0.3)]
+
+
+def _default_whole_stages() -> list[StageConfig]:
+    return [StageConfig(2, 1.0), StageConfig(6, 0.3)]
+
+
+def _default_whole_top() -> dict[str, Any]:
+    # = the vgg_512x1 preset with PyTorch's BN momentum 0.1 (Keras' 0.99 needs thousands of steps)
+    return {"blocks": "vgg", "depths": [512, 512], "repetitions": [1, 1], "bn_momentum": 0.1}
+
+
 @dataclass
 class PatchModelConfig:
     """The patch classifier (mammokit.models.create_model("patch_classifier", ...))."""
@@ -138,22 +155,14 @@ class WholeModelConfig:
 
     backbone: str = "efficientnet_lite0"  # only used with --no-patch-init (else the patch run's backbone)
     pretrained: str | None = "imagenet"  # ImageNet weights for --no-patch-init
-    top: Any = "vgg_512x1"  # resnet_2x | vgg_512x1 | heatmap_blocks | heatmap_fc | none | a dict of options
+    top: Any = field(default_factory=_default_whole_top)  # a preset name (resnet_2x | vgg_512x1 | ...) or options
     drop_rate: float = 0.0
     grad_checkpointing: bool = False  # activation checkpointing in the trunk (saves memory at full resolution)
 
 
-def _default_patch_stages() -> list[StageConfig]:
-    return [StageConfig(1, 1.0), StageConfig(2, 0.1), StageConfig(3, 0.01)]
-
-
-def _default_whole_stages() -> list[StageConfig]:
-    return [StageConfig(2, 1.0), StageConfig(6, 0.1)]
-
-
 @dataclass
 class PatchTrainConfig:
-    """`mammokit train patch`: the 3-stage patch-classifier schedule (spec §5.3)."""
+    """`mammokit train patch`: the 3-stage patch-classifier schedule (docs/training.md)."""
 
     data: Path | None = None  # patch set folder (mammokit patches)
     out: Path | None = None  # run folder to write
@@ -173,7 +182,7 @@ class PatchTrainConfig:
 
 @dataclass
 class WholeTrainConfig:
-    """`mammokit train whole`: the 2-stage whole-image schedule (spec §6.3)."""
+    """`mammokit train whole`: the 2-stage whole-image schedule (docs/training.md)."""
 
     data: Path | None = None  # prepared dataset folder
     out: Path | None = None
@@ -197,7 +206,7 @@ class WholeTrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    """`mammokit finetune`: stage-2-only training of a whole-image run on a new dataset (spec §8)."""
+    """`mammokit finetune`: stage-2-only training of a whole-image run on a new dataset (INbreast transfer)."""
 
     data: Path | None = None  # prepared dataset folder of the new dataset
     out: Path | None = None

@@ -1,4 +1,4 @@
-"""Classification losses, including the paper's per-batch class-balanced cross-entropy (spec §5.5)."""
+"""Classification losses, including the paper's per-batch class-balanced cross-entropy (docs/training.md)."""
 
 from __future__ import annotations
 

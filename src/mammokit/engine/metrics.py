@@ -1,33 +1,19 @@
-"""Training-time classification metrics from softmax outputs (NumPy in, plain Python out)."""
+"""Training-time classification metrics from softmax outputs (NumPy in, plain Python out).
+
+p(malignant) comes from the inference core (`infer.core.malignant_from_class_probs`) and the AUC from
+`mammokit.metrics` (the one definition; NaN with one class, reported here as None so the JSON stays valid).
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import confusion_matrix
 
-
-def malignancy_scores(prob: np.ndarray, positive_indices: list[int]) -> np.ndarray:
-    """p(malignant) = sum of the softmax over the malignant output units. prob: (N, C) -> (N,)."""
-    return prob[:, positive_indices].sum(axis=1)
-
-
-def binary_auc(score: np.ndarray, positive: np.ndarray) -> float | None:
-    """ROC AUC, or None when only one class is present (AUC undefined)."""
-    if len(np.unique(positive)) < 2:
-        return None
-    return float(roc_auc_score(positive, score))
-
-
-def youden_threshold(score: np.ndarray, positive: np.ndarray) -> float:
-    """Threshold maximising sensitivity + specificity - 1 on (score, positive); 0.5 when undefined."""
-    if len(np.unique(positive)) < 2:
-        return 0.5
-    fpr, tpr, thr = roc_curve(positive, score)
-    # roc_curve's first threshold is +inf (nothing called positive): choose among the real scores only.
-    best = 1 + int(np.argmax((tpr - fpr)[1:]))
-    return float(thr[best])
+from mammokit.infer.core import malignant_from_class_probs
+from mammokit.metrics import OneClassWarning, roc_auc
 
 
 def classification_metrics(prob: np.ndarray, label: np.ndarray, positive_indices: list[int]) -> dict[str, Any]:
@@ -50,11 +36,14 @@ def classification_metrics(prob: np.ndarray, label: np.ndarray, positive_indices
     cm = confusion_matrix(label, pred, labels=list(range(c)))
     per_class = [float(cm[k, k] / cm[k].sum()) if cm[k].sum() > 0 else None for k in range(c)]
     positive = np.isin(label, positive_indices).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OneClassWarning)  # a one-class validation set is warned about once, at start
+        auc = roc_auc(positive, malignant_from_class_probs(prob, positive_indices))
     return {
         "n": int(n),
         "loss": loss,
         "acc": float((pred == label).mean()),
-        "auc": binary_auc(malignancy_scores(prob, positive_indices), positive),
+        "auc": None if np.isnan(auc) else auc,
         "per_class_acc": per_class,
         "confusion": cm.tolist(),
     }

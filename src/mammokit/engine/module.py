@@ -14,7 +14,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -23,6 +22,7 @@ from mammokit.engine.config import LoaderConfig, OptimConfig
 from mammokit.engine.losses import classification_loss
 from mammokit.engine.metrics import classification_metrics
 from mammokit.engine.schedule import build_optimizer, regularised_parameters
+from mammokit.infer.core import class_probabilities
 from mammokit.models.utils import apply_bn_policy
 
 log = logging.getLogger(__name__)
@@ -191,10 +191,8 @@ class ClassifierModule(L.LightningModule):
         self._val_outputs = []
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self.model(batch["image"]).float()
-        self._val_outputs.append(
-            {"prob": F.softmax(logits, dim=1).detach(), "label": batch["label"], "index": batch["index"]}
-        )
+        prob = class_probabilities(self.model(batch["image"]))  # (B, C) float32, as the inference core
+        self._val_outputs.append({"prob": prob.detach(), "label": batch["label"], "index": batch["index"]})
 
     def on_validation_epoch_end(self) -> None:
         if self._val_outputs:

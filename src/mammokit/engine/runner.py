@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from mammokit.engine.callbacks import LAST_CKPT, BestWeights, ResumeCheckpoint
 from mammokit.engine.config import LoaderConfig, OptimConfig, StageConfig, TrainerConfig
-from mammokit.engine.module import ClassifierModule, collate_samples
+from mammokit.engine.module import ClassifierModule
 from mammokit.engine.schedule import stage_trainable
 from mammokit.utils.atomic import atomic_write_json
+from mammokit.utils.console import tidy_third_party_output
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def build_trainer(
     """A Lightning Trainer for one stage: CSV (+ TensorBoard) logs under RUN/logs/<stage>/[resumed-N/]."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    tidy_third_party_output()  # after Lightning's import-time handler setup; the CLI's root handler exists by now
     version = ""
     if resuming:  # keep the interrupted attempt's logs; the continuation logs beside them
         n = 1
@@ -254,36 +256,6 @@ def run_stages(
 
         model.load_state_dict(load_file(str(ckpt_dir / BEST_WEIGHTS)))
     return best, is_zero
-
-
-def _autocast(device: torch.device, precision: str) -> Any:
-    if device.type == "cuda" and "bf16" in precision:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cuda" and precision.startswith("16"):
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast(device.type, enabled=False)
-
-
-@torch.inference_mode()
-def predict_probs(
-    model: nn.Module, dataset: Dataset, *, batch_size: int, workers: int, device: str, precision: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities (N, C) and labels (N,) of `dataset`, in order, without augmentation."""
-    from mammokit.utils.device import resolve_device
-
-    dev = resolve_device("cuda" if lightning_accelerator(device) == "gpu" else device)
-    model = model.to(dev).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_samples, shuffle=False)
-    probs, labels = [], []
-    for batch in loader:
-        with _autocast(dev, precision):
-            logits = model(batch["image"].to(dev))
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        labels.append(batch["label"])
-    model.to("cpu")
-    if not probs:
-        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
 def global_rank() -> int:

@@ -1,7 +1,7 @@
 """Staged fine-tuning: which parameters train in a stage, the frozen-BatchNorm policy, and the optimizer.
 
-Stages follow spec §5.3 (patch: 1 head, 2 last block + head, 3 all) and §6.3 (whole image: 1 new top
-layers, 2 all). The model says which parameters a stage trains through `model.stage_parameters(stage)`;
+Stages follow the paper's (docs/training.md): patch 1 head, 2 last block + head, 3 all; whole image 1 new top
+layers, 2 all. The model says which parameters a stage trains through `model.stage_parameters(stage)`;
 everything else gets `requires_grad=False`. Every stage builds a fresh optimizer (fresh Adam moments), as
 the original code did by re-compiling the Keras model.
 """
@@ -35,7 +35,7 @@ def stage_trainable(model: nn.Module, stage: int) -> list[nn.Parameter]:
 
 
 def regularised_parameters(model: nn.Module) -> set[int]:
-    """ids of the kernels that get L2: weights (ndim >= 2) of the new layers (`head` / `top`), spec §5.7.
+    """ids of the kernels that get L2: weights (ndim >= 2) of the new layers (`head` / `top`) (docs/decisions.md, L2).
 
     A model may define `regularised_parameters()` to say so itself.
     """

@@ -1,10 +1,10 @@
 """Public training entry points: `train_patch`, `train_whole` and `finetune` (each returns the run folder).
 
-* `train_patch(cfg)`: patch set (`mammokit patches`) -> patch run, the 3-stage schedule (spec §5.3).
-* `train_whole(cfg)`: prepared dataset + patch run -> whole-image run, the 2-stage schedule (spec §6.3);
+* `train_patch(cfg)`: patch set (`mammokit patches`) -> patch run, the 3-stage schedule (docs/training.md).
+* `train_whole(cfg)`: prepared dataset + patch run -> whole-image run, the 2-stage schedule (docs/training.md);
   `no_patch_init=True` trains the same network from ImageNet weights (the baseline that measures what the
   patch stage buys).
-* `finetune(cfg)`: whole-image run + new prepared dataset -> new run, stage 2 only (spec §8).
+* `finetune(cfg)`: whole-image run + new prepared dataset -> new run, stage 2 only (the paper's INbreast transfer).
 
 All three share `runner.run_stages` (Lightning Trainer per stage, exact resume) and end with
 `run.save_run`: best weights, `model.json` (input size, normalisation, the source PreprocessSpec, labels,
@@ -13,7 +13,6 @@ threshold chosen on validation by Youden's rule), the resolved config and `metri
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch.utils.data import Dataset
 from mammokit.config import from_dict
 from mammokit.constants import WHOLE_IMAGE_CLASSES
 from mammokit.data.datasets import PatchDataset, WholeImageDataset
+from mammokit.data.manifest import PreparedDataset
 from mammokit.engine.config import (
     FinetuneConfig,
     LoaderConfig,
@@ -35,14 +35,13 @@ from mammokit.engine.config import (
     TrainerConfig,
     WholeTrainConfig,
 )
-from mammokit.engine.metrics import classification_metrics, malignancy_scores, youden_threshold
+from mammokit.engine.metrics import classification_metrics
 from mammokit.engine.runner import (
     StagePlan,
     TrainingError,
     check_run_dir,
     finite_or_none,
     global_rank,
-    predict_probs,
     run_stages,
 )
 from mammokit.io.images import read_png16
@@ -62,14 +61,13 @@ def _require(value: Path | None, what: str) -> Path:
     return Path(value)
 
 
-def _preprocess_from(meta: dict[str, Any] | None) -> PreprocessSpec:
-    """The PreprocessSpec stored in dataset.json / patches.json, whichever key holds it (default if none)."""
-    for holder in (meta or {}, (meta or {}).get("source") or {}):
-        for key in ("preprocess", "preprocess_spec", "spec"):
-            value = holder.get(key) if isinstance(holder, dict) else None
-            if isinstance(value, dict):
-                return from_dict(PreprocessSpec, value)
-    log.warning("no PreprocessSpec recorded with the data; model.json gets the default spec")
+def _recorded_spec(spec: PreprocessSpec | dict[str, Any] | None, where: str) -> PreprocessSpec:
+    """The PreprocessSpec the data was prepared with, for model.json (the default, with a warning, if none)."""
+    if isinstance(spec, dict):
+        return from_dict(PreprocessSpec, spec)
+    if isinstance(spec, PreprocessSpec):
+        return spec
+    log.warning("%s records no PreprocessSpec; model.json gets the default spec", where)
     return PreprocessSpec()
 
 
@@ -98,17 +96,21 @@ def _split(table: pd.DataFrame, split: str, what: str, required: bool = True) ->
 def _evaluate(
     model: nn.Module, dataset: Dataset | None, positive: list[int], loader: LoaderConfig, trainer: TrainerConfig
 ) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
-    """Metrics of `model` on `dataset` (no augmentation), plus the raw (prob, label)."""
+    """Metrics of `model` on `dataset` (no augmentation), plus the raw (prob, label).
+
+    The probabilities come from the inference core in float32 whatever `trainer.precision` was, so the
+    threshold chosen on them is on the scale evaluate and predict produce.
+    """
+    from torch.utils.data import DataLoader
+
+    from mammokit.engine.module import collate_samples
+    from mammokit.infer.core import predict_class_probs
+
     if dataset is None or len(dataset) == 0:
         return {}, None, None
-    prob, label = predict_probs(
-        model,
-        dataset,
-        batch_size=loader.eval_batch_size or loader.batch_size,
-        workers=loader.workers,
-        device=trainer.accelerator,
-        precision=trainer.precision,
-    )
+    batches = DataLoader(dataset, batch_size=loader.eval_batch_size or loader.batch_size,
+                         num_workers=loader.workers, collate_fn=collate_samples, shuffle=False)  # fmt: skip
+    prob, label = predict_class_probs(model, batches, device=trainer.accelerator)
     return classification_metrics(prob, label, positive), prob, label
 
 
@@ -122,9 +124,17 @@ def _named(metrics: dict[str, Any], labels: list[str]) -> dict[str, Any]:
 
 
 def _threshold(prob: np.ndarray | None, label: np.ndarray | None, positive: list[int]) -> float:
+    """Youden threshold on validation p(malignant) (`mammokit.metrics`); 0.5 when it is undefined."""
+    from mammokit.infer.core import malignant_from_class_probs
+    from mammokit.metrics import youden_threshold
+
     if prob is None or label is None:
         return 0.5
-    return youden_threshold(malignancy_scores(prob, positive), np.isin(label, positive).astype(int))
+    y = np.isin(label, positive).astype(int)
+    if y.min() == y.max():
+        log.warning("validation has one class only: the stored threshold is 0.5, not a Youden threshold")
+        return 0.5
+    return youden_threshold(y, malignant_from_class_probs(prob, positive))
 
 
 # ---------------------------------------------------------------------------------------- patch stage
@@ -147,6 +157,7 @@ def train_patch(cfg: PatchTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
     data, out = _require(cfg.data, "patch set (--data)"), _require(cfg.out, "run folder (--out)")
     check_run_dir(out, cfg.resume)
     table, meta = read_patch_set(data)
+    source_spec = (meta.get("source") or {}).get("preprocess")  # the prepared images' spec, kept by `patches`
     classes = [str(c) for c in meta["classes"]]
     positive_labels = [c for c in classes if "malignant" in c]
     positive = [classes.index(c) for c in positive_labels]
@@ -200,7 +211,7 @@ def train_patch(cfg: PatchTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
         task="patch",
         arch="patch_classifier",
         arch_kwargs=model.arch_kwargs,
-        input=InputSpec(height, width, 1, mean, std, preprocess=_preprocess_from(meta)),
+        input=InputSpec(height, width, 1, mean, std, preprocess=_recorded_spec(source_spec, f"{data}/patches.json")),
         labels=classes,
         positive_labels=positive_labels,
         threshold=threshold,
@@ -221,20 +232,13 @@ def train_patch(cfg: PatchTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
 
 
 # ---------------------------------------------------------------------------------------- whole image
-def _read_prepared(data: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    from mammokit.data.manifest import DATASET_JSON, IMAGES_FILE
+def _open_prepared(data: Path) -> PreparedDataset:
+    from mammokit.data.manifest import ManifestError
 
-    manifest = data / IMAGES_FILE
-    if not manifest.is_file():
-        raise TrainingError(f"{data} is not a prepared dataset ({IMAGES_FILE} is missing); run `mammokit prepare`")
-    images = pd.read_parquet(manifest)
-    missing = {"split", "label", "image_file"} - set(images.columns)
-    if missing:
-        raise TrainingError(f"{manifest} lacks column(s) {sorted(missing)}; re-run `mammokit prepare`")
-    meta_path = data / DATASET_JSON
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    images = images[images["image_file"].notna() & (images["image_file"].astype(str) != "")]
-    return images, meta
+    try:
+        return PreparedDataset.open(data)
+    except ManifestError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def _whole_datasets(
@@ -257,9 +261,8 @@ def _finish_whole(
     model: nn.Module,
     cfg: Any,
     best: Any,
-    data: Path,
+    prepared: PreparedDataset,
     images: pd.DataFrame,
-    meta: dict[str, Any],
     mean: float,
     std: float,
     val_set: Dataset,
@@ -271,12 +274,14 @@ def _finish_whole(
     positive = [labels.index("malignant")]
     val_metrics, val_prob, val_label = _evaluate(model, val_set, positive, cfg.loader, cfg.trainer)
     test_metrics, _, _ = _evaluate(model, test_set, positive, cfg.loader, cfg.trainer)
-    height, width = _image_size(data, str(images["image_file"].iloc[0]))
+    height, width = _image_size(prepared.root, str(images["image_file"].iloc[0]))
     card = ModelCard(
         task="whole",
         arch=registered_name(model),  # "whole_image", or "keras_graph" for a fine-tuned imported Keras model
         arch_kwargs=model.arch_kwargs,
-        input=InputSpec(height, width, 1, mean, std, preprocess=_preprocess_from(meta)),
+        input=InputSpec(
+            height, width, 1, mean, std, preprocess=_recorded_spec(prepared.spec, f"{prepared.root}/dataset.json")
+        ),
         labels=labels,
         positive_labels=["malignant"],
         threshold=_threshold(val_prob, val_label, positive),
@@ -318,7 +323,8 @@ def train_whole(cfg: WholeTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
 
     data, out = _require(cfg.data, "prepared dataset (--data)"), _require(cfg.out, "run folder (--out)")
     check_run_dir(out, cfg.resume)
-    images, meta = _read_prepared(data)
+    prepared = _open_prepared(data)
+    images = prepared.images
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     m = cfg.model
     common = {"top": m.top, "num_classes": len(WHOLE_IMAGE_CLASSES), "drop_rate": m.drop_rate,
@@ -358,7 +364,7 @@ def train_whole(cfg: WholeTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
     if not is_zero or global_rank() != 0:
         return out
     return _finish_whole(
-        out=out, model=model, cfg=cfg, best=best, data=data, images=images, meta=meta, mean=mean, std=std,
+        out=out, model=model, cfg=cfg, best=best, prepared=prepared, images=images, mean=mean, std=std,
         val_set=val_set, test_set=test_set, parent_run=parent, notes=notes,
     )  # fmt: skip
 
@@ -397,7 +403,8 @@ def finetune(cfg: FinetuneConfig, callbacks: Sequence[Callback] = ()) -> Path:
     data, out = _require(cfg.data, "prepared dataset (--data)"), _require(cfg.out, "run folder (--out)")
     source = _require(cfg.from_run, "whole-image run (--from)")
     check_run_dir(out, cfg.resume)
-    images, meta = _read_prepared(data)
+    prepared = _open_prepared(data)
+    images = prepared.images
     if cfg.train_patients:
         if "patient_id" not in images.columns:
             raise TrainingError("--train-patients needs a patient_id column in the manifest")
@@ -430,6 +437,6 @@ def finetune(cfg: FinetuneConfig, callbacks: Sequence[Callback] = ()) -> Path:
         return out
     notes = {"init": "finetune", "train_patients": cfg.train_patients or "all"}
     return _finish_whole(
-        out=out, model=model, cfg=cfg, best=best, data=data, images=images, meta=meta, mean=mean, std=std,
+        out=out, model=model, cfg=cfg, best=best, prepared=prepared, images=images, mean=mean, std=std,
         val_set=val_set, test_set=test_set, parent_run=str(source), notes=notes,
     )  # fmt: skip

@@ -72,6 +72,8 @@ def patch_probability_maps(patch_model: nn.Module, x: torch.Tensor, patch_hw: tu
     """
     import torch
 
+    from mammokit.infer.core import class_probabilities
+
     with torch.inference_mode():
         feats = patch_model.trunk(x)  # (B, C, h, w), h = H / stride
         b, c, h, w = feats.shape
@@ -83,7 +85,7 @@ def patch_probability_maps(patch_model: nn.Module, x: torch.Tensor, patch_hw: tu
         # so the head (whatever its exact layers) gives the patch classifier's logits there
         cells = pooled.permute(0, 2, 3, 1).reshape(b * hp * wp, c, 1, 1)
         logits = patch_model.head(cells)  # (B*h'*w', n_classes)
-        probs = torch.softmax(logits.float(), dim=-1).reshape(b, hp, wp, -1).permute(0, 3, 1, 2)
+        probs = class_probabilities(logits).reshape(b, hp, wp, -1).permute(0, 3, 1, 2)  # (B, n_classes, h', w')
     return cell_map_to_pixels(probs.cpu().numpy(), (x.shape[-2], x.shape[-1]), stride, window)
 
 

@@ -1,11 +1,15 @@
 """ONNX export of a whole-image run and a torch-free ONNX Runtime backend.
 
-The exported graph is `model -> softmax -> sum over the positive units`, so its single output is
-p(malignant) per image (uncalibrated; calibration.json, when present, is applied by the predictor
-in NumPy) and the ONNX path needs no post-processing that lives in torch:
+The exported graph is the inference core's `probability_graph`: unit scaling and the run's mean/std
+normalisation -> model -> float32 softmax -> sum over the positive units. So its single output is
+p(malignant) per image (uncalibrated; calibration.json, when present, is applied by the predictor in
+NumPy), its input is the prepared image itself, and nobody normalises by hand:
 
-    input  "image"           float32 (batch, 1, H, W), normalised exactly as `preprocess.to_model_input`
+    input  "image"           float32 (batch, 1, H, W): the prepared uint16 image's values (0..65535)
     output "prob_malignant"  float32 (batch,)
+
+Flip test-time augmentation is not in the graph: the predictor feeds the four flips as one batch and
+averages them (`infer.core.score`), exactly as with the torch backend.
 
 The batch axis is dynamic; H and W are fixed to the run's prepared size (the model was trained at
 that size and the predictor always prepares images to it). The run's `model.json` is embedded in the
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,24 +40,10 @@ ONNX_FILE = "model.onnx"
 INPUT_NAME = "image"
 OUTPUT_NAME = "prob_malignant"
 DEFAULT_OPSET = 18
-
-
-def _prob_wrapper(model: nn.Module, positive: Sequence[int]) -> nn.Module:
-    import torch
-
-    class ProbMalignant(torch.nn.Module):
-        """(B, 1, H, W) -> (B,) p(malignant) = sum of softmax over the positive units."""
-
-        def __init__(self, net: nn.Module, positive: Sequence[int]) -> None:
-            super().__init__()
-            self.net = net
-            self.register_buffer("positive", torch.tensor(list(positive), dtype=torch.long), persistent=False)
-
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            probs = torch.softmax(self.net(image), dim=-1)
-            return probs.index_select(-1, self.positive).sum(dim=-1)
-
-    return ProbMalignant(model, positive).eval()
+# Metadata key/value naming what the graph's input is. Files exported before the graph held the
+# normalisation (input = normalised image) lack it and would give wrong probabilities: they are refused.
+INPUT_META_KEY = "mammokit_input"
+INPUT_META_VALUE = "prepared_uint16_values"
 
 
 def export_onnx(
@@ -80,12 +69,13 @@ def export_onnx(
     """
     import torch
 
+    from mammokit.infer.core import probability_graph
     from mammokit.run import load_model
 
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / ONNX_FILE
     model, card = load_model(run_dir, "cpu")
-    wrapper = _prob_wrapper(model, card.positive_indices)
+    wrapper = probability_graph(model, card.positive_indices, card.input.pixel_mean, card.input.pixel_std)
     h, w = card.input.height, card.input.width
     # batch 2, not 1: torch.export specialises a dimension whose example size is 1, so a batch-1
     # example cannot be declared dynamic ("Invalid ranges") on some torch versions
@@ -137,16 +127,17 @@ def _embed_card(path: Path, card_json: str) -> None:
 
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "mammokit_model_card", card_json
+    for key, value in (("mammokit_model_card", card_json), (INPUT_META_KEY, INPUT_META_VALUE)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.save(proto, str(path))
 
 
 def check_parity(wrapper: nn.Module, onnx_path: Path, *, batch: int, shape: tuple[int, int, int]) -> float:
-    """Max |p_onnx - p_torch| on a seeded random normal batch (values in the range normalised inputs take)."""
+    """Max |p_onnx - p_torch| on a seeded random batch of uint16-range images (the graph's input)."""
     import torch
 
-    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    x = np.random.default_rng(0).integers(0, 65536, (batch, *shape)).astype(np.float32)
     with torch.inference_mode():
         expected = wrapper(torch.from_numpy(x)).numpy()
     got = OnnxBackend(onnx_path).prob_malignant(x)
@@ -174,9 +165,14 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(path), providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
+        if self.session.get_modelmeta().custom_metadata_map.get(INPUT_META_KEY) != INPUT_META_VALUE:
+            raise ValueError(
+                f"{path} was exported by an older mammokit whose graph expects a normalised image; "
+                f"re-export it with `mammokit export {path.parent}` (the graph now normalises itself)"
+            )
 
     def prob_malignant(self, x: np.ndarray) -> np.ndarray:
-        """(B, 1, H, W) float32 -> (B,) float32."""
+        """float32 (B, 1, H, W) in uint16 units (the prepared image's values) -> (B,) float32 p(malignant)."""
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0].reshape(-1)
 
     def card_json(self) -> dict[str, Any] | None:

@@ -88,7 +88,7 @@ class PreparedImage:
     """One file read and prepared: model input, geometry back to the original, and what overlays need."""
 
     item: InputItem
-    x: np.ndarray  # (1, H, W) float32 normalised model input
+    x: np.ndarray  # (1, H, W) float32 normalised network input, for Grad-CAM (scoring uses image_u16)
     image_u16: np.ndarray  # (H, W) prepared image
     geometry: Any  # data.geometry.Geometry: prepared grid -> original grid
     meta: MammoMeta
@@ -111,39 +111,31 @@ def _resolve_run(path: str | Path | None, relative_to: Path) -> Path | None:
 
 
 class _TorchBackend:
+    """The run's network through the inference core (`TorchScorer`), plus Grad-CAM on the same network."""
+
     def __init__(self, run_dir: Path, device: str, channels_last: bool) -> None:
-        import torch
-
+        from mammokit.infer.core import TorchScorer
         from mammokit.run import load_model
-        from mammokit.utils.device import resolve_device
 
-        self.device = resolve_device(device)
-        self.model, self.card = load_model(run_dir, self.device)
-        self.channels_last = channels_last
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        net, self.card = load_model(run_dir, "cpu")
+        inp = self.card.input
+        self.scorer = TorchScorer(net, self.card.positive_indices, inp.pixel_mean, inp.pixel_std, device,
+                                  channels_last=channels_last)  # fmt: skip
+        self.device = self.scorer.device
         self.positive = self.card.positive_indices
         self._gradcam: Any = None
 
-    def tensor(self, x: np.ndarray) -> Any:
-        import torch
-
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
-
     def prob_malignant(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            probs = torch.softmax(self.model(self.tensor(x)).float(), dim=-1)
-            return probs[:, self.positive].sum(dim=-1).cpu().numpy()
+        """float32 (N, 1, H, W) in uint16 units -> (N,) p(malignant)."""
+        return self.scorer.prob_malignant(x)
 
     def gradcam(self, x: np.ndarray) -> np.ndarray:
+        """(B, 1, H, W) normalised model input -> (B, H, W) Grad-CAM of p(malignant)."""
         from mammokit.infer.heatmap import GradCamRunner
 
-        t = self.tensor(x)
+        t = self.scorer.tensor(x)
         if self._gradcam is None:
-            self._gradcam = GradCamRunner(self.model, self.positive, t)
+            self._gradcam = GradCamRunner(self.scorer.net, self.positive, t)
         return self._gradcam(t)
 
 
@@ -233,7 +225,7 @@ class Predictor:
                 `parent_run` from model.json.
             channels_last: torch backend only: NHWC memory format (1.5-1.9x faster than NCHW on CPU
                 in benchmarks/bench_predict.py; the numbers are identical up to float rounding).
-            tta: average p(malignant) over the four flips (paper §7.2); None = as the run's
+            tta: average p(malignant) over the four flips (the paper's test-time augmentation); None = as the run's
                 calibration.json was fitted (plain when there is none).
             assume_pixel_spacing: source mm per pixel for files without a spacing tag; needed by a run
                 prepared in physical-scale mode (`preprocess.pixel_spacing`) for PNG/PGM/tag-less DICOM input.
@@ -307,13 +299,11 @@ class Predictor:
 
     # ---- model ----------------------------------------------------------------------------
 
-    def _prob_raw(self, x: np.ndarray) -> np.ndarray:
-        """(B, 1, H, W) -> (B,) p(malignant); with TTA the mean over none/horizontal/vertical/both flips."""
-        if not self.tta:
-            return np.asarray(self.backend.prob_malignant(x), dtype=np.float64).reshape(-1)
-        views = np.concatenate([x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]])  # (4B, 1, H, W)
-        probs = np.asarray(self.backend.prob_malignant(np.ascontiguousarray(views)), dtype=np.float64)
-        return probs.reshape(4, len(x)).mean(axis=0)
+    def _prob_raw(self, batch: Sequence[PreparedImage]) -> np.ndarray:
+        """(B,) p(malignant) of prepared images through the inference core (flip-averaged with TTA)."""
+        from mammokit.infer.core import images_to_input, score
+
+        return score(self.backend.prob_malignant, images_to_input([p.image_u16 for p in batch]), self.tta)
 
     def _calibrate(self, prob_raw: np.ndarray) -> np.ndarray:
         if self.calibration is None:
@@ -344,12 +334,11 @@ class Predictor:
     def predict_prepared(self, batch: Sequence[PreparedImage], heatmap: HeatmapKind = "none") -> list[Prediction]:
         """Run the model (and heatmaps) on already prepared images of one batch."""
         self.check_heatmap(heatmap)
-        x = np.stack([p.x for p in batch])  # (B, 1, H, W)
-        prob_raw = self._prob_raw(x)
+        prob_raw = self._prob_raw(batch)
         prob = self._calibrate(prob_raw)
         maps: list[dict[str, np.ndarray]] = [{} for _ in batch]
         if _needs(heatmap, "gradcam"):
-            cams = self.backend.gradcam(x)  # (B, H, W)
+            cams = self.backend.gradcam(np.stack([p.x for p in batch]))  # (B, H, W)
             for m, p, cam in zip(maps, batch, cams, strict=True):
                 m["gradcam"] = self._to_original(cam, p)
         if _needs(heatmap, "patch"):

@@ -1,6 +1,6 @@
 """Top layers added on the whole-image trunk, chosen by configuration (a named preset or a dict spec).
 
-Designs of Shen et al. 2019 (seed spec §6.2):
+Designs of Shen et al. 2019 (docs/models.md):
 
 * A ``blocks: resnet`` — post-activation (ResNet v1) bottleneck units. Per block of ``r`` units with depth
   ``d``: unit 1 = Conv1x1(d, stride 2) -> BN -> ReLU -> Dropout; Conv3x3(d) -> BN -> ReLU -> Dropout;

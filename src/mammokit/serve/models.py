@@ -402,7 +402,7 @@ def _aggregates(
     """Per-breast and per-exam p(malignant) with evaluate's `aggregate_predictions` (views of known laterality)."""
     import pandas as pd
 
-    from mammokit.engine.evaluate import aggregate_predictions
+    from mammokit.engine.aggregate import aggregate_predictions
 
     notes: list[str] = []
     known = [v for v in views if v["laterality"] in ("L", "R")]

@@ -43,13 +43,22 @@ def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterat
         yield tmp_path
         # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
         os.chmod(tmp_path, 0o666 & ~_UMASK)
-        if durable:
-            with open(tmp_path, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        commit_file(tmp_path, path, durable=durable)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def commit_file(tmp: str | os.PathLike[str], path: str | os.PathLike[str], *, durable: bool = True) -> None:
+    """Move a finished temporary file into place: fsync its contents (unless `durable=False`), then `os.replace`.
+
+    For writers that must choose the temporary name themselves (e.g. a Lightning checkpoint, which every
+    DDP rank saves to the same path); everything else uses `atomic_path`, which calls this.
+    """
+    if durable:
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
