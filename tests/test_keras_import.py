@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 pytest.importorskip("h5py", reason="h5py (mammokit[keras]) is not installed")
+os.environ.setdefault("KERAS_BACKEND", "torch")  # before keras is first imported: no TensorFlow here
 pytest.importorskip("keras", reason="keras 3 (dev extra) is not installed: the reference implementation is missing")
 
 import keras2_files as kf
@@ -243,7 +245,9 @@ def test_cli_import_predict_export_evaluate(small_whole, tmp_path, capsys):
                      "view": "CC", "path": f"{image_id}.dcm", "label": i % 2, "split": "test",
                      "dataset": "tiny", "image_file": f"images/{image_id}.png"})  # fmt: skip
     write_table(pd.DataFrame(rows), prepared / "manifest.parquet")
-    assert main(["evaluate", str(run), "--data", str(prepared), "--bootstrap", "5", "--device", "cpu"]) == 0
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(run), "--data", str(prepared), "--bootstrap", "5", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0 and (out / "predictions.csv").is_file()
     assert "image AUC" in capsys.readouterr().out
 
 

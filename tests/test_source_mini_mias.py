@@ -102,8 +102,13 @@ def test_listing_quirks_and_missing_files(tmp_path, caplog):
     (tmp_path / "Info.txt").write_text(MINI_INFO)
     for n in (1, 2, 3, 4, 5, 6, 8):  # mdb007 listed but absent; mdb008 present but unlisted
         _pgm(tmp_path / f"mdb{n:03d}.pgm")
-    images, lesions = get_source("mini-mias").build_manifest(tmp_path)
+    source = get_source("mini-mias")
+    images, lesions = source.build_manifest(tmp_path)
     assert images["image_id"].tolist() == ["mdb001", "mdb002", "mdb003", "mdb004", "mdb005", "mdb006"]
+    # both left-out items are recorded for errors.csv (batch rule), with their reason
+    skipped = {s["image_id"]: s["reason"] for s in source.skipped}
+    assert set(skipped) == {"mdb007", "mdb008"}
+    assert "no PGM file" in skipped["mdb007"] and "not listed" in skipped["mdb008"]
     assert "1 mini-MIAS images listed in Info.txt have no PGM" in caplog.text
     assert "1 mini-MIAS PGM files are not listed" in caplog.text
     assert images.set_index("image_id")["label"].to_dict() == {

@@ -259,7 +259,10 @@ def test_real_cbis_ddsm_dicoms_at_0_2_mm_keep_the_breast_height(tmp_path):
     out = tmp_path / "out"
     argv = ["prepare", "cbis-ddsm", "--root", str(root), "--out", str(out), "--pixel-spacing", "0.2"]
     argv += ["--height", "1280", "--width", "896", "--workers", "2", "--no-progress"]
-    assert main(argv) == 0
+    # exit 1: the CSVs name ~3,000 images that are not among the 8 files, and each is an errors.csv row
+    assert main(argv) == 1
+    errors = pd.read_csv(out / "errors.csv")
+    assert set(errors["stage"]) == {"manifest"}, errors[errors["stage"] != "manifest"].head().to_string()
     manifest = pd.read_parquet(out / "manifest.parquet").set_index("image_id")
     assert len(manifest) == 8 and (manifest["spacing_source"] == "dataset").all()
     assert (manifest["spacing_mm"] == 0.05).all()  # the documented CBIS-DDSM value (no tag in the files)

@@ -37,6 +37,8 @@ def load_split(prepared: str | Path, split: str) -> tuple[pd.DataFrame, int]:
     if known.empty:
         raise EvaluationError(f"{prepared}: split {split!r} has no labelled images (all labels are -1)")
     for col in ("image_id", "patient_id", "exam_id", "laterality", "view", "dataset"):
+        if col not in known.columns:  # a minimal manifest (written by hand, not by prepare): one exam per woman
+            known[col] = known["patient_id"] if col == "exam_id" else ""
         known[col] = known[col].astype(str)
     known["label"] = known["label"].astype(int)
     return known.reset_index(drop=True), int(len(table) - len(known))

@@ -337,14 +337,22 @@ def _stderr_to_log(path: Path) -> Iterator[None]:
     """Send what native decoders print on stderr (a Rust panic message and backtrace) to the debug log.
 
     File-descriptor level: the text is written by native code, not through `sys.stderr`. Batch commands decode
-    in worker processes, so redirecting this process's stderr for the duration of one decode is harmless.
+    in worker processes, so redirecting this process's stderr for the duration of one decode is harmless. Only
+    in the main thread: fd 2 is process-wide, and threads decoding at once (`mammokit serve`) would race on it.
+    The capture is an in-memory file (memfd) where the OS has one, so nothing is written to disk.
     """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     try:
         saved = os.dup(2)
     except OSError:
         yield
         return
-    with tempfile.TemporaryFile() as capture:
+    memfd = getattr(os, "memfd_create", None)
+    with os.fdopen(memfd("mammokit-stderr"), "w+b") if memfd else tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
             yield

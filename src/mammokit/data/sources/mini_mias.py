@@ -165,6 +165,13 @@ class MiniMias(DatasetSource):
         info = find_one(root, ["Info.txt", "info.txt", "README.txt"], "mini-MIAS listing (Info.txt)")
         listing = parse_info(info.read_text(encoding="ascii", errors="replace"))
         images, lesions = listing_to_manifest(listing, root)
+        # batch rule: every item left out is an errors.csv row (prepare lists `self.skipped`)
+        files = {q.stem.lower(): q for q in [*root.glob("*.pgm"), *root.glob("*.PGM")]}
+        for ref in dict.fromkeys(listing["ref"]):
+            if ref not in files:
+                self.skip("listed in Info.txt but there is no PGM file", path=f"{ref}.pgm", image_id=ref)
+        for ref in sorted(set(files) - set(listing["ref"])):
+            self.skip("PGM file not listed in Info.txt (no label)", path=files[ref].name, image_id=ref)
         return finish_tables(images, lesions, self.name)
 
     def read_image(self, row: pd.Series, root: Path, **reader_options: Any) -> tuple[np.ndarray, Any]:
