@@ -30,3 +30,17 @@ def mias_dev_dir() -> Path:
 @pytest.fixture
 def cbis_csv_dir() -> Path:
     return shared_data_dir("cbis-ddsm-csv")
+
+
+def mias_subset(src: Path, dest: Path, names: list[str]) -> Path:
+    """A mini-MIAS folder holding only `names` (mdbNNN) of `src`: links to the PGMs and an Info.txt whose listing
+    keeps only their rows (a listed image without its PGM is an errors.csv row of `prepare`, by the batch rule)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    keep = set(names)
+    lines = [
+        line for line in (src / "Info.txt").read_text().splitlines() if not (line[:3] == "mdb" and line[:6] not in keep)
+    ]
+    (dest / "Info.txt").write_text("\n".join(lines) + "\n")
+    for name in names:
+        (dest / f"{name}.pgm").symlink_to(src / f"{name}.pgm")
+    return dest

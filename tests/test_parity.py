@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -118,12 +117,10 @@ def test_real_cbis_dicoms_predict_matches_evaluate(tmp_path):
 
 @pytest.mark.realdata
 def test_mini_mias_pgms_predict_matches_evaluate(tmp_path, mias_dev_dir):
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    pgms = sorted(mias_dev_dir.glob("mdb*.pgm"))[:8]
-    for pgm in pgms:
-        (raw / pgm.name).symlink_to(pgm)
-    shutil.copy(mias_dev_dir / "Info.txt", raw / "Info.txt")
+    from conftest import mias_subset
+
+    names = [pgm.stem for pgm in sorted(mias_dev_dir.glob("mdb*.pgm"))[:8]]
+    raw = mias_subset(mias_dev_dir, tmp_path / "raw", names)
     prepared = _prepare("mini-mias", raw, tmp_path / "prepared")
     table = pd.read_parquet(prepared / "manifest.parquet")
     split = table[table["label"] >= 0]["split"].value_counts().idxmax()

@@ -228,13 +228,10 @@ def test_cli_prepare_exit_status_and_config(raw: Path, tmp_path: Path, capsys: p
 
 @pytest.mark.realdata
 def test_prepare_real_mini_mias_pair(tmp_path: Path) -> None:
-    from conftest import shared_data_dir
+    from conftest import mias_subset, shared_data_dir
 
-    src = shared_data_dir("mini-mias-dev")
-    root = tmp_path / "mias"
-    root.mkdir()
-    for name in ("Info.txt", "mdb001.pgm", "mdb002.pgm"):  # one woman: right (odd) and left (even) MLO
-        (root / name).symlink_to(src / name)
+    # one woman: right (odd) and left (even) MLO
+    root = mias_subset(shared_data_dir("mini-mias-dev"), tmp_path / "mias", ["mdb001", "mdb002"])
     spec = PreprocessSpec(height=144, width=112)
     report = prepare_dataset(
         "mini-mias", root, tmp_path / "out", spec, val_fraction=0.0, test_fraction=0.0, progress=False

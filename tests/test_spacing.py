@@ -218,20 +218,14 @@ def _source_breast_height_mm(pixels: np.ndarray, spacing: float) -> float:
 
 @pytest.mark.realdata
 def test_real_mini_mias_at_0_2_mm_keeps_the_breast_height(tmp_path):
-    from conftest import shared_data_dir
+    from conftest import mias_subset, shared_data_dir
     from mammokit.cli import main
     from mammokit.io.dicom import read_mammogram
     from mammokit.io.images import read_png16
 
     src = shared_data_dir("mini-mias-dev")
-    root = tmp_path / "mias"
-    root.mkdir()
     names = ["mdb001", "mdb002", "mdb005", "mdb006"]  # two women, both breasts
-    others = {f"mdb{i:03d}" for i in range(7, 330)}  # listing rows of the images not linked
-    lines = [ln for ln in (src / "Info.txt").read_text().splitlines() if ln[:6] not in others]
-    (root / "Info.txt").write_text("\n".join(lines) + "\n")
-    for name in names:
-        (root / f"{name}.pgm").symlink_to(src / f"{name}.pgm")
+    root = mias_subset(src, tmp_path / "mias", names)
     out = tmp_path / "out"
     argv = ["prepare", "mini-mias", "--root", str(root), "--out", str(out), "--pixel-spacing", "0.2"]
     argv += ["--height", "1152", "--width", "896", "--workers", "1", "--no-progress"]
