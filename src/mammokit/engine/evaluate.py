@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -440,6 +440,7 @@ def evaluate(
     workers: int = 0,
     heatmaps: Sequence[tuple[str, bytes | Path]] = (),
     predictions: Sequence[pd.DataFrame] | None = None,
+    heatmap_panels: Callable[[pd.DataFrame], Sequence[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one run (or an ensemble of runs) on a prepared split and write all outputs to `out`.
 
@@ -457,6 +458,8 @@ def evaluate(
         batch_size, device, workers: inference settings.
         heatmaps: (caption, PNG) pairs to inline in the HTML report.
         predictions: precomputed `predict_prepared` frames, one per run (skips inference; used by tests/demo).
+        heatmap_panels: called with the headline predictions; returns the report's heatmap panels
+            (`infer.heatmap_report.report_panels`; engine does not import infer, so the CLI passes it in).
 
     Returns:
         The metrics dict also written to `out/metrics.json` (key "out" adds the output folder).
@@ -567,9 +570,16 @@ def evaluate(
     plots = evaluation_plots(_plot_inputs(frames, results, primary, aggregate), results[primary]["image"], reliability)
     for key, png in plots.items():
         atomic_write_bytes(out / f"{key}.png", png)
+    panels: Sequence[dict[str, Any]] = []
+    if heatmap_panels is not None:
+        try:
+            panels = heatmap_panels(pred)
+        except Exception as exc:  # the metrics are complete without the pictures: report and go on
+            log.warning("heatmap panels failed: %s", exc)
+            notes.append(f"heatmaps for the report could not be made: {type(exc).__name__}: {exc}")
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "evaluate.yaml", dump_yaml(cfg))
-    render_report(metrics, plots, out / "report.html", heatmaps=heatmaps)
+    render_report(metrics, plots, out / "report.html", heatmaps=heatmaps, heatmap_panels=panels)
     for name, run_dir in zip(names, run_dirs, strict=True):
         auc = results[name]["image"]["auc"]
         key = f"eval/{prepared.resolve().name}-{split}" + ("-tta" if tta else "")
