@@ -20,6 +20,10 @@ The prepared grid's spacing follows from the crop and resize recorded in the man
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_localisation.py --run demo-output/runs/whole \\
         --data demo-output/prepared --split test --film-height-mm 240 --out loc.json
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_localisation.py --cv-root mias-cv --out loc-mias.json
+
+`--cv-root DIR` pools the test splits of the folds of a cross-validation (`DIR/fold*/runs/whole` +
+`DIR/fold*/prepared`, as benchmarks/bench_mias_cv.py writes them); each woman is in one test fold.
 """
 
 from __future__ import annotations
@@ -132,34 +136,17 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, required=True, help="whole-image run folder")
-    p.add_argument("--patch-run", type=Path, default=None, help="patch run (default: the whole run's parent_run)")
-    p.add_argument("--data", type=Path, required=True, help="prepared dataset the run was trained on")
-    p.add_argument("--split", default="test")
-    p.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), help="heatmap kinds (MapKind names)")
-    p.add_argument("--tolerance-mm", type=float, default=5.0)
-    p.add_argument("--spacing-mm", type=float, default=None, help="original pixel spacing (mm) if not in the manifest")
-    p.add_argument("--film-height-mm", type=float, default=None, help="phantom: spacing = this / original rows")
-    p.add_argument("--random-draws", type=int, default=20, help="random maps per image (expected hit rate)")
-    p.add_argument("--bootstrap", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", type=Path, default=None, help="write the results here (JSON; a .md table beside it)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-
-    kinds = [MapKind.parse(k) for k in args.kinds]
-    images = read_images(args.data)
-    lesions = read_lesions(args.data)
+def measure(
+    mapper: PreparedHeatmapper, data: Path, kinds: list[MapKind], args: argparse.Namespace, rng: np.random.Generator
+) -> tuple[list[dict[str, Any]], int]:
+    """Per-image hits and mass fractions of every kind and both baselines on one prepared split."""
+    images = read_images(data)
+    lesions = read_lesions(data)
     chosen = images[(images["split"].astype(str) == args.split) & (images["label"].astype(int) == 1)]
-    mapper = PreparedHeatmapper(args.run, args.patch_run, args.device)
-    rng = np.random.default_rng(args.seed)
     records, skipped = [], 0
     for row in chosen.itertuples(index=False):
-        u16 = read_png16(args.data / row.image_file)
-        lesion = lesion_union(args.data, lesions, str(row.image_id), u16.shape)
+        u16 = read_png16(data / row.image_file)
+        lesion = lesion_union(data, lesions, str(row.image_id), u16.shape)
         breast = u16 > 0
         if lesion is None or not breast.any():
             skipped += 1  # malignant by label but no malignant lesion outline (e.g. a calcification without ROI)
@@ -181,19 +168,58 @@ def main(argv: list[str] | None = None) -> int:
         )
         rec["mass:baseline: random"] = float(np.mean([mass_inside(d, lesion, breast) for d in draws]))
         records.append(rec)
+    return records, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, default=None, help="whole-image run folder")
+    p.add_argument("--cv-root", type=Path, default=None, help="pool the folds DIR/fold*/{runs/whole,prepared}")
+    p.add_argument("--patch-run", type=Path, default=None, help="patch run (default: the whole run's parent_run)")
+    p.add_argument("--data", type=Path, default=None, help="prepared dataset the run was trained on")
+    p.add_argument("--split", default="test")
+    p.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), help="heatmap kinds (MapKind names)")
+    p.add_argument("--tolerance-mm", type=float, default=5.0)
+    p.add_argument("--spacing-mm", type=float, default=None, help="original pixel spacing (mm) if not in the manifest")
+    p.add_argument("--film-height-mm", type=float, default=None, help="phantom: spacing = this / original rows")
+    p.add_argument("--random-draws", type=int, default=20, help="random maps per image (expected hit rate)")
+    p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=None, help="write the results here (JSON; a .md table beside it)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    kinds = [MapKind.parse(k) for k in args.kinds]
+    if args.cv_root:
+        pairs = [(f / "runs" / "whole", f / "prepared") for f in sorted(args.cv_root.glob("fold*"))]
+        pairs = [(r, d) for r, d in pairs if (r / "model.json").is_file() and (d / "manifest.parquet").is_file()]
+    elif args.run and args.data:
+        pairs = [(args.run, args.data)]
+    else:
+        raise SystemExit("give --run and --data, or --cv-root")
+    rng = np.random.default_rng(args.seed)
+    records, skipped, layers = [], 0, set()
+    for run, data in pairs:
+        mapper = PreparedHeatmapper(run, args.patch_run if len(pairs) == 1 else None, args.device)
+        layers.add(mapper.layer_name("auto"))
+        done, missed = measure(mapper, data, kinds, args, rng)
+        records += done
+        skipped += missed
+        print(f"{run}: {len(done)} image(s) measured", flush=True)
     if not records:
-        raise SystemExit(f"no malignant image with a lesion mask in split {args.split!r} of {args.data}")
+        raise SystemExit(f"no malignant image with a lesion mask in split {args.split!r}")
     per_image = pd.DataFrame(records)
     names = [k.name for k in kinds] + list(BASELINES)
     rows = summarise(per_image, names, args.bootstrap, args.seed)
     result = {
-        "run": str(args.run),
-        "data": str(args.data),
+        "runs": [str(r) for r, _ in pairs],
+        "data": [str(d) for _, d in pairs],
         "split": args.split,
         "tolerance_mm": args.tolerance_mm,
         "n_images": len(per_image),
         "n_skipped_without_mask": skipped,
-        "cam_layer_auto": mapper.layer_name("auto"),
+        "cam_layer_auto": sorted(layers),
         "cpu": f"{cpu_name()} ({sys.platform}; shared machine, timings are indicative)",
         "results": rows,
     }

@@ -92,12 +92,12 @@ def test_cam_layer_rule_per_architecture_and_named_layers():
     effnet = create_model("whole_image", backbone="efficientnet_lite0", top="none", pretrained=None)
     assert default_cam_layer(effnet) == "trunk.body.blocks.4"
     vgg = create_model("whole_image", backbone="vgg11", top="none", pretrained=None)
-    name, layer = resolve_cam_layer(vgg, "auto")
+    _, layer = resolve_cam_layer(vgg, "auto")
     assert isinstance(layer, torch.nn.ReLU)  # the last conv block's ReLU at stride 16, before the final pool
     x = torch.randn(1, 1, 128, 96)
     assert GradCamRunner(vgg.eval(), [1], x)(x).max() == pytest.approx(1.0, abs=1e-5)  # parameter-free layer works
     assert resolve_cam_layer(effnet, "top")[1] is effnet.top
-    with pytest.raises(ValueError, match="did you mean trunk.body.blocks.4"):
+    with pytest.raises(ValueError, match=r"did you mean trunk\.body\.blocks\.4"):
         resolve_cam_layer(effnet, "trunk.body.block.4")
     with pytest.raises(ValueError, match="gradcam method"):
         GradCamRunner(effnet, [1], x, method="scorecam")
@@ -172,7 +172,8 @@ def test_panel_has_caption_colour_bar_and_lesion_outline(tmp_path):
     pixels = (np.exp(-((xx / 120.0) ** 2 + ((yy - 100) / 90.0) ** 2)) * 3000).astype(np.float32)
     heat = np.exp(-((xx - 60) ** 2 + (yy - 80) ** 2) / (2 * 15.0**2)).astype(np.float32)
     lesion = (xx - 60) ** 2 + (yy - 80) ** 2 < 12**2
-    panel = np.asarray(render_panel(pixels, heat, caption=["line one", "line two"], scale_label="p", lesion_mask=lesion))
+    panel = render_panel(pixels, heat, caption=["line one", "line two"], scale_label="p", lesion_mask=lesion)
+    panel = np.asarray(panel)
     assert panel.shape[0] > 200 and panel.shape[1] > 2 * 150  # caption rows; two halves + colour bar
     cyan = (panel[..., 0] == 0) & (panel[..., 1] == 255) & (panel[..., 2] == 255)
     assert cyan.sum() > 2 * 40  # the outline on both halves
