@@ -18,6 +18,7 @@ from mammokit.infer.heatmap import (
 from mammokit.infer.heatmap_report import MapKind
 from mammokit.infer.overlay import render_overlay, render_panel, write_raw_map
 from mammokit.models.registry import create_model
+from test_evaluate_model import one_thread, tiny  # noqa: F401 - fixtures: a saved run and a prepared folder
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +187,24 @@ def test_panel_has_caption_colour_bar_and_lesion_outline(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), heat)
     with pytest.raises(ValueError, match="lesion mask shape"):
         render_panel(pixels, heat, lesion_mask=lesion[:-1])
+
+
+def test_evaluate_report_shows_the_top_scoring_images_with_their_heatmaps(tiny, tmp_path):  # noqa: F811
+    import re
+
+    import pandas as pd
+
+    from mammokit.cli import main
+
+    run, prepared = tiny
+    out = tmp_path / "ev"
+    argv = ["evaluate", str(run), "--data", str(prepared), "--bootstrap", "20", "--device", "cpu", "--out", str(out)]
+    assert main([*argv, "--heatmap-top", "3"]) == 0
+    html = (out / "report.html").read_text()
+    assert 'id="heatmaps"' in html and html.count("Highest-scoring") == 2
+    assert len(re.findall(r"p\(malignant\) [0-9.]+, label malignant<", html)) == 3
+    assert len(re.findall(r"p\(malignant\) [0-9.]+, label not malignant<", html)) == 3
+    preds = pd.read_csv(out / "predictions.csv")
+    for label in (0, 1):  # the panels show the highest-scoring images of each class
+        for image_id in preds[preds["label"] == label].nlargest(3, "prob_malignant")["image_id"]:
+            assert f"{image_id}: p(malignant)" in html
