@@ -201,6 +201,10 @@ def test_predict_rejects_heatmaps_with_onnx_and_missing_patch_run(runs, tmp_path
     assert status == 2
     # a patch-classifier run is not a whole-image model
     assert main(["predict", str(runs[1]), str(image), "--out", str(tmp_path / "o")]) == 2
+    # a Grad-CAM layer that the model does not have, or a patch stride that does not divide 32: told before reading
+    bad_layer = ["--heatmap", "gradcam", "--gradcam-layer", "trunk.body.layer9"]
+    assert main(["predict", str(whole), str(image), "--out", str(tmp_path / "o"), *bad_layer]) == 2
+    assert main(["predict", str(whole), str(image), "--out", str(tmp_path / "o"), "--patch-stride", "0"]) == 2
 
 
 def test_tta_is_flip_invariant_and_follows_the_calibration(runs, tmp_path):

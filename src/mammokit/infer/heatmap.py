@@ -27,6 +27,7 @@ onto the original mammogram with `Geometry.to_original`):
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -92,8 +93,8 @@ def patch_probability_maps(
 
     height, width = x.shape[-2:]
     with torch.inference_mode():
-        feats = patch_model.trunk(x)  # (B, C, h, w), h = H / s
-        s = (height / feats.shape[-2], width / feats.shape[-1])
+        feats = patch_model.trunk(x)  # (B, C, h, w), h = ceil(H / s)
+        s = (_nominal_stride(height, feats.shape[-2]), _nominal_stride(width, feats.shape[-1]))
         k = 1 if stride is None else _shift_factor(s, stride)
         window = (max(1, min(feats.shape[-2], round(patch_hw[0] / s[0]))),
                   max(1, min(feats.shape[-1], round(patch_hw[1] / s[1]))))  # fmt: skip
@@ -112,6 +113,11 @@ def patch_probability_maps(
             fine[..., a::k, b::k] = g[..., :hp, :wp]
     # a fine cell's window spans window * k fine cells, so its centre is t * (I + window * k / 2)
     return cell_map_to_pixels(fine.cpu().numpy(), (height, width), t, (window[0] * k, window[1] * k))
+
+
+def _nominal_stride(size: int, cells: int) -> float:
+    """The trunk's output stride: the power of two nearest size / cells (344 px -> 11 cells is stride 32, not 31.3)."""
+    return float(2 ** round(math.log2(size / cells)))
 
 
 def _shift_factor(trunk_stride: tuple[float, float], stride: int) -> int:
