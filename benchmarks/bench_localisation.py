@@ -13,9 +13,9 @@ rate is the expected one). Hit rates come with a 95 % interval from a bootstrap 
 = patient_id) and the Wilson interval (images as independent). Everything is on the prepared grid;
 the breast is the prepared image's non-zero pixels (prepare sets everything outside the breast to 0).
 
-Millimetres need the pixel spacing of the original images: the manifest's `spacing_mm`/`pixel_spacing_mm`
-column when present, else `--spacing-mm S` (e.g. 0.2 for mini-MIAS) or `--film-height-mm F` (spacing =
-F / original rows, for the synthetic phantom, which has no physical scale: 240 = an 18 x 24 cm film).
+Millimetres need the pixel spacing of the original images: `--spacing-mm S` or `--film-height-mm F`
+(spacing = F / original rows, for the synthetic phantom, which has no physical scale: 240 = an 18 x 24 cm
+film) when given, else the manifest's `spacing_mm` column (mammokit prepare records it).
 The prepared grid's spacing follows from the crop and resize recorded in the manifest.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_localisation.py --run demo-output/runs/whole \\
@@ -84,17 +84,18 @@ def prepared_spacing(row: Any, orig_spacing: tuple[float, float]) -> tuple[float
 
 
 def original_spacing(row: Any, args: argparse.Namespace) -> tuple[float, float]:
+    """mm per original pixel: --spacing-mm / --film-height-mm when given (they override), else the manifest's."""
+    if args.spacing_mm:
+        return (args.spacing_mm, args.spacing_mm)
+    if args.film_height_mm:
+        s = args.film_height_mm / int(row.orig_height)
+        return (s, s)
     for column in ("spacing_mm", "pixel_spacing_mm"):
         value = getattr(row, column, None)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             values = list(np.atleast_1d(np.asarray(value, dtype=float)))
             if values and all(v > 0 for v in values):
                 return (values[0], values[-1])
-    if args.spacing_mm:
-        return (args.spacing_mm, args.spacing_mm)
-    if args.film_height_mm:
-        s = args.film_height_mm / int(row.orig_height)
-        return (s, s)
     raise SystemExit("no pixel spacing in the manifest: pass --spacing-mm or --film-height-mm")
 
 
