@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from mammokit.infer.heatmap import GradCamRunner, cell_map_to_pixels, last_spatial_module, patch_probability_maps
-from mammokit.infer.overlay import render_overlay
+from mammokit.infer.heatmap import (
+    GradCamRunner,
+    cell_map_to_pixels,
+    default_cam_layer,
+    last_spatial_module,
+    malignant_map,
+    patch_probability_maps,
+    resolve_cam_layer,
+)
+from mammokit.infer.heatmap_report import MapKind
+from mammokit.infer.overlay import render_overlay, render_panel, write_raw_map
 from mammokit.models.registry import create_model
+from test_evaluate_model import one_thread, tiny  # noqa: F401 - fixtures: a saved run and a prepared folder
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +63,45 @@ def _tiny_whole(top: object) -> torch.nn.Module:
     return create_model("whole_image", backbone="resnet18", top=top, pretrained=None).eval()
 
 
-def test_gradcam_targets_the_top_and_gives_unit_range_maps_at_input_size():
+def test_gradcam_targets_the_stride_16_trunk_stage_and_gives_unit_range_maps_at_input_size():
     model = _tiny_whole({"blocks": "resnet", "depths": [16, 16], "repetitions": [1, 1], "enlarge": 2})
-    x = torch.randn(2, 1, 256, 192)  # trunk 8x6 -> top 2x2: the top is the last spatial map
+    x = torch.randn(2, 1, 256, 192)  # trunk 8x6 -> top 2x2; layer3 (stride 16) is 16x12
     runner = GradCamRunner(model, [1], x)
-    assert runner.layer is model.top
-    assert not any(p.requires_grad for p in model.trunk.parameters())  # only top + head take part in backward
+    assert runner.layer_name == "trunk.body.layer3" and runner.layer is model.trunk.body.layer3
     maps = runner(x)
+    # only the target layer and what runs after it take part in the backward pass
+    assert not any(p.requires_grad for p in model.trunk.body.layer2.parameters())
+    assert all(p.requires_grad for p in model.trunk.body.layer4.parameters())
     assert maps.shape == (2, 256, 192) and maps.dtype == np.float32
     assert np.isfinite(maps).all() and maps.min() >= 0.0 and maps.max() <= 1.0
     assert maps.reshape(2, -1).std(axis=1).min() > 0  # spatially varying, not a constant map
+    # finer than the old default (the top, 2x2 cells): more distinct values along a row
+    top = GradCamRunner(model, [1], x, layer="top")(x)
+    assert len(np.unique(np.round(maps[0, 128], 4))) > len(np.unique(np.round(top[0, 128], 4)))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam"])
+def test_every_cam_method_gives_a_unit_range_map(method):
+    model = _tiny_whole("none")
+    x = torch.randn(1, 1, 128, 96)
+    maps = GradCamRunner(model, [1], x, method=method)(x)
+    assert maps.shape == (1, 128, 96) and maps.min() >= 0.0 and maps.max() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cam_layer_rule_per_architecture_and_named_layers():
+    assert default_cam_layer(_tiny_whole("none")) == "trunk.body.layer3"
+    effnet = create_model("whole_image", backbone="efficientnet_lite0", top="none", pretrained=None)
+    assert default_cam_layer(effnet) == "trunk.body.blocks.4"
+    vgg = create_model("whole_image", backbone="vgg11", top="none", pretrained=None)
+    _, layer = resolve_cam_layer(vgg, "auto")
+    assert isinstance(layer, torch.nn.ReLU)  # the last conv block's ReLU at stride 16, before the final pool
+    x = torch.randn(1, 1, 128, 96)
+    assert GradCamRunner(vgg.eval(), [1], x)(x).max() == pytest.approx(1.0, abs=1e-5)  # parameter-free layer works
+    assert resolve_cam_layer(effnet, "top")[1] is effnet.top
+    with pytest.raises(ValueError, match=r"did you mean trunk\.body\.blocks\.4"):
+        resolve_cam_layer(effnet, "trunk.body.block.4")
+    with pytest.raises(ValueError, match="gradcam method"):
+        GradCamRunner(effnet, [1], x, method="scorecam")
 
 
 def test_gradcam_falls_back_to_the_trunk_when_the_top_is_a_single_cell():
@@ -86,3 +125,86 @@ def test_overlay_is_grey_without_heat_and_coloured_with_it():
     assert small.shape == (150, 100, 3)
     with pytest.raises(ValueError, match="differs from image shape"):
         render_overlay(pixels, heat[:-1])
+
+
+class _MeanBrightness(torch.nn.Module):
+    """A stand-in patch classifier: trunk = 32x32 mean pooling (stride 32), head = GAP -> logits (0, 20 * mean).
+
+    Its p(class 1) rises with the mean brightness of the 32-px window, so its map must peak on a bright square.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = torch.nn.AvgPool2d(32)
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2))
+        with torch.no_grad():
+            self.head[2].weight.copy_(torch.tensor([[0.0], [20.0]]))
+            self.head[2].bias.copy_(torch.tensor([0.0, -10.0]))
+
+
+def test_a_finer_patch_stride_finds_a_square_between_the_trunk_cells():
+    x = torch.zeros(1, 1, 128, 96)
+    x[..., 16:48, 16:48] = 1.0  # straddles four 32-px cells of the trunk grid
+    model = _MeanBrightness().eval()
+    coarse = patch_probability_maps(model, x, (32, 32))[0, 1]
+    fine = patch_probability_maps(model, x, (32, 32), stride=16)[0, 1]
+    peak = np.unravel_index(np.argmax(fine), fine.shape)
+    assert abs(peak[0] - 31.5) <= 1 and abs(peak[1] - 31.5) <= 1  # centred on the square
+    assert fine.max() > 0.95 and coarse.max() < 0.1  # only a shifted pass sees the whole square
+    with pytest.raises(ValueError, match="must divide"):
+        patch_probability_maps(model, x, (32, 32), stride=12)
+
+
+def test_malignant_map_sums_the_malignant_classes_and_kind_names_parse():
+    maps = np.random.default_rng(0).random((5, 4, 3)).astype(np.float32)
+    classes = ["background", "calc_benign", "calc_malignant", "mass_benign", "mass_malignant"]
+    np.testing.assert_allclose(malignant_map(maps, classes), maps[2] + maps[4])
+    with pytest.raises(ValueError, match="no malignant class"):
+        malignant_map(maps[:2], ["background", "benign"])
+    assert MapKind.parse("gradcam") == MapKind("gradcam", "cam", "gradcam", "auto")
+    assert MapKind.parse("hirescam@top").layer == "top"
+    assert MapKind.parse("patch_malignant@32").stride == 32 and MapKind.parse("patch_malignant").stride == 16
+    with pytest.raises(ValueError, match="unknown heatmap kind"):
+        MapKind.parse("saliency")
+
+
+def test_panel_has_caption_colour_bar_and_lesion_outline(tmp_path):
+    yy, xx = np.mgrid[0:200, 0:150]
+    pixels = (np.exp(-((xx / 120.0) ** 2 + ((yy - 100) / 90.0) ** 2)) * 3000).astype(np.float32)
+    heat = np.exp(-((xx - 60) ** 2 + (yy - 80) ** 2) / (2 * 15.0**2)).astype(np.float32)
+    lesion = (xx - 60) ** 2 + (yy - 80) ** 2 < 12**2
+    panel = render_panel(pixels, heat, caption=["line one", "line two"], scale_label="p", lesion_mask=lesion)
+    panel = np.asarray(panel)
+    assert panel.shape[0] > 200 and panel.shape[1] > 2 * 150  # caption rows; two halves + colour bar
+    cyan = (panel[..., 0] == 0) & (panel[..., 1] == 255) & (panel[..., 2] == 255)
+    assert cyan.sum() > 2 * 40  # the outline on both halves
+    left, right = cyan[:, : panel.shape[1] // 2], cyan[:, panel.shape[1] // 2 :]
+    assert left.any() and right.any()
+    # the colour bar: the inferno gradient's bright end (pale yellow) appears right of the overlay
+    bar = panel[:, 2 * 150 :]
+    assert ((bar[..., 0] > 240) & (bar[..., 1] > 240) & (bar[..., 2] < 200)).any()
+    write_raw_map(tmp_path / "m.npy", heat)
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), heat)
+    with pytest.raises(ValueError, match="lesion mask shape"):
+        render_panel(pixels, heat, lesion_mask=lesion[:-1])
+
+
+def test_evaluate_report_shows_the_top_scoring_images_with_their_heatmaps(tiny, tmp_path):  # noqa: F811
+    import re
+
+    import pandas as pd
+
+    from mammokit.cli import main
+
+    run, prepared = tiny
+    out = tmp_path / "ev"
+    argv = ["evaluate", str(run), "--data", str(prepared), "--bootstrap", "20", "--device", "cpu", "--out", str(out)]
+    assert main([*argv, "--heatmap-top", "3"]) == 0
+    html = (out / "report.html").read_text()
+    assert 'id="heatmaps"' in html and html.count("Highest-scoring") == 2
+    assert len(re.findall(r"p\(malignant\) [0-9.]+, label malignant<", html)) == 3
+    assert len(re.findall(r"p\(malignant\) [0-9.]+, label not malignant<", html)) == 3
+    preds = pd.read_csv(out / "predictions.csv")
+    for label in (0, 1):  # the panels show the highest-scoring images of each class
+        for image_id in preds[preds["label"] == label].nlargest(3, "prob_malignant")["image_id"]:
+            assert f"{image_id}: p(malignant)" in html

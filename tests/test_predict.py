@@ -72,12 +72,13 @@ def test_cli_predicts_real_dicoms_and_reports_a_bad_file(runs, tmp_path):
         assert 0.0 <= prob <= 1.0
         assert int(row["call"]) == int(prob >= float(row["threshold"]))
         assert row["model_run"] == "whole"
-        overlay = out / row["heatmaps"]
-        assert overlay.is_file()
-        with Image.open(overlay) as im:  # the original frame, scaled so the longer side is 1024
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            assert im.mode == "RGB" and max(im.size) == 1024
-            assert im.size == (round(ds.Columns * 1024 / ds.Rows), 1024)
+        png, npy = (out / f for f in row["heatmaps"].split(";"))
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        raw = np.load(npy)  # the raw map on the original pixel grid
+        assert raw.shape == (ds.Rows, ds.Columns) and raw.dtype == np.float32
+        with Image.open(png) as im:  # caption + [image | overlay | colour bar], each half scaled to 1024 rows
+            assert im.mode == "RGB" and im.height > 1024
+            assert im.width > 2 * round(ds.Columns * 1024 / ds.Rows)
     with open(out / "errors.csv", newline="") as fh:
         errors = list(csv.DictReader(fh))
     assert [e["image_id"] for e in errors] == ["broken"] and errors[0]["stage"] == "read" and errors[0]["error"]
@@ -128,8 +129,11 @@ def test_predictor_api_returns_probability_call_heatmaps_and_meta(runs):
     assert 0.0 <= pred.prob_malignant <= 1.0 and pred.call == int(pred.prob_raw >= pred.threshold)
     shape = (pred.meta.height, pred.meta.width)
     assert pred.heatmap is not None and pred.heatmap.shape == shape
-    expected = {"gradcam"} | {f"patch_{c}" for c in predictor._patch.classes}
+    expected = {"gradcam", "patch_malignant"} | {f"patch_{c}" for c in predictor._patch.classes}
     assert set(pred.heatmaps) == expected
+    # the summed map is the sum of the malignant classes' maps
+    summed = pred.heatmaps["patch_calc_malignant"] + pred.heatmaps["patch_mass_malignant"]
+    np.testing.assert_allclose(pred.heatmaps["patch_malignant"], summed, atol=1e-5)
     for name, heat in pred.heatmaps.items():
         assert heat.shape == shape and np.isfinite(heat).all(), name
         assert heat.min() >= 0.0 and heat.max() <= 1.0 + 1e-6, name
@@ -197,6 +201,10 @@ def test_predict_rejects_heatmaps_with_onnx_and_missing_patch_run(runs, tmp_path
     assert status == 2
     # a patch-classifier run is not a whole-image model
     assert main(["predict", str(runs[1]), str(image), "--out", str(tmp_path / "o")]) == 2
+    # a Grad-CAM layer that the model does not have, or a patch stride that does not divide 32: told before reading
+    bad_layer = ["--heatmap", "gradcam", "--gradcam-layer", "trunk.body.layer9"]
+    assert main(["predict", str(whole), str(image), "--out", str(tmp_path / "o"), *bad_layer]) == 2
+    assert main(["predict", str(whole), str(image), "--out", str(tmp_path / "o"), "--patch-stride", "0"]) == 2
 
 
 def test_tta_is_flip_invariant_and_follows_the_calibration(runs, tmp_path):

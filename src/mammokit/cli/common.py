@@ -10,6 +10,7 @@
 | `--workers N` | worker processes for data loading / preparation |
 | `--device auto|cpu|cuda[:i]` | compute device |
 | `--batch-size N` | images per step |
+| `--gradcam-layer NAME`, `--gradcam-method M`, `--patch-stride PX` | how heatmaps are made (predict, evaluate) |
 """
 
 from __future__ import annotations
@@ -99,6 +100,31 @@ def require_data_and_runs(data: Path, runs: Sequence[Path]) -> None:
     for run_dir in runs:
         if not run_dir.is_dir():
             raise UserError(f"{run_dir}: not a folder (give a run folder written by `mammokit train whole`)")
+
+
+def add_heatmap_options(p: argparse.ArgumentParser) -> None:
+    """The heatmap flags of `predict` and `evaluate` (docs/prediction.md, "Heatmaps")."""
+    p.add_argument(
+        "--gradcam-layer",
+        default=None,
+        metavar="NAME",
+        help="module of the whole-image model that Grad-CAM explains: auto (default: the deepest stride-16 trunk "
+        "stage, e.g. trunk.body.layer3 for ResNet), top, trunk, or any dotted module name",
+    )
+    p.add_argument(
+        "--gradcam-method",
+        choices=("gradcam", "gradcam++", "hirescam"),
+        default=None,
+        help="class activation map method of pytorch-grad-cam (default gradcam)",
+    )
+    p.add_argument(
+        "--patch-stride",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="stride of the patch-classifier heatmaps in prepared pixels; must divide the patch trunk's stride "
+        "(default 16; 32 = one pass, 16 = four shifted passes)",
+    )
 
 
 def config_error_to_user(exc: ConfigError) -> UserError:

@@ -12,6 +12,7 @@ from mammokit.cli.common import (
     add_config_args,
     add_data,
     add_device,
+    add_heatmap_options,
     add_out,
     add_seed,
     add_workers,
@@ -28,6 +29,8 @@ site, vendor), calibration, and the DeLong test between runs. Several runs are a
 ensemble. Writes predictions.csv, metrics.json, roc.png, pr.png, reliability.png and a self-contained
 report.html to --out (default for one run: eval/<run>-<dataset>-<split> in the working folder). Nothing is
 written into the run folders; fit a calibration map beforehand with `mammokit calibrate`.
+The report shows the heatmaps of the --heatmap-top highest-scoring malignant and non-malignant images
+(Grad-CAM of the first run by default).
 """
 
 
@@ -64,8 +67,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=[],
         metavar="PNG",
-        help="heatmap overlay PNGs (e.g. from `mammokit predict --heatmap`) to show in the report",
+        help="extra overlay PNGs (e.g. from `mammokit predict --heatmap`) to show in the report",
     )
+    p.add_argument(
+        "--heatmap",
+        choices=("gradcam", "patch", "none"),
+        default="gradcam",
+        help="heatmap kind in the report's 'Where the model looks' section: Grad-CAM of the (first) run, the "
+        "patch classifier's malignant map (needs the run's parent_run), or none (default gradcam)",
+    )
+    p.add_argument(
+        "--heatmap-top",
+        type=int,
+        default=8,
+        metavar="N",
+        help="show the N highest-scoring malignant and N highest-scoring non-malignant images (default 8)",
+    )
+    add_heatmap_options(p)
     add_seed(p)
     add_device(p)
     add_batch_size(p)
@@ -104,12 +122,33 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise UserError(f"--heatmaps: file(s) not found: {', '.join(missing)}")
     heatmaps = [(path.stem, path) for path in args.heatmaps]
+    if args.heatmap_top < 0:
+        raise UserError(f"--heatmap-top must be >= 0, got {args.heatmap_top}")
+    panels = _panel_maker(args, cfg.device, cfg.split)
     try:
-        result = evaluate(args.runs, args.data, args.out, cfg, heatmaps=heatmaps)
+        result = evaluate(args.runs, args.data, args.out, cfg, heatmaps=heatmaps, heatmap_panels=panels)
     except (EvaluationError, RunFolderError, ManifestError, ConfigError) as exc:
         raise UserError(str(exc)) from None
     print(summary_text(result))
     return 0
+
+
+def _panel_maker(args: argparse.Namespace, device: str, split: str) -> Any:
+    """The report's heatmap hook (infer.heatmap_report.report_panels with the flags), or None when off."""
+    if args.heatmap == "none" or args.heatmap_top == 0:
+        return None
+    from mammokit.infer.heatmap_report import report_panels
+
+    if args.heatmap == "gradcam":
+        method = args.gradcam_method or "gradcam"
+        kind = method + (f"@{args.gradcam_layer}" if args.gradcam_layer else "")
+    else:
+        kind = "patch_malignant" + (f"@{args.patch_stride}" if args.patch_stride else "")
+
+    def make(predictions: Any) -> Any:
+        return report_panels(predictions, args.runs[0], args.data, n=args.heatmap_top, kind=kind, device=device)
+
+    return make
 
 
 def summary_text(result: dict[str, Any]) -> str:

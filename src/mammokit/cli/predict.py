@@ -3,7 +3,8 @@
 Writes into DIR:
     predictions.csv / predictions.json   one row per image that was predicted
     errors.csv                           one row per input that failed (exit status 1 when any did)
-    heatmaps/<image_id>_<kind>.png       overlays on the original image (with --heatmap)
+    heatmaps/<image_id>_<kind>.png       image | overlay | colour bar, with the prediction (with --heatmap)
+    heatmaps/<image_id>_<kind>.npy       the raw float32 map on the original image's pixel grid
     predict_config.yaml                  the resolved options
 
 The preprocessing (crop, flip, resize, normalisation) comes from the run folder; there is no flag
@@ -24,6 +25,7 @@ from mammokit.cli.common import (
     add_batch_size,
     add_config_args,
     add_device,
+    add_heatmap_options,
     add_out,
     add_workers,
     config_error_to_user,
@@ -56,8 +58,11 @@ class PredictConfig:
     batch_size: int = 4  # images per forward pass
     workers: int = 2  # reader processes: decoding runs isolated from the model, in parallel with it
     patch_run: str | None = None  # patch-classifier run for patch heatmaps (default: model.json parent_run)
-    overlay_alpha: float = 0.5  # opacity of the heatmap at its maximum
-    overlay_max_side: int = 0  # 0 = overlays at the original resolution; else downscale the longer side to this
+    gradcam_layer: str = "auto"  # auto = the deepest stride-16 trunk stage; or a module name such as top, trunk
+    gradcam_method: Literal["gradcam", "gradcam++", "hirescam"] = "gradcam"
+    patch_stride: int = 16  # patch-map stride in prepared pixels (divides the patch trunk's stride, 32)
+    overlay_alpha: float = 0.7  # opacity of the heatmap at the top of its colour scale
+    overlay_max_side: int = 1536  # longer side of each half of the overlay PNG; 0 = the original resolution
     channels_last: bool = (
         True  # torch backend: NHWC memory format, 1.5-1.9x faster on CPU (benchmarks/bench_predict.py)
     )
@@ -69,6 +74,8 @@ class PredictConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.patch_stride < 1:
+            raise ConfigError(f"patch_stride must be >= 1 pixel, got {self.patch_stride}")
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ConfigError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
         if self.heatmap != "none" and self.backend == "onnx":
@@ -112,12 +119,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="RUN",
         help="patch-classifier run for --heatmap patch (default: the parent_run recorded in RUN/model.json)",
     )
+    add_heatmap_options(p)
     p.add_argument(
         "--overlay-max-side",
         type=int,
         default=None,
         metavar="PX",
-        help="downscale overlays so the longer side is at most PX (default 0 = original resolution)",
+        help="downscale each half of the overlay PNGs so its longer side is at most PX (default 1536; 0 = original "
+        "resolution); the .npy maps are always at the original resolution",
     )
     p.add_argument(
         "--tta",
@@ -143,6 +152,9 @@ def _config(args: argparse.Namespace) -> PredictConfig:
         "workers": args.workers,
         "patch_run": args.patch_run,
         "overlay_max_side": args.overlay_max_side,
+        "gradcam_layer": args.gradcam_layer,
+        "gradcam_method": args.gradcam_method,
+        "patch_stride": args.patch_stride,
         "tta": args.tta,
     }
     try:
@@ -154,7 +166,7 @@ def _config(args: argparse.Namespace) -> PredictConfig:
 def run(args: argparse.Namespace) -> int:
     from mammokit.config import dump_yaml
     from mammokit.infer.inputs import InputError, collect_inputs
-    from mammokit.infer.predictor import Predictor
+    from mammokit.infer.predictor import HeatmapOptions, Predictor
     from mammokit.run import RunFolderError
     from mammokit.utils.atomic import atomic_write_text
 
@@ -167,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     if not items:
         raise UserError("no inputs to predict")
     try:
+        options = HeatmapOptions(cfg.gradcam_layer, cfg.gradcam_method, cfg.patch_stride)
         predictor = Predictor.from_run(
             args.run,
             cfg.device,
@@ -175,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             channels_last=cfg.channels_last,
             tta=cfg.tta,
             assume_pixel_spacing=cfg.assume_pixel_spacing,
+            heatmap_options=options,
         )
         predictor.check_heatmap(cfg.heatmap)
     except (RunFolderError, FileNotFoundError, ValueError, RuntimeError) as exc:
@@ -208,20 +222,32 @@ def _predict_all(predictor: Any, items: list, cfg: PredictConfig, out: Path, *, 
         row.update(model_run=predictor.run_name, backend=predictor.backend_name)
         written = []
         if result.heatmaps and prepared is not None and prepared.pixels is not None:
-            written = _write_overlays(out / "heatmaps", result, prepared.pixels, cfg)
+            written = _write_overlays(out / "heatmaps", result, prepared.pixels, cfg, predictor)
         row["heatmaps"] = ";".join(written)
         rows.append(row)
     return rows, errors
 
 
-def _write_overlays(folder: Path, result: Any, pixels: Any, cfg: PredictConfig) -> list[str]:
-    from mammokit.infer.overlay import write_overlay
+def _write_overlays(folder: Path, result: Any, pixels: Any, cfg: PredictConfig, predictor: Any) -> list[str]:
+    """Per heatmap kind: the readable panel (PNG) and the raw map on the original grid (.npy)."""
+    from mammokit.infer.overlay import describe_map, prediction_line, scale_label, write_panel, write_raw_map
 
+    layer = predictor.backend.gradcam_layer_name(cfg.gradcam_layer) if "gradcam" in result.heatmaps else None
+    verdict = prediction_line(result.prob_raw, result.threshold, result.call)
     names = []
     for kind, heat in result.heatmaps.items():
-        name = f"{result.image_id}_{kind}.png"
-        write_overlay(folder / name, pixels, heat, alpha=cfg.overlay_alpha, max_side=cfg.overlay_max_side or None)
-        names.append(f"heatmaps/{name}")
+        what = describe_map(kind, layer=layer, method=cfg.gradcam_method, stride=cfg.patch_stride)
+        write_panel(
+            folder / f"{result.image_id}_{kind}.png",
+            pixels,
+            heat,
+            caption=[f"{result.image_id}: {what}", verdict],
+            scale_label=scale_label(kind),
+            alpha=cfg.overlay_alpha,
+            max_side=cfg.overlay_max_side or None,
+        )
+        write_raw_map(folder / f"{result.image_id}_{kind}.npy", heat)
+        names += [f"heatmaps/{result.image_id}_{kind}.png", f"heatmaps/{result.image_id}_{kind}.npy"]
     return names
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -173,6 +173,7 @@ def evaluate(
     *,
     heatmaps: Sequence[tuple[str, bytes | Path]] = (),
     predictions: Sequence[pd.DataFrame] | None = None,
+    heatmap_panels: Callable[[pd.DataFrame], Sequence[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one run (or an ensemble of runs) on a prepared split and write all outputs to `out`.
 
@@ -186,6 +187,8 @@ def evaluate(
         cfg: settings (split, TTA, aggregation, bootstrap, operating points, inference); default EvaluateConfig().
         heatmaps: (caption, PNG) pairs to inline in the HTML report.
         predictions: precomputed `predict_split` frames, one per run (skips inference; used by tests/demo).
+        heatmap_panels: called with the headline predictions; returns the report's heatmap panels
+            (`infer.heatmap_report.report_panels`; engine does not import infer, so the CLI passes it in).
 
     Returns:
         The metrics dict also written to `out/metrics.json` (key "out" adds the output folder).
@@ -250,6 +253,13 @@ def evaluate(
         results[ENSEMBLE]["calibration"] = {"method": None, "ece_uncalibrated": None, "in_sample": False}
         primary = ENSEMBLE
     delong = delong_pairs(frames, notes) if len(frames) > 1 else []
+    panels: Sequence[dict[str, Any]] = []
+    if heatmap_panels is not None:
+        try:
+            panels = heatmap_panels(frames[primary])
+        except Exception as exc:  # the metrics are complete without the pictures: report and go on
+            log.warning("heatmap panels failed: %s", exc)
+            notes.append(f"heatmaps for the report could not be made: {type(exc).__name__}: {exc}")
 
     metrics: dict[str, Any] = {
         "mammokit_version": __version__,
@@ -266,7 +276,7 @@ def evaluate(
     dataset_json = prepared / DATASET_JSON
     if dataset_json.is_file():
         metrics["data"]["dataset_json"] = str(dataset_json)
-    _write_outputs(out, metrics, frames, primary, cfg, heatmaps, evaluation_plots, render_report)
+    _write_outputs(out, metrics, frames, primary, cfg, heatmaps, panels, evaluation_plots, render_report)
     log.info("evaluation written to %s", out)
     return {**metrics, "out": str(out)}
 
@@ -278,6 +288,7 @@ def _write_outputs(
     primary: str,
     cfg: EvaluateConfig,
     heatmaps: Sequence[tuple[str, bytes | Path]],
+    panels: Sequence[dict[str, Any]],
     evaluation_plots: Any,
     render_report: Any,
 ) -> None:
@@ -295,7 +306,7 @@ def _write_outputs(
         atomic_write_bytes(out / f"{key}.png", png)
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "evaluate.yaml", dump_yaml(cfg))
-    render_report(metrics, plots, out / "report.html", heatmaps=heatmaps)
+    render_report(metrics, plots, out / "report.html", heatmaps=heatmaps, heatmap_panels=panels)
 
 
 def _plot_inputs(

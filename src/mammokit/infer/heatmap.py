@@ -1,4 +1,4 @@
-"""Heatmaps in the prepared-image geometry: patch-classifier probability maps and Grad-CAM.
+"""Heatmaps in the prepared-image geometry: patch-classifier probability maps and class activation maps.
 
 Two kinds, both returned as float32 maps on the *prepared* pixel grid (the predictor maps them back
 onto the original mammogram with `Geometry.to_original`):
@@ -9,16 +9,25 @@ onto the original mammogram with `Geometry.to_original`):
   the patch head is applied at every window position. Because the head starts with global average
   pooling, a pooled window fed to the head is exactly the classifier's output for a patch whose
   receptive field is that window, so cell (i, j) is p(class | patch at rows s*i .. s*i + patch_h).
+  A finer map stride t = s / k is obtained by "shift and stitch": the trunk also runs on the image
+  shifted by t, 2t, ... (k x k passes) and the k x k interleaved maps form one map at stride t.
   Softmax over classes gives one probability map per patch class (values in [0, 1], comparable
-  across images).
-* **gradcam**: Grad-CAM (pytorch-grad-cam) of the whole-image model's last spatial feature map,
-  targeting log p(malignant) = logsumexp(logits[positive]) - logsumexp(logits) (the log keeps the
-  gradient alive when the softmax saturates). Min-max normalised per image by the library, so it
-  shows *where*, not *how much*.
+  across images); `malignant_map` sums the malignant classes.
+* **cam** (Grad-CAM, Grad-CAM++ or HiResCAM from pytorch-grad-cam) of the whole-image model at one
+  layer, targeting log p(malignant) = logsumexp(logits[positive]) - logsumexp(logits) (the log keeps
+  the gradient alive when the softmax saturates). Min-max normalised per image by the library, so it
+  shows *where*, not *how much*. The layer (`default_cam_layer`): the deepest stage of the trunk at
+  output stride 16 in timm's own stage list (`feature_info`): ResNet `layer3`, VGG `features.29`
+  (conv5_3 + ReLU, before the last pool), EfficientNet/MobileNet `blocks.4`, ConvNeXt `stages.2`,
+  DenseNet `denseblock3`. The top layers of the demo-sized models pool the map down to 2x2, and
+  even the trunk output (stride 32) is only 8x6 cells on a 256x192 image, too coarse to point at a
+  lesion (measured in benchmarks/bench_localisation.py, docs/prediction.md).
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -28,17 +37,23 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+# CAM method names (the --gradcam-method choices) -> pytorch-grad-cam class names
+CAM_METHODS: dict[str, str] = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM"}
+DEFAULT_CAM_METHOD = "gradcam"
+AUTO_LAYER = "auto"  # the rule above; any other value names a module of the whole-image model
+CAM_STRIDE = 16  # output stride of the stage the rule picks
+
 
 def cell_map_to_pixels(
-    cell_map: np.ndarray, out_hw: tuple[int, int], stride: tuple[float, float], window: tuple[int, int]
+    cell_map: np.ndarray, out_hw: tuple[int, int], stride: tuple[float, float], window: tuple[float, float]
 ) -> np.ndarray:
     """Resample a pooled feature-cell map onto the pixel grid of the image it was computed on.
 
     Args:
-        cell_map: (..., h, w) values per pooled window; window (i, j) covers trunk cells
+        cell_map: (..., h, w) values per pooled window; window (i, j) covers cells
             i .. i + window[0] - 1 (rows) and j .. j + window[1] - 1 (columns).
         out_hw: (H, W) of the image the trunk saw.
-        stride: trunk output stride in pixels (rows, columns), e.g. (32, 32).
+        stride: cell pitch in pixels (rows, columns), e.g. (32, 32).
         window: pooling window in cells (rows, columns).
 
     Returns:
@@ -57,7 +72,9 @@ def cell_map_to_pixels(
     return out.reshape(*lead, h_out, w_out).astype(np.float32, copy=False)
 
 
-def patch_probability_maps(patch_model: nn.Module, x: torch.Tensor, patch_hw: tuple[int, int]) -> np.ndarray:
+def patch_probability_maps(
+    patch_model: nn.Module, x: torch.Tensor, patch_hw: tuple[int, int], stride: int | None = None
+) -> np.ndarray:
     """Patch-classifier probability maps over whole images.
 
     Args:
@@ -66,31 +83,85 @@ def patch_probability_maps(patch_model: nn.Module, x: torch.Tensor, patch_hw: tu
         x: (B, 1, H, W) normalised prepared images, on the model's device.
         patch_hw: the (height, width) of the patches the classifier was trained on, in pixels of
             the same prepared geometry.
+        stride: map stride in pixels; must divide the trunk stride s (32 for the usual trunks).
+            None = s (one pass); s / k costs k * k trunk passes (shift and stitch).
 
     Returns:
         (B, n_classes, H, W) float32 probabilities (softmax over classes at every pixel).
     """
     import torch
 
+    height, width = x.shape[-2:]
+    with torch.inference_mode():
+        feats = patch_model.trunk(x)  # (B, C, h, w), h = ceil(H / s)
+        s = (_nominal_stride(height, feats.shape[-2]), _nominal_stride(width, feats.shape[-1]))
+        k = 1 if stride is None else _shift_factor(s, stride)
+        window = (max(1, min(feats.shape[-2], round(patch_hw[0] / s[0]))),
+                  max(1, min(feats.shape[-1], round(patch_hw[1] / s[1]))))  # fmt: skip
+        t = (s[0] / k, s[1] / k)
+        grids: dict[tuple[int, int], torch.Tensor] = {}
+        for a in range(k):
+            for b in range(k):
+                dy, dx = round(a * t[0]), round(b * t[1])
+                f = feats if (a, b) == (0, 0) else patch_model.trunk(x[..., dy:, dx:])
+                grids[a, b] = _window_probs(patch_model, f, window)  # (B, n, h', w')
+        hp = min(g.shape[-2] for g in grids.values())
+        wp = min(g.shape[-1] for g in grids.values())
+        first = grids[0, 0]
+        fine = first.new_empty((first.shape[0], first.shape[1], hp * k, wp * k))
+        for (a, b), g in grids.items():  # shifted by (a t, b t): its cell i sits at fine row k i + a
+            fine[..., a::k, b::k] = g[..., :hp, :wp]
+    # a fine cell's window spans window * k fine cells, so its centre is t * (I + window * k / 2)
+    return cell_map_to_pixels(fine.cpu().numpy(), (height, width), t, (window[0] * k, window[1] * k))
+
+
+def _nominal_stride(size: int, cells: int) -> float:
+    """The trunk's output stride: the power of two nearest size / cells (344 px -> 11 cells is stride 32, not 31.3)."""
+    return float(2 ** round(math.log2(size / cells)))
+
+
+def _shift_factor(trunk_stride: tuple[float, float], stride: int) -> int:
+    ratio = trunk_stride[0] / stride
+    if stride >= trunk_stride[0]:
+        return 1  # the trunk's own stride is the coarsest map there is
+    if stride < 1 or abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1 or trunk_stride[0] != trunk_stride[1]:
+        raise ValueError(
+            f"patch map stride {stride} px must divide the patch trunk's stride {trunk_stride[0]:g} px "
+            f"(e.g. {trunk_stride[0]:g}, {trunk_stride[0] / 2:g} or {trunk_stride[0] / 4:g})"
+        )
+    return round(ratio)
+
+
+def _window_probs(patch_model: nn.Module, feats: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """(B, C, h, w) trunk features -> (B, n_classes, h', w') softmax of the head at every window."""
+    import torch
+
     from mammokit.infer.core import class_probabilities
 
-    with torch.inference_mode():
-        feats = patch_model.trunk(x)  # (B, C, h, w), h = H / stride
-        b, c, h, w = feats.shape
-        stride = (x.shape[-2] / h, x.shape[-1] / w)
-        window = (max(1, min(h, round(patch_hw[0] / stride[0]))), max(1, min(w, round(patch_hw[1] / stride[1]))))
-        pooled = torch.nn.functional.avg_pool2d(feats, window, stride=1)  # (B, C, h', w')
-        hp, wp = pooled.shape[-2:]
-        # every window position as a 1x1 "patch feature map": the head's GAP is then the identity,
-        # so the head (whatever its exact layers) gives the patch classifier's logits there
-        cells = pooled.permute(0, 2, 3, 1).reshape(b * hp * wp, c, 1, 1)
-        logits = patch_model.head(cells)  # (B*h'*w', n_classes)
-        probs = class_probabilities(logits).reshape(b, hp, wp, -1).permute(0, 3, 1, 2)  # (B, n_classes, h', w')
-    return cell_map_to_pixels(probs.cpu().numpy(), (x.shape[-2], x.shape[-1]), stride, window)
+    pooled = torch.nn.functional.avg_pool2d(feats, window, stride=1)  # (B, C, h', w')
+    b, c, hp, wp = pooled.shape
+    # every window position as a 1x1 "patch feature map": the head's GAP is then the identity,
+    # so the head (whatever its exact layers) gives the patch classifier's logits there
+    cells = pooled.permute(0, 2, 3, 1).reshape(b * hp * wp, c, 1, 1)
+    logits = patch_model.head(cells)  # (B*h'*w', n_classes)
+    return class_probabilities(logits).reshape(b, hp, wp, -1).permute(0, 3, 1, 2)
+
+
+def malignant_classes(classes: Sequence[str]) -> list[int]:
+    """Indices of the patch classes that count as malignant (names containing "malignant")."""
+    found = [i for i, name in enumerate(classes) if "malignant" in name]
+    if not found:
+        raise ValueError(f"no malignant class among the patch classes {list(classes)}")
+    return found
+
+
+def malignant_map(maps: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """(..., n_classes, H, W) class probabilities -> (..., H, W) p(any malignant class) = their sum."""
+    return maps[..., malignant_classes(classes), :, :].sum(axis=-3).astype(np.float32)
 
 
 class _LogProbTarget:
-    """Grad-CAM target: log of the summed softmax over the positive output units of one image."""
+    """CAM target: log of the summed softmax over the positive output units of one image."""
 
     def __init__(self, positive: Sequence[int]) -> None:
         self.positive = list(positive)
@@ -101,13 +172,43 @@ class _LogProbTarget:
         return torch.logsumexp(logits[..., self.positive], dim=-1) - torch.logsumexp(logits, dim=-1)
 
 
-def last_spatial_module(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """Grad-CAM's target layer: the last direct child of `model` that outputs a feature map larger than 1x1.
+def default_cam_layer(model: nn.Module) -> str:
+    """Name (in `model.named_modules()`) of the CAM layer the stated rule picks (module docstring).
 
-    For a `whole_image` model this is `.top` (the last convolutional block before global pooling),
-    or `.trunk` when the top is absent or has pooled the map down to a single cell (small inputs),
-    where Grad-CAM would carry no spatial information. Found by running `example` once, because the
-    order in which submodules are registered need not be the order in which they run.
+    The deepest entry of the trunk's timm `feature_info` with reduction 16; a trunk without one
+    (or without a stride-16 stage) falls back to the trunk output ("trunk", stride 32).
+    """
+    body = getattr(getattr(model, "trunk", None), "body", None)
+    info = getattr(body, "feature_info", None)
+    if info is None:
+        return "trunk"
+    stages = [d["module"] for d in info if int(d.get("reduction", 0)) == CAM_STRIDE]
+    return f"trunk.body.{stages[-1]}" if stages else "trunk"
+
+
+def resolve_cam_layer(model: nn.Module, name: str = AUTO_LAYER) -> tuple[str, nn.Module]:
+    """(name, module) of the CAM target layer: the rule for "auto", else the named module.
+
+    Raises:
+        ValueError: no module of that name, with the closest names.
+    """
+    name = default_cam_layer(model) if name in (AUTO_LAYER, "", None) else name
+    modules = dict(model.named_modules())
+    if name not in modules:
+        close = difflib.get_close_matches(name, [n for n in modules if n], n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"gradcam layer {name!r} is not a module of the {type(model).__name__}{hint} "
+            f"(use 'auto' for the stride-16 rule, or e.g. 'top', 'trunk', {default_cam_layer(model)!r})"
+        )
+    return name, modules[name]
+
+
+def last_spatial_module(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The last direct child of `model` that outputs a feature map larger than 1x1 (the old default layer).
+
+    Kept for comparison in the localisation benchmark ("top" on demo-sized models); found by running
+    `example` once, because registration order need not be execution order.
     """
     import torch
 
@@ -130,26 +231,82 @@ def last_spatial_module(model: nn.Module, example: torch.Tensor) -> nn.Module:
     return spatial[-1]
 
 
+def _leaf_order(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """Leaf modules in the order they run on `example` (first call of each)."""
+    import torch
+
+    order: list[nn.Module] = []
+    seen: set[int] = set()
+
+    def record(mod: nn.Module, _inp: object, _out: object) -> None:
+        if id(mod) not in seen:
+            seen.add(id(mod))
+            order.append(mod)
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(record) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return order
+
+
 class GradCamRunner:
-    """Grad-CAM maps of a whole-image model, batch in -> (B, H, W) maps in [0, 1] on the input grid."""
+    """Class activation maps of a whole-image model: batch in -> (B, H, W) maps in [0, 1] on the input grid.
 
-    def __init__(self, model: nn.Module, positive: Sequence[int], example: torch.Tensor) -> None:
-        from pytorch_grad_cam import GradCAM
+    Args:
+        model: whole-image model in eval mode (used for inference only: its `requires_grad` flags are set).
+        positive: output units that make up p(malignant).
+        example: (B, 1, H, W) input of the size that will be used (to order the layers).
+        layer: "auto" (the stride-16 rule) or a module name, e.g. "top", "trunk", "trunk.body.layer3".
+        method: "gradcam", "gradcam++" or "hirescam".
+    """
 
-        self.layer = last_spatial_module(model, example)
-        # Gradients are needed only from the output back to the target layer. Freezing the modules
-        # that run before it (the trunk, when the target is the top) keeps autograd from recording
-        # them at all, which roughly halves Grad-CAM's cost. The model is used for inference only.
-        for child in model.children():
-            if child is self.layer:
-                break
-            child.requires_grad_(False)
-        self.cam = GradCAM(model=model, target_layers=[self.layer])
+    def __init__(
+        self,
+        model: nn.Module,
+        positive: Sequence[int],
+        example: torch.Tensor,
+        layer: str = AUTO_LAYER,
+        method: str = DEFAULT_CAM_METHOD,
+    ) -> None:
+        import pytorch_grad_cam
+
+        if method not in CAM_METHODS:
+            raise ValueError(f"gradcam method must be one of {sorted(CAM_METHODS)}, got {method!r}")
+        self.layer_name, self.layer = resolve_cam_layer(model, layer)
+        self.method = method
+        self.model = model
+        self._trainable = self._backward_modules(model, example)
+        self.cam = getattr(pytorch_grad_cam, CAM_METHODS[method])(model=model, target_layers=[self.layer])
         self.positive = list(positive)
+
+    def _backward_modules(self, model: nn.Module, example: torch.Tensor) -> set[int]:
+        """ids of the leaves that must record gradients: the target layer and everything after it.
+
+        Gradients are needed only from the output back to the target layer; keeping autograd away from
+        the layers before it roughly halves the cost. When the target has no parameters of its own
+        (VGG's ReLU), the last parametrised layer before it stays on, so its output requires grad.
+        """
+        order = _leaf_order(model, example)
+        inside = {id(m) for m in self.layer.modules()}
+        first = next((i for i, m in enumerate(order) if id(m) in inside), 0)
+        keep = {id(m) for m in order[first:]}
+        if not any(True for _ in self.layer.parameters()):
+            before = [m for m in order[:first] if any(True for _ in m.parameters(recurse=False))]
+            if before:
+                keep.add(id(before[-1]))
+        return keep
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         import torch
 
+        for m in self.model.modules():  # set each time: several runners may share one model
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(id(m) in self._trainable)
         with torch.enable_grad():
             maps = self.cam(input_tensor=x, targets=[_LogProbTarget(self.positive)] * x.shape[0])
         return np.asarray(maps, dtype=np.float32)  # (B, H, W), already resized to the input size

@@ -38,6 +38,22 @@ log = logging.getLogger(__name__)
 HeatmapKind = Literal["none", "gradcam", "patch", "both"]
 HEATMAP_KINDS: tuple[str, ...] = ("none", "gradcam", "patch", "both")
 Backend = Literal["torch", "onnx"]
+PATCH_MALIGNANT = "patch_malignant"  # the summed malignant patch classes (the primary patch map)
+
+
+@dataclass(frozen=True)
+class HeatmapOptions:
+    """How heatmaps are made (docs/prediction.md, "Heatmaps").
+
+    gradcam_layer: "auto" (the deepest stride-16 trunk stage, `infer.heatmap.default_cam_layer`) or a
+        module name of the whole-image model, e.g. "top", "trunk", "trunk.body.layer3".
+    gradcam_method: "gradcam", "gradcam++" or "hirescam".
+    patch_stride: patch-map stride in prepared pixels (divides the patch trunk's stride; None = that stride).
+    """
+
+    gradcam_layer: str = "auto"
+    gradcam_method: str = "gradcam"
+    patch_stride: int | None = 16
 
 
 @dataclass
@@ -52,8 +68,9 @@ class Prediction:
     laterality: str | None
     view: str | None
     prob_raw: float
-    heatmap: np.ndarray | None = None  # the primary map (Grad-CAM if computed, else the malignant patch map)
-    heatmaps: dict[str, np.ndarray] = field(default_factory=dict)  # "gradcam", "patch_<class>" -> (H, W)
+    heatmap: np.ndarray | None = None  # the primary map (Grad-CAM if computed, else "patch_malignant")
+    # "gradcam", "patch_malignant" (sum of the malignant classes), "patch_<class>" -> (H, W)
+    heatmaps: dict[str, np.ndarray] = field(default_factory=dict)
     meta: MammoMeta | None = None
 
     def to_record(self) -> dict[str, Any]:
@@ -123,20 +140,25 @@ class _TorchBackend:
                                   channels_last=channels_last)  # fmt: skip
         self.device = self.scorer.device
         self.positive = self.card.positive_indices
-        self._gradcam: Any = None
+        self._gradcam: dict[tuple[str, str], Any] = {}
 
     def prob_malignant(self, x: np.ndarray) -> np.ndarray:
         """float32 (N, 1, H, W) in uint16 units -> (N,) p(malignant)."""
         return self.scorer.prob_malignant(x)
 
-    def gradcam(self, x: np.ndarray) -> np.ndarray:
-        """(B, 1, H, W) normalised model input -> (B, H, W) Grad-CAM of p(malignant)."""
+    def gradcam(self, x: np.ndarray, layer: str = "auto", method: str = "gradcam") -> np.ndarray:
+        """(B, 1, H, W) normalised model input -> (B, H, W) class activation maps in [0, 1] (GradCamRunner)."""
         from mammokit.infer.heatmap import GradCamRunner
 
         t = self.scorer.tensor(x)
-        if self._gradcam is None:
-            self._gradcam = GradCamRunner(self.scorer.net, self.positive, t)
-        return self._gradcam(t)
+        if (layer, method) not in self._gradcam:
+            self._gradcam[layer, method] = GradCamRunner(self.scorer.net, self.positive, t, layer=layer, method=method)
+        return self._gradcam[layer, method](t)
+
+    def gradcam_layer_name(self, layer: str = "auto") -> str:
+        from mammokit.infer.heatmap import resolve_cam_layer
+
+        return resolve_cam_layer(self.scorer.net, layer)[0]
 
 
 class _PatchHeatmapper:
@@ -158,13 +180,13 @@ class _PatchHeatmapper:
         self.same_geometry = self.spec == image_spec
         self.classes = list(self.card.labels)
 
-    def maps(self, x: np.ndarray) -> np.ndarray:
+    def maps(self, x: np.ndarray, stride: int | None = None) -> np.ndarray:
         """(B, 1, H, W) normalised with this run's mean/std -> (B, n_classes, H, W) probabilities."""
         import torch
 
         from mammokit.infer.heatmap import patch_probability_maps
 
-        return patch_probability_maps(self.model, torch.from_numpy(x).to(self.device), self.patch_hw)
+        return patch_probability_maps(self.model, torch.from_numpy(x).to(self.device), self.patch_hw, stride)
 
 
 class Predictor:
@@ -184,9 +206,11 @@ class Predictor:
         patch_run: Path | None = None,
         tta: bool | None = None,
         assume_pixel_spacing: float | None = None,
+        heatmap_options: HeatmapOptions | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.assume_pixel_spacing = assume_pixel_spacing
+        self.heatmap_options = heatmap_options or HeatmapOptions()
         self.card = card
         self.backend = backend
         self.backend_name = backend_name
@@ -214,6 +238,7 @@ class Predictor:
         channels_last: bool = True,
         tta: bool | None = None,
         assume_pixel_spacing: float | None = None,
+        heatmap_options: HeatmapOptions | None = None,
     ) -> Predictor:
         """Load a whole-image run for prediction.
 
@@ -229,6 +254,7 @@ class Predictor:
                 calibration.json was fitted (plain when there is none).
             assume_pixel_spacing: source mm per pixel for files without a spacing tag; needed by a run
                 prepared in physical-scale mode (`preprocess.pixel_spacing`) for PNG/PGM/tag-less DICOM input.
+            heatmap_options: Grad-CAM layer and method, patch-map stride (`HeatmapOptions`).
         """
         run_dir = Path(run_dir)
         card = read_card(run_dir)
@@ -253,7 +279,9 @@ class Predictor:
         patch = Path(patch_run) if patch_run else _resolve_run(card.parent_run, run_dir)
         if patch_run and not (patch / "model.json").is_file():
             raise FileNotFoundError(f"--patch-run {patch_run}: no model.json there; pass a patch-classifier run folder")
-        return cls(run_dir, card, impl, backend, read_calibration(run_dir), patch, tta, assume_pixel_spacing)
+        return cls(
+            run_dir, card, impl, backend, read_calibration(run_dir), patch, tta, assume_pixel_spacing, heatmap_options
+        )
 
     # ---- reading (NumPy only; safe to run in threads) ---------------------------------------
 
@@ -330,6 +358,14 @@ class Predictor:
             raise ValueError("heatmaps need the torch backend (Grad-CAM needs gradients); use --backend torch")
         if _needs(heatmap, "patch"):
             self._patch_heatmapper()
+        if _needs(heatmap, "gradcam"):
+            from mammokit.infer.heatmap import CAM_METHODS
+
+            if self.heatmap_options.gradcam_method not in CAM_METHODS:
+                raise ValueError(
+                    f"gradcam method must be one of {sorted(CAM_METHODS)}, got {self.heatmap_options.gradcam_method!r}"
+                )
+            self.backend.gradcam_layer_name(self.heatmap_options.gradcam_layer)  # unknown layer: fail now
 
     def predict_prepared(self, batch: Sequence[PreparedImage], heatmap: HeatmapKind = "none") -> list[Prediction]:
         """Run the model (and heatmaps) on already prepared images of one batch."""
@@ -338,7 +374,9 @@ class Predictor:
         prob = self._calibrate(prob_raw)
         maps: list[dict[str, np.ndarray]] = [{} for _ in batch]
         if _needs(heatmap, "gradcam"):
-            cams = self.backend.gradcam(np.stack([p.x for p in batch]))  # (B, H, W)
+            opts = self.heatmap_options
+            x = np.stack([p.x for p in batch])  # normalised network input
+            cams = self.backend.gradcam(x, opts.gradcam_layer, opts.gradcam_method)  # (B, H, W)
             for m, p, cam in zip(maps, batch, cams, strict=True):
                 m["gradcam"] = self._to_original(cam, p)
         if _needs(heatmap, "patch"):
@@ -366,10 +404,7 @@ class Predictor:
         return out
 
     def _primary_patch_key(self) -> str:
-        if self._patch is None:
-            return ""
-        positives = [c for c in self._patch.classes if "malignant" in c]
-        return f"patch_{positives[-1] if positives else self._patch.classes[-1]}"
+        return PATCH_MALIGNANT
 
     def _add_patch_maps(self, batch: Sequence[PreparedImage], maps: list[dict[str, np.ndarray]]) -> None:
         ph = self._patch_heatmapper()
@@ -383,8 +418,11 @@ class Predictor:
             prepared = [prepare_pixels(p.pixels, p.meta, ph.spec) for p in batch]
         mean, std = ph.card.input.pixel_mean, ph.card.input.pixel_std
         x = np.stack([to_model_input(u16, mean, std) for u16, _ in prepared])
-        probs = ph.maps(x)  # (B, n_classes, H, W)
+        from mammokit.infer.heatmap import malignant_map
+
+        probs = ph.maps(x, self.heatmap_options.patch_stride)  # (B, n_classes, H, W)
         for m, (_, geometry), p, per_class in zip(maps, prepared, batch, probs, strict=True):
+            m[PATCH_MALIGNANT] = self._to_original(malignant_map(per_class, ph.classes), p, geometry)
             for name, pmap in zip(ph.classes, per_class, strict=True):
                 m[f"patch_{name}"] = self._to_original(pmap, p, geometry)
 

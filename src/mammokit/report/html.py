@@ -274,6 +274,29 @@ def _data_table(data: Mapping[str, Any]) -> str:
     return _table(["", ""], rows)
 
 
+def _heatmap_section(panels: Sequence[Mapping[str, Any]]) -> str:
+    """Highest-scoring malignant and non-malignant images with their heatmap, probability and label."""
+    kind = panels[0].get("kind", "gradcam")
+    out = [
+        '<h2 id="heatmaps">Where the model looks</h2>',
+        f"<p>Heatmap ({_esc(kind)}) of the highest-scoring images of each class: on the malignant ones the "
+        "heat should sit on the lesion (outlined in cyan where the dataset has an outline); on the "
+        "non-malignant ones it shows what drives a false alarm. Each panel shows the prepared image and "
+        "the overlay side by side, with the colour scale on the right.</p>",
+    ]
+    for group in ("malignant", "not malignant"):
+        chosen = [p for p in panels if p.get("group") == group]
+        if not chosen:
+            continue
+        out.append(f"<h3>Highest-scoring {_esc(group)} images ({len(chosen)})</h3><div class='plots heatmaps'>")
+        for p in chosen:
+            label = "malignant" if int(p["label"]) == 1 else "not malignant"
+            caption = f"{p['image_id']}: p(malignant) {float(p['prob_malignant']):.3f}, label {label}"
+            out.append(f"<figure>{_img_tag(p['png'], caption)}<figcaption>{_esc(caption)}</figcaption></figure>")
+        out.append("</div>")
+    return "".join(out)
+
+
 def render_report(
     metrics: Mapping[str, Any],
     plots: Mapping[str, PlotSource],
@@ -281,6 +304,7 @@ def render_report(
     *,
     title: str | None = None,
     heatmaps: Sequence[tuple[str, PlotSource]] = (),
+    heatmap_panels: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Write one self-contained HTML report and return its path.
 
@@ -291,6 +315,8 @@ def render_report(
         out_path: where to write the .html file (atomically).
         title: page title; default names the dataset and split.
         heatmaps: (caption, PNG) pairs, e.g. heatmap overlays, shown in their own section.
+        heatmap_panels: the "Where the model looks" section: dicts with image_id, label, group,
+            prob_malignant, kind and png (`infer.heatmap_report.report_panels`).
     """
     primary = metrics["primary"]
     result = metrics["results"][primary]
@@ -349,6 +375,9 @@ def render_report(
 
     if result.get("subgroups"):
         parts.append("<h2>Subgroups (per image)</h2>" + _subgroup_table(result["subgroups"]))
+
+    if heatmap_panels:
+        parts.append(_heatmap_section(heatmap_panels))
 
     extra = [k for k in plots if k not in ("roc", "pr", "reliability")]
     if extra or heatmaps:
