@@ -38,9 +38,11 @@ def test_readme_small_demo_runs_end_to_end(tmp_path):
     assert 0.0 <= auc["value"] <= 1.0 and auc["ci_low"] <= auc["value"] <= auc["ci_high"]
     html = (out / "eval" / "report.html").read_text()
     assert "AUC" in html and html.count("data:image/png;base64,") >= 4  # ROC, PR, reliability + overlays
-    # every predicted image has a Grad-CAM overlay and one patch-classifier overlay per patch class
+    # every predicted image has a Grad-CAM panel, one patch-classifier panel per patch class and the summed
+    # malignant map, each as a readable PNG panel and as the raw .npy map in the original geometry
     patch_classes = json.loads((out / "runs" / "patch" / "model.json").read_text())["labels"]
-    expected_kinds = {"gradcam", *(f"patch_{c}" for c in patch_classes)}
+    kinds = {"gradcam", "patch_malignant", *(f"patch_{c}" for c in patch_classes)}
+    expected_kinds = kinds | {f"{k}.npy" for k in kinds}
     predicted = pd.read_csv(out / "predict" / "predictions.csv", dtype={"image_id": str})
     assert len(predicted) >= 2
     for image_id, listed in zip(predicted["image_id"], predicted["heatmaps"], strict=True):
