@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -52,6 +51,7 @@ from mammokit.metrics.localisation import (
     random_map,
     wilson_interval,
 )
+from mammokit.utils.machine import cpu_name
 
 DEFAULT_KINDS = (
     "gradcam",
@@ -63,16 +63,6 @@ DEFAULT_KINDS = (
     "patch_malignant@32",
 )
 BASELINES = ("baseline: centre", "baseline: random")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def prepared_spacing(row: Any, orig_spacing: tuple[float, float]) -> tuple[float, float]:

@@ -126,9 +126,8 @@ def write_fold_view(prepared: Path, fold_dir: Path, split_of: dict[str, str]) ->
     dataset["counts"]["by_split"] = {s: int(n) for s, n in images["split"].value_counts().sort_index().items()}
     (tmp / "dataset.json").write_text(json.dumps(dataset, indent=1))
     images[["patient_id", "split"]].drop_duplicates().to_csv(tmp / "splits.csv", index=False)
-    for name in ("errors.csv",):
-        if (prepared / name).is_file():
-            shutil.copy(prepared / name, tmp / name)
+    if (prepared / "errors.csv").is_file():
+        shutil.copy(prepared / "errors.csv", tmp / "errors.csv")
     tmp.rename(view)
     return view
 
@@ -286,13 +285,10 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {len(os.sched_getaffinity(0))} cores"
-    except OSError:
-        pass
-    return "unknown CPU"
+    """The CPU model and the cores this process may use (every figure in the results names it)."""
+    from mammokit.utils.machine import cpu_name as model
+
+    return f"{model()}, {len(os.sched_getaffinity(0))} cores"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,6 @@ import asyncio
 import csv
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -38,17 +37,9 @@ from pathlib import Path
 
 import httpx
 
+from mammokit.utils.machine import cpu_name
+
 LEVELS = (1, 4, 16)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def rss_kib(pid: int, field: str) -> int:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fuzz_corpus import build_seeds, mutate
 from mammokit.io.dicom import MammogramReadError, read_mammogram
+from mammokit.utils.machine import cpu_name
 from mammokit.utils.pool import TaskFailed, run_isolated
 
 CHUNK = 40  # inputs per task: small, so a crash loses little accounting
@@ -138,22 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         "slowest_input": {"seconds": round(slowest[0], 3), "replay": f"{slowest[1]}:{slowest[2]}"},
         "examples": examples,
         "seed_files": [p.name for p in seeds],
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
     }
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0 if set(counts) <= {"pixels", "MammogramReadError"} else 1
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
