@@ -120,6 +120,18 @@ def test_model_health_and_ready(client, runs):
     assert "http://" not in page.text and "https://" not in page.text  # self-contained: no CDN
 
 
+def test_api_docs_page_is_served_offline(client):
+    """/docs works without internet: Swagger UI's script and style come from this server, not a CDN."""
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert "http://" not in page.text and "https://" not in page.text
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
+        assert asset in page.text
+        got = client.get(asset)
+        assert got.status_code == 200 and len(got.content) > 10_000, asset
+    assert client.get("/redoc").status_code == 404  # FastAPI's ReDoc page would load a CDN script
+
+
 def test_ensemble_averages_the_runs_as_evaluate_does(runs, exam, tmp_path):
     second = make_runs(tmp_path, seed=1)
     with TestClient(create_app([str(runs), str(second)], ServeConfig())) as c:

@@ -7,7 +7,7 @@ Routes:
     GET  /v1/model         the model cards
     GET  /healthz          the process is up
     GET  /readyz           the models are loaded (503 until then, or with the load error)
-    GET  /docs, /openapi.json   the API description
+    GET  /docs, /openapi.json   the API description (Swagger UI served from the package: no CDN)
 
 Safety: /v1/* needs `Authorization: Bearer TOKEN` when a token is set (required for a non-loopback bind);
 uploads are parsed in memory under size limits (`serve.uploads`); a bounded queue answers 503 +
@@ -96,8 +96,11 @@ def create_app(
         version=__version__,
         summary="p(malignant) and heatmaps for screening mammograms (research use only; not a medical device)",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's own /docs and /redoc load their scripts from a CDN: replaced below
+        redoc_url=None,
     )
     app.state.serve = state
+    _add_offline_docs(app)
 
     def error(status: int, message: str, request_id: str, **extra: Any) -> JSONResponse:
         headers = extra.pop("headers", None)
@@ -257,6 +260,43 @@ _CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob: data:; "
     "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+
+
+def _add_offline_docs(app: Any) -> None:
+    """/docs: Swagger UI from the `swagger-ui-bundle` package (the [serve] extra), so it works offline.
+
+    FastAPI's default page fetches swagger-ui from a CDN, which a hospital network or an air-gapped
+    workstation cannot reach. Without the package, /docs says how to get it; /openapi.json always works.
+    """
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs_missing() -> HTMLResponse:
+            return HTMLResponse(
+                "<p>The API page needs the <code>swagger-ui-bundle</code> package "
+                "(<code>pip install 'mammokit[serve]'</code>); the API description is at "
+                "<a href='/openapi.json'>/openapi.json</a>.</p>",
+                status_code=503,
+            )
+
+        return
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
 
 def _load(runs: list[str], cfg: ServeConfig, state: dict[str, Any]) -> None:
