@@ -582,10 +582,26 @@ class Predictor:
             yield r, (p if isinstance(r, Prediction) else None)
 
 
+_RUNTIME_HINT = {
+    "onnx": "pip install 'mammokit[onnx]'",
+    "openvino": "pip install openvino",
+    "torch": "pip install torch",
+    "torch-bf16": "pip install torch",
+}
+
+
 def _load_backend(
     run_dir: Path, card: ModelCard, device: str, backend: str, channels_last: bool
 ) -> tuple[Any, str, Any]:
     """(backend object, its name, the auto selection or None) for `Predictor.from_run`."""
+    if backend in _RUNTIME_HINT:  # a runtime named explicitly must be there (auto falls back by itself)
+        from mammokit.infer.backend_select import RUNTIME_MODULE, runtime_available
+
+        if not runtime_available(RUNTIME_MODULE[backend]):
+            raise RuntimeError(
+                f"--backend {backend} needs {RUNTIME_MODULE[backend]}, which is not installed (or does not import): "
+                f"{_RUNTIME_HINT[backend]}, or use --backend auto, which picks among the runtimes installed"
+            )
     if backend == "onnx":  # torch-free: RUN/model.onnx from `mammokit export`, else auto's cached export
         from mammokit.infer.onnx import OnnxBackend, onnx_path_for
 
