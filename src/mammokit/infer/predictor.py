@@ -35,7 +35,7 @@ import numpy as np
 from mammokit.infer.inputs import InputItem, collect_inputs
 from mammokit.io.meta import MammoMeta
 from mammokit.preprocess import PreprocessSpec, to_model_input
-from mammokit.run import WEIGHTS, ModelCard, read_calibration, read_card
+from mammokit.run import ModelCard, read_calibration, read_card
 
 log = logging.getLogger(__name__)
 
@@ -602,15 +602,10 @@ def _load_backend(
                 f"--backend {backend} needs {RUNTIME_MODULE[backend]}, which is not installed (or does not import): "
                 f"{_RUNTIME_HINT[backend]}, or use --backend auto, which picks among the runtimes installed"
             )
-    if backend == "onnx":  # torch-free: RUN/model.onnx from `mammokit export`, else auto's cached export
+    if backend == "onnx":  # torch-free: RUN/model.onnx from `mammokit export` (auto's cache is auto's)
         from mammokit.infer.onnx import OnnxBackend, onnx_path_for
 
-        path = onnx_path_for(run_dir)
-        if not path.is_file() and (run_dir / WEIGHTS).is_file():
-            from mammokit.infer.export_cache import BackendCache
-
-            path = BackendCache.open(run_dir).fresh_onnx(torch_available=False) or path
-        return OnnxBackend(path, device), "onnx", None
+        return OnnxBackend(onnx_path_for(run_dir), device), "onnx", None
     if backend in ("torch", "torch-bf16"):
         precision = "bf16" if backend == "torch-bf16" else "fp32"
         return _TorchBackend.from_run(run_dir, device, channels_last, precision), backend, None
