@@ -1,50 +1,64 @@
-"""Benchmark: whole-image predict throughput on CPU at 1152x896: torch eager, channels_last, compile, ONNX Runtime.
+"""Benchmark: whole-image predict on CPU: the default `--backend auto` path and every candidate, against matmul.
 
-The model is the default whole-image configuration (engine/config.py: `efficientnet_lite0` trunk +
-`vgg_512x1` top, one grey channel, random weights: speed does not depend on the values). In one
-process and on the same batch it measures, for each backend, images per second of the model's
-forward pass to p(malignant) (the part of `mammokit predict` that the backend changes; reading and
-preparing a DICOM is `benchmarks/bench_prepare.py`), and reports:
+The model is the default whole-image configuration (engine/config.py: `efficientnet_lite0` trunk + `vgg_512x1`
+top, one grey channel, random weights: speed does not depend on the values), saved as a run folder at the
+benchmark's size, so the backend selection runs exactly as `mammokit predict` runs it (`infer.backend_select`:
+a short measurement at batch 1 on phantom images, the ONNX export cached in RUN/cache). In one process it then
+measures, for the chosen backend ("auto") and for every candidate, images per second of the forward pass to
+p(malignant) at batch 1 and batch 8 (the part of `mammokit predict` the backend changes; reading and preparing a
+DICOM is `benchmarks/bench_prepare.py`), and reports:
 
 * FLOPs per image, counted with `torch.utils.flop_counter.FlopCounterMode` (2 x multiply-adds of the
   convolutions and matrix multiplies),
 * achieved FLOP/s = FLOPs per image x images/s,
-* that as a fraction of the machine's matrix-multiply FLOP/s, measured in the same run with a large
-  float32 `torch.mm` (the practical peak of this CPU with this torch build).
+* that as a fraction of the machine's matrix-multiply FLOP/s *in the dtype the backend computes in*, measured
+  in the same run: the best large `torch.mm` in float32 for the float32 backends, in bfloat16 for torch-bf16
+  (on a CPU with AMX, bf16 matmul is several times faster than float32, so its reference is much higher).
 
-    .venv/bin/python benchmarks/bench_predict.py [--batch 2] [--repeat 3] [--no-compile] [--size 1152 896]
+With `--auc-run RUN --auc-data PREPARED [--auc-split test]` it also scores that split with every candidate and
+reports each one's AUC, |AUC - AUC(float32 torch)| and max |p - p(float32 torch)| (issue 15's bar: 5e-3 and 0.002).
 
-Timings are medians of `--repeat` timed batches after one warm-up batch. On a shared machine the
-numbers move with the load; the ratios between backends in one run are the meaningful result.
+    .venv/bin/python benchmarks/bench_predict.py [--size 1152 896] [--batches 1 8] [--repeat 3] [--compile]
+        [--auc-run RUN --auc-data PREPARED] [--json results.json]
+
+Timings are medians of `--repeat` timed calls after one warm-up call. On a shared machine the numbers move with
+the load; the ratios measured in one run are the meaningful result. Wall and CPU time of the whole run are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import resource
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from mammokit.infer.core import probability_graph
-from mammokit.infer.onnx import OnnxBackend, _torch_export
+from mammokit.infer import backend_select
+from mammokit.infer.core import images_to_input, probability_graph, score
+from mammokit.utils.machine import cpu_flags, cpu_name, physical_cores
 
 BACKBONE = "efficientnet_lite0"  # engine/config.py defaults for the whole-image model
 TOP = "vgg_512x1"
+MEAN, STD = 0.449, 0.226
+DTYPE = {"torch": "fp32", "onnx": "fp32", "openvino": "fp32", "torch-bf16": "bf16", "torch eager NCHW": "fp32"}
 
 
-def matmul_flops(sizes: tuple[int, ...] = (2048, 4096), repeat: int = 5) -> float:
-    """Best FLOP/s of n x n float32 torch.mm (2 n^3 FLOPs) over `sizes` and `repeat` runs: the practical peak."""
+def matmul_flops(dtype: torch.dtype, sizes: tuple[int, ...] = (2048, 4096), repeat: int = 5) -> float:
+    """Best FLOP/s of n x n `torch.mm` (2 n^3 FLOPs) in `dtype` over `sizes` and `repeat` runs: the practical peak."""
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        torch.mm(a, b)  # warm-up (thread pool, caches)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        torch.mm(a, b)  # warm-up (thread pool, caches, oneDNN/MKL kernel selection)
         for _ in range(repeat):
             t0 = time.perf_counter()
             torch.mm(a, b)
@@ -61,96 +75,178 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def time_images_per_s(fn: Callable[[], object], batch: int, repeat: int) -> float:
-    fn()  # warm-up (and, for compile, the compilation itself is excluded)
+def median_seconds(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up (for compile, the compilation itself is excluded)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+    return statistics.median(times)
+
+
+def make_run(root: Path, h: int, w: int) -> Path:
+    """The default whole-image model (random weights) saved as a run folder prepared at h x w."""
+    from mammokit.constants import WHOLE_IMAGE_CLASSES
+    from mammokit.models.registry import create_model
+    from mammokit.preprocess import PreprocessSpec
+    from mammokit.run import InputSpec, ModelCard, save_run
+
+    torch.manual_seed(0)
+    model = create_model("whole_image", backbone=BACKBONE, top=TOP, pretrained=None).eval()
+    card = ModelCard(
+        task="whole",
+        arch="whole_image",
+        arch_kwargs=model.arch_kwargs,
+        input=InputSpec(h, w, pixel_mean=MEAN, pixel_std=STD, preprocess=PreprocessSpec(height=h, width=w)),
+        labels=list(WHOLE_IMAGE_CLASSES),
+        positive_labels=["malignant"],
+        threshold=0.5,
+    )
+    return save_run(root / "whole", model, card)
+
+
+def auc_check(run: Path, prepared: Path, split: str, names: list[str]) -> list[dict[str, Any]]:
+    """Every candidate's AUC on a prepared split vs float32 torch's (the issue's AUC bar of 0.002)."""
+    from mammokit.data.datasets import PreparedImages
+    from mammokit.engine.split_predict import load_split
+    from mammokit.metrics.curves import roc_auc
+
+    table, _ = load_split(prepared, split)
+    images = PreparedImages(prepared, table["image_file"].astype(str).tolist())
+    x = images_to_input([images[i] for i in range(len(images))])
+    labels = table["label"].to_numpy()
+    onnx_path = backend_select.ensure_export(backend_select.BackendCache.open(run), torch_available=True)
+    rows, reference = [], None
+    for name in names:
+        backend = backend_select.build_backend(name, run, "cpu", channels_last=True, onnx_path=onnx_path)
+        p = np.concatenate([score(backend.prob_malignant, x[i : i + 8], tta=False) for i in range(0, len(x), 8)])
+        reference = p if reference is None else reference
+        auc = float(roc_auc(labels, p))
+        rows.append({"backend": name, "auc": auc, "max_abs_dp": float(np.abs(p - reference).max())})
+    for row in rows:
+        row["abs_dauc"] = abs(row["auc"] - rows[0]["auc"])
+    print(f"\nAUC on {prepared} split {split} ({len(x)} images, {int(labels.sum())} malignant), run {run}:")
+    print("| backend | AUC | abs(AUC - AUC fp32 torch) | max abs(p - p fp32 torch) |")
+    print("|---|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['backend']} | {row['auc']:.4f} | {row['abs_dauc']:.4f} | {row['max_abs_dp']:.1e} |")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=2, help="images per forward pass (default 2)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed batches per backend (default 3)")
     parser.add_argument("--size", type=int, nargs=2, default=(1152, 896), metavar=("H", "W"))
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile on 2 cores)")
+    parser.add_argument("--batches", type=int, nargs="+", default=(1, 8), help="batch sizes (default 1 8)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed calls per backend and batch (default 3)")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile (minutes to compile on 2 cores)")
+    parser.add_argument("--nchw", action="store_true", help="also torch eager NCHW (the old default; slow)")
+    parser.add_argument("--auc-run", type=Path, default=None, help="a trained whole-image run for the AUC check")
+    parser.add_argument("--auc-data", type=Path, default=None, help="its prepared dataset folder")
+    parser.add_argument("--auc-split", default="test")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    for noisy in ("torch", "onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    wall0 = time.perf_counter()
 
-    from mammokit.models.registry import create_model
-
-    torch.manual_seed(0)
     h, w = args.size
-    model = create_model("whole_image", backbone=BACKBONE, top=TOP, pretrained=None).eval()
-    wrapper = probability_graph(model, [1], 0.449, 0.226)  # what predict runs and export writes
-    x = torch.randint(0, 65536, (args.batch, 1, h, w)).float()  # prepared uint16 values
+    flags = cpu_flags()
     print(
-        f"model: whole_image {BACKBONE} + {TOP}, input {args.batch}x1x{h}x{w}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        f"CPU: {cpu_name()}, {physical_cores()} physical cores, avx512f={'avx512f' in flags} "
+        f"avx512_bf16={'avx512_bf16' in flags} amx_bf16={'amx_bf16' in flags}; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-
-    peak = matmul_flops()
-    flops = count_flops(wrapper, x)
-    print(f"matmul peak (best 2048^2 / 4096^2 float32 torch.mm): {peak / 1e9:.1f} GFLOP/s")
-    print(f"model: {flops / 1e9:.2f} GFLOP/image (FlopCounterMode)")
-
-    results: list[tuple[str, float]] = []
-
-    def eager() -> None:
-        with torch.inference_mode():
-            wrapper(x)
-
-    results.append(("torch eager (NCHW)", time_images_per_s(eager, args.batch, args.repeat)))
-
-    wrapper_cl = probability_graph(model, [1], 0.449, 0.226).to(memory_format=torch.channels_last)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-
-    def channels_last() -> None:
-        with torch.inference_mode():
-            wrapper_cl(x_cl)
-
-    results.append(("torch channels_last", time_images_per_s(channels_last, args.batch, args.repeat)))
-
-    if not args.no_compile:
-        t0 = time.perf_counter()
-        compiled = torch.compile(wrapper_cl)
-
-        def compiled_fn() -> None:
-            with torch.inference_mode():
-                compiled(x_cl)
-
-        try:
-            compiled_fn()
-            compile_s = time.perf_counter() - t0
-            results.append(
-                (
-                    f"torch.compile + channels_last (compile {compile_s:.0f} s)",
-                    time_images_per_s(compiled_fn, args.batch, args.repeat),
-                )
-            )
-        except Exception as exc:  # no C++ toolchain, unsupported op, ...
-            print(f"torch.compile failed, skipped: {type(exc).__name__}: {str(exc)[:200]}")
+    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    print(f"matmul reference (best 2048^2 / 4096^2 torch.mm): fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, "
+          f"bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s")  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        _torch_export(wrapper, x[:2], path, 18)  # batch 2: see export_onnx
-        backend = OnnxBackend(path, device="cpu")
-        x_np = x.numpy()
-        results.append(
-            ("onnxruntime (CPU EP)", time_images_per_s(lambda: backend.prob_malignant(x_np), args.batch, args.repeat))
-        )
+        run = make_run(Path(tmp), h, w)
+        card = backend_select.read_card(run)
+        x1 = backend_select.calibration_images(card, 2)
+        flops = count_flops(probability_graph(*_graph_parts(run)), torch.from_numpy(x1[:1]))
+        print(f"model: whole_image {BACKBONE} + {TOP} at {h}x{w}: {flops / 1e9:.2f} GFLOP/image (FlopCounterMode)")
 
-    base = results[0][1]
-    print()
-    print("| backend | images/s | vs eager | achieved GFLOP/s | fraction of matmul FLOP/s |")
-    print("|---|---:|---:|---:|---:|")
-    for name, ips in results:
-        achieved = ips * flops
-        print(f"| {name} | {ips:.2f} | {ips / base:.2f}x | {achieved / 1e9:.1f} | {achieved / peak:.2f} |")
+        t0 = time.perf_counter()
+        selection, _ = backend_select.select_backend(run, "cpu")
+        select_s = time.perf_counter() - t0
+        print(f"auto selection (ONNX export + calibration, once per run and machine): {select_s:.0f} s wall")
+        print("  " + selection.summary())
+
+        onnx_path = backend_select.BackendCache.open(run).fresh_onnx(torch_available=True)
+        names = [t.backend for t in selection.trials if t.ms_per_image is not None]
+        rows: list[dict[str, Any]] = []
+        built = {n: backend_select.build_backend(n, run, "cpu", channels_last=True, onnx_path=onnx_path) for n in names}
+        extra: dict[str, Callable[[np.ndarray], Any]] = {}
+        if args.nchw:
+            from mammokit.infer.core import TorchScorer
+
+            extra["torch eager NCHW"] = TorchScorer.from_run(run, "cpu").prob_malignant
+        if args.compile:
+            extra.update(_compiled(run))
+        runners = {**{n: b.prob_malignant for n, b in built.items()}, **extra}
+        for batch in args.batches:
+            x = np.ascontiguousarray(np.resize(x1, (batch, *x1.shape[1:])))  # the phantoms repeated to the batch
+            for name, fn in runners.items():
+                seconds = median_seconds(lambda fn=fn, x=x: fn(x), args.repeat)
+                dtype = DTYPE.get(name, "fp32")
+                achieved = batch / seconds * flops
+                rows.append({"backend": name, "auto": name == selection.backend, "batch": batch, "dtype": dtype,
+                             "images_per_s": batch / seconds, "gflops": achieved / 1e9,
+                             "matmul_gflops": peak[dtype] / 1e9, "ratio": achieved / peak[dtype]})  # fmt: skip
+                print(f"  {name} batch {batch}: {batch / seconds:.2f} images/s", flush=True)
+        auc_rows = auc_check(args.auc_run, args.auc_data, args.auc_split, names) if args.auc_run else []
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    wall = time.perf_counter() - wall0
+    print(f"\n{cpu_name()}, {physical_cores()} cores; {h}x{w}; default backend (auto) = {selection.backend}")
+    print("| backend | dtype | batch | images/s | achieved GFLOP/s | matmul GFLOP/s (same dtype) | ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in sorted(rows, key=lambda r: (not r["auto"], r["backend"], r["batch"])):
+        name = f"**auto = {r['backend']}**" if r["auto"] else r["backend"]
+        print(f"| {name} | {r['dtype']} | {r['batch']} | {r['images_per_s']:.2f} | {r['gflops']:.1f} | "
+              f"{r['matmul_gflops']:.1f} | {r['ratio']:.2f} |")  # fmt: skip
+    print(f"\nwhole benchmark: {wall:.0f} s wall, {usage.ru_utime + usage.ru_stime:.0f} s CPU (user+sys)")
+    if args.json:
+        result = {"cpu": cpu_name(), "cores": physical_cores(), "size": [h, w], "gflop_per_image": flops / 1e9,
+                  "matmul_gflops": {k: v / 1e9 for k, v in peak.items()}, "selection": selection.to_dict(),
+                  "selection_s": select_s, "rows": rows, "auc": auc_rows, "wall_s": wall,
+                  "cpu_s": usage.ru_utime + usage.ru_stime}  # fmt: skip
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _graph_parts(run: Path) -> tuple[torch.nn.Module, list[int], float, float]:
+    from mammokit.run import load_model
+
+    net, card = load_model(run, "cpu")
+    return net, card.positive_indices, card.input.pixel_mean, card.input.pixel_std
+
+
+def _compiled(run: Path) -> dict[str, Callable[[np.ndarray], Any]]:
+    """torch.compile of the channels_last float32 graph (not a predict candidate: minutes of compilation)."""
+    graph = probability_graph(*_graph_parts(run)).to(memory_format=torch.channels_last)
+    compiled = torch.compile(graph)
+
+    def fn(x: np.ndarray) -> Any:
+        with torch.inference_mode():
+            return compiled(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+
+    try:
+        t0 = time.perf_counter()
+        fn(np.zeros((1, 1, *_hw(run)), dtype=np.float32))
+        print(f"torch.compile: {time.perf_counter() - t0:.0f} s to compile")
+    except Exception as exc:  # no C++ toolchain, unsupported op, ...
+        print(f"torch.compile failed, skipped: {type(exc).__name__}: {str(exc)[:200]}")
+        return {}
+    return {"torch.compile channels_last": fn}
+
+
+def _hw(run: Path) -> tuple[int, int]:
+    card = backend_select.read_card(run)
+    return card.input.height, card.input.width
 
 
 if __name__ == "__main__":

@@ -250,8 +250,8 @@ def test_predict_survives_panic_abort_and_killed_reader(tmp_path, monkeypatch):
     _faulty_decoder(monkeypatch)
     inputs = _batch_inputs(tmp_path / "in")
     out = tmp_path / "out"
-    status = main(["predict", str(whole), str(tmp_path / "in"), "--out", str(out), "--device", "cpu",
-                   "--workers", "2", "--batch-size", "2", "--no-progress"])  # fmt: skip
+    status = main(["predict", str(whole), str(tmp_path / "in"), "--out", str(out), "--device", "cpu", "--backend",
+                   "torch", "--workers", "2", "--batch-size", "2", "--no-progress"])  # fmt: skip
     assert status == 1
     with open(out / "predictions.csv", newline="") as fh:
         predicted = {row["image_id"]: float(row["prob_malignant"]) for row in csv.DictReader(fh)}

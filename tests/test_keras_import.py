@@ -147,7 +147,7 @@ def test_real_mammogram_through_mammokit_preprocessing_equals_keras(built):
 
     model, _, run = built("resnet50_512-512-1024x2")
     dicoms = real_dicoms()
-    predictor = Predictor.from_run(run, device="cpu", channels_last=False)
+    predictor = Predictor.from_run(run, device="cpu", backend="torch", channels_last=False)
     x = np.stack([predictor.load_image(path).x for _, path in dicoms[:2]])  # (2, 1, 96, 64), u16*0.003891 - 52.18
     assert -52.2 <= x.min() < x.max() <= 255.0 - 52.18 + 1e-3
     net, _ = load_model(run)
@@ -220,7 +220,9 @@ def test_cli_import_predict_export_evaluate(small_whole, tmp_path, capsys):
         for key, dcm in dicoms:
             writer.writerow([dcm, f"{dcm.parent.name}_{key}"])
     out = tmp_path / "pred"
-    assert main(["predict", str(run), str(listing), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    argv = ["predict", str(run), str(listing), "--out", str(out), "--no-progress", "--device", "cpu"]
+    argv += ["--backend", "torch"]
+    assert main(argv) == 0  # torch: the ONNX predictions below are compared with torch's
     preds = pd.read_csv(out / "predictions.csv")
     assert len(preds) == 8 and preds["prob_malignant"].between(0, 1).all()
 

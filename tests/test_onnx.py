@@ -77,7 +77,7 @@ def test_predict_backend_onnx_never_imports_torch(exported, tmp_path):
     # the same images through torch give the same probabilities
     from mammokit.infer.predictor import Predictor
 
-    torch_probs = [Predictor.from_run(exported, device="cpu").predict(p).prob_malignant for p in good]
+    torch_probs = [Predictor.from_run(exported, device="cpu", backend="torch").predict(p).prob_malignant for p in good]
     np.testing.assert_allclose([float(r["prob_malignant"]) for r in rows], torch_probs, atol=1e-4)
 
 

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from test_predict_support import EXPECTED_SIDE_VIEW, iou, real_dicoms, silhouette_pngs, tiny_runs
+from test_predict_support import EXPECTED_SIDE_VIEW, TINY_HW, iou, real_dicoms, silhouette_pngs, tiny_runs
 
 pytestmark = pytest.mark.realdata
 
@@ -72,6 +72,7 @@ def test_cli_predicts_real_dicoms_and_reports_a_bad_file(runs, tmp_path):
         assert 0.0 <= prob <= 1.0
         assert int(row["call"]) == int(prob >= float(row["threshold"]))
         assert row["model_run"] == "whole"
+        assert row["backend"] in ("torch", "onnx", "openvino", "torch-bf16") and row["heatmap_backend"] == "torch"
         png, npy = (out / f for f in row["heatmaps"].split(";"))
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         raw = np.load(npy)  # the raw map on the original pixel grid
@@ -84,6 +85,10 @@ def test_cli_predicts_real_dicoms_and_reports_a_bad_file(runs, tmp_path):
     assert [e["image_id"] for e in errors] == ["broken"] and errors[0]["stage"] == "read" and errors[0]["error"]
     summary = json.loads((out / "predictions.json").read_text())
     assert summary["n_predicted"] == 8 and summary["n_failed"] == 1 and len(summary["predictions"]) == 8
+    # the default --backend auto: which backend computed the probabilities, why, and which the heatmaps
+    selection = summary["backend_selection"]
+    assert selection["backend"] == summary["backend"] == rows[0]["backend"] and summary["heatmap_backend"] == "torch"
+    assert {t["backend"] for t in selection["trials"]} >= {"torch"} and selection["input_hw"] == list(TINY_HW)
     # no patient identifiers from the headers (CBIS-DDSM PatientID looks like Mass-Test_P_00173_RIGHT_CC)
     text = (out / "predictions.csv").read_text() + (out / "predictions.json").read_text()
     assert "P_00" not in text
@@ -149,13 +154,14 @@ def test_same_probability_one_by_one_and_batched(runs, tmp_path):
 
     whole, _ = runs
     paths = silhouette_pngs(tmp_path, 3)
-    predictor = Predictor.from_run(whole, device="cpu")
+    # float32 torch: the 1e-5 below is about batching and memory format, not the bf16 bar auto may pick
+    predictor = Predictor.from_run(whole, device="cpu", backend="torch")
     single = [predictor.predict(p).prob_malignant for p in paths]
     batched = [
         r.prob_malignant for r, _ in predictor.predict_many(paths, batch_size=3, workers=2) if isinstance(r, Prediction)
     ]
     np.testing.assert_allclose(batched, single, atol=1e-5)
-    nchw = Predictor.from_run(whole, device="cpu", channels_last=False)  # the memory format changes no result
+    nchw = Predictor.from_run(whole, device="cpu", backend="torch", channels_last=False)  # NCHW: the same result
     np.testing.assert_allclose([nchw.predict(p).prob_malignant for p in paths], single, atol=1e-5)
 
 
@@ -215,13 +221,13 @@ def test_tta_is_flip_invariant_and_follows_the_calibration(runs, tmp_path):
 
     whole, _ = runs
     path = silhouette_pngs(tmp_path / "images", 1)[0]
-    plain = Predictor.from_run(whole, device="cpu")
+    plain = Predictor.from_run(whole, device="cpu", backend="torch")
     assert plain.tta is False
     prepared = plain.load_image(path)
     mirrored = dataclasses.replace(prepared, image_u16=np.ascontiguousarray(prepared.image_u16[..., ::-1]))
     p, q = (r.prob_raw for r in plain.predict_prepared([prepared, mirrored]))
     assert abs(p - q) > 1e-6  # the model itself is not mirror-symmetric ...
-    tta = Predictor.from_run(whole, device="cpu", tta=True)
+    tta = Predictor.from_run(whole, device="cpu", backend="torch", tta=True)
     p, q = (r.prob_raw for r in tta.predict_prepared([prepared, mirrored]))
     assert p == pytest.approx(q, abs=1e-6)  # ... but the mean over the four flips is
     run = tmp_path / "calibrated_tta"
@@ -240,9 +246,9 @@ def test_cuda_matches_cpu(runs, tmp_path):
         pytest.skip("no CUDA device")
     whole, _ = runs
     paths = silhouette_pngs(tmp_path, 2)
-    gpu = Predictor.from_run(whole, device="auto")
+    gpu = Predictor.from_run(whole, device="auto", backend="torch")
     assert gpu.backend.device.type == "cuda"
-    cpu = Predictor.from_run(whole, device="cpu")
+    cpu = Predictor.from_run(whole, device="cpu", backend="torch")
     for path in paths:
         a, b = gpu.predict(path, heatmap="both"), cpu.predict(path, heatmap="both")
         assert a.prob_malignant == pytest.approx(b.prob_malignant, abs=5e-4)  # TF32 convolutions on CUDA

@@ -197,11 +197,11 @@ def test_predict_applies_the_spacing_rule_of_a_physical_scale_run(tmp_path):
     (run / "model.json").write_text(json.dumps(card))
     (run / "model.json").chmod(0o644)
     pngs = silhouette_pngs(tmp_path / "in")
-    assert main(["predict", str(run), *map(str, pngs), "--out", str(tmp_path / "a"), "--device", "cpu"]) == 1
+    argv = ["predict", str(run), *map(str, pngs), "--device", "cpu", "--backend", "torch"]  # no backend selection
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 1
     errors = pd.read_csv(tmp_path / "a/errors.csv")
     assert len(errors) == 2 and errors["error"].str.contains("--assume-pixel-spacing").all()
-    argv = ["predict", str(run), *map(str, pngs), "--out", str(tmp_path / "b"), "--device", "cpu"]
-    assert main([*argv, "--assume-pixel-spacing", "0.2"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b"), "--assume-pixel-spacing", "0.2"]) == 0
     assert len(pd.read_csv(tmp_path / "b/predictions.csv")) == 2
 
 

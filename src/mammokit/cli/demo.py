@@ -180,6 +180,9 @@ def _steps(out: Path, preset: str, seed: int, workers: int, device: str) -> list
                 "768",
                 "--device",
                 device,
+                # two images: auto's one-off ONNX export and measurement would cost more than it saves
+                "--backend",
+                "torch",
                 "--no-progress",
             ],
         ),

@@ -43,6 +43,7 @@ CSV_COLUMNS = (
     "threshold",
     "model_run",
     "backend",
+    "heatmap_backend",
     "heatmaps",
 )
 ERROR_COLUMNS = ("image_id", "input", "stage", "error")
@@ -53,7 +54,9 @@ class PredictConfig:
     """Options of `mammokit predict` (the model and its preprocessing come from the run folder)."""
 
     heatmap: Literal["none", "gradcam", "patch", "both"] = "none"  # which heatmaps to render
-    backend: Literal["torch", "onnx"] = "torch"  # onnx = onnxruntime only, torch is never imported
+    # auto = the fastest backend within the accuracy bar on this machine (measured once per run, RUN/cache);
+    # torch = float32; torch-bf16; onnx = onnxruntime only, torch is never imported; openvino where installed
+    backend: Literal["auto", "torch", "torch-bf16", "onnx", "openvino"] = "auto"
     device: str = "auto"  # auto = cuda if available (torch) / CUDA provider if installed (onnx)
     batch_size: int = 4  # images per forward pass
     workers: int = 2  # reader processes: decoding runs isolated from the model, in parallel with it
@@ -109,9 +112,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=("torch", "onnx"),
+        choices=("auto", "torch", "torch-bf16", "onnx", "openvino"),
         default=None,
-        help="torch (default) or onnx (needs RUN/model.onnx from `mammokit export`; torch is not imported)",
+        help="what computes p(malignant): auto (default: the fastest backend whose probabilities stay within the "
+        "accuracy bar of float32 torch on this machine, measured once per run folder and cached in RUN/cache; "
+        "docs/prediction.md), torch (float32), torch-bf16 (bfloat16 autocast, CPUs with AVX512-BF16/AMX), "
+        "onnx (needs RUN/model.onnx from `mammokit export`; torch is not imported; no heatmaps) or openvino "
+        "(if installed). Heatmaps are always computed by the float32 torch model",
     )
     p.add_argument(
         "--patch-run",
@@ -220,6 +227,7 @@ def _predict_all(predictor: Any, items: list, cfg: PredictConfig, out: Path, *, 
             continue
         row = result.to_record()
         row.update(model_run=predictor.run_name, backend=predictor.backend_name)
+        row["heatmap_backend"] = predictor.heatmap_backend_name if result.heatmaps else ""
         written = []
         if result.heatmaps and prepared is not None and prepared.pixels is not None:
             written = _write_overlays(out / "heatmaps", result, prepared.pixels, cfg, predictor)
@@ -232,7 +240,7 @@ def _write_overlays(folder: Path, result: Any, pixels: Any, cfg: PredictConfig, 
     """Per heatmap kind: the readable panel (PNG) and the raw map on the original grid (.npy)."""
     from mammokit.infer.overlay import describe_map, prediction_line, scale_label, write_panel, write_raw_map
 
-    layer = predictor.backend.gradcam_layer_name(cfg.gradcam_layer) if "gradcam" in result.heatmaps else None
+    layer = predictor.heatmap_backend.gradcam_layer_name(cfg.gradcam_layer) if "gradcam" in result.heatmaps else None
     verdict = prediction_line(result.prob_raw, result.threshold, result.call)
     names = []
     for kind, heat in result.heatmaps.items():
@@ -268,6 +276,8 @@ def _write_outputs(out: Path, predictor: Any, rows: list[dict[str, Any]], errors
     summary = {
         "model_run": predictor.run_name,
         "backend": predictor.backend_name,
+        "backend_selection": predictor.selection.to_dict() if predictor.selection is not None else None,
+        "heatmap_backend": predictor.heatmap_backend_name if any(r.get("heatmaps") for r in rows) else None,
         "threshold": predictor.threshold,
         "threshold_rule": predictor.card.threshold_rule,
         "calibrated": predictor.calibration is not None,

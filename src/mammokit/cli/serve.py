@@ -45,7 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(p)
     add_device(p)
     add_workers(p)
-    p.add_argument("--backend", choices=("torch", "onnx"), default=None, help="torch (default) or onnx (no heatmaps)")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "torch", "torch-bf16", "onnx", "openvino"),
+        default=None,
+        help="what computes p(malignant), as for `mammokit predict`: auto (default: the fastest within the accuracy "
+        "bar on this machine, measured once per run and cached), torch, torch-bf16, onnx (no heatmaps) or openvino",
+    )
     p.add_argument("--aggregate", choices=("mean", "max"), default=None, help="views of a breast (default mean)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
     add_assume_pixel_spacing(p)

@@ -17,8 +17,10 @@ The contract, in order:
    stored mean/std, as the training dataset does (`data.datasets`), so nobody normalises by hand.
 4. logits -> p(malignant) = sum over the card's positive output units of the softmax, always computed in
    float32 (`class_probabilities`, `malignant_probability`), on any device and under any training
-   precision. The model runs in float32 here (no autocast): the threshold stored at the end of training
-   is chosen on the same float32 probabilities that evaluate and predict produce.
+   precision. The model runs in float32 by default (no autocast): the threshold stored at the end of
+   training is chosen on the same float32 probabilities that evaluate and predict produce. Only
+   prediction may opt into bfloat16 autocast (`TorchScorer(precision="bf16")`, the "torch-bf16" backend),
+   and `infer.backend_select` accepts it only where its probabilities stay within 5e-3 of float32.
 
 The NumPy pieces (flips, averaging, input array, scoring through any backend) import no torch, so the
 ONNX prediction path stays torch-free; the torch pieces import it lazily.
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 N_FLIPS = 4  # none, horizontal (columns), vertical (rows), both
+PRECISIONS = ("fp32", "bf16")  # TorchScorer's compute precisions (the probabilities are float32 either way)
 
 # A scoring backend: float32 (N, 1, H, W) in uint16 units -> (N,) p(malignant).
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -130,6 +133,9 @@ class TorchScorer:
         mean, std: the run's normalisation (model.json).
         device: "auto", "cpu", "cuda", "cuda:1", "mps", "gpu" (Lightning's name), or a torch.device.
         channels_last: NHWC memory format (faster convolutions on CPU; same numbers up to float rounding).
+        precision: "fp32" (default), or "bf16": the convolutions and matrix multiplies run under bfloat16
+            autocast (oneDNN uses AMX / AVX512-BF16 on CPUs that have them); the weights stay float32, and the
+            normalisation and the softmax stay float32 (autocast keeps them there; logits are upcast).
     """
 
     def __init__(
@@ -141,24 +147,30 @@ class TorchScorer:
         device: Any = "auto",
         *,
         channels_last: bool = False,
+        precision: str = "fp32",
     ) -> None:
         import torch
 
         from mammokit.utils.device import resolve_device
 
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = device if isinstance(device, torch.device) else resolve_device(_device_name(device))
         self.channels_last = channels_last
+        self.precision = precision
         graph = probability_graph(net.float(), positive, mean, std).to(self.device)
         self.graph = graph.to(memory_format=torch.channels_last) if channels_last else graph
 
     @classmethod
-    def from_run(cls, run_dir: Any, device: Any = "auto", *, channels_last: bool = False) -> TorchScorer:
+    def from_run(
+        cls, run_dir: Any, device: Any = "auto", *, channels_last: bool = False, precision: str = "fp32"
+    ) -> TorchScorer:
         """The scorer of a run folder (model.json + model.safetensors)."""
         from mammokit.run import load_model
 
         net, card = load_model(run_dir, "cpu")
         return cls(net, card.positive_indices, card.input.pixel_mean, card.input.pixel_std, device,
-                   channels_last=channels_last)  # fmt: skip
+                   channels_last=channels_last, precision=precision)  # fmt: skip
 
     @property
     def net(self) -> nn.Module:
@@ -175,7 +187,8 @@ class TorchScorer:
         """float32 (N, 1, H, W) in uint16 units -> (N,) float32 p(malignant) (no TTA)."""
         import torch
 
-        with torch.inference_mode():
+        bf16 = self.precision == "bf16"
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             return self.graph(self.tensor(x)).float().cpu().numpy()
 
     def score(self, images_u16: Sequence[np.ndarray] | np.ndarray, tta: bool = False) -> np.ndarray:

@@ -8,8 +8,12 @@ Everything the preprocessing needs comes from the run folder (`model.json`: Prep
 mean/std, labels, threshold; `calibration.json` when present): the user never re-types it, and the
 code path is the one `mammokit prepare` uses (`data.geometry.prepare_pixels`), so train == predict.
 
-Two backends: "torch" (any device; heatmaps) and "onnx" (ONNX Runtime + NumPy; this module and
-everything it imports on that path stay torch-free, so a deployment can ship without torch).
+Backends for the probabilities (`infer.backend_select`): "auto" (the default: the fastest backend within the
+accuracy bar on this machine, measured once per run folder and cached), "torch" (float32, any device),
+"torch-bf16" (bfloat16 autocast on CPUs with AVX512-BF16/AMX), "onnx" (ONNX Runtime + NumPy, `RUN/model.onnx`;
+this module and everything it imports on that path stay torch-free, so a deployment can ship without torch)
+and "openvino" (where installed). Heatmaps are always computed by the float32 torch model (Grad-CAM needs
+gradients), whichever backend computed the probabilities; `Predictor.heatmap_backend_name` says so.
 
 Threshold and calibration: `card.threshold` is the operating point on the model's raw p(malignant);
 `prob_malignant` is the calibrated probability when the run has `calibration.json` (the raw one is
@@ -37,7 +41,8 @@ log = logging.getLogger(__name__)
 
 HeatmapKind = Literal["none", "gradcam", "patch", "both"]
 HEATMAP_KINDS: tuple[str, ...] = ("none", "gradcam", "patch", "both")
-Backend = Literal["torch", "onnx"]
+Backend = Literal["auto", "torch", "torch-bf16", "onnx", "openvino"]
+HEATMAP_BACKEND = "torch"  # Grad-CAM and the patch maps: the float32 torch model, whatever scored the image
 PATCH_MALIGNANT = "patch_malignant"  # the summed malignant patch classes (the primary patch map)
 
 
@@ -128,19 +133,24 @@ def _resolve_run(path: str | Path | None, relative_to: Path) -> Path | None:
 
 
 class _TorchBackend:
-    """The run's network through the inference core (`TorchScorer`), plus Grad-CAM on the same network."""
+    """The run's network through the inference core (`TorchScorer`), plus Grad-CAM on the same network.
 
-    def __init__(self, run_dir: Path, device: str, channels_last: bool) -> None:
-        from mammokit.infer.core import TorchScorer
-        from mammokit.run import load_model
+    Grad-CAM runs the network in float32 even when the scorer computes p(malignant) under bf16 autocast
+    (the autocast is entered by `TorchScorer.prob_malignant` only).
+    """
 
-        net, self.card = load_model(run_dir, "cpu")
-        inp = self.card.input
-        self.scorer = TorchScorer(net, self.card.positive_indices, inp.pixel_mean, inp.pixel_std, device,
-                                  channels_last=channels_last)  # fmt: skip
+    def __init__(self, scorer: Any, positive: Sequence[int]) -> None:
+        self.scorer = scorer
         self.device = self.scorer.device
-        self.positive = self.card.positive_indices
+        self.positive = list(positive)
         self._gradcam: dict[tuple[str, str], Any] = {}
+
+    @classmethod
+    def from_run(cls, run_dir: Path, device: str, channels_last: bool, precision: str = "fp32") -> _TorchBackend:
+        from mammokit.infer.core import TorchScorer
+
+        scorer = TorchScorer.from_run(run_dir, device, channels_last=channels_last, precision=precision)
+        return cls(scorer, read_card(run_dir).positive_indices)
 
     def prob_malignant(self, x: np.ndarray) -> np.ndarray:
         """float32 (N, 1, H, W) in uint16 units -> (N,) p(malignant)."""
@@ -207,8 +217,18 @@ class Predictor:
         tta: bool | None = None,
         assume_pixel_spacing: float | None = None,
         heatmap_options: HeatmapOptions | None = None,
+        *,
+        device: str = "auto",
+        channels_last: bool = True,
+        selection: Any = None,
+        requested_backend: str | None = None,
     ) -> None:
         self.run_dir = run_dir
+        self.device = device
+        self.channels_last = channels_last
+        self.selection = selection  # backend_select.Selection when backend="auto" chose, else None
+        self.requested_backend = requested_backend or backend_name
+        self._heatmap_torch: _TorchBackend | None = backend if isinstance(backend, _TorchBackend) else None
         self.assume_pixel_spacing = assume_pixel_spacing
         self.heatmap_options = heatmap_options or HeatmapOptions()
         self.card = card
@@ -232,7 +252,7 @@ class Predictor:
         cls,
         run_dir: str | Path,
         device: str = "auto",
-        backend: Backend = "torch",
+        backend: Backend = "auto",
         *,
         patch_run: str | Path | None = None,
         channels_last: bool = True,
@@ -245,7 +265,9 @@ class Predictor:
         Args:
             run_dir: the run folder (holds model.json + model.safetensors, and model.onnx for "onnx").
             device: "auto", "cpu", "cuda", "cuda:1", "mps".
-            backend: "torch", or "onnx" (ONNX Runtime, no torch import; no heatmaps).
+            backend: "auto" (default: the fastest backend within the accuracy bar on this machine,
+                `infer.backend_select`; measured once, cached in RUN/cache), "torch" (float32), "torch-bf16",
+                "onnx" (ONNX Runtime, no torch import; no heatmaps) or "openvino" (where installed).
             patch_run: patch-classifier run for the paper's patch heatmaps; default: the run's
                 `parent_run` from model.json.
             channels_last: torch backend only: NHWC memory format (1.5-1.9x faster than NCHW on CPU
@@ -268,20 +290,14 @@ class Predictor:
                 f"{run_dir}/model.json: input size {card.input.height}x{card.input.width} differs from its "
                 f"preprocess size {card.input.preprocess.height}x{card.input.preprocess.width}"
             )
-        if backend == "onnx":
-            from mammokit.infer.onnx import OnnxBackend, onnx_path_for
-
-            impl: Any = OnnxBackend(onnx_path_for(run_dir), device)
-        elif backend == "torch":
-            impl = _TorchBackend(run_dir, device, channels_last)
-        else:
-            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        impl, name, selection = _load_backend(run_dir, card, device, backend, channels_last)
         patch = Path(patch_run) if patch_run else _resolve_run(card.parent_run, run_dir)
         if patch_run and not (patch / "model.json").is_file():
             raise FileNotFoundError(f"--patch-run {patch_run}: no model.json there; pass a patch-classifier run folder")
         return cls(
-            run_dir, card, impl, backend, read_calibration(run_dir), patch, tta, assume_pixel_spacing, heatmap_options
-        )
+            run_dir, card, impl, name, read_calibration(run_dir), patch, tta, assume_pixel_spacing, heatmap_options,
+            device=device, channels_last=channels_last, selection=selection, requested_backend=backend,
+        )  # fmt: skip
 
     # ---- reading (NumPy only; safe to run in threads) ---------------------------------------
 
@@ -347,15 +363,35 @@ class Predictor:
                     f"patch heatmaps need the patch-classifier run: {self.run_dir}/model.json names no "
                     "parent_run (or it is not found); pass --patch-run PATCH_RUN"
                 )
-            self._patch = _PatchHeatmapper(self._patch_run, self.backend.device, self.spec)
+            self._patch = _PatchHeatmapper(self._patch_run, self.heatmap_backend.device, self.spec)
         return self._patch
+
+    @property
+    def heatmap_backend_name(self) -> str:
+        """The backend that computes heatmaps: always the float32 torch model (Grad-CAM needs gradients)."""
+        return HEATMAP_BACKEND
+
+    @property
+    def heatmap_backend(self) -> _TorchBackend:
+        """The float32 torch model for Grad-CAM (the scoring backend itself when it is torch; else loaded once)."""
+        if self._heatmap_torch is None:
+            self._heatmap_torch = _TorchBackend.from_run(self.run_dir, self.device, self.channels_last)
+        return self._heatmap_torch
 
     def check_heatmap(self, heatmap: str) -> None:
         """Fail early (before reading any image) when a heatmap kind cannot be made."""
         if heatmap not in HEATMAP_KINDS:
             raise ValueError(f"heatmap must be one of {HEATMAP_KINDS}, got {heatmap!r}")
-        if heatmap != "none" and self.backend_name != "torch":
-            raise ValueError("heatmaps need the torch backend (Grad-CAM needs gradients); use --backend torch")
+        if heatmap != "none" and self.requested_backend == "onnx":
+            raise ValueError(
+                "--backend onnx is the torch-free path and makes no heatmaps (Grad-CAM needs torch's gradients); "
+                "use --backend auto or torch for heatmaps"
+            )
+        if heatmap != "none" and self._heatmap_torch is None:
+            from mammokit.infer.backend_select import runtime_available
+
+            if not runtime_available("torch"):
+                raise ValueError("heatmaps need torch (Grad-CAM needs gradients); install torch or use --heatmap none")
         if _needs(heatmap, "patch"):
             self._patch_heatmapper()
         if _needs(heatmap, "gradcam"):
@@ -365,7 +401,7 @@ class Predictor:
                 raise ValueError(
                     f"gradcam method must be one of {sorted(CAM_METHODS)}, got {self.heatmap_options.gradcam_method!r}"
                 )
-            self.backend.gradcam_layer_name(self.heatmap_options.gradcam_layer)  # unknown layer: fail now
+            self.heatmap_backend.gradcam_layer_name(self.heatmap_options.gradcam_layer)  # unknown layer: fail now
 
     def predict_prepared(self, batch: Sequence[PreparedImage], heatmap: HeatmapKind = "none") -> list[Prediction]:
         """Run the model (and heatmaps) on already prepared images of one batch."""
@@ -376,7 +412,7 @@ class Predictor:
         if _needs(heatmap, "gradcam"):
             opts = self.heatmap_options
             x = np.stack([p.x for p in batch])  # normalised network input
-            cams = self.backend.gradcam(x, opts.gradcam_layer, opts.gradcam_method)  # (B, H, W)
+            cams = self.heatmap_backend.gradcam(x, opts.gradcam_layer, opts.gradcam_method)  # (B, H, W)
             for m, p, cam in zip(maps, batch, cams, strict=True):
                 m["gradcam"] = self._to_original(cam, p)
         if _needs(heatmap, "patch"):
@@ -511,7 +547,7 @@ class Predictor:
         from mammokit.utils.pool import TaskFailed, run_isolated
 
         reader = copy.copy(self)  # the workers need the preprocessing only, not the model
-        reader.backend, reader._patch = None, None
+        reader.backend, reader._patch, reader._heatmap_torch = None, None, None
         usable = [item for item in items if item.error is None]
         tasks = [(item, keep) for item in usable]
         for item in items:  # inputs collect_inputs already refused: reported, never read
@@ -544,6 +580,52 @@ class Predictor:
         for r, p in zip(results, batch, strict=True):
             bar.update(1)
             yield r, (p if isinstance(r, Prediction) else None)
+
+
+_RUNTIME_HINT = {
+    "onnx": "pip install 'mammokit[onnx]'",
+    "openvino": "pip install openvino",
+    "torch": "pip install torch",
+    "torch-bf16": "pip install torch",
+}
+
+
+def _load_backend(
+    run_dir: Path, card: ModelCard, device: str, backend: str, channels_last: bool
+) -> tuple[Any, str, Any]:
+    """(backend object, its name, the auto selection or None) for `Predictor.from_run`."""
+    if backend in _RUNTIME_HINT:  # a runtime named explicitly must be there (auto falls back by itself)
+        from mammokit.infer.backend_select import RUNTIME_MODULE, runtime_available
+
+        if not runtime_available(RUNTIME_MODULE[backend]):
+            raise RuntimeError(
+                f"--backend {backend} needs {RUNTIME_MODULE[backend]}, which is not installed (or does not import): "
+                f"{_RUNTIME_HINT[backend]}, or use --backend auto, which picks among the runtimes installed"
+            )
+    if backend == "onnx":  # torch-free: RUN/model.onnx from `mammokit export` (auto's cache is auto's)
+        from mammokit.infer.onnx import OnnxBackend, onnx_path_for
+
+        return OnnxBackend(onnx_path_for(run_dir), device), "onnx", None
+    if backend in ("torch", "torch-bf16"):
+        precision = "bf16" if backend == "torch-bf16" else "fp32"
+        return _TorchBackend.from_run(run_dir, device, channels_last, precision), backend, None
+    from mammokit.infer.backend_select import BACKENDS, build_backend, ensure_export, runtime_available, select_backend
+
+    if backend == "openvino":
+        from mammokit.infer.export_cache import BackendCache
+
+        onnx_path = ensure_export(BackendCache.open(run_dir), torch_available=runtime_available("torch"))
+        if onnx_path is None:
+            raise FileNotFoundError(f"--backend openvino needs the run's ONNX export, which cannot be made here: "
+                                    f"run `mammokit export {run_dir}` where torch is installed")  # fmt: skip
+        impl = build_backend("openvino", run_dir, device, channels_last=channels_last, onnx_path=onnx_path)
+        return impl, backend, None
+    if backend != "auto":
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    selection, impl = select_backend(run_dir, device, channels_last=channels_last)
+    if selection.backend in ("torch", "torch-bf16"):
+        impl = _TorchBackend(impl, card.positive_indices)
+    return impl, selection.backend, selection
 
 
 # --- reader processes (see Predictor._read_stream) ---------------------------------------------------------------

@@ -70,7 +70,7 @@ class ServedModels:
         runs: Sequence[str | Path],
         *,
         device: str = "auto",
-        backend: str = "torch",
+        backend: str = "auto",
         tta: bool | None = None,
         aggregate: str = "mean",
         assume_pixel_spacing: float | None = None,
@@ -112,6 +112,8 @@ class ServedModels:
                 {
                     "name": name,
                     "backend": p.backend_name,
+                    "heatmap_backend": p.heatmap_backend_name,
+                    "backend_selection": p.selection.to_dict() if p.selection is not None else None,
                     "calibrated": p.calibration is not None,
                     "calibration_method": (p.calibration or {}).get("method"),
                     "tta": p.tta,

@@ -18,7 +18,8 @@ class ServeConfig:
     host: str = "127.0.0.1"  # loopback by default; any other address needs a token
     port: int = 8000
     token: str | None = None  # bearer token for /v1/*; default: $MAMMOKIT_SERVE_TOKEN
-    backend: Literal["torch", "onnx"] = "torch"
+    # auto = the fastest backend within the accuracy bar on this machine (as `mammokit predict --backend auto`)
+    backend: Literal["auto", "torch", "torch-bf16", "onnx", "openvino"] = "auto"
     device: str = "auto"
     tta: bool | None = None  # None = as each run's calibration.json was fitted (plain without one)
     assume_pixel_spacing: float | None = None  # mm/pixel for files without a spacing tag (pixel-spacing runs)

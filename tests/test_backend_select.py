@@ -1,0 +1,174 @@
+"""`--backend auto`: backend selection per run and machine, its cache in RUN/cache, and the bf16 accuracy bar.
+
+The runs are the tiny resnet18 stand-ins of the predict tests (random weights) at 128x96, so an ONNX export and
+a selection take seconds. Timings are measured by the code under test but never asserted on (no timed tests):
+the assertions are about which candidates were tried, what was accepted and what was cached.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mammokit.infer import backend_select, export_cache
+from mammokit.infer.backend_select import BF16_BAR, FP32_BAR, CpuCaps, Selection, Trial, choose, select_backend
+from test_predict_support import make_tiny_runs, silhouette_pngs
+
+HW = (128, 96)
+NO_BF16 = CpuCaps("AVX-512-only test CPU", 2, avx512=True, bf16=False, amx=False)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory) -> Path:
+    whole, _ = make_tiny_runs(tmp_path_factory.mktemp("runs"), HW)
+    return whole
+
+
+@pytest.fixture
+def run(base_run, tmp_path) -> Path:
+    """A fresh copy of the whole-image run, without any cache."""
+    return Path(shutil.copytree(base_run, tmp_path / "whole", ignore=shutil.ignore_patterns("cache")))
+
+
+def _cache_json(run: Path) -> dict:
+    return json.loads((run / "cache" / "backend.json").read_text())
+
+
+def test_choose_takes_the_fastest_within_the_bar_and_keeps_an_exact_one_unless_clearly_slower():
+    def trial(name: str, ms: float, ok: bool = True) -> Trial:
+        return Trial(name, ms, 0.0 if ok else 1.0, FP32_BAR, ok)
+
+    assert choose([trial("torch", 100.0), trial("onnx", 50.0), trial("torch-bf16", 40.0)]) == "torch-bf16"
+    assert choose([trial("torch", 100.0), trial("onnx", 50.0), trial("torch-bf16", 10.0, ok=False)]) == "onnx"
+    # within 10 %: the more exact candidate (earlier in ORDER) stays, whatever order the trials come in
+    assert choose([trial("torch-bf16", 47.0), trial("onnx", 50.0), trial("torch", 100.0)]) == "onnx"
+    assert choose([trial("torch", 52.0), trial("onnx", 50.0)]) == "torch"
+    with pytest.raises(RuntimeError, match="accuracy bar"):
+        choose([trial("torch-bf16", 10.0, ok=False)])
+
+
+def test_selection_on_a_cpu_without_bf16_picks_a_valid_backend_and_caches_it(run, monkeypatch):
+    monkeypatch.setattr(backend_select, "probe_cpu", lambda: NO_BF16)
+    selection, backend = select_backend(run, "cpu")
+    names = [t.backend for t in selection.trials]
+    assert names == ["torch", "onnx"]  # every installed fp32 runtime, and no bf16 on a CPU without it
+    assert all(t.accepted and t.ms_per_image > 0 and t.max_abs_diff <= FP32_BAR for t in selection.trials)
+    assert selection.backend == choose(selection.trials) in names and not selection.from_cache
+    assert selection.input_hw == HW and "AVX-512-only test CPU" in selection.machine
+    # the backend handed back is the chosen one, ready to score the run's input
+    x = backend_select.calibration_images(backend_select.read_card(run), 1)
+    assert x.shape == (1, 1, *HW) and 0.0 <= float(backend.prob_malignant(x)[0]) <= 1.0
+    stored = _cache_json(run)
+    assert stored["selections"][0]["backend"] == selection.backend
+    assert stored["export"]["max_abs_diff_vs_torch"] <= 1e-4 and (run / "cache" / "model.onnx").is_file()
+    # the same machine again: the stored choice, not a new measurement
+    again, _ = select_backend(run, "cpu")
+    assert again.from_cache and again.backend == selection.backend and again.trials == selection.trials
+
+
+def test_a_missing_onnxruntime_falls_back_to_torch_and_an_explicit_onnx_says_what_to_do(run, monkeypatch):
+    from mammokit.cli import main
+    from mammokit.infer.predictor import Predictor
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    monkeypatch.setattr(backend_select, "probe_cpu", lambda: NO_BF16)
+    predictor = Predictor.from_run(run, device="cpu")
+    assert predictor.backend_name == "torch" and [t.backend for t in predictor.selection.trials] == ["torch"]
+    assert not (run / "cache" / "model.onnx").exists()  # no export made for a runtime that is not there
+    image = silhouette_pngs(run.parent / "images", 1)[0]
+    assert 0.0 <= predictor.predict(image, heatmap="gradcam").prob_malignant <= 1.0
+    with pytest.raises(RuntimeError, match=r"needs onnxruntime.*mammokit\[onnx\].*--backend auto"):
+        Predictor.from_run(run, device="cpu", backend="onnx")
+    assert main(["predict", str(run), str(image), "--out", str(run.parent / "o"), "--backend", "onnx"]) == 2
+
+
+def test_the_cached_export_is_reused_while_unchanged_and_rebuilt_after_the_weights_change(run, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from mammokit.infer import onnx as onnx_module
+    from mammokit.run import WEIGHTS
+
+    monkeypatch.setattr(backend_select, "probe_cpu", lambda: NO_BF16)
+    exports: list[Path] = []
+    real_export = onnx_module.export_onnx
+
+    def counting_export(run_dir, out=None, **kwargs):
+        exports.append(Path(out))
+        return real_export(run_dir, out, **kwargs)
+
+    monkeypatch.setattr(onnx_module, "export_onnx", counting_export)
+    first, _ = select_backend(run, "cpu")
+    assert not first.from_cache
+    onnx_sha = _cache_json(run)["export"]["onnx_sha256"]
+    assert exports == [run / "cache" / "model.onnx"]
+
+    again, _ = select_backend(run, "cpu", refresh=True)  # measured again, but the export is still fresh
+    assert exports == [run / "cache" / "model.onnx"] and not again.from_cache
+
+    # new weights (as a retrained run would have): the export and the stored selection are stale
+    weights = load_file(run / WEIGHTS)
+    name = next(k for k, v in weights.items() if v.dtype.is_floating_point and v.ndim == 4)
+    weights[name] = weights[name] * 1.5
+    save_file(weights, run / WEIGHTS)
+    rebuilt, backend = select_backend(run, "cpu")
+    assert len(exports) == 2 and not rebuilt.from_cache
+    cache = _cache_json(run)
+    assert cache["export"]["onnx_sha256"] != onnx_sha
+    assert cache["weights_sha256"] == export_cache.file_sha256(run / WEIGHTS)
+    # and what the rebuilt backend computes is the new model's probability (the torch reference of this run)
+    from mammokit.infer.core import TorchScorer
+
+    x = backend_select.calibration_images(backend_select.read_card(run), 1)
+    expected = TorchScorer.from_run(run, "cpu").prob_malignant(x)
+    assert np.abs(backend.prob_malignant(x) - expected).max() <= FP32_BAR
+
+    # a changed exporter version also makes the export stale
+    real_versions = export_cache.package_versions
+    monkeypatch.setattr(export_cache, "package_versions", lambda names: {**real_versions(names), "torch": "0.0-test"})
+    select_backend(run, "cpu")
+    assert len(exports) == 3
+
+
+def test_a_read_only_run_folder_caches_in_the_user_cache(run, monkeypatch, tmp_path):
+    real_writable = export_cache._writable_dir
+    # the run folder refuses writes (as a read-only mount would; chmod does not stop root, who runs these tests)
+    monkeypatch.setattr(export_cache, "_writable_dir", lambda p: not str(p).startswith(str(run)) and real_writable(p))
+    monkeypatch.setenv(export_cache.CACHE_ENV, str(tmp_path / "user-cache"))
+    monkeypatch.setattr(backend_select, "probe_cpu", lambda: NO_BF16)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # torch only: this test is about where, not what
+    selection, _ = select_backend(run, "cpu")
+    assert not (run / "cache").exists()
+    (folder,) = (tmp_path / "user-cache" / "runs").iterdir()
+    assert json.loads((folder / "backend.json").read_text())["selections"][0]["backend"] == selection.backend
+    # nowhere writable: a temporary folder for this process, and prediction still works
+    monkeypatch.setattr(export_cache, "_writable_dir", lambda p: False)
+    again, backend = select_backend(run, "cpu")
+    assert not again.from_cache and backend is not None
+
+
+def test_bf16_and_fp32_agree_within_the_bar_on_a_tiny_model(base_run):
+    from mammokit.infer.core import TorchScorer
+
+    x = backend_select.calibration_images(backend_select.read_card(base_run))
+    fp32 = TorchScorer.from_run(base_run, "cpu", channels_last=True).prob_malignant(x)
+    bf16 = TorchScorer.from_run(base_run, "cpu", channels_last=True, precision="bf16").prob_malignant(x)
+    diff = np.abs(bf16.astype(np.float64) - fp32).max()
+    assert 0.0 < diff <= BF16_BAR  # bf16 really ran (the numbers moved), and stayed within the bar
+    assert bf16.dtype == np.float32  # the probabilities themselves are float32 whatever the compute precision
+
+
+def test_on_a_bf16_cpu_the_bf16_candidate_is_measured_against_the_bar(run, monkeypatch):
+    caps = CpuCaps("AMX test CPU", 2, avx512=True, bf16=True, amx=True)
+    monkeypatch.setattr(backend_select, "probe_cpu", lambda: caps)
+    monkeypatch.setattr(backend_select, "BF16_BAR", 0.0)  # an impossible bar: bf16 must be refused, not chosen
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # torch fp32 against torch bf16 only (no export)
+    selection, _ = select_backend(run, "cpu")
+    bf16 = next(t for t in selection.trials if t.backend == "torch-bf16")
+    assert not bf16.accepted and bf16.max_abs_diff > 0.0 and "> 0e+00" in bf16.note
+    assert selection.backend == "torch" and [t.backend for t in selection.trials] == ["torch", "torch-bf16"]
+    assert Selection.from_dict(selection.to_dict()).trials == selection.trials  # the cache round trip
