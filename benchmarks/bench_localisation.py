@@ -57,6 +57,8 @@ DEFAULT_KINDS = (
     "gradcam",
     "gradcam++",
     "hirescam",
+    "gradcam+flips",
+    "hirescam+flips",
     "gradcam@trunk",
     "gradcam@top",
     "patch_malignant",

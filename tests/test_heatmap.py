@@ -13,6 +13,7 @@ from mammokit.infer.heatmap import (
     last_spatial_module,
     malignant_map,
     patch_probability_maps,
+    receptive_field_origin,
     resolve_cam_layer,
 )
 from mammokit.infer.heatmap_report import MapKind
@@ -75,9 +76,10 @@ def test_gradcam_targets_the_stride_16_trunk_stage_and_gives_unit_range_maps_at_
     assert maps.shape == (2, 256, 192) and maps.dtype == np.float32
     assert np.isfinite(maps).all() and maps.min() >= 0.0 and maps.max() <= 1.0
     assert maps.reshape(2, -1).std(axis=1).min() > 0  # spatially varying, not a constant map
-    # finer than the old default (the top, 2x2 cells): more distinct values along a row
-    top = GradCamRunner(model, [1], x, layer="top")(x)
-    assert len(np.unique(np.round(maps[0, 128], 4))) > len(np.unique(np.round(top[0, 128], 4)))
+    # finer than the old default (the top layers: 2x2 cells)
+    top = GradCamRunner(model, [1], x, layer="top")
+    top(x)
+    assert runner.map_hw == (16, 12) and top.map_hw == (2, 2)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam"])
@@ -166,6 +168,11 @@ def test_malignant_map_sums_the_malignant_classes_and_kind_names_parse():
     assert MapKind.parse("patch_malignant@32").stride == 32 and MapKind.parse("patch_malignant").stride == 16
     with pytest.raises(ValueError, match="unknown heatmap kind"):
         MapKind.parse("saliency")
+    flipped = MapKind.parse("hirescam@trunk+flips")
+    assert (flipped.method, flipped.layer, flipped.flips) == ("hirescam", "trunk", True)
+    assert not MapKind.parse("hirescam").flips
+    with pytest.raises(ValueError, match="class activation maps only"):
+        MapKind.parse("patch_malignant+flips")
 
 
 def test_panel_has_caption_colour_bar_and_lesion_outline(tmp_path):
@@ -208,3 +215,77 @@ def test_evaluate_report_shows_the_top_scoring_images_with_their_heatmaps(tiny, 
     for label in (0, 1):  # the panels show the highest-scoring images of each class
         for image_id in preds[preds["label"] == label].nlargest(3, "prob_malignant")["image_id"]:
             assert f"{image_id}: p(malignant)" in html
+
+
+def _padded_trunk(stages: int) -> torch.nn.Sequential:
+    """`stages` stride-2 3x3 convs with padding 1 and equal positive weights: a stride-2^stages map whose cell i
+    looks at pixel 2^stages * i (the padded-trunk geometry of ResNet, VGG and EfficientNet)."""
+    layers: list[torch.nn.Module] = []
+    for _ in range(stages):
+        conv = torch.nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False)
+        torch.nn.init.constant_(conv.weight, 1.0 / 9.0)
+        layers += [conv, torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers)
+
+
+def test_receptive_field_origin_is_measured_not_assumed():
+    # unpadded pooling: cell 0 covers pixels [0, 32): centre 16
+    assert receptive_field_origin(torch.nn.AvgPool2d(32)) == pytest.approx((16.0, 16.0), abs=0.01)
+    # padded stride-2 convs: cell 0 looks at pixel 0 (centre 0.5), not at 8 (stride 16) as a stretch assumes
+    assert receptive_field_origin(_padded_trunk(4).eval()) == pytest.approx((0.5, 0.5), abs=0.05)
+    # TF "same" padding (pad after, not before) looks half a pixel further down-right per stage: 0.5 + 7.5
+    same = torch.nn.Sequential(torch.nn.ZeroPad2d((0, 1, 0, 1)), torch.nn.AvgPool2d(2))
+    assert receptive_field_origin(torch.nn.Sequential(*[same] * 4)) == pytest.approx((8.0, 8.0), abs=0.05)
+
+
+class _DotDetector(torch.nn.Module):
+    """Whole-image stand-in: a padded stride-16 trunk, then logits (0, 10 * max of the map): a bright dot."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = _padded_trunk(4)
+        self.top = torch.nn.AdaptiveMaxPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = self.top(self.trunk(x)).flatten(1)
+        return torch.cat([torch.zeros_like(score), 10.0 * score], dim=1)
+
+
+def test_gradcam_peak_lands_on_the_dot_the_padded_trunk_saw():
+    # the dot sits where stride-16 cell (6, 4) looks (pixel 96, 64); a plain stretch draws that cell at (104, 72)
+    x = torch.zeros(1, 1, 192, 128)
+    x[..., 95:98, 63:66] = 1.0
+    runner = GradCamRunner(_DotDetector().eval(), [1], x, layer="trunk")
+    for flips in (False, True):  # the flipped passes, flipped back, must agree on where the dot is
+        cam = runner(x, flips=flips)[0]
+        peak = np.unravel_index(np.argmax(cam), cam.shape)
+        assert abs(peak[0] - 96) <= 2 and abs(peak[1] - 64) <= 2, (flips, peak)
+        assert cam.max() == pytest.approx(1.0) and cam.min() >= 0.0
+
+
+def test_patch_map_peak_lands_on_the_square_a_padded_trunk_saw():
+    class Patch(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = _padded_trunk(5)  # stride 32; cell 3 looks at pixel 96
+            self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2))
+            with torch.no_grad():
+                self.head[2].weight.copy_(torch.tensor([[0.0], [40.0]]))
+                self.head[2].bias.copy_(torch.tensor([0.0, -2.0]))
+
+    x = torch.zeros(1, 1, 256, 192)
+    x[..., 88:105, 56:73] = 1.0  # centred on (96, 64)
+    fine = patch_probability_maps(Patch().eval(), x, (32, 32), stride=16)[0, 1]
+    peak = np.unravel_index(np.argmax(fine), fine.shape)
+    assert abs(peak[0] - 96) <= 3 and abs(peak[1] - 64) <= 3, peak  # unaligned: (112, 80)
+
+
+def test_a_long_caption_wraps_inside_a_narrow_panel():
+    from PIL import ImageFont  # noqa: F401 - Pillow's default font is what the panel uses when no TTF is found
+
+    pixels = np.random.default_rng(0).random((256, 96)).astype(np.float32)
+    caption = ["P_00004_LEFT_CC: HiResCAM at trunk.body.blocks.4 of p(malignant), mean over the 4 flips, scaled"]
+    one = render_panel(pixels, np.zeros_like(pixels), caption=caption[:0])
+    wrapped = render_panel(pixels, np.zeros_like(pixels), caption=caption)
+    assert wrapped.width == one.width  # the text fits the figure instead of running off its edge
+    assert wrapped.height - one.height >= 2 * round(max(11, round(256 / 28)) * 1.35)  # at least two lines

@@ -115,7 +115,7 @@ def add_heatmap_options(p: argparse.ArgumentParser) -> None:
         "--gradcam-method",
         choices=("gradcam", "gradcam++", "hirescam"),
         default=None,
-        help="class activation map method of pytorch-grad-cam (default gradcam)",
+        help="class activation map method of pytorch-grad-cam (default hirescam, which localises best)",
     )
     p.add_argument(
         "--patch-stride",

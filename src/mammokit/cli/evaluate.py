@@ -137,11 +137,12 @@ def _panel_maker(args: argparse.Namespace, device: str, split: str) -> Any:
     """The report's heatmap hook (infer.heatmap_report.report_panels with the flags), or None when off."""
     if args.heatmap == "none" or args.heatmap_top == 0:
         return None
-    from mammokit.infer.heatmap_report import report_panels
+    from mammokit.infer.heatmap import DEFAULT_CAM_METHOD
+    from mammokit.infer.heatmap_report import FLIPS_SUFFIX, report_panels
 
     if args.heatmap == "gradcam":
-        method = args.gradcam_method or "gradcam"
-        kind = method + (f"@{args.gradcam_layer}" if args.gradcam_layer else "")
+        method = args.gradcam_method or DEFAULT_CAM_METHOD
+        kind = method + (f"@{args.gradcam_layer}" if args.gradcam_layer else "") + (FLIPS_SUFFIX if args.tta else "")
     else:
         kind = "patch_malignant" + (f"@{args.patch_stride}" if args.patch_stride else "")
 

@@ -244,7 +244,7 @@ def _write_overlays(folder: Path, result: Any, pixels: Any, cfg: PredictConfig, 
     verdict = prediction_line(result.prob_raw, result.threshold, result.call)
     names = []
     for kind, heat in result.heatmaps.items():
-        what = describe_map(kind, layer=layer, method=cfg.gradcam_method, stride=cfg.patch_stride)
+        what = describe_map(kind, layer=layer, method=cfg.gradcam_method, stride=cfg.patch_stride, flips=predictor.tta)
         write_panel(
             folder / f"{result.image_id}_{kind}.png",
             pixels,

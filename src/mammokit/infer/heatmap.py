@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -39,13 +40,23 @@ if TYPE_CHECKING:
 
 # CAM method names (the --gradcam-method choices) -> pytorch-grad-cam class names
 CAM_METHODS: dict[str, str] = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM"}
-DEFAULT_CAM_METHOD = "gradcam"
+DEFAULT_CAM_METHOD = "hirescam"  # localises best on the phantom and on mini-MIAS (docs/prediction.md)
 AUTO_LAYER = "auto"  # the rule above; any other value names a module of the whole-image model
 CAM_STRIDE = 16  # output stride of the stage the rule picks
+# Cell maps -> pixels: bilinear for patch probabilities (stay in [0, 1], zero far from any hot window);
+# cubic for CAMs, whose maximum can then fall between cell centres (sub-cell peak interpolation: on the
+# phantom it raised the HiResCAM pointing-game hit rate from 0.65 to 0.72; docs/prediction.md).
+MAP_INTERPOLATION_ORDER = 1
+CAM_INTERPOLATION_ORDER = 3
 
 
 def cell_map_to_pixels(
-    cell_map: np.ndarray, out_hw: tuple[int, int], stride: tuple[float, float], window: tuple[float, float]
+    cell_map: np.ndarray,
+    out_hw: tuple[int, int],
+    stride: tuple[float, float],
+    window: tuple[float, float],
+    origin: tuple[float, float] | None = None,
+    order: int = MAP_INTERPOLATION_ORDER,
 ) -> np.ndarray:
     """Resample a pooled feature-cell map onto the pixel grid of the image it was computed on.
 
@@ -55,6 +66,10 @@ def cell_map_to_pixels(
         out_hw: (H, W) of the image the trunk saw.
         stride: cell pitch in pixels (rows, columns), e.g. (32, 32).
         window: pooling window in cells (rows, columns).
+        origin: where cell (0, 0) looks, in pixels (rows, columns; pixel y spans [y, y + 1)): the
+            centre of its receptive field (`receptive_field_origin`). None = stride / 2, i.e. cell i
+            covers pixels [stride * i, stride * (i + 1)), which holds for unpadded pooling only: a
+            padded conv trunk looks stride / 2 - 1/2 pixels further up and left (15.5 px at stride 32).
 
     Returns:
         (..., H, W) float32, bilinear between window centres, constant beyond the outermost centres.
@@ -62,13 +77,14 @@ def cell_map_to_pixels(
     from scipy.ndimage import map_coordinates
 
     h_out, w_out = out_hw
-    # window i is centred at pixel stride * (i + window / 2); pixel y has its centre at y + 0.5
-    rows = (np.arange(h_out) + 0.5) / stride[0] - window[0] / 2.0
-    cols = (np.arange(w_out) + 0.5) / stride[1] - window[1] / 2.0
+    oy, ox = (stride[0] / 2.0, stride[1] / 2.0) if origin is None else origin
+    # window i is centred at pixel origin + stride * (i + (window - 1) / 2); pixel y has its centre at y + 0.5
+    rows = (np.arange(h_out) + 0.5 - oy) / stride[0] - (window[0] - 1) / 2.0
+    cols = (np.arange(w_out) + 0.5 - ox) / stride[1] - (window[1] - 1) / 2.0
     lead = cell_map.shape[:-2]
     flat = cell_map.reshape(-1, *cell_map.shape[-2:]).astype(np.float32, copy=False)
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    out = np.stack([map_coordinates(m, [rr, cc], order=1, mode="nearest") for m in flat])
+    out = np.stack([map_coordinates(m, [rr, cc], order=order, mode="nearest") for m in flat])
     return out.reshape(*lead, h_out, w_out).astype(np.float32, copy=False)
 
 
@@ -111,8 +127,11 @@ def patch_probability_maps(
         fine = first.new_empty((first.shape[0], first.shape[1], hp * k, wp * k))
         for (a, b), g in grids.items():  # shifted by (a t, b t): its cell i sits at fine row k i + a
             fine[..., a::k, b::k] = g[..., :hp, :wp]
-    # a fine cell's window spans window * k fine cells, so its centre is t * (I + window * k / 2)
-    return cell_map_to_pixels(fine.cpu().numpy(), (height, width), t, (window[0] * k, window[1] * k))
+    # fine cell I = k i + a is trunk cell i of the pass shifted by a t: it looks at origin + s i + a t =
+    # origin + t I. As a window of k * window fine cells at stride t, that is origin - (s - t) / 2.
+    oy, ox = receptive_field_origin(patch_model.trunk, in_channels=x.shape[1], device=x.device)
+    origin = (oy - (s[0] - t[0]) / 2.0, ox - (s[1] - t[1]) / 2.0)
+    return cell_map_to_pixels(fine.cpu().numpy(), (height, width), t, (window[0] * k, window[1] * k), origin)
 
 
 def _nominal_stride(size: int, cells: int) -> float:
@@ -130,6 +149,114 @@ def _shift_factor(trunk_stride: tuple[float, float], stride: int) -> int:
             f"(e.g. {trunk_stride[0]:g}, {trunk_stride[0] / 2:g} or {trunk_stride[0] / 4:g})"
         )
     return round(ratio)
+
+
+_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, up-down, both
+
+
+class _StopForward(Exception):
+    """Raised by a forward hook once the probed layer has produced its output (the rest need not run)."""
+
+
+# module -> {(layer name, channels): origin}; weak, so a released model takes its entry with it
+_ORIGINS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, int], tuple[float, float]]] = weakref.WeakKeyDictionary()
+
+
+def receptive_field_origin(
+    model: nn.Module, layer: nn.Module | None = None, *, in_channels: int = 1, device: torch.device | str = "cpu"
+) -> tuple[float, float]:
+    """Where cell (0, 0) of a feature map looks: the centre of its receptive field, in input pixels.
+
+    The naive reading of a stride-s map, cell i = pixels [s i, s (i + 1)), is wrong for padded conv
+    trunks: with symmetric padding every stride-2 layer centres output j on input 2 j, so a stride-16
+    cell i looks at pixel 16 i (centre 16 i + 0.5), 7.5 px up-left of the naive centre 16 i + 8 (15.5 px
+    at stride 32); "same" padding (TF ports) shifts it the other way. Measured rather than derived per
+    architecture: a copy of the network gets uniform positive weights (every conv/linear weight 1 /
+    fan-in, no bias, batch norms as identity), so with a small constant positive input every activation
+    is in its linear range and the gradient of one central cell with respect to the input is the
+    geometry alone (which pixels reach the cell, and by how many paths), symmetric about the cell's
+    centre. Its centroid minus the cell index times the stride is cell (0, 0)'s centre. (The trained
+    weights are left out on purpose: the centroid of a trained network's gradient on random input moves
+    by several pixels from one draw to the next.) Cached per model and layer.
+
+    Args:
+        model: the network; its output (or `layer`'s) must be a (B, C, h, w) map of the (B, in_channels, H, W) input.
+        layer: a module inside `model` whose output is the map (None: the model's output).
+        in_channels: input channels.
+        device: where the model lives.
+
+    Returns:
+        (row, column) in pixels, pixel y spanning [y, y + 1).
+    """
+    import torch
+
+    key = (str(id(layer)) if layer is not None else "", in_channels)
+    cached = _ORIGINS.setdefault(model, {})
+    if key in cached:
+        return cached[key]
+    names = {id(m): n for n, m in model.named_modules()}
+    probe = _geometry_copy(model).to(device)
+    target = dict(probe.named_modules())[names[id(layer)]] if layer is not None else None
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(_mod: nn.Module, _inp: object, out: torch.Tensor) -> None:
+        captured["map"] = out
+        raise _StopForward
+
+    def feature_map(x: torch.Tensor) -> torch.Tensor:
+        if target is None:
+            return probe(x)
+        hook = target.register_forward_hook(grab)
+        try:
+            probe(x)
+        except _StopForward:
+            pass
+        finally:
+            hook.remove()
+        return captured.pop("map")
+
+    size = 256  # grown until the map has >= 12 cells a side, so the central cell's field is not cut off
+    while True:
+        # small and positive: no ReLU6 saturates after dozens of residual additions
+        x = torch.full((1, in_channels, size, size), 1e-6, device=device, requires_grad=True)
+        with torch.inference_mode(False), torch.enable_grad():
+            fmap = feature_map(x)
+            h, w = fmap.shape[-2:]
+            if min(h, w) >= 12 or size >= 1024:
+                i, j = h // 2, w // 2
+                (grad,) = torch.autograd.grad(fmap[..., i, j].sum(), x)
+                break
+        size = min(1024, -(-12 * size // max(1, min(h, w))))
+    weight = grad.detach().abs().sum(dim=(0, 1)).double().cpu().numpy()  # (size, size)
+    total = weight.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise ValueError(f"{type(model).__name__}: the feature map does not depend on the input; no receptive field")
+    centres = np.arange(size) + 0.5
+    row = float((weight.sum(axis=1) * centres).sum() / total) - i * size / h
+    col = float((weight.sum(axis=0) * centres).sum() / total) - j * size / w
+    cached[key] = (row, col)
+    return row, col
+
+
+def _geometry_copy(model: nn.Module) -> nn.Module:
+    """A float32 copy of `model` with uniform positive weights and identity batch norms (see above)."""
+    import copy
+
+    import torch
+
+    probe = copy.deepcopy(model).float().eval()
+    with torch.no_grad():
+        for m in probe.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()  # mean 0, var 1
+                if m.affine:
+                    m.weight.fill_(1.0)
+                    m.bias.zero_()
+            elif isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
+                m.weight.fill_(1.0 / max(1, m.weight[0].numel()))
+                if m.bias is not None:
+                    m.bias.zero_()
+    return probe
 
 
 def _window_probs(patch_model: nn.Module, feats: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
@@ -281,7 +408,13 @@ class GradCamRunner:
         self.method = method
         self.model = model
         self._trainable = self._backward_modules(model, example)
+        # where the layer's cells look (before the CAM library hooks the layer)
+        self.origin = receptive_field_origin(model, self.layer, in_channels=example.shape[1], device=example.device)
         self.cam = getattr(pytorch_grad_cam, CAM_METHODS[method])(model=model, target_layers=[self.layer])
+        self.map_hw: tuple[int, int] | None = None
+        # the library's own resize stretches the map over the image as if cell i covered the i-th 1/h of it;
+        # no target size = the (B, h, w) map of the layer, placed by `cell_map_to_pixels` where its cells look
+        self.cam.get_target_width_height = lambda _input: None
         self.positive = list(positive)
 
     def _backward_modules(self, model: nn.Module, example: torch.Tensor) -> set[int]:
@@ -301,12 +434,30 @@ class GradCamRunner:
                 keep.add(id(before[-1]))
         return keep
 
-    def __call__(self, x: torch.Tensor) -> np.ndarray:
+    def __call__(self, x: torch.Tensor, flips: bool = False) -> np.ndarray:
+        """(B, 1, H, W) input -> (B, H, W) maps in [0, 1] on the input grid.
+
+        flips: average the maps of the four flips of the input (each flipped back), as flip TTA averages
+            p(malignant). Besides matching the averaged prediction, the flipped passes see the image on a
+            cell grid offset by up to a cell (a flip puts cell centres at s i + origin on the other side),
+            so their mean has twice the cell resolution; 4x the cost.
+        """
         import torch
 
         for m in self.model.modules():  # set each time: several runners may share one model
             for p in m.parameters(recurse=False):
                 p.requires_grad_(id(m) in self._trainable)
-        with torch.enable_grad():
-            maps = self.cam(input_tensor=x, targets=[_LogProbTarget(self.positive)] * x.shape[0])
-        return np.asarray(maps, dtype=np.float32)  # (B, H, W), already resized to the input size
+        height, width = x.shape[-2:]
+        maps = np.zeros((x.shape[0], height, width), dtype=np.float32)
+        for dims in _FLIPS if flips else _FLIPS[:1]:
+            xf = torch.flip(x, dims) if dims else x
+            with torch.enable_grad():
+                cells = self.cam(input_tensor=xf, targets=[_LogProbTarget(self.positive)] * x.shape[0])  # (B, h, w)
+            h, w = cells.shape[-2:]
+            self.map_hw = (h, w)  # cells of the target layer's map for the last input (its resolution)
+            stride = (_nominal_stride(height, h), _nominal_stride(width, w))
+            m = cell_map_to_pixels(cells, (height, width), stride, (1, 1), self.origin, CAM_INTERPOLATION_ORDER)
+            m = np.clip(m, 0.0, None)  # the cubic's ringing below 0
+            maps += np.flip(m, dims) if dims else m  # (B, H, W): dims -1/-2 are the same axes as in x
+        peak = maps.max(axis=(1, 2), keepdims=True)
+        return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)  # (B, H, W) in [0, 1]

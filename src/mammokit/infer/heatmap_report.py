@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PATCH_STRIDE = 16
 
 
+FLIPS_SUFFIX = "+flips"
+
+
 @dataclass(frozen=True)
 class MapKind:
     """A parsed kind name: `family` "cam" or "patch", with the CAM method and layer or the patch stride."""
@@ -40,21 +43,25 @@ class MapKind:
     method: str = "gradcam"
     layer: str = "auto"
     stride: int = DEFAULT_PATCH_STRIDE
+    flips: bool = False  # CAMs: averaged over the four flips of the image ("+flips", as with flip TTA)
 
     @classmethod
     def parse(cls, name: str) -> MapKind:
         from mammokit.infer.heatmap import CAM_METHODS
 
-        base, _, arg = name.partition("@")
+        core = name.removesuffix(FLIPS_SUFFIX)
+        base, _, arg = core.partition("@")
         if base in CAM_METHODS:
-            return cls(name, "cam", method=base, layer=arg or "auto")
+            return cls(name, "cam", method=base, layer=arg or "auto", flips=core != name)
         if base == "patch_malignant":
+            if core != name:
+                raise ValueError(f"heatmap kind {name!r}: '{FLIPS_SUFFIX}' applies to class activation maps only")
             if arg and not arg.isdigit():
                 raise ValueError(f"heatmap kind {name!r}: the patch stride after '@' must be a number of pixels")
             return cls(name, "patch", stride=int(arg) if arg else DEFAULT_PATCH_STRIDE)
         raise ValueError(
-            f"unknown heatmap kind {name!r}: use one of {sorted(CAM_METHODS)} (optionally '@LAYER') "
-            "or 'patch_malignant' (optionally '@STRIDE')"
+            f"unknown heatmap kind {name!r}: use one of {sorted(CAM_METHODS)} (optionally '@LAYER', then "
+            f"'{FLIPS_SUFFIX}') or 'patch_malignant' (optionally '@STRIDE')"
         )
 
 
@@ -111,7 +118,7 @@ class PreparedHeatmapper:
                 key = (kind.method, kind.layer)
                 if key not in self._cams:
                     self._cams[key] = GradCamRunner(self.model, self.positive, x, layer=kind.layer, method=kind.method)
-                out[kind.name] = self._cams[key](x)[0]
+                out[kind.name] = self._cams[key](x, flips=kind.flips)[0]
             else:
                 model, card = self._patch_model()
                 xp = torch.from_numpy(to_model_input(image_u16, card.input.pixel_mean, card.input.pixel_std))
@@ -180,6 +187,7 @@ def report_panels(
         layer=layer,
         method=map_kind.method,
         stride=map_kind.stride,
+        flips=map_kind.flips,
     )
     score = "prob_uncalibrated" if "prob_uncalibrated" in predictions.columns else "prob_malignant"
     panels = []

@@ -199,15 +199,28 @@ def render_panel(
     bar = _colour_bar(h, cmap, vmin, vmax, scale_label, font_size)
     font = _font(font_size)
     line_h = round(font_size * 1.35)
-    head = gap + line_h * len(caption)
-    canvas = Image.new("RGB", (gap + w + gap + w + bar.width, head + h + gap), "white")
+    width = gap + w + gap + w + bar.width
+    lines = [part for line in caption for part in _wrap(line, font, width - 2 * gap)]
+    head = gap + line_h * len(lines)
+    canvas = Image.new("RGB", (width, head + h + gap), "white")
     draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(caption):
+    for i, line in enumerate(lines):
         draw.text((gap, gap + i * line_h), line, fill="black", font=font)
     canvas.paste(plain, (gap, head))
     canvas.paste(overlay, (gap + w + gap, head))
     canvas.paste(bar, (gap + 2 * w + gap, head))
     return canvas
+
+
+def _wrap(text: str, font: Any, max_px: int) -> list[str]:
+    """Split a caption line at spaces so that no piece is wider than `max_px` (narrow images: no clipped text)."""
+    out: list[str] = []
+    for word in text.split(" "):
+        if out and font.getlength(out[-1] + " " + word) <= max_px:
+            out[-1] += " " + word
+        else:
+            out.append(word)
+    return out or [""]
 
 
 def write_panel(path: str | Path, pixels: np.ndarray, heat: np.ndarray, **kwargs: Any) -> None:
@@ -249,12 +262,15 @@ def write_raw_map(path: str | Path, heat: np.ndarray) -> None:
         np.save(fh, np.asarray(heat, dtype=np.float32), allow_pickle=False)
 
 
-def describe_map(kind: str, *, layer: str | None = None, method: str | None = None, stride: int | None = None) -> str:
+def describe_map(
+    kind: str, *, layer: str | None = None, method: str | None = None, stride: int | None = None, flips: bool = False
+) -> str:
     """One caption line saying what a heatmap kind ("gradcam", "patch_malignant", "patch_<class>") shows."""
     if kind == "gradcam":
         name = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM"}.get(method or "", "Grad-CAM")
         where = f" at {layer}" if layer else ""
-        return f"{name}{where} of p(malignant), scaled to this image's maximum"
+        mean = ", mean over the 4 flips" if flips else ""
+        return f"{name}{where} of p(malignant){mean}, scaled to this image's maximum"
     step = f", {stride}-px stride" if stride else ""
     if kind == "patch_malignant":
         return f"patch classifier: p(malignant patch) summed over the malignant classes{step}"

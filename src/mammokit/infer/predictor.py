@@ -57,7 +57,7 @@ class HeatmapOptions:
     """
 
     gradcam_layer: str = "auto"
-    gradcam_method: str = "gradcam"
+    gradcam_method: str = "hirescam"
     patch_stride: int | None = 16
 
 
@@ -156,14 +156,17 @@ class _TorchBackend:
         """float32 (N, 1, H, W) in uint16 units -> (N,) p(malignant)."""
         return self.scorer.prob_malignant(x)
 
-    def gradcam(self, x: np.ndarray, layer: str = "auto", method: str = "gradcam") -> np.ndarray:
-        """(B, 1, H, W) normalised model input -> (B, H, W) class activation maps in [0, 1] (GradCamRunner)."""
+    def gradcam(self, x: np.ndarray, layer: str = "auto", method: str = "hirescam", flips: bool = False) -> np.ndarray:
+        """(B, 1, H, W) normalised model input -> (B, H, W) class activation maps in [0, 1] (GradCamRunner).
+
+        flips: average over the four flips of the input, as flip TTA averages p(malignant).
+        """
         from mammokit.infer.heatmap import GradCamRunner
 
         t = self.scorer.tensor(x)
         if (layer, method) not in self._gradcam:
             self._gradcam[layer, method] = GradCamRunner(self.scorer.net, self.positive, t, layer=layer, method=method)
-        return self._gradcam[layer, method](t)
+        return self._gradcam[layer, method](t, flips=flips)
 
     def gradcam_layer_name(self, layer: str = "auto") -> str:
         from mammokit.infer.heatmap import resolve_cam_layer
@@ -412,7 +415,8 @@ class Predictor:
         if _needs(heatmap, "gradcam"):
             opts = self.heatmap_options
             x = np.stack([p.x for p in batch])  # normalised network input
-            cams = self.heatmap_backend.gradcam(x, opts.gradcam_layer, opts.gradcam_method)  # (B, H, W)
+            # with flip TTA the map is averaged over the same four flips as p(malignant)
+            cams = self.heatmap_backend.gradcam(x, opts.gradcam_layer, opts.gradcam_method, flips=self.tta)  # (B, H, W)
             for m, p, cam in zip(maps, batch, cams, strict=True):
                 m["gradcam"] = self._to_original(cam, p)
         if _needs(heatmap, "patch"):
