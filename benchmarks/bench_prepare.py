@@ -6,7 +6,8 @@ Writes a few synthetic 16-bit mammograms of about 3000 x 5000 pixels (CBIS-DDSM 
 * **naive**: pydicom `dcmread().pixel_array` -> Pillow `Image.resize((896, 1152))` (its default filter)
   -> 16-bit PNG (Pillow defaults), one process. No Modality/VOI LUT, no segmentation: the minimum a
   script needs to turn a DICOM into a training PNG.
-* **mammokit, per image**: `read_mammogram` (Modality + VOI LUT, photometric) -> `prepare_pixels`
+* **mammokit, per image**: `read_mammogram` (Modality + VOI LUT, photometric; integers kept when no LUT
+  applies, as `prepare` reads) -> `prepare_pixels`
   (segment, crop, orient, area resize, percentile intensity) -> `write_png16`, one process.
 * **mammokit prepare**: `prepare_dataset` end to end (adapter, records, tables) with 1, 2, ... workers
   (each file listed several times under different image ids so every worker has work).
@@ -121,7 +122,7 @@ def naive(path: Path, out: Path, size: tuple[int, int]) -> None:
 
 
 def mammokit_one(path: Path, out: Path, spec: PreprocessSpec) -> None:
-    pixels, meta = read_mammogram(path)
+    pixels, meta = read_mammogram(path, keep_integers=True)  # as `prepare` reads
     image, _ = prepare_pixels(pixels, meta, spec)
     write_png16(out, image)
 

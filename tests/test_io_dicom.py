@@ -489,3 +489,33 @@ def test_rle_falls_back_to_pydicom_without_pylibjpeg_rle(tmp_path: Path, monkeyp
     slow, _ = read_mammogram(path)
     np.testing.assert_array_equal(fast, slow)
     np.testing.assert_array_equal(slow, px.astype(np.float32))
+
+
+def test_keep_integers_returns_the_stored_array_only_when_no_lut_applies(tmp_path: Path) -> None:
+    px = phantom(bits=12, seed=5)
+    plain = write_dicom(tmp_path / "plain.dcm", make_dataset(px, bits_stored=12), "rle")
+    ints, meta = read_mammogram(plain, keep_integers=True)
+    floats, meta_f = read_mammogram(plain)
+    assert ints.dtype == np.uint16 and floats.dtype == np.float32
+    np.testing.assert_array_equal(ints, floats)
+    assert meta == meta_f
+    # a window (VOI) or MONOCHROME1 changes the values: float32 as always
+    windowed = write_dicom(tmp_path / "w.dcm", make_dataset(px, bits_stored=12, windows=[(2048, 4096)]))
+    inverted = write_dicom(tmp_path / "m1.dcm", make_dataset(px, bits_stored=12, photometric="MONOCHROME1"))
+    for path in (windowed, inverted):
+        pixels, _ = read_mammogram(path, keep_integers=True)
+        assert pixels.dtype == np.float32
+        np.testing.assert_array_equal(pixels, read_mammogram(path)[0])
+
+
+def test_prepare_pixels_gives_the_same_image_from_integers_and_floats(tmp_path: Path) -> None:
+    from mammokit.data.geometry import prepare_pixels
+    from mammokit.preprocess import PreprocessSpec
+
+    px = phantom(shape=(600, 420), bits=16, side="R", seed=6)
+    path = write_dicom(tmp_path / "a.dcm", make_dataset(px, bits_stored=16), "rle")
+    for spec in (PreprocessSpec(height=256, width=192), PreprocessSpec(height=256, width=192, aspect="pad")):
+        a, ga = prepare_pixels(*read_mammogram(path, keep_integers=True), spec)
+        b, gb = prepare_pixels(*read_mammogram(path), spec)
+        np.testing.assert_array_equal(a, b)
+        assert ga == gb

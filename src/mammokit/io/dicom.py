@@ -179,6 +179,7 @@ def read_mammogram(
     window_index: int = 0,
     allow_for_processing: bool = False,
     max_pixels: int | None = None,
+    keep_integers: bool = False,
 ) -> tuple[np.ndarray, MammoMeta]:
     """Read one mammogram file.
 
@@ -192,10 +193,13 @@ def read_mammogram(
         allow_for_processing: accept "FOR PROCESSING" (raw detector) DICOMs instead of refusing them.
         max_pixels: refuse images whose declared rows x columns exceed this, before decoding; None = the
             `MAMMOKIT_MAX_PIXELS` environment variable or 100 Mpixels.
+        keep_integers: return a DICOM's decoded 8/16-bit integer array itself when nothing changes its values
+            (no Modality/VOI LUT applied, MONOCHROME2, no padding pixels), instead of a float32 copy of it:
+            what `prepare` does, as `prepare_pixels` reads integers exactly without the 4-byte-per-pixel copy.
 
     Returns:
         `(pixels, meta)`: float32 array (H, W), MONOCHROME2 (brighter = denser), after the Modality and
-        VOI LUTs, not normalised; and its `MammoMeta`.
+        VOI LUTs, not normalised (uint8/uint16 with `keep_integers` when no LUT applies); and its `MammoMeta`.
 
     Raises:
         MammogramReadError: the file is missing, unreadable, too large, damaged or not an acceptable
@@ -215,7 +219,12 @@ def read_mammogram(
     if kind == "dicom":
         with _warnings_to_log(path):
             return _read_dicom(
-                path, voi=voi, window_index=window_index, allow_for_processing=allow_for_processing, max_pixels=limit
+                path,
+                voi=voi,
+                window_index=window_index,
+                allow_for_processing=allow_for_processing,
+                max_pixels=limit,
+                keep_integers=keep_integers,
             )
     if kind in ("png", "pgm", "jpeg"):
         from mammokit.io.raster import read_raster
@@ -603,7 +612,13 @@ def _spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None]:
 
 
 def _read_dicom(
-    path: Path, *, voi: str, window_index: int, allow_for_processing: bool, max_pixels: int
+    path: Path,
+    *,
+    voi: str,
+    window_index: int,
+    allow_for_processing: bool,
+    max_pixels: int,
+    keep_integers: bool = False,
 ) -> tuple[np.ndarray, MammoMeta]:
     from pydicom.pixels.processing import apply_modality_lut
 
@@ -621,7 +636,17 @@ def _read_dicom(
         arr, voi_desc, value_range = _apply_voi(arr, ds, path, voi, window_index, value_range)
         # integers (no LUT, or an integer LUT) are finite by construction: only float results need the check
         from_integers = arr.dtype.kind in "iub"
-        pixels = np.asarray(arr, dtype=np.float32)
+        unchanged = (
+            keep_integers
+            and arr is stored
+            and stored.dtype in (np.uint8, np.uint16)
+            and str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME2"
+            and (padding is None or not padding.any())
+        )
+        pixels = arr if unchanged else np.asarray(arr, dtype=np.float32)
+    if unchanged:  # the caller reads integers (prepare_pixels): no float32 copy, nothing to invert or pad
+        with _stage(path, "reading the image metadata"):
+            return pixels, _dicom_meta(ds, path, pixels, padding, value_range, voi_desc)
     if pixels is stored or np.shares_memory(pixels, stored):
         pixels = pixels.copy()  # never hand out (or modify) pydicom's decoded buffer
     lo, hi = value_range
