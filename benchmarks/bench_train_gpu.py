@@ -239,7 +239,7 @@ def write_prepared_pngs(folder: Path, n: int, size: tuple[int, int]) -> list[str
 
 
 def loader_throughput(root: Path, files: list[str], batch: int, workers: int, epochs: int = 2) -> float:
-    """Images/s of the training DataLoader (PNG decode + augmentation + normalise + collate) with `workers`."""
+    """Images/s of the training DataLoader (PNG read + decode + augmentation + normalise + collate), `workers`."""
     import pandas as pd
     from torch.utils.data import DataLoader
 
@@ -249,7 +249,9 @@ def loader_throughput(root: Path, files: list[str], batch: int, workers: int, ep
 
     table = pd.DataFrame({"image_file": files, "label": [i % 2 for i in range(len(files))],
                           "image_id": [f"i{i}" for i in range(len(files))]})  # fmt: skip
-    dataset = WholeImageDataset(root, table, mean=0.5, std=0.25, transform=build_train_transform())
+    # no in-memory cache: a full-resolution training set (~5 GB for CBIS-DDSM) does not fit the default budget,
+    # so every epoch reads and decodes the PNGs, which is what this measures
+    dataset = WholeImageDataset(root, table, mean=0.5, std=0.25, transform=build_train_transform(), cache_mb=0)
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate_samples,
                         persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())  # fmt: skip
     for _ in loader:  # warm-up epoch: worker start-up, page cache
