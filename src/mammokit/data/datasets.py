@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
-DEFAULT_CACHE_MB = 2048  # decoded-image cache per dataset (MiB); the training sets of the demo need ~35 MiB
+DEFAULT_CACHE_MB = 2048  # decoded-image cache per dataset (MiB); each set of the demo needs 5-25 MiB
 
 
 def available_memory_bytes() -> int | None:
