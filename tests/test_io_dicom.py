@@ -438,3 +438,84 @@ def test_real_cbis_dicoms_laterality_and_view() -> None:
             assert meta.extra["value_range"] == (0.0, 65535.0) and 0 <= pixels.min() < pixels.max() <= 65535
             seen += 1
     assert seen == 8
+
+
+# --- the direct pylibjpeg-rle path (io.dicom._decode_rle_direct) ------------------------------------------------
+
+
+@pytest.mark.parametrize(("bits_stored", "dtype"), [(12, np.uint16), (16, np.uint16), (7, np.uint8), (8, np.uint8)])
+def test_rle_direct_decode_equals_pydicom(tmp_path: Path, bits_stored: int, dtype: type) -> None:
+    """Same array as pydicom's own RLE path, including clearing junk bits above BitsStored."""
+    import pydicom
+
+    from mammokit.io.dicom import _decode_rle_direct
+
+    px = phantom(bits=bits_stored if dtype is np.uint16 else 12, seed=bits_stored)
+    px = px.astype(dtype) if dtype is np.uint16 else (px % 2**bits_stored).astype(np.uint8)
+    ds = make_dataset(px, bits_stored=bits_stored)
+    raw = np.frombuffer(ds.PixelData, dtype=dtype).copy()
+    if bits_stored < raw.itemsize * 8:
+        raw[::5] |= dtype(1 << (raw.itemsize * 8 - 1))  # junk in the unused top bit of every 5th sample
+    ds.PixelData = raw.tobytes()
+    path = write_dicom(tmp_path / "rle.dcm", ds, "rle")
+    direct = _decode_rle_direct(pydicom.dcmread(path))
+    assert direct is not None and direct.dtype == dtype and direct.flags.writeable
+    np.testing.assert_array_equal(direct, pydicom.dcmread(path).pixel_array)
+    np.testing.assert_array_equal(direct, px)  # the junk bits are gone
+    pixels, _ = read_mammogram(path)
+    np.testing.assert_array_equal(pixels, px.astype(np.float32))
+
+
+def test_rle_direct_decode_declines_what_it_does_not_handle(tmp_path: Path) -> None:
+    import pydicom
+
+    from mammokit.io.dicom import _decode_rle_direct
+
+    px = phantom(bits=12, seed=3)
+    plain = write_dicom(tmp_path / "plain.dcm", make_dataset(px, bits_stored=12, signed=True))
+    signed = write_dicom(tmp_path / "signed.dcm", make_dataset(px, bits_stored=12, signed=True), "rle")
+    assert _decode_rle_direct(pydicom.dcmread(plain)) is None  # not RLE
+    assert _decode_rle_direct(pydicom.dcmread(signed)) is None  # signed: pydicom's path (sign extension)
+    np.testing.assert_array_equal(read_mammogram(signed)[0], read_mammogram(plain)[0])
+
+
+def test_rle_falls_back_to_pydicom_without_pylibjpeg_rle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mammokit.io.dicom as dicom_module
+
+    px = phantom(bits=12, seed=4)
+    path = write_dicom(tmp_path / "rle.dcm", make_dataset(px, bits_stored=12), "rle")
+    fast, _ = read_mammogram(path)
+    monkeypatch.setattr(dicom_module, "_rle_decoder", lambda: None)  # as if pylibjpeg-rle were not installed
+    slow, _ = read_mammogram(path)
+    np.testing.assert_array_equal(fast, slow)
+    np.testing.assert_array_equal(slow, px.astype(np.float32))
+
+
+def test_keep_integers_returns_the_stored_array_only_when_no_lut_applies(tmp_path: Path) -> None:
+    px = phantom(bits=12, seed=5)
+    plain = write_dicom(tmp_path / "plain.dcm", make_dataset(px, bits_stored=12), "rle")
+    ints, meta = read_mammogram(plain, keep_integers=True)
+    floats, meta_f = read_mammogram(plain)
+    assert ints.dtype == np.uint16 and floats.dtype == np.float32
+    np.testing.assert_array_equal(ints, floats)
+    assert meta == meta_f
+    # a window (VOI) or MONOCHROME1 changes the values: float32 as always
+    windowed = write_dicom(tmp_path / "w.dcm", make_dataset(px, bits_stored=12, windows=[(2048, 4096)]))
+    inverted = write_dicom(tmp_path / "m1.dcm", make_dataset(px, bits_stored=12, photometric="MONOCHROME1"))
+    for path in (windowed, inverted):
+        pixels, _ = read_mammogram(path, keep_integers=True)
+        assert pixels.dtype == np.float32
+        np.testing.assert_array_equal(pixels, read_mammogram(path)[0])
+
+
+def test_prepare_pixels_gives_the_same_image_from_integers_and_floats(tmp_path: Path) -> None:
+    from mammokit.data.geometry import prepare_pixels
+    from mammokit.preprocess import PreprocessSpec
+
+    px = phantom(shape=(600, 420), bits=16, side="R", seed=6)
+    path = write_dicom(tmp_path / "a.dcm", make_dataset(px, bits_stored=16), "rle")
+    for spec in (PreprocessSpec(height=256, width=192), PreprocessSpec(height=256, width=192, aspect="pad")):
+        a, ga = prepare_pixels(*read_mammogram(path, keep_integers=True), spec)
+        b, gb = prepare_pixels(*read_mammogram(path), spec)
+        np.testing.assert_array_equal(a, b)
+        assert ga == gb

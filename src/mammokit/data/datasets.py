@@ -6,6 +6,11 @@ image goes through the two steps of `preprocess.to_model_input` with augmentatio
 `preprocess.normalise` with the mean/std the model will store. Without a transform that is exactly
 `to_model_input`, so training and prediction normalise identically (tests/test_parity.py).
 
+In-memory cache: a dataset whose decoded images fit `cache_mb` (and half of the memory available) decodes
+every PNG once, when it is built, and keeps the uint16 arrays (2 bytes a pixel, not the 4 of float32):
+every later epoch skips the file reads and PNG decoding. DataLoader workers are forked after that, so they
+share the arrays (copy-on-write) instead of holding copies. `cache_mb=0` reads from disk every time.
+
 `PreparedImages` yields the prepared uint16 images themselves: the input of the inference core
 (`infer.core`), which evaluation scores.
 
@@ -18,6 +23,7 @@ batches and augmentations an uninterrupted run would, whatever the number of loa
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -31,7 +37,30 @@ from torch.utils.data import Dataset, Sampler
 from mammokit.io.images import read_png16
 from mammokit.preprocess import normalise, unit_scale
 
+log = logging.getLogger(__name__)
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+DEFAULT_CACHE_MB = 2048  # decoded-image cache per dataset (MiB); each set of the demo needs 5-25 MiB
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cache_budget_bytes(cache_mb: float) -> int:
+    """Bytes a dataset may keep decoded: `cache_mb` MiB, at most half of the memory available now."""
+    budget = int(max(0.0, float(cache_mb)) * 2**20)
+    available = available_memory_bytes()
+    return min(budget, available // 2) if available is not None else budget
 
 
 class _PngDataset(Dataset):
@@ -45,6 +74,7 @@ class _PngDataset(Dataset):
         mean: float,
         std: float,
         transform: Transform | None = None,
+        cache_mb: float = DEFAULT_CACHE_MB,
     ) -> None:
         self.root = Path(root)
         self.table = table.reset_index(drop=True)
@@ -53,15 +83,35 @@ class _PngDataset(Dataset):
         self.ids = self.table[id_column].astype(str).tolist()
         self.mean, self.std = float(mean), float(std)
         self.transform = transform
+        self.cached: list[np.ndarray] | None = self._fill_cache(cache_mb)
+
+    def _fill_cache(self, cache_mb: float) -> list[np.ndarray] | None:
+        """Decode every image now when all of them fit the budget (estimated from the first); else None."""
+        if not self.files or cache_mb <= 0:
+            return None
+        first = read_png16(self.root / self.files[0])
+        need = first.nbytes * len(self.files)  # prepared images and patches of one set share one size
+        budget = cache_budget_bytes(cache_mb)
+        if need > budget:
+            log.info("not caching %d images in memory (%.0f MiB > budget %.0f MiB): read from disk each epoch",
+                     len(self.files), need / 2**20, budget / 2**20)  # fmt: skip
+            return None
+        return [first] + [read_png16(self.root / f) for f in self.files[1:]]
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def image_u16(self, i: int) -> np.ndarray:
+        """The prepared uint16 (H, W) image of row `i` (from the cache when it is filled; do not modify it)."""
+        if self.cached is not None:
+            return self.cached[i]
+        return read_png16(self.root / self.files[i])
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         # `key` is an index, or (index, sample_seed) from EpochSampler (seeded augmentation).
         i, seed = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (int(key), None)
-        u16 = read_png16(self.root / self.files[i])
-        x = torch.from_numpy(unit_scale(u16)).unsqueeze(0)  # (1, H, W) in [0, 1]
+        u16 = self.image_u16(i)
+        x = torch.from_numpy(unit_scale(u16)).unsqueeze(0)  # (1, H, W) in [0, 1]; unit_scale makes a new array
         if self.transform is not None:
             if seed is None:
                 x = self.transform(x)
@@ -83,9 +133,10 @@ class WholeImageDataset(_PngDataset):
         mean: float,
         std: float,
         transform: Transform | None = None,
+        cache_mb: float = DEFAULT_CACHE_MB,
     ) -> None:
         known = images[images["label"] >= 0]
-        super().__init__(prepared, known, "image_file", "label", "image_id", mean, std, transform)
+        super().__init__(prepared, known, "image_file", "label", "image_id", mean, std, transform, cache_mb)
 
 
 class PatchDataset(_PngDataset):
@@ -99,8 +150,9 @@ class PatchDataset(_PngDataset):
         mean: float,
         std: float,
         transform: Transform | None = None,
+        cache_mb: float = DEFAULT_CACHE_MB,
     ) -> None:
-        super().__init__(patch_root, patches, "patch_file", "class_index", "patch_id", mean, std, transform)
+        super().__init__(patch_root, patches, "patch_file", "class_index", "patch_id", mean, std, transform, cache_mb)
 
 
 class PreparedImages(Dataset):
@@ -133,7 +185,10 @@ def seeded_rng(seed: int, transform: object | None = None) -> Iterator[None]:
     py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    # the CPU generator only (what get/set_rng_state save and restore): `torch.manual_seed` also queues a
+    # seeding of every lazily initialised accelerator generator, with a formatted stack trace per call -
+    # a third of a patch sample's loading time, for generators that augmentation never draws from
+    torch.random.default_generator.manual_seed(seed)
     set_seed = getattr(transform, "set_random_seed", None)
     if callable(set_seed):
         set_seed(seed)

@@ -215,6 +215,7 @@ def _prepare_one(task: dict[str, Any]) -> dict[str, Any]:
             voi=spec.voi,
             window_index=spec.window_index,
             allow_for_processing=spec.allow_for_processing,
+            keep_integers=True,  # prepare_pixels reads 8/16-bit integers exactly: no float32 copy of the scan
         )
         stage = "spacing"
         try:

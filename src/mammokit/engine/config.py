@@ -76,7 +76,10 @@ class LoaderConfig:
 
     batch_size: int = 32  # images per step per device (the original: 32 for patches, 2 for whole images)
     eval_batch_size: int = 0  # 0 = same as batch_size
-    workers: int = 0  # DataLoader worker processes
+    workers: int = 0  # DataLoader worker processes (0 = load in the training process: best on <= 2 cores)
+    # decoded images kept in memory as uint16 per dataset (MiB; at most half the available memory; 0 = off):
+    # a set that fits is decoded once instead of every epoch (mammokit.data.datasets)
+    cache_mb: int = 2048
     # "loss": the paper's per-batch balancing (batch loss = sum over the classes present of that class's
     # mean loss; docs/training.md); "sampler": draw training samples with probability 1/class frequency (with
     # replacement, one epoch = as many draws as training samples); "none": plain cross-entropy.
@@ -89,6 +92,8 @@ class LoaderConfig:
             raise ConfigError(f"loader.batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise ConfigError(f"loader.workers must be >= 0, got {self.workers}")
+        if self.cache_mb < 0:
+            raise ConfigError(f"loader.cache_mb must be >= 0 (0 = no in-memory cache), got {self.cache_mb}")
 
 
 @dataclass
@@ -99,7 +104,11 @@ class TrainerConfig:
     devices: str = "1"  # number of devices per node, "auto", or a list like "0,1"
     num_nodes: int = 1  # multi-node DDP through torchrun
     strategy: str = "auto"  # auto, ddp, ddp_find_unused_parameters_true, ...
-    precision: Precision = "32-true"  # "bf16-mixed" / "16-mixed" on GPUs
+    # "bf16-mixed" / "16-mixed" on GPUs. On CPUs with AMX / AVX512-BF16, "bf16-mixed" is not faster for the
+    # shipped models (depthwise convolutions and small inputs; docs/training.md, "Speed"), so 32-true stays.
+    precision: Precision = "32-true"
+    # channels_last (NHWC) model and inputs: oneDNN's and cuDNN's fast convolution layout (docs/training.md)
+    channels_last: bool = True
     accumulate_grad_batches: int = 1  # optimizer step every N batches (effective batch = N * batch_size)
     checkpoint_every_n_steps: int = 50  # resume checkpoint every N optimizer steps, and at every epoch end
     log_every_n_steps: int = 10

@@ -86,6 +86,8 @@ class ClassifierModule(L.LightningModule):
         loader: batch size, workers, balancing.
         seed: base seed; (seed, stage, epoch, batch, rank) seeds every training step's RNG.
         stage: 1-based stage index (for seeding and logging).
+        channels_last: hand the images to the model in channels_last (NHWC) memory format; the model
+            itself is converted by the runner.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class ClassifierModule(L.LightningModule):
         loader: LoaderConfig,
         seed: int,
         stage: int,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -113,6 +116,7 @@ class ClassifierModule(L.LightningModule):
         self.positive_indices = list(positive_indices)
         self.optim_cfg, self.lr, self.loader_cfg = optim, lr, loader
         self.seed, self.stage = seed, stage
+        self.channels_last = bool(channels_last)
         self.regularised = regularised_parameters(model)
         self.val_metrics: dict[str, Any] = {}
         self._val_outputs: list[dict[str, torch.Tensor]] = []
@@ -155,6 +159,12 @@ class ClassifierModule(L.LightningModule):
         labels = np.zeros(len(self.val_set), dtype=np.int64)  # order only; labels unused when not balanced
         sampler = EpochSampler(labels, shuffle=False, rank=self.global_rank, world_size=self.trainer.world_size)
         return self._loader(self.val_set, sampler, self.loader_cfg.eval_batch_size or self.loader_cfg.batch_size, False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.channels_last and batch["image"].dim() == 4:
+            # (B, 1, H, W) with C = 1 is already NHWC in memory; the flag makes oneDNN/cuDNN pick NHWC kernels
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
 
     # ---- training ---------------------------------------------------------------------------------
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

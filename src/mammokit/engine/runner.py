@@ -108,7 +108,7 @@ def build_trainer(
             loggers.append(TensorBoardLogger(run_dir / LOGS / stage_name, name=version, version="tb"))
         except ImportError:
             log.info("tensorboard is not installed; writing CSV logs only")
-    return L.Trainer(
+    trainer = L.Trainer(
         accelerator=lightning_accelerator(cfg.accelerator),
         devices=cfg.lightning_devices(),
         num_nodes=cfg.num_nodes,
@@ -127,6 +127,11 @@ def build_trainer(
         use_distributed_sampler=False,  # EpochSampler shards itself, deterministically
         deterministic="warn" if cfg.deterministic else False,
     )
+    if cfg.deterministic:
+        # Deterministic mode also fills every new tensor with NaN (a debugging aid against reads of uninitialised
+        # memory, not part of determinism): ~10 % of a CPU training step. Results are the same without it.
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    return trainer
 
 
 def _read_progress(ckpt_dir: Path) -> dict[str, Any]:
@@ -184,7 +189,9 @@ def run_stages(
     """Train `model` through `plans`; returns the best-weights tracker and whether this is global rank 0.
 
     On return (rank 0) `model` holds the best weights seen on validation (or the final weights when no
-    validation ran, or when `optim.keep` is "last").
+    validation ran, or when `optim.keep` is "last"). With `trainer.channels_last` its convolution weights stay
+    in channels_last memory format (same values): the evaluation that follows runs ~1.4x faster that way on a
+    CPU, and `run.save_run` writes contiguous copies.
     """
     ckpt_dir = run_dir / CHECKPOINTS
     progress = _read_progress(ckpt_dir) if resume else {"completed_stages": 0}
@@ -202,6 +209,8 @@ def run_stages(
         log.info("resuming after %d completed stage(s)", completed)
 
     is_zero = global_rank() == 0
+    if trainer_cfg.channels_last:
+        model.to(memory_format=torch.channels_last)  # in place: conv weights NHWC for the fast kernels
     for k, plan in enumerate(plans, start=1):
         if k <= completed:
             continue
@@ -223,6 +232,7 @@ def run_stages(
                 loader=loader,
                 seed=seed,
                 stage=k,
+                channels_last=trainer_cfg.channels_last,
             )
             callbacks: list[Callback] = [best, ResumeCheckpoint(stage_dir, trainer_cfg.checkpoint_every_n_steps)]
             if optim.early_stop_patience > 0:

@@ -176,8 +176,9 @@ def train_patch(cfg: PatchTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
         drop_rate=m.drop_rate,
     )
     mean, std = input_stats(m.backbone, m.pretrained)
-    train_set = PatchDataset(data, train_df, mean=mean, std=std, transform=_train_transform(cfg.loader))
-    val_set = PatchDataset(data, val_df, mean=mean, std=std)
+    cache = cfg.loader.cache_mb
+    train_set = PatchDataset(data, train_df, mean=mean, std=std, transform=_train_transform(cfg.loader), cache_mb=cache)
+    val_set = PatchDataset(data, val_df, mean=mean, std=std, cache_mb=cache)
     if m.pretrained is None:
         # Random init: nothing to protect, so one all-layers stage (as the original did).
         plans = [StagePlan(cfg.stages[0], 3, "stage1_all")]
@@ -204,7 +205,7 @@ def train_patch(cfg: PatchTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
     if not is_zero or global_rank() != 0:
         return out
     val_metrics, val_prob, val_label = _evaluate(model, val_set, positive, cfg.loader, cfg.trainer)
-    test_set = PatchDataset(data, test_df, mean=mean, std=std) if len(test_df) else None
+    test_set = PatchDataset(data, test_df, mean=mean, std=std, cache_mb=0) if len(test_df) else None  # read once
     test_metrics, _, _ = _evaluate(model, test_set, positive, cfg.loader, cfg.trainer)
     threshold = _threshold(val_prob, val_label, positive)
     card = ModelCard(
@@ -246,9 +247,13 @@ def _whole_datasets(
 ) -> tuple[WholeImageDataset, WholeImageDataset, WholeImageDataset | None]:
     train_df, val_df = _split(images, "train", "prepared dataset"), _split(images, "val", "prepared dataset")
     test_df = _split(images, "test", "prepared dataset", required=False)
-    train_set = WholeImageDataset(data, train_df, mean=mean, std=std, transform=_train_transform(loader))
-    val_set = WholeImageDataset(data, val_df, mean=mean, std=std)
-    test_set = WholeImageDataset(data, test_df, mean=mean, std=std) if len(test_df) else None
+    cache = loader.cache_mb
+    train_set = WholeImageDataset(
+        data, train_df, mean=mean, std=std, transform=_train_transform(loader), cache_mb=cache
+    )
+    val_set = WholeImageDataset(data, val_df, mean=mean, std=std, cache_mb=cache)
+    # the test split is read once, after training: caching it would only add a pass
+    test_set = WholeImageDataset(data, test_df, mean=mean, std=std, cache_mb=0) if len(test_df) else None
     for name, ds in (("train", train_set), ("val", val_set)):
         if len(np.unique(ds.labels)) < 2:
             log.warning("the %s split has one class only: AUC is undefined there", name)

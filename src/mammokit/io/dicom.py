@@ -179,6 +179,7 @@ def read_mammogram(
     window_index: int = 0,
     allow_for_processing: bool = False,
     max_pixels: int | None = None,
+    keep_integers: bool = False,
 ) -> tuple[np.ndarray, MammoMeta]:
     """Read one mammogram file.
 
@@ -192,10 +193,13 @@ def read_mammogram(
         allow_for_processing: accept "FOR PROCESSING" (raw detector) DICOMs instead of refusing them.
         max_pixels: refuse images whose declared rows x columns exceed this, before decoding; None = the
             `MAMMOKIT_MAX_PIXELS` environment variable or 100 Mpixels.
+        keep_integers: return a DICOM's decoded 8/16-bit integer array itself when nothing changes its values
+            (no Modality/VOI LUT applied, MONOCHROME2, no padding pixels), instead of a float32 copy of it:
+            what `prepare` does, as `prepare_pixels` reads integers exactly without the 4-byte-per-pixel copy.
 
     Returns:
         `(pixels, meta)`: float32 array (H, W), MONOCHROME2 (brighter = denser), after the Modality and
-        VOI LUTs, not normalised; and its `MammoMeta`.
+        VOI LUTs, not normalised (uint8/uint16 with `keep_integers` when no LUT applies); and its `MammoMeta`.
 
     Raises:
         MammogramReadError: the file is missing, unreadable, too large, damaged or not an acceptable
@@ -215,7 +219,12 @@ def read_mammogram(
     if kind == "dicom":
         with _warnings_to_log(path):
             return _read_dicom(
-                path, voi=voi, window_index=window_index, allow_for_processing=allow_for_processing, max_pixels=limit
+                path,
+                voi=voi,
+                window_index=window_index,
+                allow_for_processing=allow_for_processing,
+                max_pixels=limit,
+                keep_integers=keep_integers,
             )
     if kind in ("png", "pgm", "jpeg"):
         from mammokit.io.raster import read_raster
@@ -365,6 +374,57 @@ def _stderr_to_log(path: Path) -> Iterator[None]:
                 log.debug("%s: the decoder wrote on stderr: %s", path, text)
 
 
+def _rle_decoder() -> Any:
+    """pylibjpeg-rle's frame decoder (`rle.utils.decode_pixel_data`), or None when it is not installed."""
+    try:
+        from rle.utils import decode_pixel_data
+    except ImportError:
+        return None
+    return decode_pixel_data
+
+
+def _decode_rle_direct(ds: Any) -> np.ndarray | None:
+    """Decode a single-frame, unsigned 8/16-bit grayscale RLE Lossless image with pylibjpeg-rle; else None.
+
+    pydicom 3 already picks pylibjpeg-rle (its "pylibjpeg" plugin) before its NumPy RLE decoder, but its
+    generic path copies the decoded frame into a second, preallocated array: ~40 % of the decode time on a
+    4600 x 2900 CBIS-DDSM frame (docs/preprocessing.md, "Speed"). Here the Rust decoder writes little-endian
+    samples into one bytearray that becomes the array without a copy. The result equals `ds.pixel_array`
+    (bits above BitsStored are cleared, as pydicom does; tests/test_io_dicom.py compares both). Anything
+    else (other syntaxes, several frames, signed or 1/32-bit samples, pylibjpeg-rle missing) returns None
+    and goes through `ds.pixel_array`.
+    """
+    from pydicom.uid import RLELossless
+
+    ts = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    bits_allocated = int(ds.get("BitsAllocated", 0) or 0)
+    if (
+        ts != RLELossless
+        or bits_allocated not in (8, 16)
+        or int(ds.get("PixelRepresentation", 0) or 0) != 0
+        or int(ds.get("SamplesPerPixel", 1) or 1) != 1
+        or int(ds.get("NumberOfFrames", 1) or 1) != 1
+    ):
+        return None
+    decode = _rle_decoder()
+    if decode is None:
+        return None
+    from pydicom.encaps import generate_frames
+
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    # version 2: a bytearray in the requested byte order (the Rust decoder checks the segment count and lengths)
+    buf = decode(frame, version=2, rows=rows, columns=cols, bits_allocated=bits_allocated, byteorder="<")
+    arr = np.frombuffer(buf, dtype=np.uint8 if bits_allocated == 8 else "<u2")
+    if arr.size != rows * cols:
+        raise ValueError(f"the RLE frame decodes to {arr.size} samples, expected {rows} x {cols}")
+    arr = arr.reshape(rows, cols)  # writable: a view of the decoder's bytearray
+    bits_stored = int(ds.get("BitsStored", bits_allocated) or bits_allocated)
+    if 0 < bits_stored < bits_allocated:
+        np.bitwise_and(arr, arr.dtype.type((1 << bits_stored) - 1), out=arr)  # what pydicom's unused-bit fix does
+    return arr
+
+
 def _decode(ds: Any, path: Path) -> np.ndarray:
     ts = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
     ts_name = getattr(ts, "name", str(ts))
@@ -375,7 +435,9 @@ def _decode(ds: Any, path: Path) -> np.ndarray:
         raise MammogramReadError(f"{path}: {problem}")
     try:
         with _stderr_to_log(path):
-            arr = ds.pixel_array
+            arr = _decode_rle_direct(ds)
+            if arr is None:
+                arr = ds.pixel_array
     except (KeyboardInterrupt, SystemExit):
         raise
     except MemoryError:
@@ -550,7 +612,13 @@ def _spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None]:
 
 
 def _read_dicom(
-    path: Path, *, voi: str, window_index: int, allow_for_processing: bool, max_pixels: int
+    path: Path,
+    *,
+    voi: str,
+    window_index: int,
+    allow_for_processing: bool,
+    max_pixels: int,
+    keep_integers: bool = False,
 ) -> tuple[np.ndarray, MammoMeta]:
     from pydicom.pixels.processing import apply_modality_lut
 
@@ -566,7 +634,19 @@ def _read_dicom(
         value_range = _modality_range(ds)
     with _stage(path, "applying the VOI LUT / window"):
         arr, voi_desc, value_range = _apply_voi(arr, ds, path, voi, window_index, value_range)
-        pixels = np.asarray(arr, dtype=np.float32)
+        # integers (no LUT, or an integer LUT) are finite by construction: only float results need the check
+        from_integers = arr.dtype.kind in "iub"
+        unchanged = (
+            keep_integers
+            and arr is stored
+            and stored.dtype in (np.uint8, np.uint16)
+            and str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME2"
+            and (padding is None or not padding.any())
+        )
+        pixels = arr if unchanged else np.asarray(arr, dtype=np.float32)
+    if unchanged:  # the caller reads integers (prepare_pixels): no float32 copy, nothing to invert or pad
+        with _stage(path, "reading the image metadata"):
+            return pixels, _dicom_meta(ds, path, pixels, padding, value_range, voi_desc)
     if pixels is stored or np.shares_memory(pixels, stored):
         pixels = pixels.copy()  # never hand out (or modify) pydicom's decoded buffer
     lo, hi = value_range
@@ -575,8 +655,8 @@ def _read_dicom(
             f"{path}: the Modality/VOI LUT gives a non-finite value range ({lo}, {hi}); RescaleSlope/Intercept "
             "or the window values are damaged"
         )
-    finite = np.isfinite(pixels)
-    if not finite.all():
+    finite = True if from_integers else np.isfinite(pixels)
+    if finite is not True and not finite.all():
         raise MammogramReadError(
             f"{path}: {int(pixels.size - finite.sum())} of {pixels.size} pixels are NaN or infinite after the "
             "Modality/VOI LUTs; RescaleSlope/Intercept, the VOI LUT or the window values are damaged"
