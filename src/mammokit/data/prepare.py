@@ -48,7 +48,7 @@ from mammokit.data.manifest import (
     validate_lesions,
     write_table,
 )
-from mammokit.preprocess import PreprocessSpec
+from mammokit.data.prepare_config import PrepareConfig
 from mammokit.utils.atomic import atomic_write_json, atomic_write_with
 from mammokit.version import __version__
 
@@ -388,16 +388,8 @@ def prepare_dataset(
     source: str,
     root: str | Path,
     out: str | Path,
-    spec: PreprocessSpec,
+    cfg: PrepareConfig | None = None,
     *,
-    workers: int = 1,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.15,
-    keep_official: bool = True,
-    split_file: str | Path | None = None,
-    source_options: dict[str, Any] | None = None,
-    assume_pixel_spacing: float | None = None,
     progress: bool = True,
 ) -> PrepareReport:
     """Prepare the raw dataset at `root` (read by adapter `source`) into the folder `out`.
@@ -406,14 +398,13 @@ def prepare_dataset(
         source: adapter name (`mammokit.data.sources.list_sources()`, or one registered with `register_source`).
         root: the raw dataset folder.
         out: the prepared folder (created; an existing one is resumed).
-        spec: the preprocessing; written into dataset.json and, later, into each model's card.
-        workers: worker processes (1 = in this process).
-        seed, val_fraction, test_fraction, keep_official: patient-level split (`mammokit.data.splits.assign_splits`).
-        split_file: a published split (CSV patient_id,split) applied exactly instead (`import_splits`). Either
-            way the split used is written to `splits.csv` in the prepared folder, so it can be published too.
-        source_options: keyword options of the adapter.
-        assume_pixel_spacing: source mm per pixel for files without a spacing tag (overrides the adapter's
-            documented value; never the file's own tag). See `mammokit.data.geometry.resolve_spacing`.
+        cfg: the preprocessing (`cfg.preprocess`, written into dataset.json and, later, into each model's
+            card), the patient-level split (`cfg.split`: `mammokit.data.splits.assign_splits`, or
+            `split_file`, a published split applied exactly; either way the split used is written to
+            `splits.csv` in the prepared folder, so it can be published too), the adapter's keyword options,
+            the worker processes (`worker_count(cfg.workers)`) and `assume_pixel_spacing` (source mm per
+            pixel for files without a spacing tag; overrides the adapter's documented value, never the file's
+            own tag; see `mammokit.data.geometry.resolve_spacing`). Default: `PrepareConfig()`.
         progress: show a progress bar (stderr).
 
     Returns:
@@ -427,9 +418,11 @@ def prepare_dataset(
     from mammokit.data.splits import assign_splits, export_splits, import_splits
 
     t0 = time.perf_counter()
+    cfg = PrepareConfig() if cfg is None else cfg
+    spec, split, assume_pixel_spacing = cfg.preprocess, cfg.split, cfg.assume_pixel_spacing
     root, out = Path(root), Path(out)
     spec.validate()
-    options = dict(source_options or {})
+    options = dict(cfg.source_options)
     src = get_source(source, **options)
     try:
         images, lesions = src.build_manifest(root)
@@ -451,11 +444,15 @@ def prepare_dataset(
                                f"reasons are in {out / ERRORS_FILE}")  # fmt: skip
         raise PrepareError(f"{source}: no images found under {root}; check --root")
     try:
-        if split_file is not None:
-            images = import_splits(images, split_file)
+        if split.split_file is not None:
+            images = import_splits(images, split.split_file)
         else:
             images = assign_splits(
-                images, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, keep_official=keep_official
+                images,
+                seed=split.seed,
+                val_fraction=split.val_fraction,
+                test_fraction=split.test_fraction,
+                keep_official=split.keep_official,
             )
     except ValueError as exc:  # SplitError: e.g. too few patients for the fractions, or a bad split file
         raise PrepareError(f"{source}: cannot split {len(images)} images into train/val/test: {exc}") from exc
@@ -472,13 +469,13 @@ def prepare_dataset(
         }
     )
     split_options: dict[str, Any] = {
-        "seed": seed,
-        "val_fraction": val_fraction,
-        "test_fraction": test_fraction,
-        "keep_official": keep_official,
+        "seed": split.seed,
+        "val_fraction": split.val_fraction,
+        "test_fraction": split.test_fraction,
+        "keep_official": split.keep_official,
     }
-    if split_file is not None:  # the file's content, not its path, decides the split
-        split_options = {"split_file_sha256": hashlib.sha256(Path(split_file).read_bytes()).hexdigest()}
+    if split.split_file is not None:  # the file's content, not its path, decides the split
+        split_options = {"split_file_sha256": hashlib.sha256(Path(split.split_file).read_bytes()).hexdigest()}
     full_hash = config_hash({"image_config_hash": image_hash, "split": split_options})
 
     out.mkdir(parents=True, exist_ok=True)
@@ -502,7 +499,7 @@ def prepare_dataset(
     records: dict[str, dict] = {}
     errors: list[dict[str, str]] = list(skipped)
     n_written = n_reused = 0
-    for result in _run_tasks(tasks, src, max(1, int(workers)), progress):
+    for result in _run_tasks(tasks, src, worker_count(cfg.workers), progress):
         if result["status"] == "failed":
             errors.append(result["error"])
             log.debug("failed: %s (%s)", result["error"]["image_id"], result["error"]["stage"])
