@@ -262,9 +262,9 @@ def test_split_file_reproduces_a_published_split(tmp_path):
     from mammokit.cli import main
 
     raw = tmp_path / "raw"
-    from mammokit.synth import generate
+    from mammokit.synth import SynthConfig, generate
 
-    generate("mini-mias", raw, women=12, seed=3, height=128, width=128)
+    generate(raw, SynthConfig(layout="mini-mias", women=12, seed=3, height=128, width=128))
     first, second = tmp_path / "a", tmp_path / "b"
     common = ["--root", str(raw), "--height", "64", "--width", "48", "--workers", "1", "--no-progress"]
     assert main(["prepare", "mini-mias", "--out", str(first), "--seed", "1", *common]) == 0
