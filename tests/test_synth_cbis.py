@@ -190,3 +190,20 @@ def test_bad_arguments_are_reported(tmp_path):
     (tmp_path / "full" / "f").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
         generate(tmp_path / "full", SynthConfig(layout="cbis-ddsm", women=1, seed=0, height=H, width=W))
+
+
+def test_synth_config_defaults_are_the_sampler_and_writer_defaults():
+    """`SynthConfig()` draws the same cohort as the sampler and the CBIS-DDSM writer do by default."""
+    import dataclasses
+    import inspect
+
+    from mammokit.synth.cbis import CbisOptions
+    from mammokit.synth.config import CBIS_OPTIONS, SAMPLING_OPTIONS
+    from mammokit.synth.sampling import sample_woman
+
+    cfg = SynthConfig()
+    sampler = inspect.signature(sample_woman).parameters
+    assert cfg.sampling_options() == {name: sampler[name].default for name in SAMPLING_OPTIONS}
+    assert tuple(f.name for f in dataclasses.fields(CbisOptions)) == CBIS_OPTIONS
+    assert cfg.layout_options() == dataclasses.asdict(CbisOptions())
+    assert SynthConfig(layout="inbreast").layout_options() == {}
