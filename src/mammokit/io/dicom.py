@@ -635,8 +635,9 @@ def read_mask_file(path: str | Path) -> np.ndarray:
     """Read a lesion mask file (DICOM of any modality, PNG, PGM) as a boolean (H, W) array.
 
     Mask DICOMs (e.g. CBIS-DDSM ROI masks) are binary images that are not necessarily Modality MG, so
-    they skip the mammogram checks and all LUTs: a pixel is lesion when its stored value is above the
-    nonzero (below full scale for MONOCHROME1).
+    they skip the mammogram checks and all LUTs: a pixel is lesion when its stored value is nonzero
+    (MONOCHROME2) or below the stored full scale (MONOCHROME1). PNG/PGM masks: nonzero; JPEG masks: above
+    127 (half the range, above the compression noise around 0).
 
     Raises:
         MammogramReadError: the file is missing, unreadable or not a 2-D single-channel image.
