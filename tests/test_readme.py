@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +37,11 @@ def test_readme_small_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo-small"
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     auc = next(iter(metrics["results"].values()))["image"]["auc"]
-    assert 0.0 <= auc["value"] <= 1.0 and auc["ci_low"] <= auc["value"] <= auc["ci_high"]
+    # the reported AUC is the one an independent implementation gives on the predictions evaluate wrote
+    scored = pd.read_csv(out / "eval" / "predictions.csv")
+    assert len(scored) == metrics["data"]["n_images"] and scored["label"].nunique() == 2
+    assert auc["value"] == pytest.approx(roc_auc_score(scored["label"], scored["prob_malignant"]), abs=1e-9)
+    assert auc["ci_low"] <= auc["value"] <= auc["ci_high"]
     html = (out / "eval" / "report.html").read_text()
     assert "AUC" in html and html.count("data:image/png;base64,") >= 4  # ROC, PR, reliability + overlays
     # every predicted image has a Grad-CAM panel, one patch-classifier panel per patch class and the summed
