@@ -48,7 +48,7 @@ from mammokit.data.manifest import (
     validate_lesions,
     write_table,
 )
-from mammokit.data.prepare_config import PrepareConfig
+from mammokit.data.prepare_config import PrepareConfig, SplitConfig
 from mammokit.utils.atomic import atomic_write_json, atomic_write_with
 from mammokit.version import __version__
 
@@ -384,6 +384,78 @@ def _write_errors(path: Path, errors: Iterable[dict[str, str]]) -> None:
     atomic_write_with(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
+def _source_tables(src: Any, source: str, root: Path, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    """The adapter's validated image and lesion tables, and an errors.csv row for every source item left out."""
+    try:
+        images, lesions = src.build_manifest(root)
+        images, refused = _refuse_unusable_ids(images)
+        images = validate_images(images)
+        lesions = validate_lesions(lesions) if len(lesions) else empty_lesions()
+    except (OSError, ValueError) as exc:  # adapter errors: missing files, bad tables (DatasetError, ManifestError)
+        raise PrepareError(f"{source}: cannot build the manifest from {root}: {exc}") from exc
+    # every source item that is not used is an errors.csv row (batch rule, docs/security.md)
+    skipped = [
+        {"image_id": e["image_id"], "lesion_id": "", "path": e["path"], "stage": "manifest", "reason": e["reason"]}
+        for e in [*getattr(src, "skipped", []), *refused]
+    ]
+    if images.empty:
+        if skipped:
+            out.mkdir(parents=True, exist_ok=True)
+            _write_errors(out / ERRORS_FILE, skipped)
+            raise PrepareError(f"{source}: no usable image under {root}; the {len(skipped)} refused item(s) and the "
+                               f"reasons are in {out / ERRORS_FILE}")  # fmt: skip
+        raise PrepareError(f"{source}: no images found under {root}; check --root")
+    return images, lesions, skipped
+
+
+def _assign_split(images: pd.DataFrame, split: SplitConfig, source: str) -> pd.DataFrame:
+    """`images` with its `split` column: a published split file applied exactly, or a seeded patient split."""
+    from mammokit.data.splits import assign_splits, import_splits
+
+    try:
+        if split.split_file is not None:
+            return import_splits(images, split.split_file)
+        return assign_splits(
+            images,
+            seed=split.seed,
+            val_fraction=split.val_fraction,
+            test_fraction=split.test_fraction,
+            keep_official=split.keep_official,
+        )
+    except ValueError as exc:  # SplitError: e.g. too few patients for the fractions, or a bad split file
+        raise PrepareError(f"{source}: cannot split {len(images)} images into train/val/test: {exc}") from exc
+
+
+def _split_options(split: SplitConfig) -> dict[str, Any]:
+    """What decides the split, as recorded in dataset.json and hashed into the folder's config hash."""
+    if split.split_file is not None:  # the file's content, not its path, decides the split
+        return {"split_file_sha256": hashlib.sha256(Path(split.split_file).read_bytes()).hexdigest()}
+    return {
+        "seed": split.seed,
+        "val_fraction": split.val_fraction,
+        "test_fraction": split.test_fraction,
+        "keep_official": split.keep_official,
+    }
+
+
+def _dataset_counts(
+    n_source: int, manifest: pd.DataFrame, lesion_table: pd.DataFrame, n_failed: int, n_lesion_failed: int
+) -> dict[str, Any]:
+    """The `counts` block of dataset.json."""
+    return {
+        "images_in_source": n_source,
+        "images": len(manifest),
+        "images_failed": n_failed,
+        "lesions": len(lesion_table),
+        "lesion_masks": int((lesion_table["mask_file"] != "").sum()) if len(lesion_table) else 0,
+        "lesions_failed": n_lesion_failed,
+        "patients": int(manifest["patient_id"].nunique()),
+        "malignant_images": int((manifest["label"] == 1).sum()),
+        "orientation_disagrees": int(manifest["orientation_disagrees"].sum()),
+        "by_split": {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()},
+    }
+
+
 def prepare_dataset(
     source: str,
     root: str | Path,
@@ -415,7 +487,7 @@ def prepare_dataset(
         KeyError: unknown adapter name.
     """
     from mammokit.data.sources import get_source
-    from mammokit.data.splits import assign_splits, export_splits, import_splits
+    from mammokit.data.splits import export_splits
 
     t0 = time.perf_counter()
     cfg = PrepareConfig() if cfg is None else cfg
@@ -424,38 +496,8 @@ def prepare_dataset(
     spec.validate()
     options = dict(cfg.source_options)
     src = get_source(source, **options)
-    try:
-        images, lesions = src.build_manifest(root)
-        images, refused = _refuse_unusable_ids(images)
-        images = validate_images(images)
-        lesions = validate_lesions(lesions) if len(lesions) else empty_lesions()
-    except (OSError, ValueError) as exc:  # adapter errors: missing files, bad tables (DatasetError, ManifestError)
-        raise PrepareError(f"{source}: cannot build the manifest from {root}: {exc}") from exc
-    # every source item that is not used is an errors.csv row (batch rule, docs/security.md)
-    skipped = [
-        {"image_id": e["image_id"], "lesion_id": "", "path": e["path"], "stage": "manifest", "reason": e["reason"]}
-        for e in [*getattr(src, "skipped", []), *refused]
-    ]
-    if images.empty:
-        if skipped:
-            out.mkdir(parents=True, exist_ok=True)
-            _write_errors(out / ERRORS_FILE, skipped)
-            raise PrepareError(f"{source}: no usable image under {root}; the {len(skipped)} refused item(s) and the "
-                               f"reasons are in {out / ERRORS_FILE}")  # fmt: skip
-        raise PrepareError(f"{source}: no images found under {root}; check --root")
-    try:
-        if split.split_file is not None:
-            images = import_splits(images, split.split_file)
-        else:
-            images = assign_splits(
-                images,
-                seed=split.seed,
-                val_fraction=split.val_fraction,
-                test_fraction=split.test_fraction,
-                keep_official=split.keep_official,
-            )
-    except ValueError as exc:  # SplitError: e.g. too few patients for the fractions, or a bad split file
-        raise PrepareError(f"{source}: cannot split {len(images)} images into train/val/test: {exc}") from exc
+    images, lesions, skipped = _source_tables(src, source, root, out)
+    images = _assign_split(images, split, source)
     out.mkdir(parents=True, exist_ok=True)
     export_splits(images, out / "splits.csv")
 
@@ -468,14 +510,7 @@ def prepare_dataset(
             "assume_pixel_spacing": assume_pixel_spacing,
         }
     )
-    split_options: dict[str, Any] = {
-        "seed": split.seed,
-        "val_fraction": split.val_fraction,
-        "test_fraction": split.test_fraction,
-        "keep_official": split.keep_official,
-    }
-    if split.split_file is not None:  # the file's content, not its path, decides the split
-        split_options = {"split_file_sha256": hashlib.sha256(Path(split.split_file).read_bytes()).hexdigest()}
+    split_options = _split_options(split)
     full_hash = config_hash({"image_config_hash": image_hash, "split": split_options})
 
     out.mkdir(parents=True, exist_ok=True)
@@ -519,18 +554,7 @@ def prepare_dataset(
     write_table(lesion_table, out / LESIONS_FILE)
     errors.sort(key=lambda e: (e["image_id"], e["lesion_id"]))
     _write_errors(out / ERRORS_FILE, errors)
-    counts = {
-        "images_in_source": len(images),
-        "images": len(manifest),
-        "images_failed": n_failed,
-        "lesions": len(lesion_table),
-        "lesion_masks": int((lesion_table["mask_file"] != "").sum()) if len(lesion_table) else 0,
-        "lesions_failed": n_lesion_failed,
-        "patients": int(manifest["patient_id"].nunique()),
-        "malignant_images": int((manifest["label"] == 1).sum()),
-        "orientation_disagrees": int(manifest["orientation_disagrees"].sum()),
-        "by_split": {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()},
-    }
+    counts = _dataset_counts(len(images), manifest, lesion_table, n_failed, n_lesion_failed)
     atomic_write_json(
         out / DATASET_JSON,
         {
