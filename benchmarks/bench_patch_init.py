@@ -44,18 +44,22 @@ def make_data(
     """
     from mammokit.data.patches import PatchConfig, sample_patches
     from mammokit.data.prepare import prepare_dataset
+    from mammokit.data.prepare_config import PrepareConfig, SplitConfig
     from mammokit.preprocess import PreprocessSpec
-    from mammokit.synth import generate
+    from mammokit.synth import SynthConfig, generate
 
     raw, prepared = root / "raw", root / "prepared"
     patches = root / f"patches-{per_lesion}-{background}"
     if not (prepared / "manifest.parquet").is_file():
         # raw images at twice the prepared size, as real mammograms are larger than the model input
-        generate("cbis-ddsm", raw, women=women, seed=seed, height=2 * height, width=2 * width, overwrite=True)
-        # 25 % of training women for validation: checkpoints are chosen on it (10 % of 60 women is a few images)
-        prepare_dataset(
-            "cbis-ddsm", raw, prepared, PreprocessSpec(height=height, width=width), val_fraction=0.25, progress=False
+        generate(
+            raw,
+            SynthConfig(layout="cbis-ddsm", women=women, seed=seed, height=2 * height, width=2 * width),
+            overwrite=True,
         )
+        # 25 % of training women for validation: checkpoints are chosen on it (10 % of 60 women is a few images)
+        cfg = PrepareConfig(PreprocessSpec(height=height, width=width), SplitConfig(val_fraction=0.25), workers=1)
+        prepare_dataset("cbis-ddsm", raw, prepared, cfg, progress=False)
     if not (patches / "patches.json").is_file():
         sample_patches(
             prepared,

@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the synthetic DICOM writer shared wit
 from dicom_factory import make_dataset, write_dicom  # noqa: E402
 from mammokit.data.geometry import prepare_pixels  # noqa: E402
 from mammokit.data.prepare import prepare_dataset  # noqa: E402
+from mammokit.data.prepare_config import PrepareConfig  # noqa: E402
 from mammokit.data.sources import DatasetSource, register_source  # noqa: E402
 from mammokit.io.dicom import read_mammogram  # noqa: E402
 from mammokit.io.images import write_png16  # noqa: E402
@@ -195,9 +196,8 @@ def main() -> int:
         for w in args.workers:
             out = tmp / f"prepared_w{w}"
             t = time.perf_counter()
-            report = prepare_dataset(
-                "bench-synthetic", raw, out, spec, workers=w, source_options={"copies": args.copies}, progress=False
-            )
+            cfg = PrepareConfig(preprocess=spec, source_options={"copies": args.copies}, workers=w)
+            report = prepare_dataset("bench-synthetic", raw, out, cfg, progress=False)
             dt = time.perf_counter() - t
             assert report.ok and report.n_written == n_tasks, report.summary()
             rate = n_tasks / dt

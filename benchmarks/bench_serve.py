@@ -154,11 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_serve skipped: {args.run} holds no model.json; pass --run RUN (or run `make demo` first)")
         return 0
 
-    from mammokit.synth.generate import generate
+    from mammokit.synth import SynthConfig, generate
 
     with tempfile.TemporaryDirectory(prefix="mammokit-bench-serve-") as tmp:
         root = Path(tmp)
-        generate("inbreast", root / "exams", women=args.women, seed=11, height=args.size[0], width=args.size[1])
+        generate(
+            root / "exams",
+            SynthConfig(layout="inbreast", women=args.women, seed=11, height=args.size[0], width=args.size[1]),
+        )
         files = sorted((root / "exams" / "AllDICOMs").glob("*.dcm"))
         exams = [[(p.name, p.read_bytes()) for p in files[i : i + 4]] for i in range(0, len(files), 4)]
         n_images = args.requests * 4

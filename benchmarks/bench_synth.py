@@ -3,8 +3,8 @@
 Measures, in one process:
 * baseline: one 1/f^3 texture field per image (one inverse real FFT), the floor of any such renderer;
 * render: `render_woman` for 25 women x 4 views (float images, breast and lesion masks);
-* cbis-ddsm: `generate("cbis-ddsm")` writing DICOMs (RLE) + CSVs for the same number of views (fsync'ed,
-  atomic writes), reported per full image.
+* cbis-ddsm: `generate(out, SynthConfig(layout="cbis-ddsm"))` writing DICOMs (RLE) + CSVs for the same number
+  of views (fsync'ed, atomic writes), reported per full image.
 Reports seconds and the ratio to the baseline (ratios travel between machines better than seconds).
 
 Usage: .venv/bin/python benchmarks/bench_synth.py [--images 100] [--height 1152] [--width 896] [--strict]
@@ -27,7 +27,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from mammokit.synth import generate, render_woman, sample_women  # noqa: E402
+from mammokit.synth import SynthConfig, generate, render_woman, sample_women  # noqa: E402
 from mammokit.synth.render import power_law_noise  # noqa: E402
 
 TARGET_S = 30.0  # for 100 images at 1152 x 896
@@ -64,9 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         # CBIS-DDSM holds only views with lesions: ask for enough women to write about n_images full images.
-        summary = generate(
-            "cbis-ddsm", Path(tmp) / "cbis", women=n_women * 2, seed=args.seed, height=args.height, width=args.width
-        )
+        cfg = SynthConfig(layout="cbis-ddsm", women=n_women * 2, seed=args.seed, height=args.height, width=args.width)
+        summary = generate(Path(tmp) / "cbis", cfg)
         write_per_image = summary["seconds"] / summary["images"]
 
     scaled_100 = render / n_images * 100

@@ -18,9 +18,9 @@ def make_runs(root: Path, seed: int = 0) -> Path:
 
 def make_exam(root: Path) -> list[Path]:
     """One synthetic woman in the INbreast layout: four FFDM DICOMs (L/R x CC/MLO) with laterality and view tags."""
-    from mammokit.synth.generate import generate
+    from mammokit.synth import SynthConfig, generate
 
-    generate("inbreast", root, women=1, seed=3, height=256, width=192)
+    generate(root, SynthConfig(layout="inbreast", women=1, seed=3, height=256, width=192))
     return sorted((root / "AllDICOMs").glob("*.dcm"))
 
 

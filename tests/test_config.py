@@ -87,3 +87,20 @@ def test_library_defaults_equal_the_shipped_default_yaml(cls_name, yaml_path):
     cls = getattr(engine_config, cls_name)
     from_yaml = load_config(cls, [Path(__file__).resolve().parents[1] / yaml_path])
     assert to_dict(from_yaml) == to_dict(cls())
+
+
+@pytest.mark.parametrize(
+    ("cls_name", "demo_yaml"), [("PatchTrainConfig", "demo_patch.yaml"), ("WholeTrainConfig", "demo_whole.yaml")]
+)
+def test_demo_configs_use_the_default_learning_rates(cls_name, demo_yaml):
+    """`mammokit demo` trains with the learning rate and stage multipliers of `mammokit train` without -c
+    (it shortens the schedule, not the optimiser settings; docs/decisions.md, "Demo (CPU) settings")."""
+    from pathlib import Path
+
+    import mammokit.engine.config as engine_config
+
+    cls = getattr(engine_config, cls_name)
+    builtin = Path(engine_config.__file__).resolve().parents[1] / "configs_builtin" / demo_yaml
+    demo, default = load_config(cls, [builtin]), cls()
+    assert demo.optim.lr == default.optim.lr
+    assert [s.lr_multiplier for s in demo.stages] == [s.lr_multiplier for s in default.stages]

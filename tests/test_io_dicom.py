@@ -251,6 +251,13 @@ META_CASES = [
         ("CC", "ViewPosition"),
     ),
     (
+        "spelled-out-laterality",  # not the standard's code string, but written by some exporters (and CMMD tables)
+        {"image_laterality": None, "laterality": "RIGHT"},
+        "x.dcm",
+        ("R", "Laterality"),
+        ("CC", "ViewPosition"),
+    ),
+    (
         "view-code-sequence",
         {"view_position": None, "view_code": ("399368009", "medio-lateral oblique")},
         "x.dcm",

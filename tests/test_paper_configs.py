@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from mammokit.cli.prepare import PrepareConfig
 from mammokit.config import load_config, read_yaml, to_dict
 from mammokit.data.patches import PatchConfig
+from mammokit.data.prepare_config import PrepareConfig
 from mammokit.engine.config import FinetuneConfig, PatchTrainConfig, WholeTrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

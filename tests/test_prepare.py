@@ -16,12 +16,18 @@ from dicom_factory import phantom, write_mammogram
 from mammokit.cli import main
 from mammokit.data.geometry import Geometry
 from mammokit.data.prepare import GEOMETRY_COLUMNS, PrepareError, prepare_dataset
+from mammokit.data.prepare_config import PrepareConfig, SplitConfig
 from mammokit.data.sources import DatasetSource, register_source
 from mammokit.io.images import read_png8, read_png16
 from mammokit.preprocess import PreprocessSpec
 
 SPEC = PreprocessSpec(height=64, width=48)
 SHAPE = (120, 90)  # source images (rows, cols)
+
+
+def config(spec: PreprocessSpec = SPEC, *, workers: int = 1, **split: float) -> PrepareConfig:
+    """A PrepareConfig with one worker process (the tests' default) and the given split fractions."""
+    return PrepareConfig(preprocess=spec, split=SplitConfig(**split), workers=workers)
 
 
 @register_source
@@ -90,7 +96,7 @@ def raw(tmp_path: Path) -> Path:
 
 def test_prepare_end_to_end(raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
-    report = prepare_dataset("tiny-test", raw, out, SPEC, val_fraction=0.2, test_fraction=0.25, progress=False)
+    report = prepare_dataset("tiny-test", raw, out, config(val_fraction=0.2, test_fraction=0.25), progress=False)
     assert not report.ok and (report.n_failed, report.n_lesion_failed) == (2, 1)
     assert report.n_written == 7 and report.n_reused == 0 and report.n_masks == 4
 
@@ -132,12 +138,12 @@ def test_prepare_end_to_end(raw: Path, tmp_path: Path) -> None:
 
 def test_resume_skips_valid_outputs_and_redoes_damaged_ones(raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
-    prepare_dataset("tiny-test", raw, out, SPEC, progress=False)
+    prepare_dataset("tiny-test", raw, out, config(), progress=False)
     first_manifest = pd.read_parquet(out / "manifest.parquet")
     first_json = (out / "dataset.json").read_text()
     first_pixels = read_png16(out / "images/img3.png")
 
-    again = prepare_dataset("tiny-test", raw, out, SPEC, progress=False)
+    again = prepare_dataset("tiny-test", raw, out, config(), progress=False)
     # img4 has a failed lesion, so it is retried; everything else is reused
     assert (again.n_reused, again.n_written, again.n_failed) == (6, 1, 2)
     pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), first_manifest)
@@ -148,19 +154,19 @@ def test_resume_skips_valid_outputs_and_redoes_damaged_ones(raw: Path, tmp_path:
     data = (out / "images/img3.png").read_bytes()
     (out / "images/img3.png").write_bytes(data[:10])
     (out / "images/.img5.abc.tmp.png").write_bytes(b"partial")
-    resumed = prepare_dataset("tiny-test", raw, out, SPEC, progress=False)
+    resumed = prepare_dataset("tiny-test", raw, out, config(), progress=False)
     assert (resumed.n_reused, resumed.n_written) == (4, 3)  # img2, img3 redone (+ img4 retried)
     np.testing.assert_array_equal(read_png16(out / "images/img3.png"), first_pixels)
     assert not list((out / "images").glob(".*tmp*"))
 
     # another configuration invalidates every record
-    changed = prepare_dataset("tiny-test", raw, out, dataclasses.replace(SPEC, aspect="pad"), progress=False)
+    changed = prepare_dataset("tiny-test", raw, out, config(dataclasses.replace(SPEC, aspect="pad")), progress=False)
     assert (changed.n_reused, changed.n_written) == (0, 7)
 
 
 def test_two_workers_give_the_same_result(raw: Path, tmp_path: Path) -> None:
-    one = prepare_dataset("tiny-test", raw, tmp_path / "one", SPEC, workers=1, progress=False)
-    two = prepare_dataset("tiny-test", raw, tmp_path / "two", SPEC, workers=2, progress=False)
+    one = prepare_dataset("tiny-test", raw, tmp_path / "one", config(workers=1), progress=False)
+    two = prepare_dataset("tiny-test", raw, tmp_path / "two", config(workers=2), progress=False)
     assert (two.n_written, two.n_failed, two.config_hash) == (one.n_written, one.n_failed, one.config_hash)
     for i in range(7):
         a = read_png16(tmp_path / f"one/images/img{i}.png")
@@ -181,9 +187,12 @@ class CrashingSource(TinySource):
 
 def test_a_dying_worker_fails_only_its_image(raw: Path, tmp_path: Path) -> None:
     report = prepare_dataset(
-        "tiny-test-crashing", raw, tmp_path / "out", SPEC, workers=2, progress=False,
-        source_options={"parent_pid": os.getpid()},
-    )  # fmt: skip
+        "tiny-test-crashing",
+        raw,
+        tmp_path / "out",
+        dataclasses.replace(config(workers=2), source_options={"parent_pid": os.getpid()}),
+        progress=False,
+    )
     crashed = [e for e in report.errors if e["image_id"] == "img3"]
     assert len(crashed) == 1 and "worker process died" in crashed[0]["reason"]
     # images finished just before the crash may be re-checked and then count as reused
@@ -196,7 +205,7 @@ def test_no_images_is_an_error(tmp_path: Path) -> None:
     pd.DataFrame(columns=list(_image_row("a", "b", "L", "c", 0))).to_csv(root / "images.csv", index=False)
     pd.DataFrame(columns=list(_lesion_row("a", "b", "none"))).to_csv(root / "lesions.csv", index=False)
     with pytest.raises(PrepareError, match="no images found"):
-        prepare_dataset("tiny-test", root, tmp_path / "out", SPEC, progress=False)
+        prepare_dataset("tiny-test", root, tmp_path / "out", config(), progress=False)
 
 
 def test_cli_prepare_exit_status_and_config(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -234,7 +243,7 @@ def test_prepare_real_mini_mias_pair(tmp_path: Path) -> None:
     root = mias_subset(shared_data_dir("mini-mias-dev"), tmp_path / "mias", ["mdb001", "mdb002"])
     spec = PreprocessSpec(height=144, width=112)
     report = prepare_dataset(
-        "mini-mias", root, tmp_path / "out", spec, val_fraction=0.0, test_fraction=0.0, progress=False
+        "mini-mias", root, tmp_path / "out", config(spec, val_fraction=0.0, test_fraction=0.0), progress=False
     )
     assert report.ok and report.n_written == 2
     manifest = pd.read_parquet(tmp_path / "out/manifest.parquet").set_index("image_id")
@@ -253,9 +262,9 @@ def test_split_file_reproduces_a_published_split(tmp_path):
     from mammokit.cli import main
 
     raw = tmp_path / "raw"
-    from mammokit.synth import generate
+    from mammokit.synth import SynthConfig, generate
 
-    generate("mini-mias", raw, women=12, seed=3, height=128, width=128)
+    generate(raw, SynthConfig(layout="mini-mias", women=12, seed=3, height=128, width=128))
     first, second = tmp_path / "a", tmp_path / "b"
     common = ["--root", str(raw), "--height", "64", "--width", "48", "--workers", "1", "--no-progress"]
     assert main(["prepare", "mini-mias", "--out", str(first), "--seed", "1", *common]) == 0

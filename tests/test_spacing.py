@@ -3,6 +3,7 @@ real files (mini-MIAS PGMs at 0.2 mm, the 8 real CBIS-DDSM DICOMs) keeping their
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -173,13 +174,16 @@ def test_patch_mm_in_fixed_size_mode_needs_known_spacing(tmp_path):
 
     raw = _png_csv(tmp_path / "raw")
     from mammokit.data.prepare import prepare_dataset
+    from mammokit.data.prepare_config import PrepareConfig, SplitConfig
 
-    prepare_dataset("csv", raw, tmp_path / "fixed", PreprocessSpec(height=96, width=64), val_fraction=0,
-                    test_fraction=0, progress=False)  # fmt: skip
+    split = SplitConfig(val_fraction=0, test_fraction=0)
+    fixed = PrepareConfig(preprocess=PreprocessSpec(height=96, width=64), split=split, workers=1)
+    prepare_dataset("csv", raw, tmp_path / "fixed", fixed, progress=False)
     with pytest.raises(PatchSamplingError, match="pixel spacing"):
         sample_patches(tmp_path / "fixed", tmp_path / "p", PatchConfig(patch_mm=20.0))
-    prepare_dataset("csv", raw, tmp_path / "known", PreprocessSpec(height=96, width=64), val_fraction=0,
-                    test_fraction=0, assume_pixel_spacing=0.2, progress=False)  # fmt: skip
+    prepare_dataset(
+        "csv", raw, tmp_path / "known", dataclasses.replace(fixed, assume_pixel_spacing=0.2), progress=False
+    )
     summary = sample_patches(tmp_path / "known", tmp_path / "p2", PatchConfig(patch_mm=20.0))
     spacing = pd.read_parquet(tmp_path / "known/manifest.parquet")["out_spacing_mm"].median()
     assert summary["patch_size"] == round(20.0 / spacing)

@@ -10,7 +10,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from mammokit.synth import generate
+from mammokit.config import ConfigError, load_config
+from mammokit.synth import SynthConfig, generate
 from mammokit.synth.cbis import CALC_HEADER, CSV_NAMES, MASS_HEADER
 
 H, W = 160, 128
@@ -19,7 +20,9 @@ H, W = 160, 128
 @pytest.fixture(scope="module")
 def cbis(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("cbis") / "CBIS-DDSM"
-    summary = generate("cbis-ddsm", out, women=8, seed=1, height=H, width=W, mask_quirk_fraction=0.3)
+    summary = generate(
+        out, SynthConfig(layout="cbis-ddsm", women=8, seed=1, height=H, width=W, mask_quirk_fraction=0.3)
+    )
     return out, summary
 
 
@@ -150,7 +153,7 @@ def test_splits_disjoint_within_type_and_no_normal_images(cbis):
 def test_same_seed_gives_identical_pixels_and_files(tmp_path, cbis):
     out, _ = cbis
     again = tmp_path / "again"
-    generate("cbis-ddsm", again, women=8, seed=1, height=H, width=W, mask_quirk_fraction=0.3)
+    generate(again, SynthConfig(layout="cbis-ddsm", women=8, seed=1, height=H, width=W, mask_quirk_fraction=0.3))
     first = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     second = sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     assert first == second
@@ -160,7 +163,7 @@ def test_same_seed_gives_identical_pixels_and_files(tmp_path, cbis):
             assert a.PixelData == b.PixelData
         assert (out / rel).read_bytes() == (again / rel).read_bytes()
     other = tmp_path / "other"
-    generate("cbis-ddsm", other, women=2, seed=2, height=H, width=W)
+    generate(other, SynthConfig(layout="cbis-ddsm", women=2, seed=2, height=H, width=W))
     df = _read(other, CSV_NAMES[("mass", "Training")])
     assert not (set(df["image file path"]) & set(_read(out, CSV_NAMES[("mass", "Training")])["image file path"]))
 
@@ -174,12 +177,33 @@ def test_csv_parses_with_the_csv_module_into_14_fields(cbis):
 
 def test_bad_arguments_are_reported(tmp_path):
     with pytest.raises(ValueError, match="unknown layout"):
-        generate("ddsm", tmp_path / "x", women=1, seed=0, height=H, width=W)
-    with pytest.raises(ValueError, match="unknown option"):
-        generate("cbis-ddsm", tmp_path / "x", women=1, seed=0, height=H, width=W, colour=1)
+        generate(tmp_path / "x", SynthConfig(layout="ddsm", women=1, seed=0, height=H, width=W))
+    with pytest.raises(ValueError, match="mask_quirk_fraction must lie in"):
+        generate(tmp_path / "x", SynthConfig(women=1, height=H, width=W, mask_quirk_fraction=1.5))
+    with pytest.raises(ValueError, match="normal_fraction"):
+        generate(tmp_path / "x", SynthConfig(women=1, height=H, width=W, normal_fraction=-0.1))
+    with pytest.raises(ConfigError, match="colour"):  # an unknown key in a YAML file or --set
+        load_config(SynthConfig, overrides=["colour=1"])
     with pytest.raises(ValueError, match="at least 1"):
-        generate("cbis-ddsm", tmp_path / "x", women=0, seed=0, height=H, width=W)
+        generate(tmp_path / "x", SynthConfig(layout="cbis-ddsm", women=0, seed=0, height=H, width=W))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "f").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
-        generate("cbis-ddsm", tmp_path / "full", women=1, seed=0, height=H, width=W)
+        generate(tmp_path / "full", SynthConfig(layout="cbis-ddsm", women=1, seed=0, height=H, width=W))
+
+
+def test_synth_config_defaults_are_the_sampler_and_writer_defaults():
+    """`SynthConfig()` draws the same cohort as the sampler and the CBIS-DDSM writer do by default."""
+    import dataclasses
+    import inspect
+
+    from mammokit.synth.cbis import CbisOptions
+    from mammokit.synth.config import CBIS_OPTIONS, SAMPLING_OPTIONS
+    from mammokit.synth.sampling import sample_woman
+
+    cfg = SynthConfig()
+    sampler = inspect.signature(sample_woman).parameters
+    assert cfg.sampling_options() == {name: sampler[name].default for name in SAMPLING_OPTIONS}
+    assert tuple(f.name for f in dataclasses.fields(CbisOptions)) == CBIS_OPTIONS
+    assert cfg.layout_options() == dataclasses.asdict(CbisOptions())
+    assert SynthConfig(layout="inbreast").layout_options() == {}

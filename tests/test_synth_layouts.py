@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from mammokit.cli import main
-from mammokit.synth import generate, render_view, sample_women
+from mammokit.synth import SynthConfig, generate, render_view, sample_women
 from mammokit.synth.mias import refnum
 
 H, W = 160, 128
@@ -25,7 +25,7 @@ H, W = 160, 128
 @pytest.fixture(scope="module")
 def inbreast(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("inbreast") / "INbreast"
-    return out, generate("inbreast", out, women=5, seed=4, height=H, width=W, normal_fraction=0.3)
+    return out, generate(out, SynthConfig(layout="inbreast", women=5, seed=4, height=H, width=W, normal_fraction=0.3))
 
 
 def test_inbreast_csv_format_and_labels(inbreast):
@@ -97,7 +97,7 @@ def _check_plist(path: Path, px: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def mias(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("mias") / "mini-mias"
-    return out, generate("mini-mias", out, women=6, seed=2, height=H, width=W, normal_fraction=0.4)
+    return out, generate(out, SynthConfig(layout="mini-mias", women=6, seed=2, height=H, width=W, normal_fraction=0.4))
 
 
 def _listing(out: Path) -> list[str]:
@@ -153,7 +153,7 @@ def test_mias_coordinates_have_a_bottom_left_origin(mias, tmp_path):
 
 def test_mias_refuses_more_women_than_three_digit_numbers_allow(tmp_path):
     with pytest.raises(ValueError, match="at most 499 women"):
-        generate("mini-mias", tmp_path / "m", women=500, seed=0, height=H, width=W)
+        generate(tmp_path / "m", SynthConfig(layout="mini-mias", women=500, seed=0, height=H, width=W))
     assert not (tmp_path / "m").exists()
 
 

@@ -44,7 +44,9 @@ class PreprocessSpec:
     # recorded per image as `fit_scale`); a larger one is an error (raise the canvas or the spacing).
     max_downscale: float = 1.25
     crop_breast: bool = True  # crop to the largest connected component's bounding box (paper: no crop for whole images)
-    breast_threshold: float = 0.05  # segmentation threshold, fraction of the image's intensity range min..max (0.05)
+    # tissue = above this fraction of the intensity range (min..max of the ~256-px reduced copy that
+    # `data.geometry.segment_breast` thresholds); patches use the same function and default
+    breast_threshold: float = 0.05
     canonical_side: Literal["left", "none"] = "left"  # flip right breasts so the chest wall is on the left
     aspect: Literal["stretch", "pad"] = "stretch"  # stretch = paper (aspect not kept); pad = keep aspect, pad with 0
     interpolation: Literal["area", "bilinear", "bicubic"] = "area"  # area avoids aliasing when downsizing 3-5x

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mammokit.cli.common import (
     UserError,
@@ -25,31 +24,11 @@ from mammokit.cli.common import (
     config_error_to_user,
     spacing_mm,
 )
-from mammokit.preprocess import PreprocessSpec
+
+if TYPE_CHECKING:
+    from mammokit.data.prepare_config import PrepareConfig
 
 CONFIG_FILE = "config.yaml"
-
-
-@dataclass
-class SplitConfig:
-    """Patient-level split of the prepared dataset (`mammokit.data.splits.assign_splits`)."""
-
-    seed: int = 0  # same seed + same source table = same split on any machine
-    val_fraction: float = 0.1  # fraction of training patients held out for validation
-    test_fraction: float = 0.15  # fraction of patients put in test when the dataset has no official test split
-    keep_official: bool = True  # keep a dataset's official test split (CBIS-DDSM); False = re-split all patients
-    split_file: str | None = None  # CSV patient_id,split to apply exactly (reproduce a published split)
-
-
-@dataclass
-class PrepareConfig:
-    """Everything `mammokit prepare` needs besides the dataset name and folders."""
-
-    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    source_options: dict[str, Any] = field(default_factory=dict)  # keyword options of the dataset adapter
-    workers: int = 0  # worker processes; 0 = all available CPUs
-    assume_pixel_spacing: float | None = None  # source mm per pixel for files without a spacing tag
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -99,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def resolve_config(args: argparse.Namespace) -> PrepareConfig:
     """Defaults < YAML files (-c) < --set overrides < explicit flags."""
     from mammokit.config import ConfigError, load_config
+    from mammokit.data.prepare_config import PrepareConfig
 
     flags = {
         "preprocess": {"height": args.height, "width": args.width, "pixel_spacing": args.pixel_spacing},
@@ -114,7 +94,7 @@ def resolve_config(args: argparse.Namespace) -> PrepareConfig:
 
 def run(args: argparse.Namespace) -> int:
     from mammokit.config import dump_yaml
-    from mammokit.data.prepare import PrepareError, prepare_dataset, worker_count
+    from mammokit.data.prepare import PrepareError, prepare_dataset
     from mammokit.data.sources import get_source, list_sources
     from mammokit.utils.atomic import atomic_write_text
 
@@ -131,19 +111,7 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(args.out / CONFIG_FILE, dump_yaml(cfg))
     try:
         report = prepare_dataset(
-            args.dataset,
-            args.root,
-            args.out,
-            cfg.preprocess,
-            workers=worker_count(cfg.workers),
-            seed=cfg.split.seed,
-            val_fraction=cfg.split.val_fraction,
-            test_fraction=cfg.split.test_fraction,
-            keep_official=cfg.split.keep_official,
-            split_file=cfg.split.split_file,
-            source_options=cfg.source_options,
-            assume_pixel_spacing=cfg.assume_pixel_spacing,
-            progress=not args.no_progress and sys.stderr.isatty(),
+            args.dataset, args.root, args.out, cfg, progress=not args.no_progress and sys.stderr.isatty()
         )
     except PrepareError as exc:
         raise UserError(str(exc)) from None

@@ -11,33 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from mammokit.cli.common import UserError, add_config_args, add_out, add_seed, config_error_to_user
+from mammokit.synth.config import LAYOUTS, SynthConfig  # light: the renderer is imported by `run` only
 
 SUMMARY_FILE = "synth.json"
-LAYOUT_CHOICES = ("cbis-ddsm", "inbreast", "mini-mias")  # = mammokit.synth.LAYOUTS (not imported: keep --help light)
-
-
-@dataclass
-class SynthConfig:
-    """Settings of `mammokit synth` (YAML keys = these field names)."""
-
-    layout: str = "cbis-ddsm"
-    women: int = 20
-    seed: int = 0
-    # The CLI default size is half the paper's 1152 x 896 so that a demo dataset is quick to make;
-    # pass --height 1152 --width 896 for the paper's whole-image resolution.
-    height: int = 576
-    width: int = 448
-    malignant_fraction: float = 0.5  # breasts with lesions whose lesion is malignant
-    normal_fraction: float = 0.4  # breasts without lesions (dropped from the cbis-ddsm layout)
-    mass_fraction: float = 0.5  # lesions that are masses (the rest: calcification clusters)
-    second_lesion_fraction: float = 0.12  # lesion breasts with a second, benign lesion
-    test_fraction: float = 0.2  # cbis-ddsm: women in the official Test split
-    cross_fraction: float = 0.3  # cbis-ddsm: women with masses and calcifications split across Training/Test
-    mask_quirk_fraction: float = 0.08  # cbis-ddsm: ROI rows whose mask (mass) / crop (calc) has its own series
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--layout",
-        choices=LAYOUT_CHOICES,
+        choices=LAYOUTS,
         default=None,
         help=f"file layout to write (default {d.layout})",
     )
@@ -141,32 +121,11 @@ def run(args: argparse.Namespace) -> int:
     from mammokit.utils.atomic import atomic_write_json
 
     cfg = resolve_config(args)
-    if cfg.layout not in LAYOUT_CHOICES:
-        raise UserError(f"layout {cfg.layout!r} is not one of {', '.join(LAYOUT_CHOICES)}")
+    if cfg.layout not in LAYOUTS:
+        raise UserError(f"layout {cfg.layout!r} is not one of {', '.join(LAYOUTS)}")
     out: Path = args.out
-    options = {
-        "malignant_fraction": cfg.malignant_fraction,
-        "normal_fraction": cfg.normal_fraction,
-        "mass_fraction": cfg.mass_fraction,
-        "second_lesion_fraction": cfg.second_lesion_fraction,
-    }
-    if cfg.layout == "cbis-ddsm":
-        options.update(
-            test_fraction=cfg.test_fraction,
-            cross_fraction=cfg.cross_fraction,
-            mask_quirk_fraction=cfg.mask_quirk_fraction,
-        )
     try:
-        summary = generate(
-            cfg.layout,
-            out,
-            women=cfg.women,
-            seed=cfg.seed,
-            height=cfg.height,
-            width=cfg.width,
-            overwrite=args.overwrite,
-            **options,
-        )
+        summary = generate(out, cfg, overwrite=args.overwrite)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     atomic_write_json(out / SUMMARY_FILE, {"config": asdict(cfg), "summary": summary})

@@ -48,7 +48,7 @@ from mammokit.data.manifest import (
     validate_lesions,
     write_table,
 )
-from mammokit.preprocess import PreprocessSpec
+from mammokit.data.prepare_config import PrepareConfig, SplitConfig
 from mammokit.utils.atomic import atomic_write_json, atomic_write_with
 from mammokit.version import __version__
 
@@ -385,53 +385,8 @@ def _write_errors(path: Path, errors: Iterable[dict[str, str]]) -> None:
     atomic_write_with(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
-def prepare_dataset(
-    source: str,
-    root: str | Path,
-    out: str | Path,
-    spec: PreprocessSpec,
-    *,
-    workers: int = 1,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.15,
-    keep_official: bool = True,
-    split_file: str | Path | None = None,
-    source_options: dict[str, Any] | None = None,
-    assume_pixel_spacing: float | None = None,
-    progress: bool = True,
-) -> PrepareReport:
-    """Prepare the raw dataset at `root` (read by adapter `source`) into the folder `out`.
-
-    Args:
-        source: adapter name (`mammokit.data.sources.list_sources()`, or one registered with `register_source`).
-        root: the raw dataset folder.
-        out: the prepared folder (created; an existing one is resumed).
-        spec: the preprocessing; written into dataset.json and, later, into each model's card.
-        workers: worker processes (1 = in this process).
-        seed, val_fraction, test_fraction, keep_official: patient-level split (`mammokit.data.splits.assign_splits`).
-        split_file: a published split (CSV patient_id,split) applied exactly instead (`import_splits`). Either
-            way the split used is written to `splits.csv` in the prepared folder, so it can be published too.
-        source_options: keyword options of the adapter.
-        assume_pixel_spacing: source mm per pixel for files without a spacing tag (overrides the adapter's
-            documented value; never the file's own tag). See `mammokit.data.geometry.resolve_spacing`.
-        progress: show a progress bar (stderr).
-
-    Returns:
-        A PrepareReport; per-image failures are in it and in errors.csv, not raised.
-
-    Raises:
-        PrepareError: the adapter cannot read `root` or finds no images there.
-        KeyError: unknown adapter name.
-    """
-    from mammokit.data.sources import get_source
-    from mammokit.data.splits import assign_splits, export_splits, import_splits
-
-    t0 = time.perf_counter()
-    root, out = Path(root), Path(out)
-    spec.validate()
-    options = dict(source_options or {})
-    src = get_source(source, **options)
+def _source_tables(src: Any, source: str, root: Path, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    """The adapter's validated image and lesion tables, and an errors.csv row for every source item left out."""
     try:
         images, lesions = src.build_manifest(root)
         images, refused = _refuse_unusable_ids(images)
@@ -451,15 +406,99 @@ def prepare_dataset(
             raise PrepareError(f"{source}: no usable image under {root}; the {len(skipped)} refused item(s) and the "
                                f"reasons are in {out / ERRORS_FILE}")  # fmt: skip
         raise PrepareError(f"{source}: no images found under {root}; check --root")
+    return images, lesions, skipped
+
+
+def _assign_split(images: pd.DataFrame, split: SplitConfig, source: str) -> pd.DataFrame:
+    """`images` with its `split` column: a published split file applied exactly, or a seeded patient split."""
+    from mammokit.data.splits import assign_splits, import_splits
+
     try:
-        if split_file is not None:
-            images = import_splits(images, split_file)
-        else:
-            images = assign_splits(
-                images, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, keep_official=keep_official
-            )
+        if split.split_file is not None:
+            return import_splits(images, split.split_file)
+        return assign_splits(
+            images,
+            seed=split.seed,
+            val_fraction=split.val_fraction,
+            test_fraction=split.test_fraction,
+            keep_official=split.keep_official,
+        )
     except ValueError as exc:  # SplitError: e.g. too few patients for the fractions, or a bad split file
         raise PrepareError(f"{source}: cannot split {len(images)} images into train/val/test: {exc}") from exc
+
+
+def _split_options(split: SplitConfig) -> dict[str, Any]:
+    """What decides the split, as recorded in dataset.json and hashed into the folder's config hash."""
+    if split.split_file is not None:  # the file's content, not its path, decides the split
+        return {"split_file_sha256": hashlib.sha256(Path(split.split_file).read_bytes()).hexdigest()}
+    return {
+        "seed": split.seed,
+        "val_fraction": split.val_fraction,
+        "test_fraction": split.test_fraction,
+        "keep_official": split.keep_official,
+    }
+
+
+def _dataset_counts(
+    n_source: int, manifest: pd.DataFrame, lesion_table: pd.DataFrame, n_failed: int, n_lesion_failed: int
+) -> dict[str, Any]:
+    """The `counts` block of dataset.json."""
+    return {
+        "images_in_source": n_source,
+        "images": len(manifest),
+        "images_failed": n_failed,
+        "lesions": len(lesion_table),
+        "lesion_masks": int((lesion_table["mask_file"] != "").sum()) if len(lesion_table) else 0,
+        "lesions_failed": n_lesion_failed,
+        "patients": int(manifest["patient_id"].nunique()),
+        "malignant_images": int((manifest["label"] == 1).sum()),
+        "orientation_disagrees": int(manifest["orientation_disagrees"].sum()),
+        "by_split": {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()},
+    }
+
+
+def prepare_dataset(
+    source: str,
+    root: str | Path,
+    out: str | Path,
+    cfg: PrepareConfig | None = None,
+    *,
+    progress: bool = True,
+) -> PrepareReport:
+    """Prepare the raw dataset at `root` (read by adapter `source`) into the folder `out`.
+
+    Args:
+        source: adapter name (`mammokit.data.sources.list_sources()`, or one registered with `register_source`).
+        root: the raw dataset folder.
+        out: the prepared folder (created; an existing one is resumed).
+        cfg: the preprocessing (`cfg.preprocess`, written into dataset.json and, later, into each model's
+            card), the patient-level split (`cfg.split`: `mammokit.data.splits.assign_splits`, or
+            `split_file`, a published split applied exactly; either way the split used is written to
+            `splits.csv` in the prepared folder, so it can be published too), the adapter's keyword options,
+            the worker processes (`worker_count(cfg.workers)`) and `assume_pixel_spacing` (source mm per
+            pixel for files without a spacing tag; overrides the adapter's documented value, never the file's
+            own tag; see `mammokit.data.geometry.resolve_spacing`). Default: `PrepareConfig()`.
+        progress: show a progress bar (stderr).
+
+    Returns:
+        A PrepareReport; per-image failures are in it and in errors.csv, not raised.
+
+    Raises:
+        PrepareError: the adapter cannot read `root` or finds no images there.
+        KeyError: unknown adapter name.
+    """
+    from mammokit.data.sources import get_source
+    from mammokit.data.splits import export_splits
+
+    t0 = time.perf_counter()
+    cfg = PrepareConfig() if cfg is None else cfg
+    spec, split, assume_pixel_spacing = cfg.preprocess, cfg.split, cfg.assume_pixel_spacing
+    root, out = Path(root), Path(out)
+    spec.validate()
+    options = dict(cfg.source_options)
+    src = get_source(source, **options)
+    images, lesions, skipped = _source_tables(src, source, root, out)
+    images = _assign_split(images, split, source)
     out.mkdir(parents=True, exist_ok=True)
     export_splits(images, out / "splits.csv")
 
@@ -472,14 +511,7 @@ def prepare_dataset(
             "assume_pixel_spacing": assume_pixel_spacing,
         }
     )
-    split_options: dict[str, Any] = {
-        "seed": seed,
-        "val_fraction": val_fraction,
-        "test_fraction": test_fraction,
-        "keep_official": keep_official,
-    }
-    if split_file is not None:  # the file's content, not its path, decides the split
-        split_options = {"split_file_sha256": hashlib.sha256(Path(split_file).read_bytes()).hexdigest()}
+    split_options = _split_options(split)
     full_hash = config_hash({"image_config_hash": image_hash, "split": split_options})
 
     out.mkdir(parents=True, exist_ok=True)
@@ -503,7 +535,7 @@ def prepare_dataset(
     records: dict[str, dict] = {}
     errors: list[dict[str, str]] = list(skipped)
     n_written = n_reused = 0
-    for result in _run_tasks(tasks, src, max(1, int(workers)), progress):
+    for result in _run_tasks(tasks, src, worker_count(cfg.workers), progress):
         if result["status"] == "failed":
             errors.append(result["error"])
             log.debug("failed: %s (%s)", result["error"]["image_id"], result["error"]["stage"])
@@ -523,18 +555,7 @@ def prepare_dataset(
     write_table(lesion_table, out / LESIONS_FILE)
     errors.sort(key=lambda e: (e["image_id"], e["lesion_id"]))
     _write_errors(out / ERRORS_FILE, errors)
-    counts = {
-        "images_in_source": len(images),
-        "images": len(manifest),
-        "images_failed": n_failed,
-        "lesions": len(lesion_table),
-        "lesion_masks": int((lesion_table["mask_file"] != "").sum()) if len(lesion_table) else 0,
-        "lesions_failed": n_lesion_failed,
-        "patients": int(manifest["patient_id"].nunique()),
-        "malignant_images": int((manifest["label"] == 1).sum()),
-        "orientation_disagrees": int(manifest["orientation_disagrees"].sum()),
-        "by_split": {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()},
-    }
+    counts = _dataset_counts(len(images), manifest, lesion_table, n_failed, n_lesion_failed)
     atomic_write_json(
         out / DATASET_JSON,
         {

@@ -4,8 +4,8 @@ Every field has a CPU-friendly default; the paper's settings live in `configs/pa
 resolved by `mammokit.config.load_config` (defaults < YAML < `--set` < flags) and the resolved object is
 written to the run folder as `config.yaml`.
 
-Epoch counts are **per stage** (not the original code's cumulative "final epoch" numbers): the paper
-recipe "1 / 5 / 15 cumulative" is written `epochs: 1`, `4`, `10` here. See docs/training.md.
+Epoch counts are **per stage** (not the original code's cumulative "final epoch" numbers): the original
+scripts' "1 / 5 / 15 cumulative" is written `epochs: 1`, `4`, `10` here. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ class TrainerConfig:
 
 # The defaults below are those of the shipped configs/patch/default.yaml and configs/whole/default.yaml
 # (tests/test_config.py asserts they are equal): small and CPU-friendly, with larger later-stage learning
-# rates than the paper's 0.1 / 0.01 multipliers because they train for a few epochs (docs/decisions.md).
+# rates than the paper recipe's 0.1 / 0.01 multipliers (unconfirmed, docs/decisions.md) because they train for
+# a few epochs.
 # The paper's settings are in configs/paper/.
 def _default_patch_stages() -> list[StageConfig]:
     return [StageConfig(1, 1.0), StageConfig(2, 1.0), StageConfig(3, 0.3)]

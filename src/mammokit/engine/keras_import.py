@@ -4,9 +4,10 @@
 config (`models.keras_graph`), builds the equivalent PyTorch network (`models.keras_net.KerasGraphNet`),
 copies every tensor into it (all used exactly once, every parameter filled), and writes ``model.json`` +
 ``model.safetensors``. The run's `PreprocessSpec` and normalisation reproduce the original input pipeline
-(seed spec §3.4-3.5): the whole mammogram (no breast crop, no flip to a canonical side) resized without
-keeping the aspect ratio to the stored input size, the 16-bit intensities multiplied by the rescale factor
-0.003891 (= 255/65535, so 0..255) minus one featurewise mean, replicated to 3 channels inside the network.
+(docs/decisions.md, "Imported Keras models"): the whole mammogram (no breast crop, no flip to a canonical
+side) resized without keeping the aspect ratio to the stored input size, the 16-bit intensities multiplied
+by the rescale factor 0.003891 (= 255/65535, so 0..255) minus one featurewise mean, replicated to 3 channels
+inside the network.
 
 In mammokit's terms the model input is ``(u16/65535 - pixel_mean) / pixel_std`` with
 ``pixel_std = 1 / (65535 * rescale)`` and ``pixel_mean = mean * pixel_std``, which is exactly
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 RESCALE_16BIT = 0.003891  # the README's rescale factor for 16-bit PNG (255/65535, rounded as the authors did)
 MEAN_DDSM = 52.18  # featurewise mean of the CBIS-DDSM 1152x896 training images (fprop script, notebook)
 MEAN_INBREAST = 44.33  # featurewise mean of INbreast (train_image_clf_inbreast.sh)
-# The original 3-class patch models put malignant at 1 and benign at 2 (seed spec §4.5, heatmap features).
+# The original 3-class patch models put malignant at 1 and benign at 2 (docs/decisions.md, "Imported Keras models").
 PATCH_LABELS_3 = ("background", "malignant", "benign")
 
 
@@ -143,7 +144,7 @@ def import_keras(path: str | Path, out: str | Path, options: KerasImportOptions 
     preprocess = PreprocessSpec(
         height=height,
         width=width,
-        crop_breast=False,  # the original fed the whole mammogram (seed spec §3.5)
+        crop_breast=False,  # the original fed the whole mammogram (docs/decisions.md)
         canonical_side="none",  # and never mirrored right breasts
         aspect="stretch",  # resized to H x W without keeping the aspect ratio
         interpolation=options.interpolation,

@@ -3,10 +3,10 @@
 Two kinds, both returned as float32 maps on the *prepared* pixel grid (the predictor maps them back
 onto the original mammogram with `Geometry.to_original`):
 
-* **patch** (Shen et al. 2019, seed spec section 7.5, "fprop" mode): the patch classifier's trunk is run
-  fully convolutionally over the whole prepared image; its feature map (stride s, usually 32) is
-  average-pooled over windows the size of one training patch (patch_size / s cells, stride 1), and
-  the patch head is applied at every window position. Because the head starts with global average
+* **patch** (Shen et al. 2019, the original code's "fprop" mode; docs/decisions.md, "patch heatmaps"): the
+  patch classifier's trunk is run fully convolutionally over the whole prepared image; its feature map
+  (stride s, usually 32) is average-pooled over windows the size of one training patch (patch_size / s
+  cells, stride 1), and the patch head is applied at every window position. Because the head starts with global average
   pooling, a pooled window fed to the head is exactly the classifier's output for a patch whose
   receptive field is that window, so cell (i, j) is p(class | patch at rows s*i .. s*i + patch_h).
   A finer map stride t = s / k is obtained by "shift and stitch": the trunk also runs on the image

@@ -538,12 +538,20 @@ def _apply_voi(
     return out, f"window(c={centre:g},w={width:g},{func})", value_range
 
 
-def _laterality(ds: Any, path: Path) -> tuple[str | None, str | None]:
+def laterality_from_header(ds: Any, path: str | Path | None = None) -> tuple[str | None, str | None]:
+    """The laterality ("L"/"R") of a DICOM dataset and where it was found, or (None, None).
+
+    Order: ImageLaterality, Laterality (L, R, LEFT or RIGHT, any case), then the `_LEFT_CC` pattern in
+    PatientID or `path`. The one laterality parser for DICOM headers (the reader and the CMMD adapter use it).
+    """
     for keyword in ("ImageLaterality", "Laterality"):
         value = str(ds.get(keyword, "") or "").strip().upper()
-        if value in ("L", "R"):
-            return value, keyword
-    for source, text in (("PatientID pattern", str(ds.get("PatientID", "") or "")), ("path pattern", str(path))):
+        if value in ("L", "R", "LEFT", "RIGHT"):
+            return value[0], keyword
+    texts = [("PatientID pattern", str(ds.get("PatientID", "") or ""))]
+    if path is not None:
+        texts.append(("path pattern", str(path)))
+    for source, text in texts:
         lat, _, found = laterality_view_from_text(text)
         if found:
             return lat, source
@@ -681,7 +689,7 @@ def _dicom_meta(
             pixels[padding] = np.float32(lo)  # padding = no image here = background
         extra["padding_pixels"] = n_pad
 
-    laterality, lat_source = _laterality(ds, path)
+    laterality, lat_source = laterality_from_header(ds, path)
     view, view_source = view_from_header(ds, path)
     spacing, spacing_source = _spacing(ds)
     extra.update(
@@ -715,8 +723,9 @@ def read_mask_file(path: str | Path) -> np.ndarray:
     """Read a lesion mask file (DICOM of any modality, PNG, PGM) as a boolean (H, W) array.
 
     Mask DICOMs (e.g. CBIS-DDSM ROI masks) are binary images that are not necessarily Modality MG, so
-    they skip the mammogram checks and all LUTs: a pixel is lesion when its stored value is above the
-    nonzero (below full scale for MONOCHROME1).
+    they skip the mammogram checks and all LUTs: a pixel is lesion when its stored value is nonzero
+    (MONOCHROME2) or below the stored full scale (MONOCHROME1). PNG/PGM masks: nonzero; JPEG masks: above
+    127 (half the range, above the compression noise around 0).
 
     Raises:
         MammogramReadError: the file is missing, unreadable or not a 2-D single-channel image.

@@ -8,17 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mammokit.synth.config import LAYOUTS, SynthConfig
 from mammokit.synth.sampling import sample_woman
 
 log = logging.getLogger(__name__)
 
-LAYOUTS: tuple[str, ...] = ("cbis-ddsm", "inbreast", "mini-mias")
-
 # Present while a run writes; a folder holding it may be written over without `overwrite` (an interrupted run).
 PARTIAL_MARKER = ".mammokit-synth-partial"
-
-# Options understood by the cohort sampler (`sampling.sample_woman`); the rest go to the layout writer.
-SAMPLING_OPTIONS: tuple[str, ...] = ("malignant_fraction", "normal_fraction", "mass_fraction", "second_lesion_fraction")
 
 
 def _writer(layout: str) -> Callable[..., dict[str, Any]]:
@@ -37,40 +33,27 @@ def _writer(layout: str) -> Callable[..., dict[str, Any]]:
     raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
 
 
-def generate(
-    layout: str,
-    out: Path,
-    *,
-    women: int,
-    seed: int,
-    height: int = 1152,
-    width: int = 896,
-    overwrite: bool = False,
-    **options: Any,
-) -> dict[str, Any]:
-    """Render `women` synthetic women and write them under `out` in the file layout of a public dataset.
+def generate(out: str | Path, cfg: SynthConfig | None = None, *, overwrite: bool = False) -> dict[str, Any]:
+    """Render `cfg.women` synthetic women and write them under `out` in the file layout of a public dataset.
 
     Args:
-        layout: "cbis-ddsm" (DICOM tree + case-description CSVs), "inbreast" (DICOMs + XML ROIs + INbreast.csv)
-            or "mini-mias" (PGM files + Info.txt).
         out: output folder; must be empty or absent unless `overwrite` is set.
-        women: number of women (each has left/right x CC/MLO views; mini-MIAS keeps the MLO views only).
-        seed: cohort seed; the same seed gives byte-identical pixel data (and files).
-        height: full-image rows (mini-MIAS pads to a square of side max(height, width)).
-        width: full-image columns.
+        cfg: the cohort and layout (`SynthConfig`; default `SynthConfig()`). `layout` is "cbis-ddsm" (DICOM
+            tree + case-description CSVs), "inbreast" (DICOMs + XML ROIs + INbreast.csv) or "mini-mias" (PGM
+            files + Info.txt); the same `seed` gives byte-identical pixel data (and files). The CBIS-DDSM
+            options (`test_fraction`, `cross_fraction`, `mask_quirk_fraction`) are ignored by the other layouts.
         overwrite: allow writing into a non-empty folder (files are replaced one by one; stale files stay).
             A folder left by an interrupted run (it still holds `PARTIAL_MARKER`) is written over anyway.
-        **options: sampling options (`malignant_fraction`, `normal_fraction`, `mass_fraction`,
-            `second_lesion_fraction`) and layout options (CBIS-DDSM: `test_fraction`, `cross_fraction`,
-            `mask_quirk_fraction`).
 
     Returns:
         Summary: layout, out, seed, size, counts (`women`, `images`, `lesions` = lesion annotations, one per
         lesion per image, `malignant_lesions`, `malignant_images`, `normal_images`) and the index file paths.
 
     Raises:
-        ValueError: unknown layout or option, bad size or count, or a non-empty `out` without `overwrite`.
+        ValueError: unknown layout, bad size, count or fraction, or a non-empty `out` without `overwrite`.
     """
+    cfg = SynthConfig() if cfg is None else cfg
+    layout, women, height, width = cfg.layout, cfg.women, cfg.height, cfg.width
     writer = _writer(layout)
     if women < 1:
         raise ValueError(f"--women must be at least 1, got {women}")
@@ -87,38 +70,27 @@ def generate(
     marker = out / PARTIAL_MARKER
     if out.is_dir() and any(out.iterdir()) and not overwrite and not marker.exists():
         raise ValueError(f"output folder {out} is not empty; choose an empty or new folder, or pass overwrite")
-    sampling = {k: options.pop(k) for k in SAMPLING_OPTIONS if k in options}
-    layout_options = _layout_options(layout, options)
-    sample_woman(0, seed, **sampling)  # validates the sampling options before anything is written
+    sampling = cfg.sampling_options()
+    layout_options = _layout_options(layout, cfg.layout_options())
+    sample_woman(0, cfg.seed, **sampling)  # validates the sampling options before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if marker.exists():
         log.info("%s holds an interrupted synth run; writing over it", out)
     marker.touch()
     start = time.perf_counter()
-    summary = writer(out, women=women, seed=seed, height=height, width=width, options=layout_options, **sampling)
+    summary = writer(out, women=women, seed=cfg.seed, height=height, width=width, options=layout_options, **sampling)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     marker.unlink()
     return summary
 
 
 def _layout_options(layout: str, options: dict[str, Any]) -> Any:
-    if layout == "cbis-ddsm":
-        from dataclasses import fields
+    """The layout writer's options object (CBIS-DDSM: `CbisOptions`; the other layouts take none)."""
+    if layout != "cbis-ddsm":
+        return None
+    from mammokit.synth.cbis import CbisOptions
 
-        from mammokit.synth.cbis import CbisOptions
-
-        known = {f.name for f in fields(CbisOptions)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {unknown} for layout {layout!r}; known: {sorted(known | set(SAMPLING_OPTIONS))}"
-            )
-        for name, value in options.items():
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}")
-        return CbisOptions(**options)
-    if options:
-        raise ValueError(
-            f"unknown option(s) {sorted(options)} for layout {layout!r}; known: {sorted(SAMPLING_OPTIONS)}"
-        )
-    return None
+    for name, value in options.items():
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return CbisOptions(**options)

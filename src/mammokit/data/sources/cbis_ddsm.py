@@ -13,8 +13,8 @@ calc-test 326); 3,032 distinct images keyed by (patient, side, view), 1,347 of t
 Official split by image: 2,391 train-only, 612 test-only, 29 views that carry rows in both (calc-train and
 mass-test or the reverse); 31 patients cross the official splits. With the default policy (crossing patients
 moved to test): train 2,356 images (1,065 malignant) of 1,217 patients, test 676 images (282 malignant) of 349
-patients. Counting a doubled view once per official split, as Shen et al.'s seed spec does: train 2,420 images
-(1,097 malignant), test 641 (262 malignant).
+patients. Counting a doubled view once per official split, as the method description this rebuild followed
+did (docs/decisions.md, "CBIS-DDSM split"): train 2,420 images (1,097 malignant), test 641 (262 malignant).
 
 Rules implemented here:
 

@@ -47,7 +47,7 @@ from mammokit.data.sources._common import (
     warn_count,
 )
 from mammokit.data.sources.base import DatasetSource, register_source
-from mammokit.io.dicom import view_from_header
+from mammokit.io.dicom import laterality_from_header, view_from_header
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Cmmd(DatasetSource):
                 continue
             folder = next((p for p in reversed(path.relative_to(root).parts[:-1]) if _PATIENT_RE.match(p)), "")
             patient = folder or header_str(ds, "PatientID")
-            lat = norm_laterality(header_str(ds, "ImageLaterality") or header_str(ds, "Laterality"))
+            lat = laterality_from_header(ds)[0] or ""  # the reader's rule: ImageLaterality, Laterality, PatientID
             if not patient or not lat:
                 no_side += 1
                 self.skip("no ImageLaterality/Laterality tag or no patient folder", path=relpath(path, root))
