@@ -103,7 +103,7 @@ def _steps(out: Path, preset: str, seed: int, workers: int, device: str) -> list
                 "--workers",
                 str(workers),
                 "--no-progress",
-                # a larger validation share than the paper's 10 %: checkpoints are chosen on it
+                # a larger validation share than the default 10 % (docs/decisions.md): checkpoints are chosen on it
                 "--set",
                 "split.val_fraction=0.25",
                 *common,
