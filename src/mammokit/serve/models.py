@@ -63,6 +63,9 @@ class ServedModels:
         # Grad-CAM keeps hook state on the model and a CPU forward pass already uses every core: one model
         # call at a time; reading and preparing the next request's images goes on in other threads meanwhile.
         self._model_lock = threading.Lock()
+        # which heatmaps every run can make, found once here (it loads the float32 torch model and the patch
+        # run when the scores come from ONNX): /v1/model is answered on the event loop and must not load models
+        self._heatmap_kinds = self._find_heatmap_kinds()
 
     @classmethod
     def load(
@@ -86,6 +89,9 @@ class ServedModels:
     @property
     def heatmap_kinds(self) -> list[str]:
         """The `heatmap` values every served run can make."""
+        return list(self._heatmap_kinds)
+
+    def _find_heatmap_kinds(self) -> list[str]:
         kinds = []
         for kind in HEATMAP_KINDS:
             try:
