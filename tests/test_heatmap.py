@@ -289,3 +289,17 @@ def test_a_long_caption_wraps_inside_a_narrow_panel():
     wrapped = render_panel(pixels, np.zeros_like(pixels), caption=caption)
     assert wrapped.width == one.width  # the text fits the figure instead of running off its edge
     assert wrapped.height - one.height >= 2 * round(max(11, round(256 / 28)) * 1.35)  # at least two lines
+
+
+def test_flip_averaged_maps_flips_each_map_back():
+    from mammokit.infer.core import flip_averaged_maps
+
+    x = torch.arange(2 * 6 * 4, dtype=torch.float32).reshape(2, 1, 6, 4)
+    seen: list[torch.Tensor] = []
+
+    def position_map(t: torch.Tensor) -> np.ndarray:  # a map that is the input itself: flipping back undoes the flip
+        seen.append(t)
+        return t[:, 0].numpy()
+
+    np.testing.assert_array_equal(flip_averaged_maps(position_map, x), x[:, 0].numpy())
+    assert len(seen) == 4 and torch.equal(seen[1], x.flip(-1)) and torch.equal(seen[3], x.flip(-2, -1))

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 N_FLIPS = 4  # none, horizontal (columns), vertical (rows), both
+FLIP_AXES: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # the same four, as axes of (..., H, W)
 PRECISIONS = ("fp32", "bf16")  # TorchScorer's compute precisions (the probabilities are float32 either way)
 
 # A scoring backend: float32 (N, 1, H, W) in uint16 units -> (N,) p(malignant).
@@ -62,6 +63,25 @@ def images_to_input(images_u16: Sequence[np.ndarray] | np.ndarray) -> np.ndarray
 def flip_views(x: np.ndarray) -> np.ndarray:
     """(B, ..., H, W) -> (4B, ..., H, W): the batch as is, flipped left-right, up-down, and both."""
     return np.ascontiguousarray(np.concatenate([x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]]))
+
+
+def flip_averaged_maps(map_fn: Callable[[Any], np.ndarray], x: Any) -> np.ndarray:
+    """Flip TTA for per-pixel maps: `map_fn` on the four flip views of `x`, each map flipped back, averaged.
+
+    Args:
+        map_fn: (B, C, H, W) input (a torch tensor) -> (B, H, W) maps on the input grid.
+        x: the input batch.
+
+    Returns:
+        (B, H, W) float32, the mean of the four maps in the geometry of `x`.
+    """
+    import torch
+
+    total = np.zeros((x.shape[0], *x.shape[-2:]), dtype=np.float32)
+    for axes in FLIP_AXES:
+        m = map_fn(torch.flip(x, axes) if axes else x)
+        total += np.flip(m, axes) if axes else m  # axes -1/-2 of the (B, H, W) map = those of the input
+    return total / N_FLIPS
 
 
 def mean_over_flips(p: np.ndarray, batch: int) -> np.ndarray:

@@ -151,9 +151,6 @@ def _shift_factor(trunk_stride: tuple[float, float], stride: int) -> int:
     return round(ratio)
 
 
-_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, up-down, both
-
-
 class _StopForward(Exception):
     """Raised by a forward hook once the probed layer has produced its output (the rest need not run)."""
 
@@ -442,22 +439,24 @@ class GradCamRunner:
             cell grid offset by up to a cell (a flip puts cell centres at s i + origin on the other side),
             so their mean has twice the cell resolution; 4x the cost.
         """
-        import torch
+        from mammokit.infer.core import flip_averaged_maps
 
         for m in self.model.modules():  # set each time: several runners may share one model
             for p in m.parameters(recurse=False):
                 p.requires_grad_(id(m) in self._trainable)
-        height, width = x.shape[-2:]
-        maps = np.zeros((x.shape[0], height, width), dtype=np.float32)
-        for dims in _FLIPS if flips else _FLIPS[:1]:
-            xf = torch.flip(x, dims) if dims else x
-            with torch.enable_grad():
-                cells = self.cam(input_tensor=xf, targets=[_LogProbTarget(self.positive)] * x.shape[0])  # (B, h, w)
-            h, w = cells.shape[-2:]
-            self.map_hw = (h, w)  # cells of the target layer's map for the last input (its resolution)
-            stride = (_nominal_stride(height, h), _nominal_stride(width, w))
-            m = cell_map_to_pixels(cells, (height, width), stride, (1, 1), self.origin, CAM_INTERPOLATION_ORDER)
-            m = np.clip(m, 0.0, None)  # the cubic's ringing below 0
-            maps += np.flip(m, dims) if dims else m  # (B, H, W): dims -1/-2 are the same axes as in x
+        maps = flip_averaged_maps(self._cam_maps, x) if flips else self._cam_maps(x)
         peak = maps.max(axis=(1, 2), keepdims=True)
         return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)  # (B, H, W) in [0, 1]
+
+    def _cam_maps(self, x: torch.Tensor) -> np.ndarray:
+        """One pass: (B, 1, H, W) -> (B, H, W) CAMs >= 0, each cell placed where it looks (not normalised)."""
+        import torch
+
+        with torch.enable_grad():
+            cells = self.cam(input_tensor=x, targets=[_LogProbTarget(self.positive)] * x.shape[0])  # (B, h, w)
+        height, width = x.shape[-2:]
+        h, w = cells.shape[-2:]
+        self.map_hw = (h, w)  # cells of the target layer's map for the last input (its resolution)
+        stride = (_nominal_stride(height, h), _nominal_stride(width, w))
+        maps = cell_map_to_pixels(cells, (height, width), stride, (1, 1), self.origin, CAM_INTERPOLATION_ORDER)
+        return np.clip(maps, 0.0, None)  # the cubic's ringing below 0
