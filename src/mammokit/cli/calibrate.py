@@ -13,7 +13,7 @@ from mammokit.cli.common import (
     add_data,
     add_device,
     add_workers,
-    config_error_to_user,
+    load_cli_config,
     require_data_and_runs,
 )
 
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammokit.config import ConfigError, load_config
+    from mammokit.config import ConfigError
     from mammokit.data.manifest import ManifestError
     from mammokit.engine.calibrate import CalibrateConfig, calibrate
     from mammokit.engine.split_predict import EvaluationError
@@ -63,10 +63,7 @@ def run(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "device": None if args.device == "auto" else args.device,
     }
-    try:
-        cfg = load_config(CalibrateConfig, args.config, args.set, flags)
-    except ConfigError as exc:
-        raise config_error_to_user(exc) from None
+    cfg = load_cli_config(CalibrateConfig, args, flags)
     require_data_and_runs(args.data, [args.run])
     try:
         cal = calibrate(args.run, args.data, cfg)

@@ -16,10 +16,13 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from mammokit.config import ConfigError
+
+T = TypeVar("T")
 
 
 class UserError(Exception):
@@ -127,5 +130,14 @@ def add_heatmap_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def config_error_to_user(exc: ConfigError) -> UserError:
-    return UserError(f"configuration: {exc}")
+def load_cli_config(cls: type[T], args: argparse.Namespace, flags: Mapping[str, Any]) -> T:
+    """A command's config object: defaults < `-c` YAML files < `--set KEY=VALUE` < explicit flags.
+
+    A bad file, key or value becomes a `UserError` that says so (exit 2, no traceback).
+    """
+    from mammokit.config import load_config
+
+    try:
+        return load_config(cls, args.config, args.set, flags)
+    except ConfigError as exc:
+        raise UserError(f"configuration: {exc}") from None

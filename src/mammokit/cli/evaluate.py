@@ -16,7 +16,7 @@ from mammokit.cli.common import (
     add_out,
     add_seed,
     add_workers,
-    config_error_to_user,
+    load_cli_config,
     require_data_and_runs,
 )
 
@@ -93,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammokit.config import ConfigError, load_config
+    from mammokit.config import ConfigError
     from mammokit.data.manifest import ManifestError
     from mammokit.engine.evaluate import EvaluateConfig, EvaluationError, evaluate
     from mammokit.run import RunFolderError
@@ -113,10 +113,7 @@ def run(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "device": None if args.device == "auto" else args.device,
     }
-    try:
-        cfg = load_config(EvaluateConfig, args.config, args.set, flags)
-    except ConfigError as exc:
-        raise config_error_to_user(exc) from None
+    cfg = load_cli_config(EvaluateConfig, args, flags)
     require_data_and_runs(args.data, args.runs)
     missing = [str(path) for path in args.heatmaps if not path.is_file()]
     if missing:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mammokit.cli.common import UserError, add_config_args, add_data, add_out, add_seed, add_workers
+from mammokit.cli.common import UserError, add_config_args, add_data, add_out, add_seed, add_workers, load_cli_config
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammokit.config import ConfigError, load_config
     from mammokit.data.patches import PatchConfig, PatchSamplingError, sample_patches
 
     flags = {
@@ -88,10 +87,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "workers": args.workers,
     }
-    try:
-        cfg = load_config(PatchConfig, args.config, args.set, flags)
-    except ConfigError as exc:
-        raise UserError(f"configuration: {exc}") from None
+    cfg = load_cli_config(PatchConfig, args, flags)
     try:
         summary = sample_patches(args.data, args.out, cfg)
     except PatchSamplingError as exc:

@@ -27,9 +27,8 @@ from mammokit.cli.common import (
     add_heatmap_options,
     add_out,
     add_workers,
-    config_error_to_user,
+    load_cli_config,
 )
-from mammokit.config import ConfigError
 from mammokit.infer.config import PredictConfig
 
 CSV_COLUMNS = (
@@ -112,7 +111,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace) -> PredictConfig:
-    from mammokit.config import load_config
 
     flags: dict[str, Any] = {
         "assume_pixel_spacing": args.assume_pixel_spacing,
@@ -128,10 +126,7 @@ def _config(args: argparse.Namespace) -> PredictConfig:
         "patch_stride": args.patch_stride,
         "tta": args.tta,
     }
-    try:
-        return load_config(PredictConfig, args.config, args.set, flags)
-    except ConfigError as exc:
-        raise config_error_to_user(exc) from None
+    return load_cli_config(PredictConfig, args, flags)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from mammokit.cli.common import (
     add_out,
     add_seed,
     add_workers,
-    config_error_to_user,
+    load_cli_config,
     spacing_mm,
 )
 
@@ -77,7 +77,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def resolve_config(args: argparse.Namespace) -> PrepareConfig:
     """Defaults < YAML files (-c) < --set overrides < explicit flags."""
-    from mammokit.config import ConfigError, load_config
     from mammokit.data.prepare_config import PrepareConfig
 
     flags = {
@@ -86,10 +85,7 @@ def resolve_config(args: argparse.Namespace) -> PrepareConfig:
         "workers": args.workers,
         "assume_pixel_spacing": args.assume_pixel_spacing,
     }
-    try:
-        return load_config(PrepareConfig, args.config, args.set, flags)
-    except ConfigError as exc:
-        raise config_error_to_user(exc) from None
+    return load_cli_config(PrepareConfig, args, flags)
 
 
 def run(args: argparse.Namespace) -> int:

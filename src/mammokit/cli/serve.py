@@ -18,9 +18,8 @@ from mammokit.cli.common import (
     add_config_args,
     add_device,
     add_workers,
-    config_error_to_user,
+    load_cli_config,
 )
-from mammokit.config import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,7 +63,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from mammokit.config import load_config
     from mammokit.serve.settings import TOKEN_ENV, ServeConfig
 
     flags: dict[str, Any] = {
@@ -83,10 +81,7 @@ def _config(args: argparse.Namespace) -> Any:
         "queue": args.queue,
         "timeout_s": args.timeout,
     }
-    try:
-        return load_config(ServeConfig, args.config, args.set, flags)
-    except ConfigError as exc:
-        raise config_error_to_user(exc) from None
+    return load_cli_config(ServeConfig, args, flags)
 
 
 def _check_runs(runs: list[Path], backend: str) -> None:

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from mammokit.cli.common import UserError, add_config_args, add_out, add_seed, config_error_to_user
+from mammokit.cli.common import UserError, add_config_args, add_out, add_seed, load_cli_config
 from mammokit.synth.config import LAYOUTS, SynthConfig  # light: the renderer is imported by `run` only
 
 SUMMARY_FILE = "synth.json"
@@ -106,14 +106,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def resolve_config(args: argparse.Namespace) -> SynthConfig:
     """Defaults < YAML files (-c) < --set overrides < explicit flags."""
-    from mammokit.config import ConfigError, load_config
 
     names = [f for f in asdict(SynthConfig())]
     flags = {name: getattr(args, name, None) for name in names}
-    try:
-        return load_config(SynthConfig, args.config, args.set, flags)
-    except ConfigError as exc:
-        raise config_error_to_user(exc) from None
+    return load_cli_config(SynthConfig, args, flags)
 
 
 def run(args: argparse.Namespace) -> int:
