@@ -62,7 +62,7 @@ def images_to_input(images_u16: Sequence[np.ndarray] | np.ndarray) -> np.ndarray
 
 def flip_views(x: np.ndarray) -> np.ndarray:
     """(B, ..., H, W) -> (4B, ..., H, W): the batch as is, flipped left-right, up-down, and both."""
-    return np.ascontiguousarray(np.concatenate([x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]]))
+    return np.ascontiguousarray(np.concatenate([np.flip(x, axes) if axes else x for axes in FLIP_AXES]))
 
 
 def flip_averaged_maps(map_fn: Callable[[Any], np.ndarray], x: Any) -> np.ndarray:

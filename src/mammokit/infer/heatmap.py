@@ -26,10 +26,11 @@ onto the original mammogram with `Geometry.to_original`):
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -151,6 +152,17 @@ def _shift_factor(trunk_stride: tuple[float, float], stride: int) -> int:
     return round(ratio)
 
 
+@contextlib.contextmanager
+def _forward_hooks(modules: Iterable[nn.Module], hook: Callable[..., None]) -> Iterator[None]:
+    """`hook` on the forward pass of every module of `modules` while the block runs; removed afterwards."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class _StopForward(Exception):
     """Raised by a forward hook once the probed layer has produced its output (the rest need not run)."""
 
@@ -187,13 +199,13 @@ def receptive_field_origin(
     """
     import torch
 
-    key = (str(id(layer)) if layer is not None else "", in_channels)
+    name = "" if layer is None else next(n for n, m in model.named_modules() if m is layer)
+    key = (name, in_channels)
     cached = _ORIGINS.setdefault(model, {})
     if key in cached:
         return cached[key]
-    names = {id(m): n for n, m in model.named_modules()}
     probe = _geometry_copy(model).to(device)
-    target = dict(probe.named_modules())[names[id(layer)]] if layer is not None else None
+    target = probe.get_submodule(name) if layer is not None else None
     captured: dict[str, torch.Tensor] = {}
 
     def grab(_mod: nn.Module, _inp: object, out: torch.Tensor) -> None:
@@ -203,13 +215,8 @@ def receptive_field_origin(
     def feature_map(x: torch.Tensor) -> torch.Tensor:
         if target is None:
             return probe(x)
-        hook = target.register_forward_hook(grab)
-        try:
+        with _forward_hooks([target], grab), contextlib.suppress(_StopForward):
             probe(x)
-        except _StopForward:
-            pass
-        finally:
-            hook.remove()
         return captured.pop("map")
 
     size = 256  # grown until the map has >= 12 cells a side, so the central cell's field is not cut off
@@ -342,13 +349,8 @@ def last_spatial_module(model: nn.Module, example: torch.Tensor) -> nn.Module:
         if isinstance(out, torch.Tensor) and out.ndim == 4:
             seen.append((mod, tuple(out.shape[-2:])))
 
-    hooks = [child.register_forward_hook(record) for child in model.children()]
-    try:
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with _forward_hooks(model.children(), record), torch.no_grad():
+        model(example[:1])
     spatial = [mod for mod, (h, w) in seen if h * w > 1]
     if not spatial:
         raise ValueError(f"{type(model).__name__} has no child module producing a spatial feature map for Grad-CAM")
@@ -368,13 +370,8 @@ def _leaf_order(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
             order.append(mod)
 
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-    hooks = [m.register_forward_hook(record) for m in leaves]
-    try:
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with _forward_hooks(leaves, record), torch.no_grad():
+        model(example[:1])
     return order
 
 
