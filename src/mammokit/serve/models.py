@@ -377,28 +377,24 @@ def _form_overrides(filename: str, meta: MammoMeta, laterality: str, view: str) 
     """Laterality/view from the form where the file has none; a form value that contradicts the file is an error."""
     out: dict[str, Any] = {}
     extra = dict(meta.extra)
-    if laterality:
-        if laterality not in ("L", "R"):
-            raise ValueError(f"{filename}: laterality must be L or R, got {laterality!r}")
-        if meta.laterality and meta.laterality != laterality:
+    fields = (
+        ("laterality", laterality, ("L", "R"), "laterality must be L or R, got {!r}"),
+        ("view", view, KNOWN_VIEWS, "unknown view {!r}; use one of " + ", ".join(sorted(KNOWN_VIEWS))),
+    )
+    for field, given, allowed, bad in fields:
+        if not given:
+            continue
+        if given not in allowed:
+            raise ValueError(f"{filename}: " + bad.format(given))
+        in_file = getattr(meta, field)
+        if in_file and in_file != given:
             raise ValueError(
-                f"{filename}: the form says laterality {laterality} but the file says {meta.laterality} "
-                f"({meta.extra.get('laterality_source')}); leave the form field empty to use the file's"
+                f"{filename}: the form says {field} {given} but the file says {in_file} "
+                f"({meta.extra.get(field + '_source')}); leave the form field empty to use the file's"
             )
-        if not meta.laterality:
-            out["laterality"] = laterality
-            extra["laterality_source"] = "form"
-    if view:
-        if view not in KNOWN_VIEWS:
-            raise ValueError(f"{filename}: unknown view {view!r}; use one of {', '.join(sorted(KNOWN_VIEWS))}")
-        if meta.view and meta.view != view:
-            raise ValueError(
-                f"{filename}: the form says view {view} but the file says {meta.view} "
-                f"({meta.extra.get('view_source')}); leave the form field empty to use the file's"
-            )
-        if not meta.view:
-            out["view"] = view
-            extra["view_source"] = "form"
+        if not in_file:
+            out[field] = given
+            extra[field + "_source"] = "form"
     if out:
         out["extra"] = extra
     return out
