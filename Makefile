@@ -34,7 +34,7 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff format src tests benchmarks
 
 test: $(STAMP) chromium lint  ## lint + the CPU/offline test suite (< 15 min on 2 cores)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 test-slow: $(STAMP)  ## the slow tests (training-quality checks; tens of minutes on CPU)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow

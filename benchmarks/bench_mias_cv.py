@@ -139,11 +139,15 @@ def train_step(timer: StepTimer, name: str, run_dir: Path, argv: list[str], log_
     timer.run(name, argv + resume, log_file)
 
 
-def evaluate_step(timer: StepTimer, name: str, run_dir: Path, view: Path, out: Path, tta: bool, log: Path) -> None:
+def evaluate_step(
+    timer: StepTimer, name: str, run_dir: Path | list[Path], view: Path, out: Path, tta: bool, log: Path
+) -> None:
+    """`mammokit evaluate` of one run, or of the average of several (`evaluate RUN RUN ...`)."""
     if (out / "predictions.csv").is_file():
         return
     shutil.rmtree(out, ignore_errors=True)
-    argv = [*mammokit_cmd(), "evaluate", str(run_dir), "--data", str(view), "--split", "test", "--out", str(out)]
+    runs = [str(r) for r in (run_dir if isinstance(run_dir, list) else [run_dir])]
+    argv = [*mammokit_cmd(), "evaluate", *runs, "--data", str(view), "--split", "test", "--out", str(out)]
     timer.run(name, argv + (["--tta"] if tta else []), log)
 
 
@@ -171,19 +175,43 @@ def run_fold(args: argparse.Namespace, fold: int, view: Path, fold_dir: Path, ti
         for kv in args.patches_set:
             argv += ["--set", kv]
         timer.run(f"fold{fold}/patches", argv, log)
-    common = ["--device", "cpu", "--seed", str(args.seed), "--set", "trainer.progress_bar=false"]
-    common += ["--set", "trainer.tensorboard=false"]
+
+    def training_flags(seed: int) -> list[str]:
+        return [
+            "--device",
+            "cpu",
+            "--seed",
+            str(seed),
+            "--set",
+            "trainer.progress_bar=false",
+            "--set",
+            "trainer.tensorboard=false",
+        ]
+
+    common = training_flags(args.seed)
     patch_run = fold_dir / "runs" / "patch"
     argv = [*mk, "train", "patch", "--data", str(patches), "--out", str(patch_run), "-c", str(args.patch_config)]
     argv += common + [a for kv in args.patch_set for a in ("--set", kv)]
     train_step(timer, f"fold{fold}/train_patch", patch_run, argv, log)
 
-    whole_cfg = ["-c", str(args.whole_config), *common, *[a for kv in args.whole_set for a in ("--set", kv)]]
+    whole_sets = [a for kv in args.whole_set for a in ("--set", kv)]
+    whole_cfg = ["-c", str(args.whole_config), *common, *whole_sets]
     whole = fold_dir / "runs" / "whole"
     argv = [*mk, "train", "whole", "--data", str(view), "--from-patch", str(patch_run), "--out", str(whole)]
     train_step(timer, f"fold{fold}/train_whole", whole, argv + whole_cfg, log)
     evaluate_step(timer, f"fold{fold}/evaluate_tta", whole, view, fold_dir / "eval-tta", True, log)
     evaluate_step(timer, f"fold{fold}/evaluate", whole, view, fold_dir / "eval", False, log)
+    if args.whole_seeds > 1:  # more whole-image models from the same patch stage, other training seeds, averaged
+        members = [whole]
+        for s in range(1, args.whole_seeds):
+            member = fold_dir / "runs" / f"whole-seed{s}"
+            seeded = ["-c", str(args.whole_config), *training_flags(args.seed + s), *whole_sets]
+            argv = [*mk, "train", "whole", "--data", str(view), "--from-patch", str(patch_run), "--out", str(member)]
+            train_step(timer, f"fold{fold}/train_whole_seed{s}", member, argv + seeded, log)
+            members.append(member)
+        evaluate_step(
+            timer, f"fold{fold}/evaluate_ensemble_tta", members, view, fold_dir / "eval-ensemble-tta", True, log
+        )
     if args.baseline:
         base = fold_dir / "runs" / "whole-no-patch-init"
         argv = [*mk, "train", "whole", "--data", str(view), "--no-patch-init", "--out", str(base)]
@@ -308,6 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--whole-config", type=Path, default=REPO / "configs" / "mini-mias" / "whole.yaml")
     ap.add_argument("--patch-set", action="append", default=[], metavar="KEY=VALUE", help="`train patch --set`")
     ap.add_argument("--whole-set", action="append", default=[], metavar="KEY=VALUE", help="`train whole --set`")
+    ap.add_argument(
+        "--whole-seeds",
+        type=int,
+        default=1,
+        help="train N whole-image models per fold from the same patch stage (training seeds SEED .. SEED+N-1) "
+        "and also evaluate their average",
+    )
     ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the --no-patch-init runs")
     ap.add_argument("--prepared", type=Path, default=None, help="reuse a prepared mini-MIAS folder")
     ap.add_argument(
@@ -355,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         "patch->whole, no TTA": ("eval", "whole"),
         "no patch init (baseline), flip TTA": ("eval-baseline-tta", "whole-no-patch-init"),
     }
+    if args.whole_seeds > 1:
+        models[f"patch->whole, average of {args.whole_seeds} seeds, flip TTA"] = ("eval-ensemble-tta", "whole")
     summary: dict[str, Any] = {}
     for name, (eval_name, run_name) in models.items():
         pred = pooled_predictions(out, args.folds, eval_name, run_name)
@@ -370,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         "whole_set": args.whole_set,
         "patches_set": args.patches_set,
         "seed": args.seed,
+        "whole_seeds": args.whole_seeds,
         "reuse_patch_stage": str(args.reuse_patch_stage) if args.reuse_patch_stage else None,
     }
     results = {
