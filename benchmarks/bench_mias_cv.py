@@ -242,13 +242,13 @@ def pooled_predictions(out: Path, folds: int, eval_name: str, run_name: str) -> 
     return pd.concat(frames, ignore_index=True)
 
 
-def summarise(pred: pd.DataFrame, lesions: pd.DataFrame, seed: int) -> dict[str, Any]:
+def summarise(pred: pd.DataFrame, lesions: pd.DataFrame, seed: int, n_boot: int = 2000) -> dict[str, Any]:
     """Per-fold and pooled AUC (women-clustered bootstrap CI) and per-abnormality sensitivity."""
     from mammokit.metrics.bootstrap import bootstrap_ci
 
     y = pred["label"].to_numpy().astype(int)
     p = pred["prob_uncalibrated"].to_numpy().astype(float)
-    ci = bootstrap_ci(_auc, y, p, groups=pred["patient_id"].to_numpy(), n=2000, seed=seed)
+    ci = bootstrap_ci(_auc, y, p, groups=pred["patient_id"].to_numpy(), n=n_boot, seed=seed)
     per_fold = {
         int(k): _auc(g["label"].to_numpy().astype(int), g["prob_uncalibrated"].to_numpy())
         for k, g in pred.groupby("fold")
@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         "spacing, folds and seed): whole-image ablations without re-training the patch stage",
     )
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="women-bootstrap resamples for the CIs")
     args = ap.parse_args(argv)
 
     out = args.out
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {}
     for name, (eval_name, run_name) in models.items():
         pred = pooled_predictions(out, args.folds, eval_name, run_name)
-        summary[name] = summarise(pred, lesions, args.seed) if pred is not None else None
+        summary[name] = summarise(pred, lesions, args.seed, args.bootstrap) if pred is not None else None
     times = timer.times
     settings = {
         "pixel_spacing": args.pixel_spacing,
