@@ -52,7 +52,7 @@ def _options(command: list[str]) -> dict[str, str]:
         (["finetune"], ["--data", "--out", "--seed", "--device", "--batch-size", "--workers", "-c", "--set"]),
         (["evaluate"], ["--data", "--out", "--seed", "--device", "--batch-size", "--workers", "-c", "--set"]),
         (["predict"], ["--out", "--device", "--batch-size", "--workers", "-c", "--set"]),
-        (["synth"], ["--out", "--seed", "-c", "--set"]),
+        (["synth"], ["--out", "--seed", "--workers", "-c", "--set"]),
         (["demo"], ["--out", "--seed", "--workers", "--device"]),
     ],
 )

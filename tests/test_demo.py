@@ -32,3 +32,6 @@ def test_steps_chain_outputs_to_inputs(tmp_path):
     assert str(by_name["trainpatch"].done_marker.parent) in by_name["trainwhole"].argv
     assert str(by_name["trainwhole"].done_marker.parent) in by_name["evaluate"].argv
     assert str(PRESETS["default"]["height"]) in by_name["prepare"].argv
+    for name in ("synth", "prepare", "patches"):  # the demo's --workers reaches every data step
+        argv = by_name[name].argv
+        assert argv[argv.index("--workers") + 1] == "2"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import plistlib
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +179,58 @@ def test_inbreast_adapter_reads_the_phantom(inbreast):
     assert int((images["label"] == 1).sum()) == summary["malignant_images"]
 
 
+# ------------------------------------------------------------------------------------------------ workers
+
+
+def _digests(out: Path) -> dict[str, str]:
+    """sha256 of every file under `out`, by relative path."""
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+
+
+def _comparable(summary: dict, out: Path) -> dict:
+    """The summary without its timing and with the output folder taken out of the paths."""
+    rest = {k: v for k, v in summary.items() if k not in ("seconds", "out", "csv")}
+    return {**rest, "csv": {name: str(Path(path).relative_to(out)) for name, path in summary["csv"].items()}}
+
+
+@pytest.mark.parametrize(
+    ("layout", "fixture", "women", "seed", "normal_fraction"),
+    [("inbreast", "inbreast", 5, 4, 0.3), ("mini-mias", "mias", 6, 2, 0.4)],
+)
+def test_workers_write_the_same_files_and_summary(tmp_path, request, layout, fixture, women, seed, normal_fraction):
+    """Women rendered and written in 2 processes: the same files, byte for byte, and the same counts."""
+    out, summary = request.getfixturevalue(fixture)
+    parallel = tmp_path / "parallel"
+    cfg = SynthConfig(layout=layout, women=women, seed=seed, height=H, width=W, normal_fraction=normal_fraction)
+    parallel_summary = generate(parallel, cfg, workers=2)
+    assert _digests(parallel) == _digests(out)
+    assert _comparable(parallel_summary, parallel) == _comparable(summary, out)
+
+
+def _index_and_pid(woman) -> tuple[int, int]:
+    time.sleep(0.2 if woman.index == 0 else 0.0)  # the first woman finishes last
+    return woman.index, os.getpid()
+
+
+def _fail_on_second(woman) -> int:
+    if woman.index == 1:
+        raise RuntimeError(f"woman {woman.index} failed")
+    return woman.index
+
+
+def test_map_women_keeps_cohort_order_uses_processes_and_raises():
+    from mammokit.synth.parallel import map_women
+
+    cohort = sample_women(7, seed=0)
+    inline = list(map_women(_index_and_pid, cohort, 1))
+    assert inline == [(i, os.getpid()) for i in range(7)]
+    parallel = list(map_women(_index_and_pid, cohort, 2))
+    assert [index for index, _ in parallel] == list(range(7))
+    assert os.getpid() not in {pid for _, pid in parallel}
+    with pytest.raises(RuntimeError, match="woman 1 failed"):
+        list(map_women(_fail_on_second, cohort, 2))
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 
@@ -187,7 +242,7 @@ def test_cli_help_documents_every_option(capsys):
     for flag in (
         "--layout", "--out", "--women", "--seed", "--height", "--width", "--malignant-fraction", "--normal-fraction",
         "--mass-fraction", "--second-lesion-fraction", "--test-fraction", "--cross-fraction",
-        "--mask-quirk-fraction", "--overwrite", "--config", "--set",
+        "--mask-quirk-fraction", "--overwrite", "--workers", "--config", "--set",
     ):  # fmt: skip
         assert flag in text
     assert "default 576" in text and "cbis-ddsm" in text and "mini-mias" in text
@@ -205,7 +260,8 @@ def test_cli_writes_the_layout_and_synth_json(tmp_path, capsys):
     # a second run into the same folder is refused with a clear message, exit status 2
     assert main([*argv, "--height", "96", "--width", "64"]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert main([*argv, "--height", "96", "--width", "64", "--overwrite"]) == 0
+    assert main([*argv, "--height", "96", "--width", "64", "--overwrite", "--workers", "2"]) == 0
+    assert json.loads((out / "synth.json").read_text())["summary"]["women"] == 2
     assert main(["synth", "--out", str(tmp_path / "x"), "--malignant-fraction", "1.5"]) == 2
     assert "malignant_fraction" in capsys.readouterr().err
 

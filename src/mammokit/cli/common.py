@@ -84,7 +84,7 @@ def add_workers(p: argparse.ArgumentParser, default: int | None = None) -> None:
         type=int,
         default=default,
         metavar="N",
-        help="parallel workers (processes for prepare/patches/data loading, reader threads for predict)",
+        help="parallel workers (processes for prepare/patches/synth/data loading, reader threads for predict)",
     )
 
 

@@ -83,6 +83,8 @@ def _steps(out: Path, preset: str, seed: int, workers: int, device: str) -> list
                 str(size["synth_height"]),
                 "--width",
                 str(size["synth_width"]),
+                "--workers",
+                str(workers),
                 *common,
             ],
         ),

@@ -5,6 +5,7 @@ byte-identical files. Layouts: `cbis-ddsm` (TCIA DICOM tree + the four case-desc
 with lesions, as in the real data), `inbreast` (AllDICOMs/, AllXML/, INbreast.csv; normal images included),
 `mini-mias` (mdbNNN.pgm + Info.txt; MLO views only, squared). Besides the dataset files, the folder gets
 `synth.json` (resolved settings and counts), written last, so its presence means the dataset is complete.
+`--workers N` renders and writes the women in N processes; the files do not depend on it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from mammokit.cli.common import UserError, add_config_args, add_out, add_seed, load_cli_config
+from mammokit.cli.common import UserError, add_config_args, add_out, add_seed, add_workers, load_cli_config
 from mammokit.synth.config import LAYOUTS, SynthConfig  # light: the renderer is imported by `run` only
 
 SUMMARY_FILE = "synth.json"
@@ -100,6 +101,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="write into a non-empty folder (files are replaced, others kept)"
     )
+    # default 1 as for `patches` (also a deterministic writer of our own files); not a SynthConfig key because
+    # it does not change the files, which are byte-identical for any value
+    add_workers(p, default=1)
     add_config_args(p)
     p.set_defaults(func=run)
 
@@ -121,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"layout {cfg.layout!r} is not one of {', '.join(LAYOUTS)}")
     out: Path = args.out
     try:
-        summary = generate(out, cfg, overwrite=args.overwrite)
+        summary = generate(out, cfg, overwrite=args.overwrite, workers=args.workers)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     atomic_write_json(out / SUMMARY_FILE, {"config": asdict(cfg), "summary": summary})

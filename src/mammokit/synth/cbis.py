@@ -21,6 +21,7 @@ calcification rows sit in different official splits; no normal images (breasts w
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import numpy as np
 
 from mammokit.synth.dicom import synth_uid, to_uint16, write_cbis_dicom
 from mammokit.synth.model import RenderedLesion, RenderedView, Woman
+from mammokit.synth.parallel import map_women
 from mammokit.synth.render import render_view
 from mammokit.synth.sampling import sample_women
 from mammokit.utils.atomic import atomic_write_bytes
@@ -98,11 +100,31 @@ def _crop_box(lesion: RenderedLesion, shape: tuple[int, int]) -> tuple[int, int,
 
 
 class _Writer:
+    """Writes the DICOMs of views and collects their CSV rows and counts.
+
+    `write_cbis_ddsm` gives each woman a writer of her own (in a worker process when `workers` > 1; the
+    writer is pickled back with her rows) and `merge`s them, in cohort order, into one that writes the CSVs:
+    the rows then come out in the same order whatever the number of workers.
+    """
+
     def __init__(self, out: Path, seed: int, options: CbisOptions) -> None:
         self.out, self.seed, self.options = out, seed, options
         self.rows: dict[tuple[str, str], list[list[str]]] = {key: [] for key in CSV_NAMES}
-        self.full_images = 0
-        self.files = 0
+        self.patients: set[str] = set()
+        self.views = self.full_images = self.files = 0
+        self.lesions = self.malignant_lesions = self.malignant_images = 0
+
+    def merge(self, other: _Writer) -> None:
+        """Append `other`'s rows and add its counts (call in cohort order)."""
+        for key, rows in other.rows.items():
+            self.rows[key].extend(rows)
+        self.patients |= other.patients
+        self.views += other.views
+        self.full_images += other.full_images
+        self.files += other.files
+        self.lesions += other.lesions
+        self.malignant_lesions += other.malignant_lesions
+        self.malignant_images += other.malignant_images
 
     def _dicom(self, folder: str, name: str, pixels: np.ndarray, description: str, series_key: str, **kw: Any) -> str:
         study = synth_uid(self.seed, folder, "study")
@@ -122,6 +144,11 @@ class _Writer:
         side_word = _SIDE_WORD[view.side]
         quirk_rng = np.random.default_rng([self.seed, woman.index, _TAG_SPLIT, 2, ord(view.side), len(view.view)])
         common = {"laterality": view.side, "view": view.view, "study_date": study_date}
+        self.patients.add(pid)
+        self.views += 1
+        self.malignant_images += int(view.malignant)
+        self.lesions += len(view.lesions)
+        self.malignant_lesions += sum(lesion.spec.malignant for lesion in view.lesions)
         for kind, prefix in (("mass", "Mass"), ("calcification", "Calc")):
             lesions = [lesion for lesion in view.lesions if lesion.spec.kind == kind]
             if not lesions:
@@ -178,6 +205,24 @@ class _Writer:
         return paths
 
 
+def _write_woman(woman: Woman, *, out: Path, seed: int, height: int, width: int, options: CbisOptions) -> _Writer:
+    """Render and write one woman's DICOMs; returns her writer (rows and counts) for `_Writer.merge`.
+
+    Module-level so that `map_women` can run it in a worker process (a `functools.partial` of it pickles).
+    """
+    writer = _Writer(out, seed, options)
+    splits = _splits(woman, options)
+    date_rng = np.random.default_rng([seed, woman.index, _TAG_SPLIT, 3])
+    study_date = f"{2016}{int(date_rng.integers(1, 13)):02d}{int(date_rng.integers(1, 29)):02d}"
+    for breast in woman.breasts:
+        if breast.normal:
+            continue  # CBIS-DDSM holds no normal images
+        for view_name in ("CC", "MLO"):
+            view = render_view(woman, breast.side, view_name, height=height, width=width)
+            writer.write_view(woman, view, splits, study_date)
+    return writer
+
+
 def write_cbis_ddsm(
     out: Path,
     *,
@@ -186,46 +231,37 @@ def write_cbis_ddsm(
     height: int,
     width: int,
     options: CbisOptions | None = None,
+    workers: int = 1,
     **sampling: Any,
 ) -> dict[str, Any]:
-    """Render `women` women and write them in the CBIS-DDSM layout under `out`; returns a summary."""
+    """Render `women` women and write them in the CBIS-DDSM layout under `out`; returns a summary.
+
+    `workers` > 1 renders and writes the women in that many processes (`map_women`); the files are the same.
+    """
     options = options or CbisOptions()
     cohort = sample_women(women, seed, at_least_one_lesion=True, **sampling)
     writer = _Writer(out, seed, options)
-    n_views = n_malignant_images = n_lesions = n_malignant_lesions = 0
-    patients = set()
-    for woman in cohort:
-        splits = _splits(woman, options)
-        date_rng = np.random.default_rng([seed, woman.index, _TAG_SPLIT, 3])
-        study_date = f"{2016}{int(date_rng.integers(1, 13)):02d}{int(date_rng.integers(1, 29)):02d}"
-        for breast in woman.breasts:
-            if breast.normal:
-                continue  # CBIS-DDSM holds no normal images
-            for view_name in ("CC", "MLO"):
-                view = render_view(woman, breast.side, view_name, height=height, width=width)
-                writer.write_view(woman, view, splits, study_date)
-                n_views += 1
-                n_malignant_images += int(view.malignant)
-                n_lesions += len(view.lesions)
-                n_malignant_lesions += sum(lesion.spec.malignant for lesion in view.lesions)
-            patients.add(patient_id(woman))
+    task = functools.partial(_write_woman, out=out, seed=seed, height=height, width=width, options=options)
+    for woman_writer in map_women(task, cohort, workers):
+        writer.merge(woman_writer)
     csvs = writer.write_csvs()
     log.info(
-        "wrote %d views (%d DICOM files) of %d patients in the CBIS-DDSM layout", n_views, writer.files, len(patients)
-    )
+        "wrote %d views (%d DICOM files) of %d patients in the CBIS-DDSM layout",
+        writer.views, writer.files, len(writer.patients),
+    )  # fmt: skip
     return {
         "layout": "cbis-ddsm",
         "out": str(out),
         "seed": seed,
         "height": height,
         "width": width,
-        "women": len(patients),
-        "views": n_views,
+        "women": len(writer.patients),
+        "views": writer.views,
         "images": writer.full_images,
         "dicom_files": writer.files,
-        "lesions": n_lesions,
-        "malignant_lesions": n_malignant_lesions,
-        "malignant_images": n_malignant_images,
+        "lesions": writer.lesions,
+        "malignant_lesions": writer.malignant_lesions,
+        "malignant_images": writer.malignant_images,
         "normal_images": 0,
         "csv": csvs,
     }

@@ -33,7 +33,9 @@ def _writer(layout: str) -> Callable[..., dict[str, Any]]:
     raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
 
 
-def generate(out: str | Path, cfg: SynthConfig | None = None, *, overwrite: bool = False) -> dict[str, Any]:
+def generate(
+    out: str | Path, cfg: SynthConfig | None = None, *, overwrite: bool = False, workers: int = 1
+) -> dict[str, Any]:
     """Render `cfg.women` synthetic women and write them under `out` in the file layout of a public dataset.
 
     Args:
@@ -44,6 +46,10 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, *, overwrite: bool
             options (`test_fraction`, `cross_fraction`, `mask_quirk_fraction`) are ignored by the other layouts.
         overwrite: allow writing into a non-empty folder (files are replaced one by one; stale files stay).
             A folder left by an interrupted run (it still holds `PARTIAL_MARKER`) is written over anyway.
+        workers: processes that render and write women in parallel (<= 1: this process only). Not part of
+            `cfg` because it does not change the output: every woman's random streams are seeded from
+            (seed, her index), and the index files are written by this process in cohort order, so any
+            value gives byte-identical files.
 
     Returns:
         Summary: layout, out, seed, size, counts (`women`, `images`, `lesions` = lesion annotations, one per
@@ -78,7 +84,9 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, *, overwrite: bool
         log.info("%s holds an interrupted synth run; writing over it", out)
     marker.touch()
     start = time.perf_counter()
-    summary = writer(out, women=women, seed=cfg.seed, height=height, width=width, options=layout_options, **sampling)
+    summary = writer(
+        out, women=women, seed=cfg.seed, height=height, width=width, options=layout_options, workers=workers, **sampling
+    )
     summary["seconds"] = round(time.perf_counter() - start, 2)
     marker.unlink()
     return summary

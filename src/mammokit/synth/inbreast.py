@@ -17,10 +17,12 @@ top-left): one "Mass" polygon per mass; per calcification cluster one single-poi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
 import plistlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ import numpy as np
 
 from mammokit.synth.dicom import synth_uid, to_uint16, write_ffdm_dicom
 from mammokit.synth.model import RenderedLesion, RenderedView, Woman
+from mammokit.synth.parallel import map_women
 from mammokit.synth.render import render_woman
 from mammokit.synth.sampling import sample_women
 from mammokit.utils.atomic import atomic_write_bytes
@@ -119,45 +122,71 @@ def roi_plist(lesions: list[RenderedLesion], pixels: np.ndarray) -> bytes:
     return plistlib.dumps(doc, fmt=plistlib.FMT_XML, sort_keys=True)
 
 
+def _write_woman(
+    woman: Woman, *, out: Path, seed: int, height: int, width: int
+) -> tuple[list[list[str]], Counter[str]]:
+    """Render and write one woman's four DICOMs (and XMLs); returns her INbreast.csv rows and her counts.
+
+    Module-level so that `map_women` can run it in a worker process (a `functools.partial` of it pickles).
+    """
+    rows: list[list[str]] = []
+    counts: Counter[str] = Counter()
+    pid = patient_hash(woman)
+    date_rng = np.random.default_rng([seed, woman.index, _TAG_INBREAST, 9])
+    year, month = 2008 + int(date_rng.integers(0, 3)), int(date_rng.integers(1, 13))
+    for view in render_woman(woman, height=height, width=width):
+        name = file_name(woman, view.side, view.view)
+        pixels = to_uint16(view.image, (1 << BITS_STORED) - 1)
+        dicom_name = f"{name}_{pid}_MG_{view.side}_{view.view}_ANON.dcm"
+        write_ffdm_dicom(
+            out / "AllDICOMs" / dicom_name, pixels, patient_id=pid,
+            study_uid=synth_uid(seed, pid, "study"), series_uid=synth_uid(seed, name, "series"),
+            sop_uid=synth_uid(seed, name, "sop"), laterality=view.side, view=view.view,
+            acquisition_date=f"{year}{month:02d}15", age=woman.age, bits_stored=BITS_STORED,
+            pixel_spacing_mm=PIXEL_SPACING_MM,
+        )  # fmt: skip
+        if view.lesions:
+            atomic_write_bytes(out / "AllXML" / f"{name}.xml", roi_plist(view.lesions, pixels))
+            counts["xml_files"] += 1
+        rows.append(
+            ["removed", "removed", view.side, view.view, f"{year}{month:02d}", name, str(woman.density),
+             image_birads(view)]
+        )  # fmt: skip
+        counts["images"] += 1
+        counts["normal_images"] += int(view.normal)
+        counts["malignant_images"] += int(view.malignant)
+        counts["lesions"] += len(view.lesions)
+        counts["malignant_lesions"] += sum(lesion.spec.malignant for lesion in view.lesions)
+    return rows, counts
+
+
 def write_inbreast(
-    out: Path, *, women: int, seed: int, height: int, width: int, options: Any = None, **sampling: Any
+    out: Path,
+    *,
+    women: int,
+    seed: int,
+    height: int,
+    width: int,
+    options: Any = None,
+    workers: int = 1,
+    **sampling: Any,
 ) -> dict[str, Any]:
-    """Render `women` women (four views each) and write them in the INbreast layout under `out`."""
+    """Render `women` women (four views each) and write them in the INbreast layout under `out`.
+
+    `workers` > 1 renders and writes the women in that many processes (`map_women`); the files are the same.
+    """
     cohort = sample_women(women, seed, **sampling)
     rows: list[list[str]] = []
-    n_images = n_lesions = n_malignant_lesions = n_malignant_images = n_normal = n_xml = 0
-    for woman in cohort:
-        pid = patient_hash(woman)
-        date_rng = np.random.default_rng([seed, woman.index, _TAG_INBREAST, 9])
-        year, month = 2008 + int(date_rng.integers(0, 3)), int(date_rng.integers(1, 13))
-        for view in render_woman(woman, height=height, width=width):
-            name = file_name(woman, view.side, view.view)
-            pixels = to_uint16(view.image, (1 << BITS_STORED) - 1)
-            dicom_name = f"{name}_{pid}_MG_{view.side}_{view.view}_ANON.dcm"
-            write_ffdm_dicom(
-                out / "AllDICOMs" / dicom_name, pixels, patient_id=pid,
-                study_uid=synth_uid(seed, pid, "study"), series_uid=synth_uid(seed, name, "series"),
-                sop_uid=synth_uid(seed, name, "sop"), laterality=view.side, view=view.view,
-                acquisition_date=f"{year}{month:02d}15", age=woman.age, bits_stored=BITS_STORED,
-                pixel_spacing_mm=PIXEL_SPACING_MM,
-            )  # fmt: skip
-            if view.lesions:
-                atomic_write_bytes(out / "AllXML" / f"{name}.xml", roi_plist(view.lesions, pixels))
-                n_xml += 1
-            rows.append(
-                ["removed", "removed", view.side, view.view, f"{year}{month:02d}", name, str(woman.density),
-                 image_birads(view)]
-            )  # fmt: skip
-            n_images += 1
-            n_normal += int(view.normal)
-            n_malignant_images += int(view.malignant)
-            n_lesions += len(view.lesions)
-            n_malignant_lesions += sum(lesion.spec.malignant for lesion in view.lesions)
+    counts: Counter[str] = Counter()
+    task = functools.partial(_write_woman, out=out, seed=seed, height=height, width=width)
+    for woman_rows, woman_counts in map_women(task, cohort, workers):  # cohort order: rows as without workers
+        rows.extend(woman_rows)
+        counts.update(woman_counts)
     buf = io.StringIO()
     for row in [list(CSV_HEADER), *rows]:
         buf.write(";".join(row) + "\r\n")
     atomic_write_bytes(out / "INbreast.csv", buf.getvalue().encode("ascii"))
-    log.info("wrote %d images of %d women in the INbreast layout", n_images, len(cohort))
+    log.info("wrote %d images of %d women in the INbreast layout", counts["images"], len(cohort))
     return {
         "layout": "inbreast",
         "out": str(out),
@@ -165,11 +194,11 @@ def write_inbreast(
         "height": height,
         "width": width,
         "women": len(cohort),
-        "images": n_images,
-        "xml_files": n_xml,
-        "lesions": n_lesions,
-        "malignant_lesions": n_malignant_lesions,
-        "malignant_images": n_malignant_images,
-        "normal_images": n_normal,
+        "images": counts["images"],
+        "xml_files": counts["xml_files"],
+        "lesions": counts["lesions"],
+        "malignant_lesions": counts["malignant_lesions"],
+        "malignant_images": counts["malignant_images"],
+        "normal_images": counts["normal_images"],
         "csv": {"INbreast.csv": str(out / "INbreast.csv")},
     }
