@@ -19,16 +19,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mias_cv.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_mias_cv", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_mias_cv"] = module
-    spec.loader.exec_module(module)
-    return module
+    return _load("bench_mias_cv")
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +81,9 @@ class RecordingRunner:
                 {
                     "image_id": test["image_id"],
                     "patient_id": test["patient_id"],
+                    "exam_id": test["exam_id"],
+                    "laterality": test["laterality"],
+                    "view": test["view"],
                     "label": label,
                     "prob_uncalibrated": np.clip(0.3 + 0.4 * label + rng.normal(0, 0.2, len(test)), 0, 1),
                 }
@@ -146,3 +153,22 @@ def test_whole_seeds_ensemble_pooled_out_of_fold_and_resumable(
 
     again = _run(bench, monkeypatch, argv)  # resumed: every step's output exists, nothing runs again
     assert again.steps == []
+
+
+def test_oof_analysis_pairs_each_image_with_the_other_breast(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench, analyse = _bench(), _load("analyse_mias_oof")
+    out = tmp_path / "cv"
+    _run(bench, monkeypatch, ["--out", str(out), "--prepared", str(prepared), "--folds", "2", "--bootstrap", "50"])
+    pred = analyse.pooled(out, "eval-tta")
+    assert len(pred) == len(pd.read_parquet(prepared / "manifest.parquet"))
+    other = analyse.contralateral(pred)
+    by_side = pred.set_index(["exam_id", "laterality"])["prob_uncalibrated"]
+    for i in pred.index[:6]:  # mini-MIAS: one MLO per breast, the other breast is the other laterality
+        flip = {"L": "R", "R": "L"}[pred.at[i, "laterality"]]
+        assert other[i] == by_side[(pred.at[i, "exam_id"], flip)]
+    capsys.readouterr()
+    assert analyse.main([str(out), "--bootstrap", "50"]) == 0
+    table = capsys.readouterr().out
+    assert "| whole image |" in table and "| minus contralateral |" in table
