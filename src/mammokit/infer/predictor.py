@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -68,8 +68,8 @@ class Prediction:
     image_id: str
     path: str
     prob_malignant: float  # calibrated when the run has calibration.json, else = prob_raw
-    call: int  # 1 = malignant at the run's operating threshold
-    threshold: float
+    call: int | None  # 1 = malignant at the run's operating threshold; None for an ensemble (no stored threshold)
+    threshold: float | None  # the run's operating threshold on prob_raw; None for an ensemble
     laterality: str | None
     view: str | None
     prob_raw: float
@@ -77,9 +77,12 @@ class Prediction:
     # "gradcam", "patch_malignant" (sum of the malignant classes), "patch_<class>" -> (H, W)
     heatmaps: dict[str, np.ndarray] = field(default_factory=dict)
     meta: MammoMeta | None = None
+    # an ensemble's prediction (`infer.ensemble`): each member run's prediction of this image, without heatmaps
+    members: list[Prediction] = field(default_factory=list)
 
     def to_record(self) -> dict[str, Any]:
-        """Flat, JSON-able row (no arrays, no header fields beyond laterality/view)."""
+        """Flat, JSON-able row (no arrays, no header fields beyond laterality/view); call/threshold None for an
+        ensemble."""
         return {
             "image_id": self.image_id,
             "input": self.path,
@@ -87,8 +90,8 @@ class Prediction:
             "view": self.view,
             "prob_malignant": round(float(self.prob_malignant), 6),
             "prob_raw": round(float(self.prob_raw), 6),
-            "call": int(self.call),
-            "threshold": float(self.threshold),
+            "call": None if self.call is None else int(self.call),
+            "threshold": None if self.threshold is None else float(self.threshold),
         }
 
 
@@ -509,32 +512,10 @@ class Predictor:
             then the others in input order; `prepared` is None for failures.
         """
         self.check_heatmap(heatmap)
-        given = list(inputs)
-        if all(isinstance(i, InputItem) for i in given):
-            items: list[InputItem] = given  # type: ignore[assignment]
-        elif any(isinstance(i, InputItem) for i in given):
-            raise TypeError("predict_many takes either InputItems or paths, not a mix")
-        else:
-            items = collect_inputs(given)  # type: ignore[arg-type]
-        keep = heatmap != "none" if keep_pixels is None else keep_pixels
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(items), unit="img", desc="predict", disable=not progress)
-        try:
-            batch: list[PreparedImage] = []
-            for _item, prepared in self._read_stream(items, keep, workers, prefetch=batch_size + workers):
-                if isinstance(prepared, PredictionFailure):
-                    bar.update(1)
-                    yield prepared, None
-                    continue
-                batch.append(prepared)
-                if len(batch) >= batch_size:
-                    yield from self._run_batch(batch, heatmap, bar)
-                    batch = []
-            if batch:
-                yield from self._run_batch(batch, heatmap, bar)
-        finally:
-            bar.close()
+        yield from predict_stream(
+            self, inputs, heatmap, self.predict_prepared,
+            batch_size=batch_size, workers=workers, keep_pixels=keep_pixels, progress=progress,
+        )  # fmt: skip
 
     def _read_stream(
         self, items: Sequence[InputItem], keep: bool, workers: int, prefetch: int
@@ -566,24 +547,74 @@ class Predictor:
                 result = PredictionFailure(item.image_id, str(item.path), "read", result.reason)
             yield item, result
 
-    def _run_batch(
-        self, batch: list[PreparedImage], heatmap: HeatmapKind, bar: Any
-    ) -> Iterator[tuple[Prediction | PredictionFailure, PreparedImage | None]]:
-        try:
-            results: list[Prediction | PredictionFailure] = list(self.predict_prepared(batch, heatmap))
-        except Exception as exc:
-            if len(batch) == 1:
-                log.warning("model failed on %s: %s", batch[0].item.path, exc)
-                p = batch[0]
-                error = f"{type(exc).__name__}: {exc}"
-                results = [PredictionFailure(p.item.image_id, str(p.item.path), "model", error)]
-            else:  # find the culprit: one at a time, so the others still get predicted
-                for p in batch:
-                    yield from self._run_batch([p], heatmap, bar)
-                return
-        for r, p in zip(results, batch, strict=True):
-            bar.update(1)
-            yield r, (p if isinstance(r, Prediction) else None)
+
+PredictBatch = Callable[[Sequence[PreparedImage], HeatmapKind], Sequence[Prediction]]
+
+
+def predict_stream(
+    reader: Predictor,
+    inputs: Iterable[str | Path | InputItem],
+    heatmap: HeatmapKind,
+    predict_batch: PredictBatch,
+    *,
+    batch_size: int = 4,
+    workers: int = 0,
+    keep_pixels: bool | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[Prediction | PredictionFailure, PreparedImage | None]]:
+    """Read and prepare `inputs` with `reader`'s preprocessing, and predict them in batches with `predict_batch`.
+
+    The batch loop behind `Predictor.predict_many` and `EnsemblePredictor.predict_many` (`infer.ensemble`), kept
+    in one place so that one run and an ensemble read each file once and treat bad files alike: a file that
+    cannot be read yields a "read" failure, a batch the model fails on is retried one image at a time so only the
+    culprit yields a "model" failure, and the rest go on. Arguments and yields as in `Predictor.predict_many`.
+    """
+    given = list(inputs)
+    if all(isinstance(i, InputItem) for i in given):
+        items: list[InputItem] = given  # type: ignore[assignment]
+    elif any(isinstance(i, InputItem) for i in given):
+        raise TypeError("predict_many takes either InputItems or paths, not a mix")
+    else:
+        items = collect_inputs(given)  # type: ignore[arg-type]
+    keep = heatmap != "none" if keep_pixels is None else keep_pixels
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(items), unit="img", desc="predict", disable=not progress)
+    try:
+        batch: list[PreparedImage] = []
+        for _item, prepared in reader._read_stream(items, keep, workers, prefetch=batch_size + workers):
+            if isinstance(prepared, PredictionFailure):
+                bar.update(1)
+                yield prepared, None
+                continue
+            batch.append(prepared)
+            if len(batch) >= batch_size:
+                yield from _run_batch(predict_batch, batch, heatmap, bar)
+                batch = []
+        if batch:
+            yield from _run_batch(predict_batch, batch, heatmap, bar)
+    finally:
+        bar.close()
+
+
+def _run_batch(
+    predict_batch: PredictBatch, batch: list[PreparedImage], heatmap: HeatmapKind, bar: Any
+) -> Iterator[tuple[Prediction | PredictionFailure, PreparedImage | None]]:
+    try:
+        results: list[Prediction | PredictionFailure] = list(predict_batch(batch, heatmap))
+    except Exception as exc:
+        if len(batch) == 1:
+            log.warning("model failed on %s: %s", batch[0].item.path, exc)
+            p = batch[0]
+            error = f"{type(exc).__name__}: {exc}"
+            results = [PredictionFailure(p.item.image_id, str(p.item.path), "model", error)]
+        else:  # find the culprit: one at a time, so the others still get predicted
+            for p in batch:
+                yield from _run_batch(predict_batch, [p], heatmap, bar)
+            return
+    for r, p in zip(results, batch, strict=True):
+        bar.update(1)
+        yield r, (p if isinstance(r, Prediction) else None)
 
 
 _RUNTIME_HINT = {
