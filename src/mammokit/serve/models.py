@@ -1,13 +1,15 @@
 """The served models: one or more runs loaded through `Predictor`, and one exam predicted with them.
 
 Several runs form an ensemble exactly as in `mammokit evaluate` (`engine.evaluate.ensemble_predictions`):
-the raw and the calibrated p(malignant) are each the mean over the runs. An ensemble has no stored operating
-threshold, so, as in evaluate, it makes no call of its own; each member's call is reported. Breast and exam
+the raw and the calibrated p(malignant) are each the mean over the runs (`infer.ensemble.combine_predictions`,
+the averaging `mammokit predict --ensemble` uses too). An ensemble has no stored operating threshold, so, as in
+evaluate, it makes no call of its own; each member's call is reported. Breast and exam
 aggregates are `engine.evaluate.aggregate_predictions` (breast = mean or max over its views, exam = max over
 its breasts), with a single run's threshold applied on the calibrated scale as evaluate does.
 
 Heatmaps: each run's maps come back on the original pixel grid; for an ensemble the maps of one kind are
-averaged over the runs. They are stored as display-sized PNGs (see `render_view_pngs`) in the `ResultStore`.
+averaged over the runs (`infer.ensemble.mean_heatmaps`).
+They are stored as display-sized PNGs (see `render_view_pngs`) in the `ResultStore`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mammokit.infer.ensemble import NO_THRESHOLD_NOTE, combine_predictions, mean_heatmaps, unique_names
 from mammokit.infer.inputs import InputItem
 from mammokit.infer.predictor import HEATMAP_KINDS, Prediction, Predictor
 from mammokit.io.dicom import KNOWN_VIEWS, MammogramReadError
@@ -58,7 +61,7 @@ class ServedModels:
         if aggregate not in ("mean", "max"):
             raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
         self.predictors = list(predictors)
-        self.names = _unique_names([p.run_name for p in self.predictors])
+        self.names = unique_names([p.run_name for p in self.predictors])
         self.aggregate = aggregate
         # Grad-CAM keeps hook state on the model and a CPU forward pass already uses every core: one model
         # call at a time; reading and preparing the next request's images goes on in other threads meanwhile.
@@ -259,6 +262,7 @@ class ServedModels:
                 for name, preds in zip(self.names, per_run, strict=True)
             ]
             meta = rv.meta
+            ensemble = combine_predictions([preds[i] for preds in per_run], heatmaps=False)
             views.append(
                 {
                     "index": rv.upload.index,
@@ -273,8 +277,8 @@ class ServedModels:
                     "height": meta.height,
                     "width": meta.width,
                     # ensemble = the mean over runs of each probability, as engine.evaluate.ensemble_predictions
-                    "prob_malignant": round(float(np.mean([preds[i].prob_malignant for preds in per_run])), 6),
-                    "prob_raw": round(float(np.mean([preds[i].prob_raw for preds in per_run])), 6),
+                    "prob_malignant": round(ensemble.prob_malignant, 6),
+                    "prob_raw": round(ensemble.prob_raw, 6),
                     "call": members[0]["call"] if single else None,
                     "threshold": members[0]["threshold"] if single else None,
                     "models": members,
@@ -286,7 +290,7 @@ class ServedModels:
             threshold_cal = float(apply_calibration(p.threshold, p.calibration)) if p.calibration else p.threshold
         breasts, exam, notes = _aggregates(views, self.aggregate, threshold_cal)
         if not single:
-            notes.append("an ensemble has no stored threshold (as in `mammokit evaluate`): see each model's call")
+            notes.append(NO_THRESHOLD_NOTE)
         return {
             "models": self.model_summaries(),
             "ensemble": not single,
@@ -302,11 +306,7 @@ class ServedModels:
         files: dict[str, bytes] = {}
         for i, rv in enumerate(read):
             pixels = next(iter(rv.reads.values()))[0]
-            maps: dict[str, list[np.ndarray]] = {}
-            for preds in per_run:
-                for kind, heat in preds[i].heatmaps.items():
-                    maps.setdefault(kind, []).append(heat)
-            mean_maps = {k: np.mean(v, axis=0) if len(v) > 1 else v[0] for k, v in maps.items()}
+            mean_maps = mean_heatmaps([preds[i] for preds in per_run])
             for name, png in render_view_pngs(pixels, mean_maps, limits.display_max_side).items():
                 files[f"views/{i}/{name}"] = png
         return files
@@ -448,13 +448,3 @@ def _aggregates(
         "n_breasts": len(breasts),
     }
     return breasts, exam, notes
-
-
-def _unique_names(names: list[str]) -> list[str]:
-    out: list[str] = []
-    for name in names:
-        candidate, k = name, 2
-        while candidate in out:
-            candidate, k = f"{name}-{k}", k + 1
-        out.append(candidate)
-    return out

@@ -1,0 +1,267 @@
+"""Model averaging (the paper's ensembles): several whole-image runs' predictions of one image -> one prediction.
+
+The one implementation used by `mammokit predict --ensemble` (`EnsemblePredictor`) and `mammokit serve RUN RUN...`
+(`serve.models.ServedModels`), with the semantics of `mammokit evaluate` (`engine.aggregate.ensemble_predictions`):
+
+* `prob_malignant` (calibrated where a member has calibration.json) and `prob_raw` are each the mean over members.
+* An ensemble has no stored operating threshold, so it makes no call of its own: `call` and `threshold` are None
+  (evaluate reports Youden first for an ensemble; serve and predict report each member's call instead).
+* Heatmaps of each kind are the mean of the members' maps on the original pixel grid (a kind only some members
+  made, e.g. the class maps of different patch runs, is the mean over those that made it).
+
+`EnsemblePredictor` reads and prepares each file once, with the first member's preprocessing, and feeds the same
+prepared image to every member; that is only right when all members prepare images identically, so it refuses
+members whose `PreprocessSpec` (model.json) differ and names the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mammokit.infer.inputs import InputItem
+from mammokit.infer.predictor import (
+    HEATMAP_BACKEND,
+    PATCH_MALIGNANT,
+    Backend,
+    HeatmapKind,
+    HeatmapOptions,
+    Prediction,
+    PredictionFailure,
+    Predictor,
+    PreparedImage,
+    predict_stream,
+)
+from mammokit.preprocess import to_model_input
+
+NO_THRESHOLD_NOTE = "an ensemble has no stored threshold (as in `mammokit evaluate`): see each model's call"
+# PreprocessSpec fields that do not change the prepared image: `extra` is adapter provenance only
+_PROVENANCE_FIELDS = frozenset({"extra"})
+
+
+class EnsembleError(ValueError):
+    """The runs cannot form an ensemble (e.g. they prepare images differently)."""
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """Run names made unique by suffixes (-2, -3, ...), so two runs both called `whole` stay apart in outputs."""
+    out: list[str] = []
+    for name in names:
+        candidate, k = name, 2
+        while candidate in out:
+            candidate, k = f"{name}-{k}", k + 1
+        out.append(candidate)
+    return out
+
+
+def mean_heatmaps(members: Sequence[Prediction]) -> dict[str, np.ndarray]:
+    """Each heatmap kind averaged over the members that made it (all on the same original pixel grid).
+
+    A map that only one member made is returned as is (no copy), so a single run's maps are untouched.
+    """
+    maps: dict[str, list[np.ndarray]] = {}
+    for pred in members:
+        for kind, heat in pred.heatmaps.items():
+            maps.setdefault(kind, []).append(heat)
+    return {k: np.mean(v, axis=0) if len(v) > 1 else v[0] for k, v in maps.items()}
+
+
+def combine_predictions(members: Sequence[Prediction], *, heatmaps: bool = True) -> Prediction:
+    """The ensemble's prediction of one image from its members' predictions of it (in member order).
+
+    Args:
+        members: one `Prediction` per member run, all of the same image.
+        heatmaps: average the members' heatmaps too (False skips the work when nobody will look at them).
+
+    Returns:
+        A `Prediction` with the mean probabilities, `call = threshold = None` for two or more members (no stored
+        threshold), id, path, laterality, view and meta of the first member, and the members' predictions under
+        `members` (without their heatmaps: the mean is what is kept). One member is returned as is.
+    """
+    if not members:
+        raise EnsembleError("an ensemble needs at least one member's prediction")
+    first = members[0]
+    if len(members) == 1:
+        return first
+    if len({p.image_id for p in members}) != 1:
+        raise EnsembleError(f"the members predicted different images: {sorted({p.image_id for p in members})}")
+    maps = mean_heatmaps(members) if heatmaps else {}
+    primary = maps.get("gradcam", maps.get(PATCH_MALIGNANT)) if maps else None
+    return Prediction(
+        image_id=first.image_id,
+        path=first.path,
+        prob_malignant=float(np.mean([p.prob_malignant for p in members])),
+        call=None,
+        threshold=None,
+        laterality=first.laterality,
+        view=first.view,
+        prob_raw=float(np.mean([p.prob_raw for p in members])),
+        heatmap=primary,
+        heatmaps=maps,
+        meta=first.meta,
+        members=[dataclasses.replace(p, heatmap=None, heatmaps={}) for p in members],
+    )
+
+
+def check_same_preprocessing(predictors: Sequence[Predictor]) -> None:
+    """Raise `EnsembleError` naming both runs and the field when two members prepare images differently.
+
+    Every member is fed the image prepared by the first one, so a member trained on another crop, size,
+    orientation, intensity mapping or DICOM VOI handling would silently see an input unlike its training images.
+    The normalisation (pixel mean/std) may differ: scoring normalises inside each member's graph, and Grad-CAM's
+    input is re-normalised per member.
+    """
+    if not predictors:
+        raise EnsembleError("an ensemble needs at least one run")
+    ref = predictors[0]
+    for other in predictors[1:]:
+        for f in dataclasses.fields(ref.spec):
+            if f.name in _PROVENANCE_FIELDS:
+                continue
+            a, b = getattr(ref.spec, f.name), getattr(other.spec, f.name)
+            if a != b:
+                raise EnsembleError(
+                    f"runs {ref.run_dir} and {other.run_dir} prepare images differently (model.json "
+                    f"input.preprocess.{f.name}: {a!r} vs {b!r}); ensemble members must share the preprocessing, "
+                    "since each file is read and prepared once for all of them"
+                )
+
+
+class EnsemblePredictor:
+    """Several whole-image runs predicting as one model: the mean of their probabilities (and heatmaps).
+
+    Offers what `mammokit predict` uses of `Predictor` (`predict_many`, `predict_prepared`, `check_heatmap`,
+    names of runs and backends), so the CLI treats one run and an ensemble alike.
+    """
+
+    def __init__(self, predictors: Sequence[Predictor]) -> None:
+        check_same_preprocessing(predictors)
+        self.predictors = list(predictors)
+        self.reader = self.predictors[0]  # reads and prepares every file once, for all members
+        self.names = unique_names([p.run_name for p in self.predictors])
+
+    @classmethod
+    def from_runs(
+        cls,
+        runs: Sequence[str | Path],
+        device: str = "auto",
+        backend: Backend = "auto",
+        *,
+        patch_run: str | Path | None = None,
+        channels_last: bool = True,
+        tta: bool | None = None,
+        assume_pixel_spacing: float | None = None,
+        heatmap_options: HeatmapOptions | None = None,
+    ) -> EnsemblePredictor:
+        """Load each run with `Predictor.from_run` (each picks its own backend with "auto", cached per run)."""
+        return cls(
+            [
+                Predictor.from_run(r, device, backend, patch_run=patch_run, channels_last=channels_last, tta=tta,
+                                   assume_pixel_spacing=assume_pixel_spacing, heatmap_options=heatmap_options)
+                for r in runs
+            ]
+        )  # fmt: skip
+
+    # ---- what the outputs say about the model ------------------------------------------------
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.predictors) > 1
+
+    @property
+    def run_name(self) -> str:
+        """The member runs' names joined by ';' (the `model_run` column)."""
+        return ";".join(self.names)
+
+    @property
+    def backend_name(self) -> str:
+        """Each member's scoring backend, in member order, joined by ';' (the `backend` column)."""
+        return ";".join(p.backend_name for p in self.predictors)
+
+    @property
+    def heatmap_backend_name(self) -> str:
+        return HEATMAP_BACKEND
+
+    @property
+    def heatmap_backend(self) -> Any:
+        """The first member's float32 torch model (its Grad-CAM layer name goes into the overlay captions)."""
+        return self.reader.heatmap_backend
+
+    @property
+    def threshold(self) -> float | None:
+        """A single run's threshold; None for an ensemble (no stored operating point)."""
+        return None if self.is_ensemble else self.reader.threshold
+
+    @property
+    def tta(self) -> bool:
+        """True when every member averages over the four flips (each follows its own calibration.json)."""
+        return all(p.tta for p in self.predictors)
+
+    def check_heatmap(self, heatmap: str) -> None:
+        """Fail before reading any file when a member cannot make the heatmap kind."""
+        for p in self.predictors:
+            p.check_heatmap(heatmap)
+
+    def member_records(self, pred: Prediction) -> list[dict[str, Any]]:
+        """Each member's probabilities and call for one image (as serve reports them under `models`)."""
+        members = pred.members or [pred]
+        return [
+            {
+                "name": name,
+                "prob_malignant": round(float(m.prob_malignant), 6),
+                "prob_raw": round(float(m.prob_raw), 6),
+                "call": None if m.call is None else int(m.call),
+                "threshold": m.threshold,
+            }
+            for name, m in zip(self.names, members, strict=True)
+        ]
+
+    # ---- prediction --------------------------------------------------------------------------
+
+    def predict_members(self, batch: Sequence[PreparedImage], heatmap: HeatmapKind = "none") -> list[list[Prediction]]:
+        """Every member's predictions of one prepared batch: `[image][member]`."""
+        per_member = []
+        for p in self.predictors:
+            per_member.append(p.predict_prepared(self._for_member(p, batch), heatmap))
+        return [list(preds) for preds in zip(*per_member, strict=True)]
+
+    def predict_prepared(self, batch: Sequence[PreparedImage], heatmap: HeatmapKind = "none") -> list[Prediction]:
+        """The ensemble's predictions of one prepared batch (`combine_predictions` of the members')."""
+        return [combine_predictions(members) for members in self.predict_members(batch, heatmap)]
+
+    def predict(
+        self, image_path: str | Path, heatmap: HeatmapKind = "none", *, image_id: str | None = None
+    ) -> Prediction:
+        """Predict one file; errors propagate (use `predict_many` for batches that must go on)."""
+        self.check_heatmap(heatmap)
+        path = Path(image_path)
+        item = InputItem(path=path, image_id=image_id or path.stem, source=str(path))
+        return self.predict_prepared([self.reader.load_image(item, keep_pixels=heatmap != "none")], heatmap)[0]
+
+    def predict_many(
+        self,
+        inputs: Iterable[str | Path | InputItem],
+        heatmap: HeatmapKind = "none",
+        *,
+        batch_size: int = 4,
+        workers: int = 0,
+        keep_pixels: bool | None = None,
+        progress: bool = False,
+    ) -> Iterator[tuple[Prediction | PredictionFailure, PreparedImage | None]]:
+        """As `Predictor.predict_many`: each file read once; a bad file is a `PredictionFailure`, the rest go on."""
+        self.check_heatmap(heatmap)
+        return predict_stream(
+            self.reader, inputs, heatmap, self.predict_prepared,
+            batch_size=batch_size, workers=workers, keep_pixels=keep_pixels, progress=progress,
+        )  # fmt: skip
+
+    def _for_member(self, member: Predictor, batch: Sequence[PreparedImage]) -> Sequence[PreparedImage]:
+        """The shared prepared batch, with Grad-CAM's normalised input redone where the member's mean/std differ."""
+        mine, ref = member.card.input, self.reader.card.input
+        if (mine.pixel_mean, mine.pixel_std) == (ref.pixel_mean, ref.pixel_std):
+            return batch
+        return [dataclasses.replace(p, x=to_model_input(p.image_u16, mine.pixel_mean, mine.pixel_std)) for p in batch]
