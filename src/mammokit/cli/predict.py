@@ -9,6 +9,11 @@ Writes into DIR:
 
 The preprocessing (crop, flip, resize, normalisation) comes from the run folder; there is no flag
 for it on purpose. Nothing from the DICOM header beyond laterality and view is written.
+
+`--ensemble RUN2 [--ensemble RUN3 ...]` averages RUN and the further runs as `mammokit evaluate` and `serve` do
+(`infer.ensemble`): p(malignant) and prob_raw are each the mean over the runs, heatmaps of each kind the mean
+of the runs' maps; an ensemble has no stored threshold, so `call` and `threshold` are empty and each run's call
+is in predictions.json. `model_run` and `backend` list the runs (and the backend each used), ';'-separated.
 """
 
 from __future__ import annotations
@@ -56,11 +61,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Predict p(malignant) for each input image with a trained whole-image run. INPUTS are files, "
             "folders (searched recursively) or CSV lists with a 'path' column (and optional 'image_id'). "
             "The preprocessing comes from the run folder. Writes predictions.csv/json, errors.csv for "
-            "inputs that failed (exit status 1 if any), and heatmap overlays in the original image geometry."
+            "inputs that failed (exit status 1 if any), and heatmap overlays in the original image geometry. "
+            "With --ensemble, several runs are averaged into one prediction (the paper's model averaging)."
         ),
     )
     p.add_argument("run", type=Path, metavar="RUN", help="run folder of a whole-image model (holds model.json)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or CSV lists")
+    p.add_argument(
+        "--ensemble",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="RUN",
+        help="also average this run's predictions; repeat for more members. As in `mammokit evaluate` and `serve`: "
+        "p(malignant) and the uncalibrated probability are each the mean over the runs and heatmaps the mean of "
+        "their maps; an ensemble has no stored threshold, so the call column is empty (each run's call is in "
+        "predictions.json). The runs must share the preprocessing (model.json input.preprocess); each file is "
+        "read once for all of them",
+    )
     add_out(p, help="output folder for predictions.csv/json, errors.csv and heatmaps/")
     add_config_args(p)
     add_device(p)
@@ -131,6 +149,7 @@ def _config(args: argparse.Namespace) -> PredictConfig:
 
 def run(args: argparse.Namespace) -> int:
     from mammokit.config import dump_yaml
+    from mammokit.infer.ensemble import EnsemblePredictor
     from mammokit.infer.inputs import InputError, collect_inputs
     from mammokit.infer.predictor import HeatmapOptions, Predictor
     from mammokit.run import RunFolderError
@@ -146,29 +165,38 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no inputs to predict")
     try:
         options = HeatmapOptions(cfg.gradcam_layer, cfg.gradcam_method, cfg.patch_stride)
-        predictor = Predictor.from_run(
-            args.run,
-            cfg.device,
-            cfg.backend,
-            patch_run=cfg.patch_run,
-            channels_last=cfg.channels_last,
-            tta=cfg.tta,
-            assume_pixel_spacing=cfg.assume_pixel_spacing,
-            heatmap_options=options,
-        )
+        members = [
+            Predictor.from_run(
+                run_dir,
+                cfg.device,
+                cfg.backend,  # each member picks (auto) or checks its own backend, cached in its own folder
+                patch_run=cfg.patch_run,
+                channels_last=cfg.channels_last,
+                tta=cfg.tta,
+                assume_pixel_spacing=cfg.assume_pixel_spacing,
+                heatmap_options=options,
+            )
+            for run_dir in [args.run, *args.ensemble]
+        ]
+        # one run stays a plain Predictor (its outputs are exactly as before); several are averaged
+        predictor: Any = EnsemblePredictor(members) if len(members) > 1 else members[0]
         predictor.check_heatmap(cfg.heatmap)
     except (RunFolderError, FileNotFoundError, ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "predict_config.yaml", dump_yaml({"run": str(args.run), **dataclasses.asdict(cfg)}))
+    runs: dict[str, Any] = {"run": str(args.run)}
+    if args.ensemble:
+        runs["ensemble"] = [str(r) for r in args.ensemble]
+    atomic_write_text(out / "predict_config.yaml", dump_yaml({**runs, **dataclasses.asdict(cfg)}))
 
     rows, errors = _predict_all(predictor, items, cfg, out, progress=not args.no_progress)
     _write_outputs(out, predictor, rows, errors)
     import logging
 
-    logging.getLogger(__name__).info(
-        "%d image(s) predicted, %d failed; wrote %s", len(rows), len(errors), out / "predictions.csv"
-    )
+    logger = logging.getLogger(__name__)
+    if len(members) > 1:
+        logger.info("ensemble of %d runs (%s): %s", len(members), predictor.run_name, _no_call_note())
+    logger.info("%d image(s) predicted, %d failed; wrote %s", len(rows), len(errors), out / "predictions.csv")
     return 1 if errors else 0
 
 
@@ -186,6 +214,8 @@ def _predict_all(predictor: Any, items: list, cfg: PredictConfig, out: Path, *, 
             continue
         row = result.to_record()
         row.update(model_run=predictor.run_name, backend=predictor.backend_name)
+        if result.members:  # an ensemble: each run's probabilities and call (predictions.json only)
+            row["models"] = predictor.member_records(result)
         row["heatmap_backend"] = predictor.heatmap_backend_name if result.heatmaps else ""
         written = []
         if result.heatmaps and prepared is not None and prepared.pixels is not None:
@@ -200,7 +230,11 @@ def _write_overlays(folder: Path, result: Any, pixels: Any, cfg: PredictConfig, 
     from mammokit.infer.overlay import describe_map, prediction_line, scale_label, write_panel, write_raw_map
 
     layer = predictor.heatmap_backend.gradcam_layer_name(cfg.gradcam_layer) if "gradcam" in result.heatmaps else None
-    verdict = prediction_line(result.prob_raw, result.threshold, result.call)
+    if result.call is None:  # an ensemble: no stored threshold, no call
+        n = len(result.members)
+        verdict = f"ensemble of {n} runs: mean p(malignant) {result.prob_raw:.3f}; no call ({_no_call_note()})"
+    else:
+        verdict = prediction_line(result.prob_raw, result.threshold, result.call)
     names = []
     for kind, heat in result.heatmaps.items():
         what = describe_map(kind, layer=layer, method=cfg.gradcam_method, stride=cfg.patch_stride, flips=predictor.tta)
@@ -222,6 +256,7 @@ def _write_outputs(out: Path, predictor: Any, rows: list[dict[str, Any]], errors
     import csv
     import io
 
+    from mammokit.infer.ensemble import EnsemblePredictor
     from mammokit.utils.atomic import atomic_write_json, atomic_write_text
 
     def to_csv(records: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
@@ -232,22 +267,52 @@ def _write_outputs(out: Path, predictor: Any, rows: list[dict[str, Any]], errors
         return buf.getvalue()
 
     atomic_write_text(out / "predictions.csv", to_csv(rows, CSV_COLUMNS))
-    summary = {
-        "model_run": predictor.run_name,
-        "backend": predictor.backend_name,
-        "backend_selection": predictor.selection.to_dict() if predictor.selection is not None else None,
-        "heatmap_backend": predictor.heatmap_backend_name if any(r.get("heatmaps") for r in rows) else None,
-        "threshold": predictor.threshold,
-        "threshold_rule": predictor.card.threshold_rule,
-        "calibrated": predictor.calibration is not None,
-        "tta": predictor.tta,
-        "n_predicted": len(rows),
-        "n_failed": len(errors),
-        "predictions": rows,
-        "errors": errors,
-    }
+    heatmap_backend = predictor.heatmap_backend_name if any(r.get("heatmaps") for r in rows) else None
+    if isinstance(predictor, EnsemblePredictor):
+        summary: dict[str, Any] = {
+            "model_run": predictor.run_name,
+            "backend": predictor.backend_name,
+            "ensemble": True,
+            "models": [_member_summary(name, p) for name, p in zip(predictor.names, predictor.predictors, strict=True)],
+            "heatmap_backend": heatmap_backend,
+            "threshold": None,
+            "threshold_rule": None,
+            "notes": [_no_call_note()],
+        }
+    else:
+        summary = {
+            "model_run": predictor.run_name,
+            "backend": predictor.backend_name,
+            "backend_selection": predictor.selection.to_dict() if predictor.selection is not None else None,
+            "heatmap_backend": heatmap_backend,
+            "threshold": predictor.threshold,
+            "threshold_rule": predictor.card.threshold_rule,
+            "calibrated": predictor.calibration is not None,
+            "tta": predictor.tta,
+        }
+    summary.update(n_predicted=len(rows), n_failed=len(errors), predictions=rows, errors=errors)
     atomic_write_json(out / "predictions.json", summary)
     if errors:
         atomic_write_text(out / "errors.csv", to_csv(errors, ERROR_COLUMNS))
     elif (out / "errors.csv").exists():
         (out / "errors.csv").unlink()  # a stale list from an earlier run in the same folder would mislead
+
+
+def _no_call_note() -> str:
+    from mammokit.infer.ensemble import NO_THRESHOLD_NOTE
+
+    return NO_THRESHOLD_NOTE + " in predictions.json"
+
+
+def _member_summary(name: str, p: Any) -> dict[str, Any]:
+    """One ensemble member in predictions.json: what a single run's summary says about its model."""
+    return {
+        "name": name,
+        "run": str(p.run_dir),
+        "backend": p.backend_name,
+        "backend_selection": p.selection.to_dict() if p.selection is not None else None,
+        "threshold": p.threshold,
+        "threshold_rule": p.card.threshold_rule,
+        "calibrated": p.calibration is not None,
+        "tta": p.tta,
+    }
