@@ -17,24 +17,22 @@ members whose `PreprocessSpec` (model.json) differ and names the field.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mammokit.infer.inputs import InputItem
 from mammokit.infer.predictor import (
     HEATMAP_BACKEND,
     PATCH_MALIGNANT,
     Backend,
+    FilePredictions,
     HeatmapKind,
     HeatmapOptions,
     Prediction,
-    PredictionFailure,
     Predictor,
     PreparedImage,
-    predict_stream,
 )
 from mammokit.preprocess import to_model_input
 
@@ -131,7 +129,7 @@ def check_same_preprocessing(predictors: Sequence[Predictor]) -> None:
                 )
 
 
-class EnsemblePredictor:
+class EnsemblePredictor(FilePredictions):
     """Several whole-image runs predicting as one model: the mean of their probabilities (and heatmaps).
 
     Offers what `mammokit predict` uses of `Predictor` (`predict_many`, `predict_prepared`, `check_heatmap`,
@@ -141,7 +139,7 @@ class EnsemblePredictor:
     def __init__(self, predictors: Sequence[Predictor]) -> None:
         check_same_preprocessing(predictors)
         self.predictors = list(predictors)
-        self.reader = self.predictors[0]  # reads and prepares every file once, for all members
+        self.reader: Predictor = self.predictors[0]  # reads and prepares every file once, for all members
         self.names = unique_names([p.run_name for p in self.predictors])
 
     @classmethod
@@ -232,32 +230,6 @@ class EnsemblePredictor:
     def predict_prepared(self, batch: Sequence[PreparedImage], heatmap: HeatmapKind = "none") -> list[Prediction]:
         """The ensemble's predictions of one prepared batch (`combine_predictions` of the members')."""
         return [combine_predictions(members) for members in self.predict_members(batch, heatmap)]
-
-    def predict(
-        self, image_path: str | Path, heatmap: HeatmapKind = "none", *, image_id: str | None = None
-    ) -> Prediction:
-        """Predict one file; errors propagate (use `predict_many` for batches that must go on)."""
-        self.check_heatmap(heatmap)
-        path = Path(image_path)
-        item = InputItem(path=path, image_id=image_id or path.stem, source=str(path))
-        return self.predict_prepared([self.reader.load_image(item, keep_pixels=heatmap != "none")], heatmap)[0]
-
-    def predict_many(
-        self,
-        inputs: Iterable[str | Path | InputItem],
-        heatmap: HeatmapKind = "none",
-        *,
-        batch_size: int = 4,
-        workers: int = 0,
-        keep_pixels: bool | None = None,
-        progress: bool = False,
-    ) -> Iterator[tuple[Prediction | PredictionFailure, PreparedImage | None]]:
-        """As `Predictor.predict_many`: each file read once; a bad file is a `PredictionFailure`, the rest go on."""
-        self.check_heatmap(heatmap)
-        return predict_stream(
-            self.reader, inputs, heatmap, self.predict_prepared,
-            batch_size=batch_size, workers=workers, keep_pixels=keep_pixels, progress=progress,
-        )  # fmt: skip
 
     def _for_member(self, member: Predictor, batch: Sequence[PreparedImage]) -> Sequence[PreparedImage]:
         """The shared prepared batch, with Grad-CAM's normalised input redone where the member's mean/std differ."""

@@ -205,7 +205,65 @@ class _PatchHeatmapper:
         return patch_probability_maps(self.model, torch.from_numpy(x).to(self.device), self.patch_hw, stride)
 
 
-class Predictor:
+class FilePredictions:
+    """`predict` (one file) and `predict_many` (a stream that goes on past bad files) for a single run
+    (`Predictor`) and an ensemble (`infer.ensemble.EnsemblePredictor`) alike.
+
+    A subclass provides `reader` (the `Predictor` whose preprocessing reads and prepares every file),
+    `check_heatmap` and `predict_prepared`.
+    """
+
+    reader: Predictor
+
+    def check_heatmap(self, heatmap: str) -> None:
+        raise NotImplementedError
+
+    def predict_prepared(self, batch: Sequence[PreparedImage], heatmap: HeatmapKind = "none") -> list[Prediction]:
+        raise NotImplementedError
+
+    def predict(
+        self, image_path: str | Path, heatmap: HeatmapKind = "none", *, image_id: str | None = None
+    ) -> Prediction:
+        """Predict one file; errors propagate (use `predict_many` for batches that must go on)."""
+        self.check_heatmap(heatmap)
+        path = Path(image_path)
+        item = InputItem(path=path, image_id=image_id or path.stem, source=str(path))
+        prepared = self.reader.load_image(item, keep_pixels=heatmap != "none")
+        return self.predict_prepared([prepared], heatmap)[0]
+
+    def predict_many(
+        self,
+        inputs: Iterable[str | Path | InputItem],
+        heatmap: HeatmapKind = "none",
+        *,
+        batch_size: int = 4,
+        workers: int = 0,
+        keep_pixels: bool | None = None,
+        progress: bool = False,
+    ) -> Iterator[tuple[Prediction | PredictionFailure, PreparedImage | None]]:
+        """Predict a stream of files in batches; a bad file yields a `PredictionFailure` and the rest go on.
+
+        Args:
+            inputs: paths, folders/CSV lists (expanded by `collect_inputs`) or `InputItem`s.
+            heatmap: "none", "gradcam", "patch" or "both".
+            batch_size: images per forward pass.
+            workers: reader processes (decoding runs isolated from this process; 0 = one).
+            keep_pixels: keep the original pixels in the yielded `PreparedImage` (for overlays);
+                default: when heatmaps are requested.
+            progress: show a tqdm progress bar on stderr.
+
+        Yields:
+            `(result, prepared)`: first a failure for each input `collect_inputs` refused (stage "input"),
+            then the others in input order; `prepared` is None for failures.
+        """
+        self.check_heatmap(heatmap)
+        yield from predict_stream(
+            self.reader, inputs, heatmap, self.predict_prepared,
+            batch_size=batch_size, workers=workers, keep_pixels=keep_pixels, progress=progress,
+        )  # fmt: skip
+
+
+class Predictor(FilePredictions):
     """Predict whole-image p(malignant) for mammogram files with a trained run folder.
 
     Build with `Predictor.from_run`; then `predict(path)` for one file or `predict_many(paths)` for a
@@ -306,6 +364,11 @@ class Predictor:
         )  # fmt: skip
 
     # ---- reading (NumPy only; safe to run in threads) ---------------------------------------
+
+    @property
+    def reader(self) -> Predictor:
+        """A single run reads its own files."""
+        return self
 
     def load_image(
         self, item: InputItem | str | Path, *, keep_pixels: bool = False, data: bytes | None = None
@@ -473,49 +536,6 @@ class Predictor:
     def _to_original(heat: np.ndarray, prepared: PreparedImage, geometry: Any = None) -> np.ndarray:
         geometry = geometry if geometry is not None else prepared.geometry
         return np.asarray(geometry.to_original(np.asarray(heat, dtype=np.float32)), dtype=np.float32)
-
-    # ---- public entry points ----------------------------------------------------------------
-
-    def predict(
-        self, image_path: str | Path, heatmap: HeatmapKind = "none", *, image_id: str | None = None
-    ) -> Prediction:
-        """Predict one file; errors propagate (use `predict_many` for batches that must go on)."""
-        self.check_heatmap(heatmap)
-        path = Path(image_path)
-        item = InputItem(path=path, image_id=image_id or path.stem, source=str(path))
-        prepared = self.load_image(item, keep_pixels=heatmap != "none")
-        return self.predict_prepared([prepared], heatmap)[0]
-
-    def predict_many(
-        self,
-        inputs: Iterable[str | Path | InputItem],
-        heatmap: HeatmapKind = "none",
-        *,
-        batch_size: int = 4,
-        workers: int = 0,
-        keep_pixels: bool | None = None,
-        progress: bool = False,
-    ) -> Iterator[tuple[Prediction | PredictionFailure, PreparedImage | None]]:
-        """Predict a stream of files in batches; a bad file yields a `PredictionFailure` and the rest go on.
-
-        Args:
-            inputs: paths, folders/CSV lists (expanded by `collect_inputs`) or `InputItem`s.
-            heatmap: "none", "gradcam", "patch" or "both".
-            batch_size: images per forward pass.
-            workers: reader processes (decoding runs isolated from this process; 0 = one).
-            keep_pixels: keep the original pixels in the yielded `PreparedImage` (for overlays);
-                default: when heatmaps are requested.
-            progress: show a tqdm progress bar on stderr.
-
-        Yields:
-            `(result, prepared)`: first a failure for each input `collect_inputs` refused (stage "input"),
-            then the others in input order; `prepared` is None for failures.
-        """
-        self.check_heatmap(heatmap)
-        yield from predict_stream(
-            self, inputs, heatmap, self.predict_prepared,
-            batch_size=batch_size, workers=workers, keep_pixels=keep_pixels, progress=progress,
-        )  # fmt: skip
 
     def _read_stream(
         self, items: Sequence[InputItem], keep: bool, workers: int, prefetch: int
