@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from mammokit.config import dump_yaml
     from mammokit.infer.ensemble import EnsemblePredictor
     from mammokit.infer.inputs import InputError, collect_inputs
-    from mammokit.infer.predictor import HeatmapOptions, Predictor
+    from mammokit.infer.predictor import HeatmapOptions
     from mammokit.run import RunFolderError
     from mammokit.utils.atomic import atomic_write_text
 
@@ -165,21 +165,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no inputs to predict")
     try:
         options = HeatmapOptions(cfg.gradcam_layer, cfg.gradcam_method, cfg.patch_stride)
-        members = [
-            Predictor.from_run(
-                run_dir,
-                cfg.device,
-                cfg.backend,  # each member picks (auto) or checks its own backend, cached in its own folder
-                patch_run=cfg.patch_run,
-                channels_last=cfg.channels_last,
-                tta=cfg.tta,
-                assume_pixel_spacing=cfg.assume_pixel_spacing,
-                heatmap_options=options,
-            )
-            for run_dir in [args.run, *args.ensemble]
-        ]
+        ensemble = EnsemblePredictor.from_runs(
+            [args.run, *args.ensemble],
+            cfg.device,
+            cfg.backend,  # each member picks (auto) or checks its own backend, cached in its own folder
+            patch_run=cfg.patch_run,
+            channels_last=cfg.channels_last,
+            tta=cfg.tta,
+            assume_pixel_spacing=cfg.assume_pixel_spacing,
+            heatmap_options=options,
+        )
         # one run stays a plain Predictor (its outputs are exactly as before); several are averaged
-        predictor: Any = EnsemblePredictor(members) if len(members) > 1 else members[0]
+        predictor: Any = ensemble if ensemble.is_ensemble else ensemble.reader
         predictor.check_heatmap(cfg.heatmap)
     except (RunFolderError, FileNotFoundError, ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
@@ -194,8 +191,8 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     logger = logging.getLogger(__name__)
-    if len(members) > 1:
-        logger.info("ensemble of %d runs (%s): %s", len(members), predictor.run_name, _no_call_note())
+    if ensemble.is_ensemble:
+        logger.info("ensemble of %d runs (%s): %s", len(ensemble.predictors), predictor.run_name, _no_call_note())
     logger.info("%d image(s) predicted, %d failed; wrote %s", len(rows), len(errors), out / "predictions.csv")
     return 1 if errors else 0
 

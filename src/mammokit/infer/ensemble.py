@@ -29,7 +29,6 @@ from mammokit.infer.predictor import (
     Backend,
     FilePredictions,
     HeatmapKind,
-    HeatmapOptions,
     Prediction,
     Predictor,
     PreparedImage,
@@ -144,25 +143,12 @@ class EnsemblePredictor(FilePredictions):
 
     @classmethod
     def from_runs(
-        cls,
-        runs: Sequence[str | Path],
-        device: str = "auto",
-        backend: Backend = "auto",
-        *,
-        patch_run: str | Path | None = None,
-        channels_last: bool = True,
-        tta: bool | None = None,
-        assume_pixel_spacing: float | None = None,
-        heatmap_options: HeatmapOptions | None = None,
+        cls, runs: Sequence[str | Path], device: str = "auto", backend: Backend = "auto", **options: Any
     ) -> EnsemblePredictor:
-        """Load each run with `Predictor.from_run` (each picks its own backend with "auto", cached per run)."""
-        return cls(
-            [
-                Predictor.from_run(r, device, backend, patch_run=patch_run, channels_last=channels_last, tta=tta,
-                                   assume_pixel_spacing=assume_pixel_spacing, heatmap_options=heatmap_options)
-                for r in runs
-            ]
-        )  # fmt: skip
+        """Load each run with `Predictor.from_run(run, device, backend, **options)` (the same keyword options:
+        patch_run, channels_last, tta, assume_pixel_spacing, heatmap_options); with "auto" each run picks its own
+        backend, cached in its own folder."""
+        return cls([Predictor.from_run(r, device, backend, **options) for r in runs])
 
     # ---- what the outputs say about the model ------------------------------------------------
 
