@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mammokit.utils.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mini-mias-dev"
 # mini-MIAS abnormality codes (Info.txt) -> the reported groups
@@ -77,7 +79,10 @@ class StepTimer:
         # a resumed step adds to the time already spent on it
         prev = self.times.get(name, {"wall_s": 0.0, "cpu_s": 0.0})
         self.times[name] = {"wall_s": prev["wall_s"] + time.perf_counter() - t0, "cpu_s": prev["cpu_s"] + cpu}
-        self.path.write_text(json.dumps(self.times, indent=1))
+        # merged with the file, not overwritten: `--only-folds` runs of other folds may share this folder
+        on_disk = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.times = {**on_disk, name: self.times[name]}
+        atomic_write_text(self.path, json.dumps(self.times, indent=1))
         print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
