@@ -6,6 +6,9 @@
 # Trains on all development women (a stratified 20 % of them are the validation split that sets the stored
 # operating threshold; the weights kept are the last ones, see configs/mini-mias/whole.yaml). Circles from
 # Info.txt are the lesion ROIs of the patch stage; the whole-image stage sees image labels only.
+# WHOLE_SEEDS=N (default 1) trains N whole-image models from the one patch classifier (training seeds SEED ..
+# SEED+N-1; the extra ones two at a time, one thread each, which uses 2 cores better than one 2-thread run) and
+# evaluates/predicts with their average (`evaluate RUN RUN ...`, `predict RUN --ensemble RUN ...`).
 # HOLDOUT_DIR (optional): another mini-MIAS folder of different women (same layout), prepared with the same
 # spec and evaluated with flip TTA; every hold-out image is in one split of that prepared folder, which
 # `evaluate --split` then names.
@@ -14,8 +17,9 @@ MIAS=${1:-../shared/data/mini-mias-dev}
 OUT=${2:-mias-recipe}
 HOLDOUT=${3:-}
 MK=${MAMMOKIT:-.venv/bin/mammokit}
-CFG=configs/mini-mias
+CFG=${CFG:-configs/mini-mias}  # the patch.yaml + whole.yaml to train with
 SEED=${SEED:-0}
+WHOLE_SEEDS=${WHOLE_SEEDS:-1}
 SPACING=${SPACING:-0.6}   # mm per pixel: 344 x 256 px = a 206 x 154 mm canvas
 HEIGHT=${HEIGHT:-344}
 WIDTH=${WIDTH:-256}
@@ -27,13 +31,28 @@ $MK prepare mini-mias --root "$MIAS" --out "$OUT/prepared" --pixel-spacing "$SPA
 resume() { [ -d "$1/checkpoints" ] && [ ! -f "$1/model.json" ] && echo --resume || true; }
 [ -f "$OUT/runs/patch/model.json" ] || $MK train patch --data "$OUT/patches" --out "$OUT/runs/patch" \
   -c "$CFG/patch.yaml" --device cpu --seed "$SEED" $(resume "$OUT/runs/patch")
-[ -f "$OUT/runs/whole/model.json" ] || $MK train whole --data "$OUT/prepared" --from-patch "$OUT/runs/patch" \
-  --out "$OUT/runs/whole" -c "$CFG/whole.yaml" --device cpu --seed "$SEED" $(resume "$OUT/runs/whole")
-echo "mini-MIAS recipe trained in $(( ($(date +%s) - start) / 60 )) min: $OUT/runs/whole"
+train_whole() {  # train_whole RUN_DIR SEED
+  [ -f "$1/model.json" ] || $MK train whole --data "$OUT/prepared" --from-patch "$OUT/runs/patch" \
+    --out "$1" -c "$CFG/whole.yaml" --device cpu --seed "$2" $(resume "$1")
+}
+train_whole "$OUT/runs/whole" "$SEED"
+RUNS=("$OUT/runs/whole")
+for ((s = 1; s < WHOLE_SEEDS; s += 2)); do  # the extra members two at a time, one thread each
+  pids=()
+  for t in $s $((s + 1)); do
+    [ "$t" -lt "$WHOLE_SEEDS" ] || continue
+    RUNS+=("$OUT/runs/whole-seed$t")
+    OMP_NUM_THREADS=1 train_whole "$OUT/runs/whole-seed$t" $((SEED + t)) & pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+done
+ENSEMBLE=(); for r in "${RUNS[@]:1}"; do ENSEMBLE+=(--ensemble "$r"); done
+echo "mini-MIAS recipe trained in $(( ($(date +%s) - start) / 60 )) min: ${RUNS[*]}"
+echo "predict new files: $MK predict ${RUNS[0]} FILES... ${ENSEMBLE[*]} --out PREDICTIONS"
 if [ -n "$HOLDOUT" ]; then
   $MK prepare mini-mias --root "$HOLDOUT" --out "$OUT/holdout" --pixel-spacing "$SPACING" --height "$HEIGHT" \
     --width "$WIDTH" --workers 2 --no-progress --set split.test_fraction=0 --set split.val_fraction=0
   # val_fraction=0 and test_fraction=0 put every hold-out image in the split named "train"
-  $MK evaluate "$OUT/runs/whole" --data "$OUT/holdout" --split train --tta --out "$OUT/holdout-eval" --seed "$SEED"
+  $MK evaluate "${RUNS[@]}" --data "$OUT/holdout" --split train --tta --out "$OUT/holdout-eval" --seed "$SEED"
   echo "hold-out report: $OUT/holdout-eval/report.html"
 fi
