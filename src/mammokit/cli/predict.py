@@ -280,13 +280,9 @@ def _write_outputs(out: Path, predictor: Any, rows: list[dict[str, Any]], errors
         summary = {
             "model_run": predictor.run_name,
             "backend": predictor.backend_name,
-            "backend_selection": predictor.selection.to_dict() if predictor.selection is not None else None,
             "heatmap_backend": heatmap_backend,
-            "threshold": predictor.threshold,
-            "threshold_rule": predictor.card.threshold_rule,
-            "calibrated": predictor.calibration is not None,
-            "tta": predictor.tta,
         }
+        summary.update(_model_summary(predictor))
     summary.update(n_predicted=len(rows), n_failed=len(errors), predictions=rows, errors=errors)
     atomic_write_json(out / "predictions.json", summary)
     if errors:
@@ -301,15 +297,17 @@ def _no_call_note() -> str:
     return NO_THRESHOLD_NOTE + " in predictions.json"
 
 
-def _member_summary(name: str, p: Any) -> dict[str, Any]:
-    """One ensemble member in predictions.json: what a single run's summary says about its model."""
+def _model_summary(p: Any) -> dict[str, Any]:
+    """What predictions.json says about one run's model (the single run's summary, or each ensemble member's)."""
     return {
-        "name": name,
-        "run": str(p.run_dir),
-        "backend": p.backend_name,
         "backend_selection": p.selection.to_dict() if p.selection is not None else None,
         "threshold": p.threshold,
         "threshold_rule": p.card.threshold_rule,
         "calibrated": p.calibration is not None,
         "tta": p.tta,
     }
+
+
+def _member_summary(name: str, p: Any) -> dict[str, Any]:
+    """One ensemble member in predictions.json: its name, folder and backend, then what a single run says."""
+    return {"name": name, "run": str(p.run_dir), "backend": p.backend_name, **_model_summary(p)}
