@@ -107,8 +107,20 @@ def inner_val(women: pd.Series, seed: int, fraction: float = 0.2) -> set[str]:
     return {str(w) for w in val}
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link (no extra disk), or a copy where `src` is on another file system."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def write_fold_view(prepared: Path, fold_dir: Path, split_of: dict[str, str]) -> Path:
-    """A prepared folder for one fold: symlinks to the images/masks/records, a manifest with the fold's splits."""
+    """A prepared folder for one fold: hard links to the images/masks/records, a manifest with the fold's splits.
+
+    Hard links, not symlinks: `patches` refuses an image path that resolves outside its prepared folder
+    (utils/paths.inside), which a symlinked `images/` does.
+    """
     view = fold_dir / "prepared"
     if (view / "manifest.parquet").is_file():
         return view
@@ -117,7 +129,7 @@ def write_fold_view(prepared: Path, fold_dir: Path, split_of: dict[str, str]) ->
     tmp.mkdir(parents=True)
     for sub in ("images", "masks", "records"):
         if (prepared / sub).is_dir():
-            (tmp / sub).symlink_to((prepared / sub).resolve())
+            shutil.copytree(prepared / sub, tmp / sub, copy_function=_link_or_copy)
     images = pd.read_parquet(prepared / "manifest.parquet")
     images["split"] = [split_of[str(p)] for p in images["patient_id"]]
     images.to_parquet(tmp / "manifest.parquet", index=False)

@@ -117,6 +117,28 @@ def test_folds_of_women_are_disjoint_and_stratified(prepared: Path) -> None:
     assert val and val <= {str(w) for w in rest.index}  # inner validation women never include test women
 
 
+def test_fold_view_is_a_prepared_folder_that_patches_reads(prepared: Path, tmp_path: Path) -> None:
+    """The fold view must pass `patches`' path checks (a symlinked images/ resolves outside it and was refused)."""
+    from mammokit.data.patches import PatchConfig, sample_patches
+
+    bench = _bench()
+    manifest = pd.read_parquet(prepared / "manifest.parquet")
+    split_of = {
+        str(w): ("test" if i % 4 == 0 else "train") for i, w in enumerate(sorted(manifest["patient_id"].unique()))
+    }
+    view = bench.write_fold_view(prepared, tmp_path / "fold0", split_of)
+    assert bench.write_fold_view(prepared, tmp_path / "fold0", split_of) == view  # resumable: kept as written
+    assert not any(p.is_symlink() for p in view.rglob("*"))
+    fold = pd.read_parquet(view / "manifest.parquet")
+    assert [split_of[str(w)] for w in fold["patient_id"]] == fold["split"].tolist()
+    summary = sample_patches(view, tmp_path / "patches", PatchConfig(scheme="s1", patch_size=32, workers=1))
+    assert (
+        not (tmp_path / "patches" / "errors.csv").is_file()
+        or len(pd.read_csv(tmp_path / "patches" / "errors.csv")) == 0
+    ), (tmp_path / "patches" / "errors.csv").read_text()
+    assert summary["n_patches"] > 0
+
+
 def test_whole_seeds_ensemble_pooled_out_of_fold_and_resumable(
     prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
