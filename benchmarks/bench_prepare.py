@@ -6,6 +6,8 @@ Writes a few synthetic 16-bit mammograms of about 3000 x 5000 pixels (CBIS-DDSM 
 * **naive**: pydicom `dcmread().pixel_array` -> Pillow `Image.resize((896, 1152))` (its default filter)
   -> 16-bit PNG (Pillow defaults), one process. No Modality/VOI LUT, no segmentation: the minimum a
   script needs to turn a DICOM into a training PNG.
+* **naive, pydicom alone**: the same with the decoders `pip install pydicom` brings (its NumPy RLE handler;
+  pydicom picks pylibjpeg-rle by itself once that plugin is installed, as it is here), reported beside it.
 * **mammokit, per image**: `read_mammogram` (Modality + VOI LUT, photometric; integers kept when no LUT
   applies, as `prepare` reads) -> `prepare_pixels`
   (segment, crop, orient, area resize, percentile intensity) -> `write_png16`, one process.
@@ -122,6 +124,18 @@ def naive(path: Path, out: Path, size: tuple[int, int]) -> None:
     Image.fromarray(arr).resize((size[1], size[0])).save(out)
 
 
+def naive_pydicom_only(path: Path, out: Path, size: tuple[int, int]) -> None:
+    """`naive` with the decoder `pip install pydicom` alone has: its NumPy RLE handler, not pylibjpeg-rle."""
+    import pydicom
+    from PIL import Image
+    from pydicom.pixels import pixel_array
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(path)
+    plugin = "pydicom" if ds.file_meta.TransferSyntaxUID == RLELossless else ""
+    Image.fromarray(pixel_array(ds, decoding_plugin=plugin)).resize((size[1], size[0])).save(out)
+
+
 def mammokit_one(path: Path, out: Path, spec: PreprocessSpec) -> None:
     pixels, meta = read_mammogram(path, keep_integers=True)  # as `prepare` reads
     image, _ = prepare_pixels(pixels, meta, spec)
@@ -180,6 +194,9 @@ def main() -> int:
         w_naive, c_naive = per_image_times(
             lambda p, r: naive(p, scratch / f"n{r}_{p.stem}.png", size), paths, args.repeat
         )
+        w_plain, c_plain = per_image_times(
+            lambda p, r: naive_pydicom_only(p, scratch / f"p{r}_{p.stem}.png", size), paths, args.repeat
+        )
         w_ours, c_ours = per_image_times(
             lambda p, r: mammokit_one(p, scratch / f"m{r}_{p.stem}.png", spec), paths, args.repeat
         )
@@ -188,8 +205,12 @@ def main() -> int:
               f"{1 / med(w_naive):.2f} img/s, {med(c_naive):.3f} s/img CPU")  # fmt: skip
         print(f"mammokit read+prepare_pixels+PNG,   1 process: {med(w_ours):.3f} s/img wall = "
               f"{1 / med(w_ours):.2f} img/s, {med(c_ours):.3f} s/img CPU")  # fmt: skip
+        print(f"naive with pydicom's own decoders only,   : {med(w_plain):.3f} s/img wall = "
+              f"{1 / med(w_plain):.2f} img/s, {med(c_plain):.3f} s/img CPU")  # fmt: skip
         print(f"per-core ratio mammokit/naive: {med(w_naive) / med(w_ours):.2f}x wall, "
               f"{med(c_naive) / med(c_ours):.2f}x CPU time (target >= 2x)")  # fmt: skip
+        print(f"per-core ratio mammokit/naive with pydicom's decoders only: {med(w_plain) / med(w_ours):.2f}x wall, "
+              f"{med(c_plain) / med(c_ours):.2f}x CPU time")  # fmt: skip
 
         base = None
         n_tasks = len(paths) * args.copies
