@@ -10,6 +10,9 @@ computed on the same images as the benchmark (each predicted once, by the fold m
   half the other breast's score. A screening exam always holds both breasts and a cancer is almost always
   unilateral, so the other breast is a per-woman reference for "how suspicious does this woman's tissue look
   to the model";
+* **subgroups** (`--subgroups`): the whole-image AUC of malignant images against normal images only and against
+  benign-lesion images only (mini-MIAS' negatives are both), within each breast density (fatty, glandular,
+  dense), and for each malignant abnormality class against every non-malignant image: where the model fails;
 * **patch-classifier map** (`--patch-maps`, ~1 min of CPU per fold): max and 99th percentile of the fold's
   patch classifier's p(malignant) map over the image (stride 16), i.e. the patch stage alone as an image score.
 """
@@ -45,6 +48,39 @@ def contralateral(pred: pd.DataFrame) -> pd.Series:
     return pd.Series([key.get((e, v, other.get(lat, "")), np.nan) for e, v, lat in triples], index=pred.index)
 
 
+def with_image_facts(cv: Path, pred: pd.DataFrame) -> pd.DataFrame:
+    """`pred` plus each image's density and abnormality classes from its fold's prepared manifest."""
+    facts = []
+    for fold in sorted(set(pred["fold"])):
+        m = pd.read_parquet(
+            cv / fold / "prepared" / "manifest.parquet", columns=["image_id", "density", "abnormality_classes"]
+        )
+        facts.append(m.astype({"image_id": str}))
+    table = pd.concat(facts).drop_duplicates("image_id").set_index("image_id")
+    return pred.join(table[[c for c in table.columns if c not in pred.columns]], on="image_id")
+
+
+DENSITY = {"F": "fatty", "G": "glandular", "D": "dense"}
+
+
+def subgroups(pred: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Row masks of the subgroup comparisons (see the module docstring); each holds malignant and negative images."""
+    malignant = pred["label"].to_numpy() == 1
+    lesion = pred["abnormality_classes"].fillna("NORM").to_numpy() != "NORM"
+    normal, benign = ~malignant & ~lesion, ~malignant & lesion
+    groups = {
+        "malignant vs normal images": malignant | normal,
+        "malignant vs benign-lesion images": malignant | benign,
+    }
+    for code, name in DENSITY.items():
+        groups[f"{name} breasts (density {code})"] = pred["density"].to_numpy() == code
+    classes = pred["abnormality_classes"].fillna("").to_numpy()
+    for cls in sorted({c for row, m in zip(classes, malignant, strict=True) if m for c in str(row).split(",") if c}):
+        has = np.array([cls in str(row).split(",") for row in classes])
+        groups[f"malignant {cls} vs every non-malignant image"] = (malignant & has) | ~malignant
+    return groups
+
+
 def patch_map_scores(cv: Path, pred: pd.DataFrame) -> pd.DataFrame:
     """Max and 99th percentile of each fold patch classifier's malignant map over its test images."""
     import torch
@@ -75,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("cv", type=Path, help="a bench_mias_cv.py output folder")
     ap.add_argument("--eval", default="eval-tta", help="the evaluation folder of each fold (default eval-tta)")
     ap.add_argument("--patch-maps", action="store_true", help="also score images with the fold patch classifiers")
+    ap.add_argument(
+        "--subgroups", action="store_true", help="also the whole-image AUC by negative kind, density, class"
+    )
     ap.add_argument("--bootstrap", type=int, default=2000, metavar="N")
     args = ap.parse_args(argv)
 
@@ -94,6 +133,16 @@ def main(argv: list[str] | None = None) -> int:
         ci = bootstrap_ci(_auc, y[keep], s.to_numpy()[keep], groups=pred["patient_id"].to_numpy()[keep],
                           n=args.bootstrap, seed=0)  # fmt: skip
         print(f"| {name} | {ci.estimate:.3f} ({ci.low:.3f}-{ci.high:.3f}) |")
+    if args.subgroups:
+        pred = with_image_facts(args.cv, pred)
+        print("\n| whole-image score, subgroup | images (malignant) | AUC (95 % CI, women bootstrap) |\n|---|---|---|")
+        for name, keep in subgroups(pred).items():
+            yk, pk, gk = y[keep], p.to_numpy()[keep], pred["patient_id"].to_numpy()[keep]
+            if not 0 < yk.sum() < len(yk):
+                print(f"| {name} | {len(yk)} ({yk.sum()}) | - |")
+                continue
+            ci = bootstrap_ci(_auc, yk, pk, groups=gk, n=args.bootstrap, seed=0)
+            print(f"| {name} | {len(yk)} ({yk.sum()}) | {ci.estimate:.3f} ({ci.low:.3f}-{ci.high:.3f}) |")
     return 0
 
 

@@ -194,3 +194,19 @@ def test_oof_analysis_pairs_each_image_with_the_other_breast(
     assert analyse.main([str(out), "--bootstrap", "50"]) == 0
     table = capsys.readouterr().out
     assert "| whole image |" in table and "| minus contralateral |" in table
+
+    # subgroups: facts come from the fold manifests; each comparison keeps every malignant image it should
+    assert analyse.main([str(out), "--bootstrap", "50", "--subgroups"]) == 0
+    assert "| malignant vs benign-lesion images |" in capsys.readouterr().out
+    facts = analyse.with_image_facts(out, pred)
+    assert len(facts) == len(pred) and facts["abnormality_classes"].notna().all()
+    groups = analyse.subgroups(facts)
+    malignant = facts["label"].to_numpy() == 1
+    normal = (facts["abnormality_classes"] == "NORM").to_numpy() & ~malignant
+    assert (groups["malignant vs normal images"] == (malignant | normal)).all()
+    assert (groups["malignant vs benign-lesion images"] == (malignant | (~normal & ~malignant))).all()
+    dens = [groups[f"{name} breasts (density {code})"] for code, name in analyse.DENSITY.items()]
+    assert (np.sum(dens, axis=0) == facts["density"].isin(list(analyse.DENSITY)).to_numpy()).all()
+    for name, keep in groups.items():
+        if name.startswith("malignant ") and " vs every " in name:
+            assert (keep | malignant).all() and keep[malignant].any()  # all negatives, some malignant of its class
