@@ -7,22 +7,21 @@ returned rows and counters in cohort order before it writes the index files (CSV
 
 Unlike `mammokit.utils.pool.run_isolated` there is no crash isolation: the phantom is our own code on our
 own data, so a failure is a bug and should stop the run (the exception propagates; `generate`'s partial
-marker marks the folder as interrupted). The workers do reuse pool.py's context choice (fork on Linux:
+marker marks the folder as interrupted). The workers come from pool.py's `process_pool` (fork on Linux:
 cheap start, inherited imports) and its worker initializer (they ignore Ctrl+C, which the parent handles by
 cancelling the queued women, and exit on their own if the parent dies).
 """
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from itertools import islice
 from typing import TypeVar
 
 from mammokit.synth.model import Woman
-from mammokit.utils.pool import _context, _worker_init
+from mammokit.utils.pool import process_pool
 
 T = TypeVar("T")
 
@@ -49,9 +48,7 @@ def map_women(fn: Callable[[Woman], T], cohort: Sequence[Woman], workers: int) -
         for woman in cohort:
             yield fn(woman)
         return
-    pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=_context(), initializer=_worker_init, initargs=(os.getpid(), None, ())
-    )
+    pool = process_pool(workers)
     try:
         women = iter(cohort)
         pending: deque[Future[T]] = deque(pool.submit(fn, w) for w in islice(women, IN_FLIGHT_PER_WORKER * workers))

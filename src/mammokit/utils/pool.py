@@ -81,7 +81,11 @@ def _context() -> Any:
     return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
-def _executor(workers: int, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> ProcessPoolExecutor:
+def process_pool(
+    workers: int, initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()
+) -> ProcessPoolExecutor:
+    """A process pool whose workers ignore Ctrl+C (the parent handles it) and exit when the parent dies (fork
+    on Linux for a cheap start with inherited imports, spawn elsewhere); `initializer(*initargs)` runs in each."""
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=_context(),
@@ -109,7 +113,7 @@ def _death_reason(pool: ProcessPoolExecutor) -> str:
 def _run_alone(
     fn: Callable[[Any], Any], task: Any, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]
 ) -> Any:
-    solo = _executor(1, initializer, initargs)
+    solo = process_pool(1, initializer, initargs)
     try:
         return solo.submit(_guarded, fn, task).result()
     except BrokenProcessPool:
@@ -163,7 +167,7 @@ def _run_unordered(
     queue = list(reversed(indexed))  # pop() from the end = task order
     while queue:
         suspects: list[tuple[int, Any]] = []
-        pool = _executor(workers, initializer, initargs)
+        pool = process_pool(workers, initializer, initargs)
         try:
             in_flight: dict[Any, tuple[int, Any]] = {}
             broken = False
