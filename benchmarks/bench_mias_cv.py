@@ -240,9 +240,11 @@ def run_fold(args: argparse.Namespace, fold: int, view: Path, fold_dir: Path, ti
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
+    """ROC AUC (NaN with one class): mammokit's, scikit-learn's definition without its per-call validation (the
+    bootstrap calls it thousands of times)."""
+    from mammokit.metrics.curves import auc_from_curve, binary_curve
 
-    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+    return auc_from_curve(binary_curve(np.asarray(y).astype(int), np.asarray(p)))
 
 
 def pooled_predictions(out: Path, folds: int, eval_name: str, run_name: str) -> pd.DataFrame | None:
