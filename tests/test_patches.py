@@ -511,3 +511,32 @@ def test_cli_user_errors(prepared, tmp_path, capsys):
     assert "manifest.parquet not found" in capsys.readouterr().err
     assert main(["patches", "--data", str(prepared), "--out", str(tmp_path / "z"), "--set", "min_overlab=1"]) == 2
     assert "did you mean 'min_overlap'" in capsys.readouterr().err
+
+
+def test_manifest_paths_may_not_leave_the_folder_but_symlinked_folders_are_read(prepared, tmp_path):
+    """`inside` refuses `..` and absolute paths written in a table; a prepared folder whose images/ and masks/
+    are symlinks to another place (a dataset on another disk) is read like any other."""
+    import shutil
+
+    from mammokit.utils.paths import UnsafeNameError, inside
+
+    for bad in ("../images/a.png", "images/../../a.png", "/etc/passwd", "", ".."):
+        with pytest.raises(UnsafeNameError, match="points outside"):
+            inside(tmp_path, bad, "image_file")
+    assert inside(tmp_path, "images/../images/a.png") == tmp_path / "images/../images/a.png"
+
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for item in prepared.iterdir():
+        if item.is_dir():
+            (linked / item.name).symlink_to(item.resolve(), target_is_directory=True)
+        else:
+            shutil.copy(item, linked / item.name)
+    sample_patches(linked, tmp_path / "a", PatchConfig(scheme="s10", patch_size=PATCH, seed=7))
+    sample_patches(prepared, tmp_path / "b", PatchConfig(scheme="s10", patch_size=PATCH, seed=7))
+    a, _ = read_patch_set(tmp_path / "a")
+    b, _ = read_patch_set(tmp_path / "b")
+    assert len(a) > 0 and len(pd.read_csv(tmp_path / "a" / "errors.csv")) == 0  # a header, no row
+    assert a.drop(columns=[c for c in a.columns if "file" in c or "path" in c]).equals(
+        b.drop(columns=[c for c in b.columns if "file" in c or "path" in c])
+    )

@@ -8,6 +8,7 @@ An id is refused, not rewritten: rewriting could make two ids collide and silent
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -47,9 +48,15 @@ def check_file_stem(name: str, what: str = "id") -> str:
 
 
 def inside(folder: Path, relative: str | Path, what: str = "path") -> Path:
-    """`folder / relative`, refusing absolute paths and paths that climb out of `folder` (`..`, symlinks)."""
-    rel = Path(str(relative))
-    target = (folder / rel).resolve()
-    if rel.is_absolute() or not target.is_relative_to(folder.resolve()):
-        raise UnsafeNameError(f"{what} {str(relative)[:120]!r} points outside {folder}; refused")
+    """`folder / relative`, refusing absolute paths and paths that climb out of `folder` with `..`.
+
+    The check is on the path as written (a manifest's `images/x.png`), not on where symlinks lead: a prepared
+    folder whose `images/` links to another disk is a normal set-up, and whoever can place a symlink inside the
+    folder already controls its files. What it stops is a manifest (or a crafted id) naming a file elsewhere.
+    """
+    text = str(relative)
+    rel = Path(text)
+    climbs = os.path.normpath(text).replace("\\", "/").split("/")[0] == ".."
+    if not text or rel.is_absolute() or climbs or "\x00" in text:
+        raise UnsafeNameError(f"{what} {text[:120]!r} points outside {folder}; refused")
     return folder / rel
