@@ -115,6 +115,11 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def fold_setting(setting: str, fold: int) -> str:
+    """A KEY=VALUE setting with `{fold}` replaced by "fold<k>" (a plain replace: YAML braces stay as they are)."""
+    return setting.replace("{fold}", f"fold{fold}")
+
+
 def write_fold_view(prepared: Path, fold_dir: Path, split_of: dict[str, str]) -> Path:
     """A prepared folder for one fold: hard links to the images/masks/records, a manifest with the fold's splits.
 
@@ -190,7 +195,7 @@ def run_fold(args: argparse.Namespace, fold: int, view: Path, fold_dir: Path, ti
         argv = [*mk, "patches", "--data", str(view), "--out", str(patches), "--scheme", args.scheme]
         argv += ["--seed", str(args.seed), "--workers", str(args.workers)]
         for kv in args.patches_set:
-            argv += ["--set", kv]
+            argv += ["--set", fold_setting(kv, fold)]
         timer.run(f"fold{fold}/patches", argv, log)
 
     def training_flags(seed: int) -> list[str]:
@@ -208,10 +213,10 @@ def run_fold(args: argparse.Namespace, fold: int, view: Path, fold_dir: Path, ti
     common = training_flags(args.seed)
     patch_run = fold_dir / "runs" / "patch"
     argv = [*mk, "train", "patch", "--data", str(patches), "--out", str(patch_run), "-c", str(args.patch_config)]
-    argv += common + [a for kv in args.patch_set for a in ("--set", kv)]
+    argv += common + [a for kv in args.patch_set for a in ("--set", fold_setting(kv, fold))]
     train_step(timer, f"fold{fold}/train_patch", patch_run, argv, log)
 
-    whole_sets = [a for kv in args.whole_set for a in ("--set", kv)]
+    whole_sets = [a for kv in args.whole_set for a in ("--set", fold_setting(kv, fold))]
     whole_cfg = ["-c", str(args.whole_config), *common, *whole_sets]
     whole = fold_dir / "runs" / "whole"
     argv = [*mk, "train", "whole", "--data", str(view), "--from-patch", str(patch_run), "--out", str(whole)]
@@ -350,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=344, help="canvas rows (344 x 0.6 mm = 206 mm)")
     ap.add_argument("--width", type=int, default=256, help="canvas columns (256 x 0.6 mm = 154 mm)")
     ap.add_argument("--scheme", default="s10")
-    ap.add_argument("--patches-set", action="append", default=[], metavar="KEY=VALUE", help="`patches --set`")
+    ap.add_argument("--patches-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="`patches --set`; {fold} in VALUE becomes the fold's folder name (e.g. "
+                    "hard_negative_run=cv/v2/{fold}/runs/patch), in --patch-set/--whole-set too")  # fmt: skip
     ap.add_argument("--patch-config", type=Path, default=REPO / "configs" / "mini-mias" / "patch.yaml")
     ap.add_argument("--whole-config", type=Path, default=REPO / "configs" / "mini-mias" / "whole.yaml")
     ap.add_argument("--patch-set", action="append", default=[], metavar="KEY=VALUE", help="`train patch --set`")

@@ -145,8 +145,14 @@ def test_whole_seeds_ensemble_pooled_out_of_fold_and_resumable(
     bench = _bench()
     out = tmp_path / "cv"
     argv = ["--out", str(out), "--prepared", str(prepared), "--folds", "3", "--whole-seeds", "3", "--seed", "7"]
-    argv += ["--bootstrap", "100"]
+    argv += ["--bootstrap", "100", "--patches-set", "hard_negative_run=/runs/{fold}/patch"]
+    argv += ["--whole-set", "stages=[{epochs: 1}, {epochs: 1}]"]
     runner = _run(bench, monkeypatch, argv)
+    for k in range(3):  # {fold} becomes each fold's name; other braces (YAML) are passed unchanged
+        patches = dict(runner.steps)[f"fold{k}/patches"]
+        assert patches[patches.index("--set") + 1] == f"hard_negative_run=/runs/fold{k}/patch"
+        whole = dict(runner.steps)[f"fold{k}/train_whole"]
+        assert "stages=[{epochs: 1}, {epochs: 1}]" in whole
 
     names = [name for name, _ in runner.steps]
     for k in range(3):

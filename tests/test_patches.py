@@ -540,3 +540,95 @@ def test_manifest_paths_may_not_leave_the_folder_but_symlinked_folders_are_read(
     assert a.drop(columns=[c for c in a.columns if "file" in c or "path" in c]).equals(
         b.drop(columns=[c for c in b.columns if "file" in c or "path" in c])
     )
+
+
+# --- hard negatives ----------------------------------------------------------------------------------------------
+
+
+def test_hard_negatives_are_the_top_scoring_lesion_free_windows_spread_apart():
+    image = np.where(_breast(), 30000, 0).astype(np.uint16)
+    lesion = _disc(30, 20, 6)
+    info = [LesionInfo("l0", "mass", 1)]
+    hot = (70, 40)  # a bright "lesion-like" spot of normal tissue: the score peaks there
+
+    def scores(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        return -np.hypot(ys + PATCH // 2 - hot[0], xs + PATCH // 2 - hot[1])
+
+    kwargs = {"n_per_lesion": 3, "n_background": 10, "patch_size": PATCH}
+    plain = sample_image_patches(image, [lesion], info, np.random.default_rng(1), **kwargs)
+    same = sample_image_patches(image, [lesion], info, np.random.default_rng(1), **kwargs, hard_fraction=0.5)
+    assert plain == same  # no scores: exactly the uniform draw (patch sets stay byte-identical)
+
+    boxes = sample_image_patches(
+        image, [lesion], info, np.random.default_rng(1), **kwargs, window_scores=scores, hard_fraction=0.4
+    )
+    background = [b for b in boxes if b.kind == "background"]
+    hard = [b for b in background if b.hard_negative]
+    assert len(background) == 10 and len(hard) == 4
+    first = hard[0]  # the best window is centred on the hot spot
+    assert (first.y0 + PATCH // 2, first.x0 + PATCH // 2) == hot
+    for i, a in enumerate(hard):  # spread: no two hard windows closer than half a patch in both y and x
+        for b in hard[i + 1 :]:
+            assert abs(a.y0 - b.y0) >= PATCH // 2 or abs(a.x0 - b.x0) >= PATCH // 2
+    assert len({(b.y0, b.x0) for b in background}) == 10  # the uniform draw excludes the hard windows
+    for b in background:
+        assert _overlap(lesion, b.y0, b.x0, PATCH) == 0 and b.breast_fraction >= 0.5
+    with pytest.raises(PatchSamplingError, match="window scores"):
+        sample_image_patches(
+            image, [lesion], info, np.random.default_rng(1), **kwargs,
+            window_scores=lambda ys, xs: np.zeros(3), hard_fraction=0.5,
+        )  # fmt: skip
+
+
+def _random_patch_run(root: Path, size: int) -> Path:
+    import torch
+
+    from mammokit.constants import PATCH_CLASSES_5
+    from mammokit.models.registry import create_model
+    from mammokit.preprocess import PreprocessSpec
+    from mammokit.run import InputSpec, ModelCard, save_run
+
+    torch.manual_seed(0)
+    model = create_model("patch_classifier", backbone="resnet18", num_classes=5, pretrained=None).eval()
+    card = ModelCard(
+        task="patch",
+        arch="patch_classifier",
+        arch_kwargs=model.arch_kwargs,
+        input=InputSpec(size, size, preprocess=PreprocessSpec(height=H, width=W)),
+        labels=list(PATCH_CLASSES_5),
+        positive_labels=["calc_malignant", "mass_malignant"],
+        threshold=0.5,
+    )
+    return save_run(root / f"patch{size}", model, card)
+
+
+def test_patches_with_hard_negatives_from_a_patch_run(prepared, tmp_path):
+    run = _random_patch_run(tmp_path, PATCH)
+    out = tmp_path / "hard"
+    argv = ["patches", "--data", str(prepared), "--out", str(out), "--scheme", "s10", "--patch-size", str(PATCH)]
+    assert main([*argv, "--seed", "7", "--hard-negatives", str(run), "--hard-negative-fraction", "0.3"]) == 0
+    table, summary = read_patch_set(out)
+    background = table[table["kind"] == "background"]
+    per_image = background.groupby("image_id")["hard_negative"].agg(["sum", "size"])
+    assert (per_image["sum"] == 3).all() and (per_image["size"] == 10).all()  # round(0.3 x 10) of each image's 10
+    assert not table.loc[table["kind"] == "lesion", "hard_negative"].any()
+    hard = summary["hard_negatives"]
+    assert hard["run"] == str(run.resolve()) and hard["fraction"] == 0.3 and hard["n_patches"] == 3 * len(per_image)
+    assert len(hard["weights_sha256"]) == 64
+    masks = _masks(prepared)
+    for row in background.itertuples():  # still lesion-free
+        for m in masks.get(row.image_id, []):
+            assert _overlap(m, row.y0, row.x0, PATCH) == 0
+
+    sample_patches(prepared, tmp_path / "plain", PatchConfig(scheme="s10", patch_size=PATCH, seed=7))
+    plain, plain_summary = read_patch_set(tmp_path / "plain")
+    assert plain_summary["hard_negatives"] is None and not plain["hard_negative"].any()
+    lesions = ["patch_id", "y0", "x0", "class_name"]
+    pd.testing.assert_frame_equal(  # lesion patches do not depend on the background rule
+        plain.loc[plain["kind"] == "lesion", lesions].reset_index(drop=True),
+        table.loc[table["kind"] == "lesion", lesions].reset_index(drop=True),
+    )
+
+    with pytest.raises(PatchSamplingError, match="trained on 24x24 patches"):
+        sample_patches(prepared, tmp_path / "bad", PatchConfig(patch_size=PATCH, hard_negative_run=str(
+            _random_patch_run(tmp_path, 24))))  # fmt: skip

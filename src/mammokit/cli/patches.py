@@ -66,6 +66,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n-per-lesion", type=int, metavar="N", help="override the scheme's patches per lesion")
     p.add_argument("--n-background", type=int, metavar="N", help="override the scheme's background patches per image")
+    p.add_argument(
+        "--hard-negatives",
+        metavar="RUN",
+        help="a `train patch` run (same prepared images and patch size) whose highest-scoring lesion-free windows "
+        "become part of the background patches (hard negatives; docs/patches.md)",
+    )
+    p.add_argument(
+        "--hard-negative-fraction",
+        type=float,
+        metavar="F",
+        help="share of each image's background patches chosen by --hard-negatives (default 0.5)",
+    )
     add_seed(p)
     add_workers(p)
     add_config_args(p)
@@ -84,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         "background_breast_fraction": args.background_fraction,
         "n_per_lesion": args.n_per_lesion,
         "n_background": args.n_background,
+        "hard_negative_run": args.hard_negatives,
+        "hard_negative_fraction": args.hard_negative_fraction,
         "seed": args.seed,
         "workers": args.workers,
     }

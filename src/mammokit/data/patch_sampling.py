@@ -19,6 +19,11 @@ Sampling rules (`docs/patches.md` has the rationale and the differences from the
   with no qualifying window give fewer background patches; the shortfall is counted in `patches.json`.
 * Background is only taken from images where it can be trusted: every lesion of the image has a mask, and an
   image without lesions must be a known negative (label 0), so an unannotated cancer is never "background".
+* Hard negatives (optional, not in the paper): given a score for every window (a first patch classifier's
+  p(not background) at the window's centre) and a fraction f, round(f x n) of an image's background patches
+  are the highest-scoring qualifying windows, greedily, each at least half a patch away (in y or x) from the
+  hard windows already taken; the rest are drawn uniformly from the remaining qualifying windows. They teach
+  the classifier the normal tissue it mistakes for lesions. Without scores the draw is exactly the uniform one.
 * Lesion type "other" is classed as mass (the 5-class scheme has only calcification and mass); a lesion with
   unknown malignancy (-1) gives no lesion patch but still excludes its pixels from background.
 * Randomness: one `numpy.random.Generator` per image, seeded from (seed, SHA-256 of the image id), so the
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +99,7 @@ class PatchBox:
     overlap_cutoff: float = math.nan
     fallback: bool = False
     breast_fraction: float = 0.0
+    hard_negative: bool = False  # a background window chosen for its high lesion score (module docstring)
 
 
 def window_sums(mask: np.ndarray, size: int) -> np.ndarray:
@@ -187,6 +193,8 @@ def sample_image_patches(
     background_breast_fraction: float = 0.5,
     breast_threshold: float = 0.05,
     take_background: bool = True,
+    window_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    hard_fraction: float = 0.0,
 ) -> list[PatchBox]:
     """Choose the lesion and background windows of one image (pure: no I/O; all randomness from `rng`).
 
@@ -203,6 +211,9 @@ def sample_image_patches(
         background_breast_fraction: background windows need at least this fraction of breast pixels.
         breast_threshold: the breast mask is `data.geometry.segment_breast(image, breast_threshold)`.
         take_background: False when background cannot be trusted on this image (see module docstring).
+        window_scores: (y0, x0) arrays of window corners -> their lesion scores (higher = more lesion-like);
+            with `hard_fraction` > 0 the top-scoring qualifying windows become hard-negative background.
+        hard_fraction: share of the background patches that are hard negatives (0 = all uniform).
 
     Returns:
         Lesion patches (lesion by lesion, in input order) followed by background patches.
@@ -297,22 +308,56 @@ def sample_image_patches(
         lesion_free = window_sums(any_lesion, size) == 0  # no pixel of any lesion of the image
         ok = lesion_free & (breast_fraction >= background_breast_fraction)
         candidates = np.flatnonzero(ok)
-        if candidates.size:
-            chosen = np.sort(rng.choice(candidates, size=min(n_background, candidates.size), replace=False))
-            for flat in chosen:
-                y0, x0 = divmod(int(flat), n_cols)
-                boxes.append(
-                    PatchBox(
-                        y0=y0,
-                        x0=x0,
-                        size=size,
-                        kind="background",
-                        class_name=names[0],
-                        class_index=0,
-                        breast_fraction=float(breast_fraction[y0, x0]),
-                    )
+        n_hard = round(n_background * hard_fraction) if window_scores is not None else 0
+        hard = _hard_windows(candidates, n_cols, size, n_hard, window_scores) if n_hard else np.array([], int)
+        if hard.size:
+            candidates = np.setdiff1d(candidates, hard, assume_unique=True)
+        n_uniform = min(n_background - hard.size, candidates.size)
+        if n_uniform > 0:
+            uniform = np.sort(rng.choice(candidates, size=n_uniform, replace=False))
+        else:
+            uniform = np.array([], dtype=int)
+        for flat, is_hard in [(f, True) for f in hard] + [(f, False) for f in uniform]:
+            y0, x0 = divmod(int(flat), n_cols)
+            boxes.append(
+                PatchBox(
+                    y0=y0,
+                    x0=x0,
+                    size=size,
+                    kind="background",
+                    class_name=names[0],
+                    class_index=0,
+                    breast_fraction=float(breast_fraction[y0, x0]),
+                    hard_negative=is_hard,
                 )
+            )
     return boxes
+
+
+def _hard_windows(
+    candidates: np.ndarray,
+    n_cols: int,
+    size: int,
+    n: int,
+    window_scores: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Up to `n` flat window indices among `candidates`: highest score first, each at least size // 2 (in y or
+    x) from those already taken, so that one bright spot does not give n near-copies of the same patch."""
+    if candidates.size == 0:
+        return np.array([], dtype=int)
+    ys, xs = np.divmod(candidates, n_cols)
+    scores = np.asarray(window_scores(ys, xs), dtype=np.float64)
+    if scores.shape != candidates.shape or not np.isfinite(scores).all():
+        raise PatchSamplingError(f"window scores must be {candidates.size} finite numbers, got shape {scores.shape}")
+    gap = max(1, size // 2)
+    taken: list[int] = []
+    for k in np.argsort(-scores, kind="stable"):  # ties: lower flat index (top-left) first
+        y, x = ys[k], xs[k]
+        if all(abs(y - ys[t]) >= gap or abs(x - xs[t]) >= gap for t in taken):
+            taken.append(int(k))
+            if len(taken) == n:
+                break
+    return candidates[taken]
 
 
 def image_rng(seed: int, image_id: str) -> np.random.Generator:

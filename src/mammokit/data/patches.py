@@ -17,6 +17,12 @@ beside `PATCHES` and renamed into place at the end, so a killed run leaves no ha
 
 The per-image sampling rules live in `mammokit.data.patch_sampling`; this module is the folder-level driver
 (config, tasks, worker processes, the staged patch-set folder).
+
+Hard negatives (`hard_negative_run`, `mammokit patches --hard-negatives RUN`): a patch classifier trained on
+an earlier patch set of the same prepared images scores every window of an image in one all-convolutional pass
+(`infer.heatmap.patch_probability_maps`, stride 16; the score of a window is 1 - p(background) at its centre),
+and `hard_negative_fraction` of each image's background patches are the top-scoring lesion-free windows. The
+run is recorded in patches.json (folder and SHA-256 of its weights) and each such patch in `hard_negative`.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ PATCH_COLUMNS: dict[str, str] = {
     "centred (S1) lesion patches and background",
     "fallback": "True if min_overlap was impossible for this lesion and a lower cutoff was used (bool)",
     "breast_fraction": "fraction of the window's pixels on breast tissue (float)",
+    "hard_negative": "True for a background window chosen for its high score under hard_negative_run (bool)",
     "patch_file": "uint16 PNG relative to the patch-set folder (str)",
 }
 
@@ -99,6 +106,10 @@ class PatchConfig:
     background_breast_fraction: float = 0.5  # background windows need at least this fraction of breast pixels
     breast_threshold: float = 0.05  # breast mask = data.geometry.segment_breast at this fraction of the intensity range
     include_normal_images: bool = True  # take background patches from lesion-free images labelled negative
+    # A patch-classifier run folder whose highest-scoring lesion-free windows become background (hard negatives;
+    # module docstring), and the share of each image's background patches chosen that way. None: uniform only.
+    hard_negative_run: str | None = None
+    hard_negative_fraction: float = 0.5
     seed: int = 0
     workers: int = 1  # processes; results do not depend on it
 
@@ -122,6 +133,8 @@ class PatchConfig:
             raise ConfigError(f"breast_threshold must be in [0, 1), got {self.breast_threshold}")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if not 0.0 <= self.hard_negative_fraction <= 1.0:
+            raise ConfigError(f"hard_negative_fraction must be in [0, 1], got {self.hard_negative_fraction}")
 
     def counts(self) -> tuple[int, int]:
         """(patches per lesion, background patches per image) after applying the overrides."""
@@ -188,6 +201,9 @@ class _ImageTask:
     breast_threshold: float
     include_normal_images: bool
     seed: int
+    hard_negative_run: str | None = None
+    hard_negative_fraction: float = 0.0
+    scorer_threads: int = 1
 
 
 def _text(value: Any) -> str:
@@ -229,6 +245,14 @@ def _process_image(task: _ImageTask) -> tuple[list[dict[str, Any]], list[dict[st
         label = _int(row.get("label"))
         # Background needs every lesion's pixels known; a lesion-free image must be a known negative.
         take_background = all_masked if task.lesions else (task.include_normal_images and label == 0)
+        scores = None
+        if task.hard_negative_run and take_background and task.hard_negative_fraction > 0:
+            lesion_map = _lesion_score_map(task.hard_negative_run, image, task.scorer_threads)
+            half = task.patch_size // 2
+
+            def scores(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+                return lesion_map[ys + half, xs + half]
+
         boxes = sample_image_patches(
             image,
             masks,
@@ -242,6 +266,8 @@ def _process_image(task: _ImageTask) -> tuple[list[dict[str, Any]], list[dict[st
             background_breast_fraction=task.background_breast_fraction,
             breast_threshold=task.breast_threshold,
             take_background=take_background,
+            window_scores=scores,
+            hard_fraction=task.hard_negative_fraction,
         )
     except (OSError, ValueError) as exc:  # unreadable/missing file, wrong geometry, empty mask
         return [], [{"image_id": image_id, "reason": f"{type(exc).__name__}: {exc}"}], 0
@@ -275,12 +301,57 @@ def _process_image(task: _ImageTask) -> tuple[list[dict[str, Any]], list[dict[st
                 "overlap_cutoff": box.overlap_cutoff,
                 "fallback": box.fallback,
                 "breast_fraction": box.breast_fraction,
+                "hard_negative": box.hard_negative,
                 "patch_file": patch_file,
             }
         )
     n_bg = sum(1 for b in boxes if b.kind == "background")
     shortfall = task.n_background - n_bg if take_background else 0
     return rows, [], shortfall
+
+
+_SCORERS: dict[str, Any] = {}  # per process: run folder -> (patch classifier, its ModelCard)
+
+
+def _lesion_score_map(run: str, image: np.ndarray, threads: int) -> np.ndarray:
+    """(H, W) float32: 1 - p(background) of `run`'s patch classifier for the window centred at each pixel."""
+    import torch
+
+    from mammokit.infer.heatmap import patch_probability_maps
+    from mammokit.preprocess import to_model_input
+    from mammokit.run import load_model
+
+    if run not in _SCORERS:
+        torch.set_num_threads(max(1, threads))  # the pool's workers share the cores
+        _SCORERS[run] = load_model(run, "cpu")
+    model, card = _SCORERS[run]
+    x = torch.from_numpy(to_model_input(image, card.input.pixel_mean, card.input.pixel_std))[None]
+    probs = patch_probability_maps(model, x, (card.input.height, card.input.width), stride=16)[0]
+    return (1.0 - probs[0]).astype(np.float32)  # unit 0 is background (checked by hard_negative_source)
+
+
+def hard_negative_source(run: str | Path, patch_size: int) -> dict[str, Any]:
+    """Check that `run` is a patch classifier for patches of `patch_size` px; its record for patches.json."""
+    from mammokit.infer.export_cache import file_sha256
+    from mammokit.run import WEIGHTS, RunFolderError, read_card
+
+    run = Path(run)
+    try:
+        card = read_card(run)
+    except (RunFolderError, OSError, ValueError) as exc:
+        raise PatchSamplingError(f"hard_negative_run: {exc}") from None
+    if card.task != "patch":
+        raise PatchSamplingError(f"hard_negative_run {run} is a {card.task!r} run; give a `train patch` run folder")
+    if (card.input.height, card.input.width) != (patch_size, patch_size):
+        raise PatchSamplingError(
+            f"hard_negative_run {run} was trained on {card.input.height}x{card.input.width} patches but this set "
+            f"cuts {patch_size}x{patch_size}; use a run trained on this prepared folder's patch size"
+        )
+    if not card.labels or card.labels[0] != "background":
+        raise PatchSamplingError(f"hard_negative_run {run}: its first output is {card.labels[:1]}, not background")
+    if not (run / WEIGHTS).is_file():
+        raise PatchSamplingError(f"hard_negative_run {run}: {WEIGHTS} is missing")
+    return {"run": str(run.resolve()), "weights_sha256": file_sha256(run / WEIGHTS)}
 
 
 def _prepared_height(prepared: Path, spec: dict[str, Any] | None, images: pd.DataFrame) -> int:
@@ -318,6 +389,9 @@ def _tasks(
             breast_threshold=cfg.breast_threshold,
             include_normal_images=cfg.include_normal_images,
             seed=cfg.seed,
+            hard_negative_run=str(Path(cfg.hard_negative_run).resolve()) if cfg.hard_negative_run else None,
+            hard_negative_fraction=cfg.hard_negative_fraction if cfg.hard_negative_run else 0.0,
+            scorer_threads=max(1, (os.cpu_count() or 1) // max(1, cfg.workers)),
         )
 
 
@@ -336,6 +410,7 @@ def _run_tasks(tasks: list[_ImageTask], workers: int) -> list[tuple[list[dict[st
 
 def _empty_patch_table() -> pd.DataFrame:
     dtypes = {"class_index": "int64", "y0": "int64", "x0": "int64", "size": "int64", "fallback": "bool"}
+    dtypes |= {"hard_negative": "bool"}
     dtypes |= {"overlap": "float64", "overlap_cutoff": "float64", "breast_fraction": "float64"}
     return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "object")) for c in PATCH_COLUMNS})
 
@@ -389,6 +464,7 @@ def sample_patches(prepared: str | Path, out: str | Path, cfg: PatchConfig | Non
     height = _prepared_height(prepared, spec, images)
     size, size_rule = resolve_patch_size(cfg, spec, images, height)
     n_per_lesion_, n_background_ = cfg.counts()
+    hard = hard_negative_source(cfg.hard_negative_run, size) if cfg.hard_negative_run else None
 
     staging = _staging_dir(out)
     try:
@@ -430,6 +506,9 @@ def sample_patches(prepared: str | Path, out: str | Path, cfg: PatchConfig | Non
             "n_images_failed": len(errors),
             "n_images_short_of_background": shortfall_images,
             "n_fallback_lesions": int(table.loc[table["fallback"].astype(bool), "lesion_id"].nunique()),
+            "hard_negatives": None
+            if hard is None
+            else {**hard, "fraction": cfg.hard_negative_fraction, "n_patches": int(table["hard_negative"].sum())},
             "source": {
                 "prepared": str(prepared.resolve()),
                 "dataset": dataset.get("source", dataset.get("dataset", "")),
