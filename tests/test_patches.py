@@ -580,7 +580,7 @@ def test_hard_negatives_are_the_top_scoring_lesion_free_windows_spread_apart():
         )  # fmt: skip
 
 
-def _random_patch_run(root: Path, size: int) -> Path:
+def _random_patch_run(root: Path, size: int, height: int = H) -> Path:
     import torch
 
     from mammokit.constants import PATCH_CLASSES_5
@@ -594,12 +594,12 @@ def _random_patch_run(root: Path, size: int) -> Path:
         task="patch",
         arch="patch_classifier",
         arch_kwargs=model.arch_kwargs,
-        input=InputSpec(size, size, preprocess=PreprocessSpec(height=H, width=W)),
+        input=InputSpec(size, size, preprocess=PreprocessSpec(height=height, width=W)),
         labels=list(PATCH_CLASSES_5),
         positive_labels=["calc_malignant", "mass_malignant"],
         threshold=0.5,
     )
-    return save_run(root / f"patch{size}", model, card)
+    return save_run(root / f"patch{size}-{height}", model, card)
 
 
 def test_patches_with_hard_negatives_from_a_patch_run(prepared, tmp_path):
@@ -632,3 +632,7 @@ def test_patches_with_hard_negatives_from_a_patch_run(prepared, tmp_path):
     with pytest.raises(PatchSamplingError, match="trained on 24x24 patches"):
         sample_patches(prepared, tmp_path / "bad", PatchConfig(patch_size=PATCH, hard_negative_run=str(
             _random_patch_run(tmp_path, 24))))  # fmt: skip
+    with pytest.raises(PatchSamplingError, match=r"prepared differently \(preprocess.height: 128"):
+        sample_patches(prepared, tmp_path / "bad", PatchConfig(patch_size=PATCH, hard_negative_run=str(
+            _random_patch_run(tmp_path, PATCH, height=128))))  # fmt: skip
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

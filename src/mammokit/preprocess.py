@@ -17,6 +17,7 @@ Two steps, both parameterised only by values stored with the data and the model:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,6 +70,19 @@ class PreprocessSpec:
             raise ConfigError(f"preprocess.max_downscale must be >= 1 (1 = never shrink), got {self.max_downscale}")
         if not 0.0 < self.breast_threshold < 1.0:
             raise ConfigError(f"preprocess.breast_threshold must be in (0, 1), got {self.breast_threshold}")
+
+
+# PreprocessSpec fields that do not change the prepared image: `extra` is adapter provenance only
+PROVENANCE_FIELDS = frozenset({"extra"})
+
+
+def spec_differences(a: PreprocessSpec, b: PreprocessSpec) -> list[tuple[str, Any, Any]]:
+    """(field, a's value, b's value) for every field, provenance aside, where the two specs prepare differently."""
+    return [
+        (f.name, getattr(a, f.name), getattr(b, f.name))
+        for f in dataclasses.fields(a)
+        if f.name not in PROVENANCE_FIELDS and getattr(a, f.name) != getattr(b, f.name)
+    ]
 
 
 def unit_scale(image_u16: np.ndarray) -> np.ndarray:

@@ -51,6 +51,7 @@ from mammokit.data.patch_sampling import (  # PatchSamplingError is part of this
     sample_image_patches,
 )
 from mammokit.io.images import read_png8, read_png16, write_png16
+from mammokit.preprocess import PreprocessSpec, spec_differences
 from mammokit.utils.atomic import atomic_write_json, atomic_write_text, atomic_write_with
 from mammokit.utils.paths import check_file_stem, inside
 from mammokit.version import __version__
@@ -330,8 +331,9 @@ def _lesion_score_map(run: str, image: np.ndarray, threads: int) -> np.ndarray:
     return (1.0 - probs[0]).astype(np.float32)  # unit 0 is background (checked by hard_negative_source)
 
 
-def hard_negative_source(run: str | Path, patch_size: int) -> dict[str, Any]:
-    """Check that `run` is a patch classifier for patches of `patch_size` px; its record for patches.json."""
+def hard_negative_source(run: str | Path, patch_size: int, spec: PreprocessSpec | None) -> dict[str, Any]:
+    """Check that `run` is a patch classifier for patches of `patch_size` px of images prepared by `spec` (the
+    prepared folder's; None = unknown, not checked); its record for patches.json."""
     from mammokit.infer.export_cache import file_sha256
     from mammokit.run import WEIGHTS, RunFolderError, read_card
 
@@ -346,6 +348,13 @@ def hard_negative_source(run: str | Path, patch_size: int) -> dict[str, Any]:
         raise PatchSamplingError(
             f"hard_negative_run {run} was trained on {card.input.height}x{card.input.width} patches but this set "
             f"cuts {patch_size}x{patch_size}; use a run trained on this prepared folder's patch size"
+        )
+    differences = spec_differences(card.input.preprocess, spec) if spec is not None else []
+    if differences:
+        name, theirs, ours = differences[0]
+        raise PatchSamplingError(
+            f"hard_negative_run {run} was trained on images prepared differently (preprocess.{name}: {theirs!r}, "
+            f"this folder: {ours!r}); mine with a patch classifier trained on this prepared folder"
         )
     if not card.labels or card.labels[0] != "background":
         raise PatchSamplingError(f"hard_negative_run {run}: its first output is {card.labels[:1]}, not background")
@@ -464,7 +473,7 @@ def sample_patches(prepared: str | Path, out: str | Path, cfg: PatchConfig | Non
     height = _prepared_height(prepared, spec, images)
     size, size_rule = resolve_patch_size(cfg, spec, images, height)
     n_per_lesion_, n_background_ = cfg.counts()
-    hard = hard_negative_source(cfg.hard_negative_run, size) if cfg.hard_negative_run else None
+    hard = hard_negative_source(cfg.hard_negative_run, size, source.spec) if cfg.hard_negative_run else None
 
     staging = _staging_dir(out)
     try:

@@ -33,11 +33,9 @@ from mammokit.infer.predictor import (
     Predictor,
     PreparedImage,
 )
-from mammokit.preprocess import to_model_input
+from mammokit.preprocess import spec_differences, to_model_input
 
 NO_THRESHOLD_NOTE = "an ensemble has no stored threshold (as in `mammokit evaluate`): see each model's call"
-# PreprocessSpec fields that do not change the prepared image: `extra` is adapter provenance only
-_PROVENANCE_FIELDS = frozenset({"extra"})
 
 
 class EnsembleError(ValueError):
@@ -116,16 +114,14 @@ def check_same_preprocessing(predictors: Sequence[Predictor]) -> None:
         raise EnsembleError("an ensemble needs at least one run")
     ref = predictors[0]
     for other in predictors[1:]:
-        for f in dataclasses.fields(ref.spec):
-            if f.name in _PROVENANCE_FIELDS:
-                continue
-            a, b = getattr(ref.spec, f.name), getattr(other.spec, f.name)
-            if a != b:
-                raise EnsembleError(
-                    f"runs {ref.run_dir} and {other.run_dir} prepare images differently (model.json "
-                    f"input.preprocess.{f.name}: {a!r} vs {b!r}); ensemble members must share the preprocessing, "
-                    "since each file is read and prepared once for all of them"
-                )
+        differences = spec_differences(ref.spec, other.spec)
+        if differences:
+            name, a, b = differences[0]
+            raise EnsembleError(
+                f"runs {ref.run_dir} and {other.run_dir} prepare images differently (model.json "
+                f"input.preprocess.{name}: {a!r} vs {b!r}); ensemble members must share the preprocessing, "
+                "since each file is read and prepared once for all of them"
+            )
 
 
 class EnsemblePredictor(FilePredictions):
