@@ -323,7 +323,9 @@ def _lesion_score_map(run: str, image: np.ndarray, threads: int) -> np.ndarray:
     from mammokit.run import load_model
 
     if run not in _SCORERS:
-        torch.set_num_threads(max(1, threads))  # the pool's workers share the cores
+        # the pool's workers share the cores; never more threads than the process was given (OMP_NUM_THREADS):
+        # oversubscribed OpenMP threads spin-wait, which made mining ~20x slower beside other jobs
+        torch.set_num_threads(max(1, min(threads, torch.get_num_threads())))
         _SCORERS[run] = load_model(run, "cpu")
     model, card = _SCORERS[run]
     x = torch.from_numpy(to_model_input(image, card.input.pixel_mean, card.input.pixel_std))[None]
