@@ -164,6 +164,7 @@ def test_whole_seeds_ensemble_pooled_out_of_fold_and_resumable(
     ens = dict(runner.steps)["fold1/evaluate_ensemble_tta"]
     runs = ens[ens.index("evaluate") + 1 : ens.index("--data")]
     assert [Path(r).name for r in runs] == ["whole", "whole-seed1", "whole-seed2"] and "--tta" in ens
+    assert ens[ens.index("--heatmap") + 1] == "none"  # predictions only: no report heatmaps to compute
 
     for k in range(3):  # the fold's test women are neither train nor val women of that fold
         view = pd.read_parquet(out / f"fold{k}" / "prepared" / "manifest.parquet")
