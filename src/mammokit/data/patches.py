@@ -204,7 +204,6 @@ class _ImageTask:
     seed: int
     hard_negative_run: str | None = None
     hard_negative_fraction: float = 0.0
-    scorer_threads: int = 1
 
 
 def _text(value: Any) -> str:
@@ -248,7 +247,7 @@ def _process_image(task: _ImageTask) -> tuple[list[dict[str, Any]], list[dict[st
         take_background = all_masked if task.lesions else (task.include_normal_images and label == 0)
         scores = None
         if task.hard_negative_run and take_background and task.hard_negative_fraction > 0:
-            lesion_map = _lesion_score_map(task.hard_negative_run, image, task.scorer_threads)
+            lesion_map = _lesion_score_map(task.hard_negative_run, image)
             half = task.patch_size // 2
 
             def scores(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -314,7 +313,7 @@ def _process_image(task: _ImageTask) -> tuple[list[dict[str, Any]], list[dict[st
 _SCORERS: dict[str, Any] = {}  # per process: run folder -> (patch classifier, its ModelCard)
 
 
-def _lesion_score_map(run: str, image: np.ndarray, threads: int) -> np.ndarray:
+def _lesion_score_map(run: str, image: np.ndarray) -> np.ndarray:
     """(H, W) float32: 1 - p(background) of `run`'s patch classifier for the window centred at each pixel."""
     import torch
 
@@ -323,9 +322,10 @@ def _lesion_score_map(run: str, image: np.ndarray, threads: int) -> np.ndarray:
     from mammokit.run import load_model
 
     if run not in _SCORERS:
-        # the pool's workers share the cores; never more threads than the process was given (OMP_NUM_THREADS):
-        # oversubscribed OpenMP threads spin-wait, which made mining ~20x slower beside other jobs
-        torch.set_num_threads(max(1, min(threads, torch.get_num_threads())))
+        # One thread: the workers are forked, and a forked child that enters an OpenMP parallel region after its
+        # parent used one hangs (libgomp is not fork-safe; a test that ran after training tests deadlocked).
+        # The pool's processes are the parallelism; more threads also spin-wait beside other jobs.
+        torch.set_num_threads(1)
         _SCORERS[run] = load_model(run, "cpu")
     model, card = _SCORERS[run]
     x = torch.from_numpy(to_model_input(image, card.input.pixel_mean, card.input.pixel_std))[None]
@@ -402,7 +402,6 @@ def _tasks(
             seed=cfg.seed,
             hard_negative_run=str(Path(cfg.hard_negative_run).resolve()) if cfg.hard_negative_run else None,
             hard_negative_fraction=cfg.hard_negative_fraction if cfg.hard_negative_run else 0.0,
-            scorer_threads=max(1, (os.cpu_count() or 1) // max(1, cfg.workers)),
         )
 
 
