@@ -283,7 +283,12 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), *sys.path])}
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     assert parent.stdout is not None
-    workers = [int(parent.stdout.readline()) for _ in range(2)]
+    # the pids the workers print; blank lines (an earlier test's environment can add one) are skipped
+    workers: list[int] = []
+    while len(workers) < 2:
+        line = parent.stdout.readline()
+        if line.strip():
+            workers.append(int(line))
     parent.kill()
     parent.wait()
 
