@@ -16,6 +16,7 @@ import pytest
 
 from mammokit.cli import main
 from mammokit.constants import PATCH_CLASSES_3, PATCH_CLASSES_5
+from mammokit.data.manifest import ERRORS_FILE
 from mammokit.data.patch_sampling import (
     LesionInfo,
     PatchSamplingError,
@@ -606,7 +607,12 @@ def test_patches_with_hard_negatives_from_a_patch_run(prepared, tmp_path):
     run = _random_patch_run(tmp_path, PATCH)
     out = tmp_path / "hard"
     argv = ["patches", "--data", str(prepared), "--out", str(out), "--scheme", "s10", "--patch-size", str(PATCH)]
-    assert main([*argv, "--seed", "7", "--hard-negatives", str(run), "--hard-negative-fraction", "0.3"]) == 0
+    # one worker: hard-negative workers are spawned (they run torch), and each spawn re-imports torch
+    code = main(
+        [*argv, "--seed", "7", "--workers", "1", "--hard-negatives", str(run), "--hard-negative-fraction", "0.3"]
+    )
+    errors = out / ERRORS_FILE
+    assert code == 0, errors.read_text() if errors.is_file() else "no errors.csv"
     table, summary = read_patch_set(out)
     background = table[table["kind"] == "background"]
     per_image = background.groupby("image_id")["hard_negative"].agg(["sum", "size"])

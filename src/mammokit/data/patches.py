@@ -322,9 +322,9 @@ def _lesion_score_map(run: str, image: np.ndarray) -> np.ndarray:
     from mammokit.run import load_model
 
     if run not in _SCORERS:
-        # One thread: the workers are forked, and a forked child that enters an OpenMP parallel region after its
-        # parent used one hangs (libgomp is not fork-safe; a test that ran after training tests deadlocked).
-        # The pool's processes are the parallelism; more threads also spin-wait beside other jobs.
+        # One thread per worker: the pool's processes are the parallelism, and more OpenMP threads per process
+        # would oversubscribe the cores and spin-wait beside each other. (The workers are spawned, not forked:
+        # see `_run_tasks`.)
         torch.set_num_threads(1)
         _SCORERS[run] = load_model(run, "cpu")
     model, card = _SCORERS[run]
@@ -410,8 +410,11 @@ def _run_tasks(tasks: list[_ImageTask], workers: int) -> list[tuple[list[dict[st
     folder may come from someone else, and a decoder that panics or aborts must cost one image, not the set."""
     from mammokit.utils.pool import TaskFailed, run_isolated
 
+    # Hard-negative mining runs a torch model in the workers: spawn them (see `process_pool`); plain sampling is
+    # numpy + PNG only and keeps the cheap fork.
+    start_method = "spawn" if any(task.hard_negative_run for task in tasks) else None
     results = []
-    for index, result in run_isolated(_process_image, tasks, workers=workers, ordered=True):
+    for index, result in run_isolated(_process_image, tasks, workers=workers, ordered=True, start_method=start_method):
         if isinstance(result, TaskFailed):
             result = ([], [{"image_id": _text(tasks[index].image["image_id"]), "reason": result.reason}], 0)
         results.append(result)

@@ -77,18 +77,27 @@ def _guarded(fn: Callable[[Any], Any], task: Any) -> Any:
         return TaskFailed(f"{type(exc).__name__}: {exc}")
 
 
-def _context() -> Any:
-    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+def _context(start_method: str | None = None) -> Any:
+    if start_method is None:
+        start_method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return multiprocessing.get_context(start_method)
 
 
 def process_pool(
-    workers: int, initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()
+    workers: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
+    start_method: str | None = None,
 ) -> ProcessPoolExecutor:
     """A process pool whose workers ignore Ctrl+C (the parent handles it) and exit when the parent dies (fork
-    on Linux for a cheap start with inherited imports, spawn elsewhere); `initializer(*initargs)` runs in each."""
+    on Linux for a cheap start with inherited imports, spawn elsewhere); `initializer(*initargs)` runs in each.
+
+    `start_method="spawn"` for tasks that run torch: a forked child that enters an OpenMP/oneDNN parallel region
+    its parent already used can hang or fail (libgomp's thread pool does not survive fork), so such workers must
+    start from a fresh interpreter (a few seconds of imports each)."""
     return ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=_context(),
+        mp_context=_context(start_method),
         initializer=_worker_init,
         initargs=(os.getpid(), initializer, initargs),
     )
@@ -111,9 +120,13 @@ def _death_reason(pool: ProcessPoolExecutor) -> str:
 
 
 def _run_alone(
-    fn: Callable[[Any], Any], task: Any, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]
+    fn: Callable[[Any], Any],
+    task: Any,
+    initializer: Callable[..., None] | None,
+    initargs: tuple[Any, ...],
+    start_method: str | None,
 ) -> Any:
-    solo = process_pool(1, initializer, initargs)
+    solo = process_pool(1, initializer, initargs, start_method)
     try:
         return solo.submit(_guarded, fn, task).result()
     except BrokenProcessPool:
@@ -131,6 +144,7 @@ def run_isolated(
     initializer: Callable[..., None] | None = None,
     initargs: tuple[Any, ...] = (),
     ordered: bool = False,
+    start_method: str | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Run `fn(task)` for every task in worker processes; yields `(task index, result or TaskFailed)`.
 
@@ -140,11 +154,12 @@ def run_isolated(
         workers: worker processes (at least 1; the tasks never run in this process).
         initializer, initargs: run once in each worker before its first task.
         ordered: yield in task order (buffers finished results) instead of as they finish.
+        start_method: "fork"/"spawn"; None = `process_pool`'s default (fork on Linux). "spawn" for torch tasks.
 
     Every task yields exactly once, whatever it or its worker does.
     """
     indexed = list(enumerate(tasks))
-    stream = _run_unordered(fn, indexed, max(1, int(workers)), initializer, initargs)
+    stream = _run_unordered(fn, indexed, max(1, int(workers)), initializer, initargs, start_method)
     if not ordered:
         yield from stream
         return
@@ -163,11 +178,12 @@ def _run_unordered(
     workers: int,
     initializer: Callable[..., None] | None,
     initargs: tuple[Any, ...],
+    start_method: str | None,
 ) -> Iterator[tuple[int, Any]]:
     queue = list(reversed(indexed))  # pop() from the end = task order
     while queue:
         suspects: list[tuple[int, Any]] = []
-        pool = process_pool(workers, initializer, initargs)
+        pool = process_pool(workers, initializer, initargs, start_method)
         try:
             in_flight: dict[Any, tuple[int, Any]] = {}
             broken = False
@@ -190,4 +206,4 @@ def _run_unordered(
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         for index, task in suspects:
-            yield index, _run_alone(fn, task, initializer, initargs)
+            yield index, _run_alone(fn, task, initializer, initargs, start_method)
