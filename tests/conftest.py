@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (`make test`: one worker process per core) each worker gets one OpenMP thread, set before
+# any test module imports torch: a thread per core in every worker oversubscribes the cores, and OpenMP's idle
+# threads spin-wait (the suite ran ~2x slower that way). Subprocesses the tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MAMMOKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
