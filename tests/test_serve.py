@@ -136,11 +136,22 @@ def test_api_docs_page_is_served_offline(client):
     assert client.get("/redoc").status_code == 404  # FastAPI's ReDoc page would load a CDN script
 
 
-def test_ensemble_averages_the_runs_as_evaluate_does(runs, exam, tmp_path):
+def test_ensemble_averages_the_runs_as_evaluate_does(runs, exam, tmp_path, monkeypatch):
+    from mammokit.infer.predictor import Predictor
+
     second = make_runs(tmp_path, seed=1)
+    prepared = []
+    real_prepare = Predictor.prepare
+
+    def counting_prepare(self, item, *args, **kwargs):
+        prepared.append(item.image_id)
+        return real_prepare(self, item, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "prepare", counting_prepare)
     with TestClient(create_app([str(runs), str(second)], ServeConfig())) as c:
         wait_ready(c)
         body = c.post("/v1/predict", files=multipart(exam[:2]), data={"heatmap": "none"}).json()
+    assert sorted(prepared) == ["view1", "view2"]  # both runs prepare alike: each view is prepared once
     assert body["ensemble"] is True and len(body["models"]) == 2
     for view in body["views"]:
         members = [m["prob_malignant"] for m in view["models"]]
@@ -148,6 +159,22 @@ def test_ensemble_averages_the_runs_as_evaluate_does(runs, exam, tmp_path):
         assert view["prob_malignant"] == pytest.approx(np.mean(members), abs=2e-6)
         assert view["call"] is None  # an ensemble has no stored threshold (as in evaluate)
     assert body["breasts"][0]["call"] is None and body["notes"]
+
+
+def test_runs_prepare_alike_only_with_the_same_spec_normalisation_and_assumed_spacing(runs):
+    import dataclasses
+
+    from mammokit.infer.predictor import Predictor
+
+    a, b = Predictor.from_run(runs, "cpu", "torch"), Predictor.from_run(runs, "cpu", "torch")
+    assert a.prepares_like(b)
+    b.card = dataclasses.replace(b.card, input=dataclasses.replace(b.card.input, pixel_mean=0.25))
+    assert not a.prepares_like(b)  # the same pixels, normalised differently
+    c = Predictor.from_run(runs, "cpu", "torch", assume_pixel_spacing=0.1)
+    assert not a.prepares_like(c)
+    d = Predictor.from_run(runs, "cpu", "torch")
+    d.spec = dataclasses.replace(d.spec, height=d.spec.height + 32)
+    assert not a.prepares_like(d)
 
 
 # ----------------------------------------------------------------------------------------------- bad uploads

@@ -388,6 +388,19 @@ class Predictor(FilePredictions):
             "allow_for_processing": self.spec.allow_for_processing,
         }
 
+    def prepares_like(self, other: Predictor) -> bool:
+        """True when `other.prepare` gives the same `PreparedImage` as ours for any read (same reader options,
+        `PreprocessSpec` apart from provenance, input normalisation and assumed spacing): one can serve both."""
+        from mammokit.preprocess import spec_differences
+
+        mine, theirs = self.card.input, other.card.input
+        return (
+            self.reader_options == other.reader_options
+            and not spec_differences(self.spec, other.spec)
+            and (mine.pixel_mean, mine.pixel_std) == (theirs.pixel_mean, theirs.pixel_std)
+            and self.assume_pixel_spacing == other.assume_pixel_spacing
+        )
+
     def read(self, item: InputItem, *, data: bytes | None = None) -> tuple[np.ndarray, MammoMeta]:
         """`read_mammogram` with this run's reader options; `data` = the file's bytes (nothing touches the disk)."""
         from mammokit.io.dicom import read_mammogram, read_mammogram_bytes

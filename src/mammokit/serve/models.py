@@ -29,7 +29,7 @@ import numpy as np
 
 from mammokit.infer.ensemble import NO_THRESHOLD_NOTE, combine_predictions, mean_heatmaps, unique_names
 from mammokit.infer.inputs import InputItem
-from mammokit.infer.predictor import HEATMAP_KINDS, Prediction, Predictor
+from mammokit.infer.predictor import HEATMAP_KINDS, Prediction, Predictor, PreparedImage
 from mammokit.io.dicom import KNOWN_VIEWS, MammogramReadError
 from mammokit.io.meta import MammoMeta
 from mammokit.serve.store import ResultStore
@@ -235,12 +235,16 @@ class ServedModels:
     def _predict(self, read: list[_ReadView], heatmap: str) -> list[list[Prediction]]:
         keep = heatmap in ("patch", "both")  # patch maps in another geometry re-prepare the original pixels
         per_run = []
+        prepared: list[tuple[Predictor, list[PreparedImage]]] = []  # runs of an ensemble usually prepare alike
         for p in self.predictors:
             key = tuple(sorted(p.reader_options.items()))
-            try:
-                batch = [p.prepare(rv.item, *rv.reads[key], keep_pixels=keep) for rv in read]
-            except ValueError as exc:  # PreprocessError: e.g. a blank image
-                raise UploadError(422, f"rejected: {exc}") from None
+            batch = next((b for q, b in prepared if q.prepares_like(p)), None)
+            if batch is None:
+                try:
+                    batch = [p.prepare(rv.item, *rv.reads[key], keep_pixels=keep) for rv in read]
+                except ValueError as exc:  # PreprocessError: e.g. a blank image
+                    raise UploadError(422, f"rejected: {exc}") from None
+                prepared.append((p, batch))
             with self._model_lock:
                 per_run.append(p.predict_prepared(batch, heatmap))  # type: ignore[arg-type]
         return per_run
