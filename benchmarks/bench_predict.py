@@ -106,6 +106,20 @@ def make_run(root: Path, h: int, w: int) -> Path:
     return save_run(root / "whole", model, card)
 
 
+def quiet_exporters() -> None:
+    """Silence the ONNX exporter's INFO chatter (torch.onnx, onnxscript, onnx_ir) in a benchmark's output."""
+    for noisy in ("torch", "onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def default_model(root: Path, h: int, w: int, n_images: int) -> tuple[Path, Any, np.ndarray, torch.nn.Module]:
+    """(run folder, its ModelCard, (n_images, 1, h, w) phantom inputs, the float32 probability graph) of the
+    default whole-image model saved under `root` (`make_run`): the common set-up of the predict benchmarks."""
+    run = make_run(root, h, w)
+    card = backend_select.read_card(run)
+    return run, card, backend_select.calibration_images(card, n_images), probability_graph(*_graph_parts(run))
+
+
 def auc_check(run: Path, prepared: Path, split: str, names: list[str]) -> list[dict[str, Any]]:
     """Every candidate's AUC on a prepared split vs float32 torch's (the issue's AUC bar of 0.002)."""
     from mammokit.data.datasets import PreparedImages
@@ -147,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    for noisy in ("torch", "onnxscript", "onnx_ir", "torch.onnx"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_exporters()
     wall0 = time.perf_counter()
 
     h, w = args.size
@@ -163,10 +176,8 @@ def main(argv: list[str] | None = None) -> int:
           f"bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s")  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = make_run(Path(tmp), h, w)
-        card = backend_select.read_card(run)
-        x1 = backend_select.calibration_images(card, 2)
-        flops = count_flops(probability_graph(*_graph_parts(run)), torch.from_numpy(x1[:1]))
+        run, _, x1, graph = default_model(Path(tmp), h, w, 2)
+        flops = count_flops(graph, torch.from_numpy(x1[:1]))
         print(f"model: whole_image {BACKBONE} + {TOP} at {h}x{w}: {flops / 1e9:.2f} GFLOP/image (FlopCounterMode)")
 
         t0 = time.perf_counter()

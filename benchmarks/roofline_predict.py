@@ -44,15 +44,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_predict import (
     BACKBONE,
     TOP,
-    _graph_parts,
     count_flops,
-    make_run,
+    default_model,
     matmul_flops,
     median_seconds,
+    quiet_exporters,
 )
 
 from mammokit.infer import backend_select
-from mammokit.infer.core import probability_graph
 from mammokit.utils.machine import cpu_name, physical_cores
 
 FP32_BYTES = 4
@@ -202,20 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed ONNX Runtime calls per batch (median)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    import logging
-
-    for noisy in ("torch", "onnxscript", "onnx_ir", "torch.onnx"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_exporters()
     wall0 = time.perf_counter()
     h, w = args.size
     print(f"CPU: {cpu_name()}, {physical_cores()} physical cores; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); load average {os.getloadavg()[0]:.1f}")  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = make_run(Path(tmp), h, w)
-        card = backend_select.read_card(run)
-        x1 = backend_select.calibration_images(card, 1)
-        graph = probability_graph(*_graph_parts(run))
+        run, _, x1, graph = default_model(Path(tmp), h, w, 1)
         layers = layer_census(graph, torch.from_numpy(x1))
         total_flops = count_flops(graph, torch.from_numpy(x1))
         largest = max(layer.bytes for layer in layers)
