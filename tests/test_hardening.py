@@ -262,17 +262,20 @@ def test_predict_survives_panic_abort_and_killed_reader(tmp_path, monkeypatch):
     assert len(inputs) == 5
 
 
+@pytest.mark.timeout(120)  # reading the pids blocks: a child that never prints them must fail the test, not hang it
 def test_workers_exit_when_the_parent_is_killed(tmp_path):
     """Orphans: killing the main process (SIGKILL) used to leave pool workers running for 20+ minutes."""
     script = tmp_path / "parent.py"
     script.write_text(
         textwrap.dedent(
-            """
+            r"""
             import os, sys, time
             from mammokit.utils.pool import run_isolated
 
             def work(task):
-                print(os.getpid(), flush=True)
+                # one write(2) per line: print() writes the text and the newline separately when stdout is
+                # unbuffered (PYTHONUNBUFFERED=1), and two workers' pids then interleave ("2862328622\n\n")
+                os.write(1, f"{os.getpid()}\n".encode())
                 time.sleep(600)
 
             for _ in run_isolated(work, range(2), workers=2):
@@ -283,8 +286,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), *sys.path])}
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     assert parent.stdout is not None
-    # the pids the workers print; blank lines (an earlier test's environment can add one) are skipped
-    workers: list[int] = []
+    workers: list[int] = []  # the pids the workers print, one line each
     while len(workers) < 2:
         line = parent.stdout.readline()
         assert line, f"the parent exited before printing 2 worker pids (got {workers})"  # EOF: never loop forever
