@@ -33,14 +33,13 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-# The suite runs one test file per worker process, a worker per core (TEST_WORKERS=0 runs it in one process).
-# One OpenMP thread per worker: two workers with a thread per core each would oversubscribe the cores, and
-# idle OpenMP threads spin-wait; the suite's tensors are small, so it gains nothing from threads anyway.
+# The suite runs one test file per worker process, a worker per core (TEST_WORKERS=0 runs it in one process);
+# tests/conftest.py gives each worker one OpenMP thread (a thread per core in every worker oversubscribes them).
 # --timeout: a test that hangs fails after 15 min (the longest, the README demo, takes ~2) instead of holding CI.
 TEST_WORKERS ?= auto
 
 test: $(STAMP) chromium lint  ## lint + the CPU/offline test suite (~7 min on 2 cores, plus ~3 min to build .venv)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --timeout=900 --durations=15
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --timeout=900 --durations=15
 
 test-slow: $(STAMP)  ## the slow tests (training-quality checks; tens of minutes on CPU)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow

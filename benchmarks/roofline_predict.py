@@ -70,13 +70,18 @@ class Layer:
     memory_bound: bool = False
 
 
+def _conv_kind(c_in: int, c_per_group: int, kernel: tuple[int, int]) -> str:
+    """depthwise (one input channel per output, several inputs) | pointwise (1x1) | dense conv."""
+    if c_per_group == 1 and c_in > 1:
+        return "depthwise"
+    return "pointwise" if tuple(kernel) == (1, 1) else "dense conv"
+
+
 def _kind(module: nn.Module) -> str:
     if isinstance(module, nn.Linear):
         return "linear"
     assert isinstance(module, nn.Conv2d)
-    if module.groups > 1 and module.groups == module.in_channels:
-        return "depthwise"
-    return "pointwise" if module.kernel_size == (1, 1) else "dense conv"
+    return _conv_kind(module.in_channels, module.in_channels // module.groups, module.kernel_size)
 
 
 def layer_census(model: nn.Module, x: torch.Tensor) -> list[Layer]:
@@ -155,8 +160,7 @@ def _ort_node(event_args: dict[str, Any]) -> tuple[str, float]:
     out = float(np.prod(outputs[0])) if outputs else 0.0
     if op in ("Conv", "FusedConv") and len(shapes) >= 2 and len(shapes[1]) == 4:
         c_in, (_, c_per_group, kh, kw) = shapes[0][1], shapes[1]
-        kind = "depthwise" if c_per_group == 1 and c_in > 1 else "pointwise" if (kh, kw) == (1, 1) else "dense conv"
-        return kind, 2.0 * out * c_per_group * kh * kw
+        return _conv_kind(c_in, c_per_group, (kh, kw)), 2.0 * out * c_per_group * kh * kw
     if op in ("Gemm", "MatMul", "FusedMatMul", "FusedGemm") and shapes:
         return "linear", 2.0 * out * shapes[0][-1]
     return f"other: {op}", 0.0

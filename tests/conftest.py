@@ -9,7 +9,8 @@ import pytest
 
 # Under pytest-xdist (`make test`: one worker process per core) each worker gets one OpenMP thread, set before
 # any test module imports torch: a thread per core in every worker oversubscribes the cores, and OpenMP's idle
-# threads spin-wait (the suite ran ~2x slower that way). Subprocesses the tests start inherit it.
+# threads spin-wait, and the suite's tensors are too small to gain from threads (the suite ran ~2x slower that
+# way). Subprocesses the tests start inherit it. This is the one place that sets it for `make test`.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

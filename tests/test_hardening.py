@@ -290,8 +290,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     while len(workers) < 2:
         line = parent.stdout.readline()
         assert line, f"the parent exited before printing 2 worker pids (got {workers})"  # EOF: never loop forever
-        if line.strip():
-            workers.append(int(line))
+        workers.append(int(line))
     parent.kill()
     parent.wait()
 
