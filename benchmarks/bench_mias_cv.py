@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -64,7 +65,8 @@ class StepTimer:
         self.path = path
         self.times: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.is_file() else {}
 
-    def run(self, name: str, argv: list[str], log_file: Path) -> None:
+    def run(self, name: str, argv: list[str], log_file: Path, ok_codes: tuple[int, ...] = (0,)) -> int:
+        """Run one step; a return code outside `ok_codes` stops the benchmark. Returns the code."""
         t0 = time.perf_counter()
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +74,7 @@ class StepTimer:
             log.write(f"$ {' '.join(argv)}\n")
             log.flush()
             proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False)
-        if proc.returncode != 0:
+        if proc.returncode not in ok_codes:
             raise SystemExit(f"step {name} failed (exit {proc.returncode}); see {log_file}")
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
@@ -84,6 +86,34 @@ class StepTimer:
         self.times = {**on_disk, name: self.times[name]}
         atomic_write_text(self.path, json.dumps(self.times, indent=1))
         print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        return proc.returncode
+
+
+# exit 1 of prepare/patches: some images failed (listed in errors.csv), the rest is done; the benchmark goes on
+PARTIAL = (0, 1)
+
+
+def report_left_out(folder: Path, what: str) -> int:
+    """Print how many images `what` left out and why (its errors.csv); the count of images left out."""
+    errors_csv = folder / "errors.csv"
+    if not errors_csv.is_file():
+        return 0
+    errors = pd.read_csv(errors_csv, dtype=str).fillna("")
+    images = errors[errors["lesion_id"] == ""] if "lesion_id" in errors.columns else errors
+    if len(images):
+        reasons = images["reason"].str.split(":").str[0].value_counts()
+        print(f"  {what}: {len(images)} image(s) left out ({', '.join(f'{n} {r}' for r, n in reasons.items())}); "
+              f"see {errors_csv}", flush=True)  # fmt: skip
+    return len(images)
+
+
+def require_usable(prepared: Path) -> pd.DataFrame:
+    """The prepared manifest; stops the benchmark only when no image at all was prepared."""
+    manifest_file = prepared / "manifest.parquet"
+    manifest = pd.read_parquet(manifest_file) if manifest_file.is_file() else pd.DataFrame()
+    if manifest.empty:
+        raise SystemExit(f"nothing usable was prepared in {prepared}; see {prepared / 'errors.csv'}")
+    return manifest
 
 
 def woman_folds(manifest: pd.DataFrame, k: int, seed: int) -> dict[str, int]:
@@ -120,22 +150,23 @@ def fold_setting(setting: str, fold: int) -> str:
     return setting.replace("{fold}", f"fold{fold}")
 
 
-def write_fold_view(prepared: Path, fold_dir: Path, split_of: dict[str, str]) -> Path:
+def write_fold_view(prepared: Path, fold_dir: Path, split_of: dict[str, str], name: str = "prepared") -> Path:
     """A prepared folder for one fold: hard links to the images/masks/records, a manifest with the fold's splits.
 
     Hard links, not symlinks: `patches` refuses an image path that resolves outside its prepared folder
     (utils/paths.inside), which a symlinked `images/` does.
     """
-    view = fold_dir / "prepared"
+    view = fold_dir / name
     if (view / "manifest.parquet").is_file():
         return view
-    tmp = fold_dir / ".prepared.tmp"
+    tmp = fold_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for sub in ("images", "masks", "records"):
         if (prepared / sub).is_dir():
             shutil.copytree(prepared / sub, tmp / sub, copy_function=_link_or_copy)
     images = pd.read_parquet(prepared / "manifest.parquet")
+    images = images[images["patient_id"].astype(str).isin(split_of)]  # a woman with no image left is in no fold
     images["split"] = [split_of[str(p)] for p in images["patient_id"]]
     images.to_parquet(tmp / "manifest.parquet", index=False)
     lesions = pd.read_parquet(prepared / "lesions.parquet")
@@ -199,7 +230,8 @@ def run_fold(args: argparse.Namespace, fold: int, view: Path, fold_dir: Path, ti
         argv += ["--seed", str(args.seed), "--workers", str(args.workers)]
         for kv in args.patches_set:
             argv += ["--set", fold_setting(kv, fold)]
-        timer.run(f"fold{fold}/patches", argv, log)
+        timer.run(f"fold{fold}/patches", argv, log, ok_codes=PARTIAL)
+        report_left_out(patches, f"fold{fold}/patches")
 
     def training_flags(seed: int) -> list[str]:
         return [
@@ -237,6 +269,14 @@ def run_fold(args: argparse.Namespace, fold: int, view: Path, fold_dir: Path, ti
         evaluate_step(
             timer, f"fold{fold}/evaluate_ensemble_tta", members, view, fold_dir / "eval-ensemble-tta", True, log
         )
+    if args.strong_baseline:  # a plain fine-tune of the ImageNet network, on its own spacing's fold view
+        strong = fold_dir / "runs" / "whole-plain-finetune"
+        strong_view = fold_dir / "prepared-strong"
+        argv = [*mk, "train", "whole", "--data", str(strong_view), "--no-patch-init", "--out", str(strong)]
+        argv += ["-c", str(args.strong_config), *common]
+        train_step(timer, f"fold{fold}/train_plain_finetune", strong, argv, log)
+        evaluate_step(timer, f"fold{fold}/evaluate_plain_finetune_tta", strong, strong_view,
+                      fold_dir / "eval-strong-tta", True, log)  # fmt: skip
     if args.baseline:
         base = fold_dir / "runs" / "whole-no-patch-init"
         argv = [*mk, "train", "whole", "--data", str(view), "--no-patch-init", "--out", str(base)]
@@ -355,8 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only-folds", type=int, nargs="*", default=None, help="run just these folds (no summary)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pixel-spacing", type=float, default=0.6)
+    # mini-MIAS films are 204.8 mm tall; 179.4 mm holds 212 of the 214 development breasts unshrunk
+    # (benchmarks/breast_sizes.py); v1-v12 used 344 x 256, which shrank 11 of them
     ap.add_argument("--height", type=int, default=344, help="canvas rows (344 x 0.6 mm = 206 mm)")
-    ap.add_argument("--width", type=int, default=256, help="canvas columns (256 x 0.6 mm = 154 mm)")
+    ap.add_argument("--width", type=int, default=299, help="canvas columns (299 x 0.6 mm = 179 mm)")
     ap.add_argument("--scheme", default="s10")
     ap.add_argument("--patches-set", action="append", default=[], metavar="KEY=VALUE",
                     help="`patches --set`; {fold} in VALUE becomes the fold's folder name (e.g. "
@@ -373,6 +415,16 @@ def main(argv: list[str] | None = None) -> int:
         "and also evaluate their average",
     )
     ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the --no-patch-init runs")
+    ap.add_argument(
+        "--strong-baseline",
+        action="store_true",
+        help="also run a plain whole-image fine-tune of the ImageNet network (--strong-config) on the same folds, "
+        "prepared at --strong-spacing on a canvas of the same size in mm",
+    )
+    ap.add_argument(
+        "--strong-config", type=Path, default=REPO / "configs" / "mini-mias" / "ablations" / "plain_finetune.yaml"
+    )
+    ap.add_argument("--strong-spacing", type=float, default=0.4, help="mm per pixel of the strong baseline arm")
     ap.add_argument("--prepared", type=Path, default=None, help="reuse a prepared mini-MIAS folder")
     ap.add_argument(
         "--reuse-patch-stage",
@@ -395,8 +447,21 @@ def main(argv: list[str] | None = None) -> int:
         argv_ = [*mammokit_cmd(), "prepare", "mini-mias", "--root", str(args.data), "--out", str(prepared)]
         argv_ += ["--pixel-spacing", str(args.pixel_spacing), "--height", str(args.height), "--width", str(args.width)]
         argv_ += ["--workers", str(args.workers), "--no-progress", "--set", "split.val_fraction=0.2"]
-        timer.run("prepare", argv_, out / "log.txt")
-    manifest = pd.read_parquet(prepared / "manifest.parquet")
+        timer.run("prepare", argv_, out / "log.txt", ok_codes=PARTIAL)
+    report_left_out(prepared, "prepare")
+    manifest = require_usable(prepared)
+    strong_prepared = out / "prepared-strong"
+    if args.strong_baseline and not (strong_prepared / "dataset.json").is_file():
+        # the same canvas in mm at the arm's own spacing
+        height = math.ceil(args.height * args.pixel_spacing / args.strong_spacing)
+        width = math.ceil(args.width * args.pixel_spacing / args.strong_spacing)
+        argv_ = [*mammokit_cmd(), "prepare", "mini-mias", "--root", str(args.data), "--out", str(strong_prepared)]
+        argv_ += ["--pixel-spacing", str(args.strong_spacing), "--height", str(height), "--width", str(width)]
+        argv_ += ["--workers", str(args.workers), "--no-progress", "--set", "split.val_fraction=0.2"]
+        timer.run("prepare_strong", argv_, out / "log.txt", ok_codes=PARTIAL)
+    if args.strong_baseline:
+        report_left_out(strong_prepared, "prepare (strong baseline arm)")
+        require_usable(strong_prepared)
     lesions = pd.read_parquet(prepared / "lesions.parquet")
     fold_of = woman_folds(manifest, args.folds, args.seed)
     women = manifest.groupby("patient_id")["label"].max().clip(lower=0)
@@ -410,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             str(w): "test" if fold_of[str(w)] == k else ("val" if str(w) in val else "train") for w in women.index
         }
         view = write_fold_view(prepared, fold_dir, split_of)
+        if args.strong_baseline:
+            write_fold_view(strong_prepared, fold_dir, split_of, "prepared-strong")
         print(f"fold {k}: {sum(v == 'test' for v in split_of.values())} test women", flush=True)
         run_fold(args, k, view, fold_dir, timer)
     if args.only_folds is not None:
@@ -419,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         "patch->whole, flip TTA": ("eval-tta", "whole"),
         "patch->whole, no TTA": ("eval", "whole"),
         "no patch init (baseline), flip TTA": ("eval-baseline-tta", "whole-no-patch-init"),
+        "plain fine-tune (strong baseline), flip TTA": ("eval-strong-tta", "whole-plain-finetune"),
     }
     if args.whole_seeds > 1:
         models[f"patch->whole, average of {args.whole_seeds} seeds, flip TTA"] = ("eval-ensemble-tta", "whole")
@@ -438,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         "patches_set": args.patches_set,
         "seed": args.seed,
         "whole_seeds": args.whole_seeds,
+        "strong_baseline": {"config": args.strong_config.name, "pixel_spacing": args.strong_spacing}
+        if args.strong_baseline
+        else None,
         "reuse_patch_stage": str(args.reuse_patch_stage) if args.reuse_patch_stage else None,
     }
     results = {

@@ -20,14 +20,44 @@ MK=${MAMMOKIT:-.venv/bin/mammokit}
 CFG=${CFG:-configs/mini-mias}  # the patch.yaml + whole.yaml to train with
 SEED=${SEED:-0}
 WHOLE_SEEDS=${WHOLE_SEEDS:-1}
-SPACING=${SPACING:-0.6}   # mm per pixel: 344 x 256 px = a 206 x 154 mm canvas
+# mm per pixel: 344 x 299 px = a 206 x 179 mm canvas. mini-MIAS films are 204.8 mm tall; 179 mm holds 212 of the
+# 214 development breasts unshrunk (benchmarks/breast_sizes.py). A larger breast is shrunk to fit, never refused.
+SPACING=${SPACING:-0.6}
 HEIGHT=${HEIGHT:-344}
-WIDTH=${WIDTH:-256}
+WIDTH=${WIDTH:-299}
+PY=${PYTHON:-$(dirname "$MK")/python}
 start=$(date +%s)
-$MK prepare mini-mias --root "$MIAS" --out "$OUT/prepared" --pixel-spacing "$SPACING" --height "$HEIGHT" \
-  --width "$WIDTH" --workers 2 --seed "$SEED" --no-progress --set split.test_fraction=0 --set split.val_fraction=0.2
-[ -f "$OUT/patches/patches.json" ] || $MK patches --data "$OUT/prepared" --out "$OUT/patches" --scheme s10 \
-  --seed "$SEED" --workers 2
+# A step that leaves some images out (exit 1: they are rows of its errors.csv) does not stop the recipe: it says
+# how many and why, and the recipe goes on with the rest; any other failure, or nothing usable left, stops it.
+partial() {  # partial FOLDER WHAT COMMAND...
+  local folder=$1 what=$2 rc=0
+  shift 2
+  "$@" || rc=$?
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ]; then echo "$what failed (exit $rc)" >&2; exit "$rc"; fi
+  "$PY" - "$folder" "$what" <<'PYEOF'
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+folder, what = Path(sys.argv[1]), sys.argv[2]
+errors = folder / "errors.csv"
+table = pd.read_csv(errors, dtype=str).fillna("") if errors.is_file() and errors.stat().st_size else pd.DataFrame()
+images = table[table["lesion_id"] == ""] if "lesion_id" in table.columns else table
+if len(images):
+    reasons = images["reason"].str.split(":").str[0].value_counts()
+    print(f"{what}: {len(images)} image(s) left out ({', '.join(f'{n} {r}' for r, n in reasons.items())}); "
+          f"details in {errors}")
+manifest = next((folder / n for n in ("manifest.parquet", "patches.parquet") if (folder / n).is_file()), None)
+if manifest is None or pd.read_parquet(manifest).empty:
+    sys.exit(f"{what}: nothing usable is left in {folder}; see {errors}")
+PYEOF
+}
+partial "$OUT/prepared" prepare $MK prepare mini-mias --root "$MIAS" --out "$OUT/prepared" --pixel-spacing "$SPACING" \
+  --height "$HEIGHT" --width "$WIDTH" --workers 2 --seed "$SEED" --no-progress --set split.test_fraction=0 \
+  --set split.val_fraction=0.2
+[ -f "$OUT/patches/patches.json" ] || partial "$OUT/patches" patches $MK patches --data "$OUT/prepared" \
+  --out "$OUT/patches" --scheme s10 --seed "$SEED" --workers 2
 resume() { [ -d "$1/checkpoints" ] && [ ! -f "$1/model.json" ] && echo --resume || true; }
 [ -f "$OUT/runs/patch/model.json" ] || $MK train patch --data "$OUT/patches" --out "$OUT/runs/patch" \
   -c "$CFG/patch.yaml" --device cpu --seed "$SEED" $(resume "$OUT/runs/patch")
@@ -50,8 +80,9 @@ ENSEMBLE=(); for r in "${RUNS[@]:1}"; do ENSEMBLE+=(--ensemble "$r"); done
 echo "mini-MIAS recipe trained in $(( ($(date +%s) - start) / 60 )) min: ${RUNS[*]}"
 echo "predict new files: $MK predict ${RUNS[0]} FILES... ${ENSEMBLE[*]} --out PREDICTIONS"
 if [ -n "$HOLDOUT" ]; then
-  $MK prepare mini-mias --root "$HOLDOUT" --out "$OUT/holdout" --pixel-spacing "$SPACING" --height "$HEIGHT" \
-    --width "$WIDTH" --workers 2 --no-progress --set split.test_fraction=0 --set split.val_fraction=0
+  partial "$OUT/holdout" "prepare (hold-out)" $MK prepare mini-mias --root "$HOLDOUT" --out "$OUT/holdout" \
+    --pixel-spacing "$SPACING" --height "$HEIGHT" --width "$WIDTH" --workers 2 --no-progress \
+    --set split.test_fraction=0 --set split.val_fraction=0
   # val_fraction=0 and test_fraction=0 put every hold-out image in the split named "train"
   $MK evaluate "${RUNS[@]}" --data "$OUT/holdout" --split train --tta --out "$OUT/holdout-eval" --seed "$SEED"
   echo "hold-out report: $OUT/holdout-eval/report.html"

@@ -59,7 +59,7 @@ class RecordingRunner:
         self.times: dict[str, dict[str, float]] = {}
         self.steps: list[tuple[str, list[str]]] = []
 
-    def run(self, name: str, argv: list[str], log_file: Path) -> None:
+    def run(self, name: str, argv: list[str], log_file: Path, ok_codes: tuple[int, ...] = (0,)) -> int:
         self.steps.append((name, argv))
         self.times[name] = {"wall_s": 1.0, "cpu_s": 1.0}
         out = Path(argv[argv.index("--out") + 1])
@@ -90,6 +90,7 @@ class RecordingRunner:
             ).to_csv(out / "predictions.csv", index=False)
         else:
             raise AssertionError(f"unexpected step {name}: {argv}")
+        return 0
 
 
 def _run(bench: ModuleType, monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> RecordingRunner:

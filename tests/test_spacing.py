@@ -99,17 +99,32 @@ def test_physical_scale_resamples_to_the_target_spacing_and_pads():
     assert abs(geo2.content_height - geo.content_height) <= 1 and abs(geo2.content_width - geo.content_width) <= 1
 
 
-def test_a_breast_slightly_too_large_is_shrunk_and_recorded_a_much_larger_one_is_refused():
+def test_a_breast_larger_than_the_canvas_is_shrunk_to_fit_and_recorded_never_refused():
     pixels = _phantom(600, 400, 560, 300)  # 56 mm tall at 0.1 mm
     spec = PreprocessSpec(height=128, width=128, pixel_spacing=0.5)  # canvas 64 x 64 mm
     _, geo = prepare_pixels(pixels, _meta((0.1, 0.1)), spec)
-    assert geo.fit_scale == 1.0
-    tight = PreprocessSpec(height=100, width=128, pixel_spacing=0.5, max_downscale=1.25)  # 50 mm: 1.12x too small
+    assert geo.fit_scale == 1.0 and not geo.shrunk and geo.fit_message() is None
+    tight = PreprocessSpec(height=100, width=128, pixel_spacing=0.5)  # 50 mm: 1.12x too small
     image, geo = prepare_pixels(pixels, _meta((0.1, 0.1)), tight)
     assert 1.05 < geo.fit_scale < 1.2 and geo.out_spacing_mm == pytest.approx(0.5 * geo.fit_scale, rel=0.02)
     assert _breast_rows(image) <= 100
-    with pytest.raises(SpacingError, match=r"larger than the .* canvas.*--height/--width or --pixel-spacing"):
-        prepare_pixels(pixels, _meta((0.1, 0.1)), PreprocessSpec(height=64, width=128, pixel_spacing=0.5))
+    # 2.3x too large (the old rule refused anything beyond 1.25x): fitted, aspect kept, and said in one line
+    image, geo = prepare_pixels(pixels, _meta((0.1, 0.1)), PreprocessSpec(height=48, width=128, pixel_spacing=0.5))
+    assert image.shape == (48, 128) and geo.shrunk and geo.fit_scale == pytest.approx(56 / 24, rel=0.05)
+    assert _breast_rows(image) <= 48
+    crop_h, crop_w = geo.crop_shape
+    assert geo.content_width / geo.content_height == pytest.approx(crop_w / crop_h, rel=0.05)  # aspect kept
+    message = geo.fit_message()
+    assert message is not None and "shrunk by 2.3" in message and "24 x 64 mm canvas" in message
+
+
+def test_old_specs_with_the_retired_max_downscale_key_still_load():
+    from mammokit.config import from_dict
+
+    spec = from_dict(PreprocessSpec, {"height": 64, "width": 64, "pixel_spacing": 0.5, "max_downscale": 1.25})
+    assert spec.pixel_spacing == 0.5 and not hasattr(spec, "max_downscale")
+    with pytest.raises(Exception, match="unknown configuration key 'max_downscal'"):
+        from_dict(PreprocessSpec, {"max_downscal": 1.25})  # a typo is still an error
 
 
 def test_physical_scale_needs_a_spacing_fixed_size_does_not():
@@ -128,8 +143,6 @@ def test_spec_validation_rejects_implausible_target_spacing():
 
     with pytest.raises(ConfigError, match="pixel_spacing"):
         PreprocessSpec(pixel_spacing=3.0).validate()
-    with pytest.raises(ConfigError, match="max_downscale"):
-        PreprocessSpec(pixel_spacing=0.2, max_downscale=0.5).validate()
 
 
 # ------------------------------------------------------------------------------ batch behaviour and patches
@@ -270,3 +283,19 @@ def test_real_cbis_ddsm_dicoms_at_0_2_mm_keep_the_breast_height(tmp_path):
         pixels, _ = source.read_image(images.set_index("image_id").loc[image_id].rename(image_id), root)
         height_mm = _breast_rows(read_png16(out / row["image_file"])) * row["out_spacing_mm"]
         assert height_mm == pytest.approx(_source_breast_height_mm(pixels, 0.05), rel=0.02), image_id
+
+
+def test_prepare_with_a_spacing_and_no_size_gets_the_default_canvas_in_mm(tmp_path: Path) -> None:
+    from mammokit.cli import build_parser
+    from mammokit.cli.prepare import resolve_config
+
+    def canvas(*extra: str) -> tuple[int, int]:
+        args = build_parser().parse_args(["prepare", "mini-mias", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+                                          *extra])  # fmt: skip
+        spec = resolve_config(args).preprocess
+        return spec.height, spec.width
+
+    assert canvas("--pixel-spacing", "0.6") == (384, 299)  # 230.4 x 179.2 mm, not 1152 x 896 px at 0.6 mm
+    assert canvas("--pixel-spacing", "0.2") == (1152, 896)
+    assert canvas("--pixel-spacing", "0.6", "--height", "344") == (344, 896)  # a size given is kept as given
+    assert canvas() == (1152, 896)  # fixed-size mode as before

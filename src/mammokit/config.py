@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import types
 import typing
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -117,8 +120,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
+    retired = getattr(cls, "RETIRED_KEYS", frozenset())  # keys old files hold that no longer mean anything
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)
+        if key in retired and key not in fields:
+            log.debug("ignoring the retired configuration key '%s'", where)
+            continue
         if key not in fields:
             suggestion = _closest(str(key), list(fields))
             hint = f"; did you mean '{(prefix + '.') if prefix else ''}{suggestion}'?" if suggestion else ""

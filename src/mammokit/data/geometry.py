@@ -18,7 +18,7 @@ identically. Steps, for a float32 (H, W) MONOCHROME2 image:
    (`spec.pixel_spacing` set) the crop is instead resampled from its own pixel spacing (`resolve_spacing`)
    to `spec.pixel_spacing` mm per pixel and placed like "pad" on the `spec.height x spec.width` canvas,
    so a 10 mm mass is the same number of pixels in every dataset; a breast larger than the canvas is
-   shrunk to fit up to `spec.max_downscale` (recorded as `fit_scale`), beyond that it is an error.
+   shrunk to fit, aspect kept, never refused (the factor is recorded as `fit_scale`, `fit_message` words it).
 6. **Intensity**: "minmax" maps the breast's 0.5-99.5 percentile range to 0..65535 (robust to film
    labels and single hot pixels); "none" maps the reader's nominal `value_range` (BitsStored/VOI-aware)
    to 0..65535. When cropping, pixels outside the breast are set to 0 (burned-in labels and markers are
@@ -54,7 +54,7 @@ class PreprocessError(ValueError):
 
 
 class SpacingError(PreprocessError):
-    """The pixel spacing of an image is unknown or implausible, or its breast does not fit the canvas."""
+    """The pixel spacing of an image is unknown or implausible (outside 0.02-1.0 mm)."""
 
 
 SpacingMM = tuple[float, float]  # (row, column) mm per pixel
@@ -126,7 +126,29 @@ class Geometry:
     spacing_mm: float | None = None  # source mm per pixel (row direction) when known
     out_spacing_mm: float | None = None  # prepared mm per pixel (row direction) when the source spacing is known
     fit_scale: float = 1.0  # physical-scale mode: > 1 when the breast was shrunk by this factor to fit the canvas
+    target_spacing_mm: float | None = None  # physical-scale mode: the model's mm per pixel (spec.pixel_spacing)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shrunk(self) -> bool:
+        """True when the breast was larger than the canvas and was shrunk to fit it (physical-scale mode)."""
+        return self.fit_scale > 1.0 + 1e-6
+
+    def fit_message(self) -> str | None:
+        """One line saying how much a breast larger than the canvas was shrunk (None when it was not).
+
+        Sizes only: no file name or header value, so the caller decides what names the image in a log.
+        """
+        if not self.shrunk or not self.spacing_mm or not self.out_spacing_mm:
+            return None
+        breast_h = (self.crop_y1 - self.crop_y0) * self.spacing_mm
+        breast_w = (self.crop_x1 - self.crop_x0) * self.spacing_mm
+        target = self.target_spacing_mm or self.out_spacing_mm / self.fit_scale  # the model's mm per pixel
+        return (
+            f"the breast ({breast_h:.0f} x {breast_w:.0f} mm) is larger than the "
+            f"{self.out_height * target:.0f} x {self.out_width * target:.0f} mm canvas: shrunk by "
+            f"{self.fit_scale:.2f}x to fit ({self.out_spacing_mm:.3g} mm per pixel instead of {target:.3g})"
+        )
 
     @property
     def content_height(self) -> int:
@@ -318,6 +340,42 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
+@dataclass(frozen=True)
+class ReducedSegmentation:
+    """The breast found on an area-reduced copy of an image (`segment_reduced`)."""
+
+    factor: int  # the reduced copy is the image block-averaged by factor x factor pixels
+    mask: np.ndarray  # bool (H // factor, W // factor): the breast on the reduced copy
+    crop_box: tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open, in original pixels, rounded outwards
+
+    def size_mm(self, spacing: SpacingMM) -> tuple[float, float]:
+        """(height, width) of the breast's bounding box in mm, for a (row, column) mm-per-pixel spacing."""
+        y0, y1, x0, x1 = self.crop_box
+        return (y1 - y0) * spacing[0], (x1 - x0) * spacing[1]
+
+
+def segment_reduced(pixels: np.ndarray, threshold: float = 0.05) -> ReducedSegmentation:
+    """Segment the breast on a block-averaged copy (short side ~`SEGMENT_SIDE` px) and box it in original pixels.
+
+    The steps 1-3 of `prepare_pixels`, also used on their own to measure breast sizes
+    (`benchmarks/breast_sizes.py`), so that what is measured is exactly what `prepare` crops.
+
+    Raises:
+        PreprocessError: the image is blank (constant intensity).
+    """
+    H, W = pixels.shape
+    k = max(1, min(H, W) // SEGMENT_SIDE)
+    small = block_mean(pixels, k, k)
+    breast_small = segment_breast(small, threshold)
+    if not breast_small.any():
+        raise PreprocessError("the image is blank (constant intensity): no breast to segment")
+    sh, sw = small.shape
+    r0, r1, c0, c1 = _bbox(breast_small)
+    # the edge blocks absorb the rows/columns that block_mean dropped
+    box = (r0 * k, H if r1 == sh else r1 * k, c0 * k, W if c1 == sw else c1 * k)
+    return ReducedSegmentation(factor=k, mask=breast_small, crop_box=box)
+
+
 def _content_box(
     crop_h: int, crop_w: int, spec: PreprocessSpec, spacing: SpacingMM | None
 ) -> tuple[int, int, int, int, int, int, float]:
@@ -329,14 +387,10 @@ def _content_box(
         # output pixels = source pixels x (source mm per pixel / target mm per pixel), per axis
         want_h = crop_h * spacing[0] / spec.pixel_spacing
         want_w = crop_w * spacing[1] / spec.pixel_spacing
+        # A breast larger than the canvas is shrunk to fit, aspect kept, by however much it takes: a screening
+        # tool must score every film, and a large breast is a common, normal finding. The factor is recorded
+        # (Geometry.fit_scale, the manifest, every prediction output) and the caller warns once per image.
         fit = max(1.0, want_h / spec.height, want_w / spec.width)
-        if fit > spec.max_downscale:
-            raise SpacingError(
-                f"the breast is {crop_h * spacing[0]:.0f} x {crop_w * spacing[1]:.0f} mm, larger than the "
-                f"{spec.height * spec.pixel_spacing:.0f} x {spec.width * spec.pixel_spacing:.0f} mm canvas "
-                f"({spec.height}x{spec.width} px at {spec.pixel_spacing} mm) by a factor {fit:.2f} "
-                f"(> max_downscale {spec.max_downscale}); use a larger --height/--width or --pixel-spacing"
-            )
         ch = min(spec.height, max(1, round(want_h / fit)))
         cw = min(spec.width, max(1, round(want_w / fit)))
     elif spec.aspect == "stretch":
@@ -371,8 +425,7 @@ def prepare_pixels(
 
     Raises:
         PreprocessError: the image is blank (constant) or not 2-D.
-        SpacingError: physical-scale mode and the spacing is unknown or implausible, or the breast does not
-            fit the canvas.
+        SpacingError: physical-scale mode and the spacing is unknown or implausible.
     """
     if pixels.ndim != 2 or min(pixels.shape) < 2:
         raise PreprocessError(f"expected a 2-D image of at least 2x2 pixels, got shape {pixels.shape}")
@@ -386,22 +439,11 @@ def prepare_pixels(
     elif spacing is not None and not all(SPACING_RANGE_MM[0] <= v <= SPACING_RANGE_MM[1] for v in spacing):
         spacing = None  # fixed-size mode does not use it; an implausible tag is not recorded as if it were true
 
-    # 1-2. segmentation on an area-reduced copy
-    k = max(1, min(H, W) // SEGMENT_SIDE)
-    small = block_mean(pixels, k, k)
-    breast_small = segment_breast(small, spec.breast_threshold)
-    if not breast_small.any():
-        raise PreprocessError("the image is blank (constant intensity): no breast to segment")
-    sh, sw = small.shape
-
-    # 3. crop box in original pixels (rounded outwards; the edge blocks absorb rows/cols dropped by block_mean)
-    if spec.crop_breast:
-        r0, r1, c0, c1 = _bbox(breast_small)
-        y0, x0 = r0 * k, c0 * k
-        y1 = H if r1 == sh else r1 * k
-        x1 = W if c1 == sw else c1 * k
-    else:
-        y0, y1, x0, x1 = 0, H, 0, W
+    # 1-3. segmentation on an area-reduced copy, crop box in original pixels
+    seg = segment_reduced(pixels, spec.breast_threshold)
+    k, breast_small = seg.factor, seg.mask
+    sw = breast_small.shape[1]
+    y0, y1, x0, x1 = seg.crop_box if spec.crop_breast else (0, H, 0, W)
 
     # 4. orientation
     half = sw // 2
@@ -465,6 +507,7 @@ def prepare_pixels(
         spacing_mm=spacing[0] if spacing else None,
         out_spacing_mm=spacing[0] * (y1 - y0) / ch if spacing else None,
         fit_scale=float(fit),
+        target_spacing_mm=spec.pixel_spacing,
         extra=extra,
     )
     return image, geometry

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from mammokit.config import to_dict
+from mammokit.data.geometry import Geometry
 from mammokit.data.manifest import (
     DATASET_JSON,
     ERRORS_FILE,
@@ -110,6 +111,8 @@ class PrepareReport:
     config_hash: str
     elapsed_s: float
     errors: list[dict[str, str]] = field(default_factory=list)
+    n_shrunk: int = 0  # images whose breast was larger than the canvas and was shrunk to fit (physical scale)
+    max_fit_scale: float = 1.0  # the largest of those shrink factors
 
     @property
     def ok(self) -> bool:
@@ -122,6 +125,11 @@ class PrepareReport:
             f"with {self.n_masks} lesion masks ({self.n_lesions} lesions) in {self.elapsed_s:.1f} s "
             f"-> {self.out}"
         )
+        if self.n_shrunk:
+            text += (
+                f"; {self.n_shrunk} image(s) with a breast larger than the canvas shrunk to fit "
+                f"(by up to {self.max_fit_scale:.2f}x, column fit_scale of the manifest)"
+            )
         if not self.ok:
             text += (
                 f"; FAILED: {self.n_failed} image(s), {self.n_lesion_failed} lesion(s), "
@@ -453,6 +461,8 @@ def _dataset_counts(
         "patients": int(manifest["patient_id"].nunique()),
         "malignant_images": int((manifest["label"] == 1).sum()),
         "orientation_disagrees": int(manifest["orientation_disagrees"].sum()),
+        "images_shrunk_to_fit": int((manifest["fit_scale"] > 1.0 + 1e-6).sum()) if "fit_scale" in manifest else 0,
+        "max_fit_scale": float(manifest["fit_scale"].max()) if len(manifest) and "fit_scale" in manifest else 1.0,
         "by_split": {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()},
     }
 
@@ -542,6 +552,9 @@ def prepare_dataset(
             continue
         record = result["record"]
         records[record["image_id"]] = record
+        fit_note = Geometry.from_dict(record["geometry"]).fit_message()
+        if fit_note:  # one line per image: the id the user gave, sizes only
+            log.warning("%s: %s", record["image_id"], fit_note)
         errors.extend(record.get("lesion_errors", []))
         if result["status"] == "reused":
             n_reused += 1
@@ -587,6 +600,8 @@ def prepare_dataset(
         config_hash=full_hash,
         elapsed_s=time.perf_counter() - t0,
         errors=errors,
+        n_shrunk=counts["images_shrunk_to_fit"],
+        max_fit_scale=counts["max_fit_scale"],
     )
     (log.info if report.ok else log.warning)(report.summary())
     return report

@@ -60,8 +60,16 @@ class OptimConfig:
     # validation split holds a handful of cancers, its AUC swings by +-0.1 between epochs, and "best" picks
     # noise (often an early, nearly constant model): a fixed schedule with "last" is the sounder choice there.
     keep: Literal["best", "last"] = "best"
+    # The learning rate within a stage: "constant" (the paper; ReduceLROnPlateau may still lower it) or
+    # "cosine": from the stage's rate down to 0 over the stage's optimizer steps (per step), as a plain
+    # fine-tune usually runs (the strong baseline arm of benchmarks/bench_mias_cv.py).
+    schedule: Literal["constant", "cosine"] = "constant"
 
     def validate(self) -> None:
+        if self.schedule == "cosine" and self.lr_plateau_patience > 0:
+            raise ConfigError(
+                "optim.schedule=cosine sets the learning rate every step; switch off optim.lr_plateau_patience (0)"
+            )
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:

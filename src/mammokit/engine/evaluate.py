@@ -125,6 +125,20 @@ def _data_summary(df: pd.DataFrame, prepared: Path, n_unknown: int) -> dict[str,
         "n_positive_breasts": int(breasts.sum()),
         "n_excluded_unknown_label": n_unknown,
         "by_column": by_column,
+        **_shrunk_summary(df),
+    }
+
+
+def _shrunk_summary(df: pd.DataFrame) -> dict[str, Any]:
+    """How many images had a breast larger than the canvas, shrunk to fit, and by how much (physical scale)."""
+    if "fit_scale" not in df.columns:
+        return {}
+    fit = pd.to_numeric(df["fit_scale"], errors="coerce").fillna(1.0)
+    shrunk = fit[fit > 1.0 + 1e-6]
+    return {
+        "n_shrunk_to_fit": len(shrunk),
+        "max_fit_scale": round(float(shrunk.max()), 3) if len(shrunk) else 1.0,
+        "median_fit_scale_of_shrunk": round(float(shrunk.median()), 3) if len(shrunk) else None,
     }
 
 

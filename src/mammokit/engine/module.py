@@ -186,6 +186,11 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.trainable, self.regularised, self.optim_cfg, self.lr)
+        if self.optim_cfg.schedule == "cosine":
+            # this stage's optimizer steps (Lightning counts accumulation and the stage's max_epochs)
+            steps = max(1, int(self.trainer.estimated_stepping_batches))
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step", "frequency": 1}}
         if self.optim_cfg.lr_plateau_patience <= 0:
             return optimizer
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(

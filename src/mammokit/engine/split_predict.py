@@ -19,7 +19,8 @@ from mammokit.run import ModelCard, read_calibration, read_card
 log = logging.getLogger(__name__)
 
 ID_COLUMNS: tuple[str, ...] = ("image_id", "patient_id", "exam_id", "laterality", "view", "label", "dataset")
-OPTIONAL_COLUMNS: tuple[str, ...] = ("density", "birads", "vendor", "site")
+# fit_scale: > 1 when a breast larger than the canvas was shrunk to fit (prepare's manifest column)
+OPTIONAL_COLUMNS: tuple[str, ...] = ("density", "birads", "vendor", "site", "fit_scale")
 
 
 class EvaluationError(ValueError):

@@ -99,6 +99,7 @@ def combine_predictions(members: Sequence[Prediction], *, heatmaps: bool = True)
         heatmaps=maps,
         meta=first.meta,
         members=[dataclasses.replace(p, heatmap=None, heatmaps={}) for p in members],
+        fit_scale=first.fit_scale,  # members prepare alike (check_same_preprocessing): one image, one factor
     )
 
 

@@ -79,6 +79,8 @@ class Prediction:
     meta: MammoMeta | None = None
     # an ensemble's prediction (`infer.ensemble`): each member run's prediction of this image, without heatmaps
     members: list[Prediction] = field(default_factory=list)
+    # > 1: the breast was larger than the model's canvas and was shrunk by this factor to fit (Geometry.fit_scale)
+    fit_scale: float = 1.0
 
     def to_record(self) -> dict[str, Any]:
         """Flat, JSON-able row (no arrays, no header fields beyond laterality/view); call/threshold None for an
@@ -92,6 +94,7 @@ class Prediction:
             "prob_raw": round(float(self.prob_raw), 6),
             "call": None if self.call is None else int(self.call),
             "threshold": None if self.threshold is None else float(self.threshold),
+            "fit_scale": round(float(self.fit_scale), 4),
         }
 
 
@@ -518,6 +521,7 @@ class Predictor(FilePredictions):
                     heatmap=primary,
                     heatmaps=maps[i],
                     meta=p.meta,
+                    fit_scale=float(getattr(p.geometry, "fit_scale", 1.0)),
                 )
             )
         return out

@@ -269,6 +269,12 @@ def _data_table(data: Mapping[str, Any]) -> str:
         for key, name in labels
         if key in data
     ]
+    if "n_shrunk_to_fit" in data:  # physical-scale mode: breasts larger than the canvas, fitted, never refused
+        n = data["n_shrunk_to_fit"]
+        detail = ""
+        if n:
+            detail = f" (by up to {data['max_fit_scale']:.2f}x, median {data['median_fit_scale_of_shrunk']:.2f}x)"
+        rows.append(["Images shrunk to fit the canvas", f"{n}{detail}"])
     for column, counts in (data.get("by_column") or {}).items():
         rows.append([f"Images by {column}", ", ".join(f"{k}: {v}" for k, v in counts.items())])
     return _table(["", ""], rows)

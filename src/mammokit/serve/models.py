@@ -280,6 +280,8 @@ class ServedModels:
                     "spacing_mm": list(meta.spacing_mm) if meta.spacing_mm else None,
                     "height": meta.height,
                     "width": meta.width,
+                    # > 1: the breast was larger than the model's canvas and was shrunk by this factor to fit
+                    "fit_scale": round(ensemble.fit_scale, 4),
                     # ensemble = the mean over runs of each probability, as engine.evaluate.ensemble_predictions
                     "prob_malignant": round(ensemble.prob_malignant, 6),
                     "prob_raw": round(ensemble.prob_raw, 6),
@@ -295,6 +297,14 @@ class ServedModels:
         breasts, exam, notes = _aggregates(views, self.aggregate, threshold_cal)
         if not single:
             notes.append(NO_THRESHOLD_NOTE)
+        shrunk = [v for v in views if v["fit_scale"] > 1.0 + 1e-6]
+        for v in shrunk:  # the upload's position only: file names are never logged by the service
+            log.warning("upload view %d: breast larger than the canvas, shrunk %.2fx", v["index"], v["fit_scale"])
+        if shrunk:
+            notes.append(
+                f"{len(shrunk)} view(s) show a breast larger than the model's canvas: shrunk to fit, by up to "
+                f"{max(v['fit_scale'] for v in shrunk):.2f}x (fit_scale); small findings are then smaller to the model"
+            )
         return {
             "models": self.model_summaries(),
             "ensemble": not single,
