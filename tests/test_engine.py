@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -372,3 +373,31 @@ def test_bf16_training_is_opt_in_and_the_threshold_uses_float32_probabilities(tm
     assert all(p.dtype == torch.float32 for p in model.parameters())  # bf16 autocast: fp32 master weights
     assert prob is not None and prob.dtype == np.float32 and np.allclose(prob.sum(1), 1.0, atol=1e-5)
     assert label is not None and len(label) == len(val)
+
+
+def test_cosine_schedule_takes_the_stage_lr_to_zero_over_the_stage_steps() -> None:
+    from types import SimpleNamespace
+
+    from mammokit.engine.config import LoaderConfig
+    from mammokit.engine.module import ClassifierModule
+
+    with pytest.raises(ConfigError, match="lr_plateau_patience"):
+        OptimConfig(schedule="cosine").validate()  # the plateau rule would fight the per-step schedule
+    model = _tiny_whole()
+    optim = OptimConfig(name="adamw", lr=3e-4, schedule="cosine", lr_plateau_patience=0)
+    module = ClassifierModule(
+        model, trainable=list(model.parameters()), train_set=[], val_set=[], train_labels=np.zeros(0),
+        num_classes=2, positive_indices=[1], optim=optim, lr=3e-4, loader=LoaderConfig(), seed=0, stage=2,
+    )  # fmt: skip
+    module._trainer = SimpleNamespace(estimated_stepping_batches=10)  # a stage of 10 optimizer steps
+    conf = module.configure_optimizers()
+    optimizer, sched = conf["optimizer"], conf["lr_scheduler"]
+    assert sched["interval"] == "step"
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        sched["scheduler"].step()
+    assert rates[0] == pytest.approx(3e-4) and all(a > b for a, b in itertools.pairwise(rates))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # zero at the end of the stage
+    assert rates[5] == pytest.approx(1.5e-4, rel=1e-6)  # half-way: half the rate (cosine)
