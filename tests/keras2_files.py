@@ -14,6 +14,23 @@ model's layers and weights:
 
 Layer names follow keras.applications 2.0.8 (``conv1``, ``bn_conv1``, ``res2a_branch2a``, ``activation_49``,
 ``block1_conv1``, ...). Weights are random, BatchNorm moving statistics too, so that a wrong mapping shows.
+
+Variants that real files have and the default layout does not (each pinned by a test of test_keras_import.py):
+
+* per-model name counters (``Names`` per model: the inner and the outer model both have ``input_1``,
+  ``activation_1`` ...; the builders' ``names`` argument);
+* weight scopes with TensorFlow's uniquifying suffix (``dense_1_1/kernel:0`` in group ``dense_1``;
+  ``save_keras2_h5(scope_suffix="_1")``);
+* keras.applications 2.0.7+ ResNet50 stem (``resnet50_trunk(stem="same")``: a "same" 7x7 conv1, no padding layer);
+* frozen inner layers (``save_keras2_h5(frozen=...)``: their weights move after all trainable ones in the
+  nested model's weight_names, Keras 2's ``Container.weights`` order);
+* auto-named YaroslavNet BatchNormalization layers (``yaroslav_trunk(bn_names="auto")``: ``batch_normalization_N``);
+* the authors' older flat whole-image design (`flat_whole_model`: patch layers renamed ``prt_*``, no nested
+  model, no stored input size);
+* Keras 1 configs and weight names (``save_keras2_h5(keras1=True)``: ``Convolution2D``, ``nb_filter``,
+  ``Merge(mode="sum")``, ``conv1_W:0``, ``running_std``);
+* Theano files (``save_keras2_h5(theano=True)``: ``backend="theano"``, channels_first configs, conv kernels
+  rotated 180 degrees for true convolution, Dense-after-Flatten rows in (C, H, W) order).
 """
 
 from __future__ import annotations
@@ -38,24 +55,36 @@ def keras():
 
 
 class Names:
-    """Keras 2 auto names: activation_1, add_1, ... (one counter per kind, as Keras 2.0.8's session did)."""
+    """Keras 2 auto names: activation_1, add_1, ... (one counter per kind, as Keras 2.0.8's session did).
 
-    def __init__(self) -> None:
+    `prefix` is put before every name, auto or explicit (`p`): the flat design's renamed patch layers (``prt_``).
+    """
+
+    def __init__(self, prefix: str = "") -> None:
         self.count: Counter[str] = Counter()
+        self.prefix = prefix
 
     def __call__(self, kind: str) -> str:
         self.count[kind] += 1
-        return f"{kind}_{self.count[kind]}"
+        return f"{self.prefix}{kind}_{self.count[kind]}"
+
+    def p(self, name: str) -> str:
+        """An explicit (keras.applications) layer name, with the prefix."""
+        return f"{self.prefix}{name}"
 
 
 # ------------------------------------------------------------------------------------------------ builders
-def resnet50_trunk(x, names: Names):
-    """keras.applications.ResNet50 (2.0.8) up to res5c's ReLU (activation_49)."""
+def resnet50_trunk(x, names: Names, stem: str = "pad"):
+    """keras.applications.ResNet50 up to res5c's ReLU (activation_49).
+
+    stem: "pad" = 2.0.0-2.0.6 and 2.2+ (ZeroPadding2D(3) then a "valid" 7x7/2 conv1); "same" = 2.0.7-2.1.x (a
+    "same" 7x7/2 conv1, no padding layer: TensorFlow pads it asymmetrically).
+    """
     L = keras().layers
 
     def conv_bn(x, filters, k, stage, block, branch, strides=1, padding="valid", relu=True):
-        x = L.Conv2D(filters, k, strides=strides, padding=padding, name=f"res{stage}{block}_branch{branch}")(x)
-        x = L.BatchNormalization(axis=3, name=f"bn{stage}{block}_branch{branch}")(x)
+        x = L.Conv2D(filters, k, strides=strides, padding=padding, name=names.p(f"res{stage}{block}_branch{branch}"))(x)
+        x = L.BatchNormalization(axis=3, name=names.p(f"bn{stage}{block}_branch{branch}"))(x)
         return L.Activation("relu", name=names("activation"))(x) if relu else x
 
     def unit(x, filters, stage, block, strides=None):
@@ -67,9 +96,12 @@ def resnet50_trunk(x, names: Names):
         y = L.Add(name=names("add"))([y, shortcut])
         return L.Activation("relu", name=names("activation"))(y)
 
-    x = L.ZeroPadding2D((3, 3), name=names("zero_padding2d"))(x)
-    x = L.Conv2D(64, 7, strides=2, name="conv1")(x)
-    x = L.BatchNormalization(axis=3, name="bn_conv1")(x)
+    if stem == "same":
+        x = L.Conv2D(64, 7, strides=2, padding="same", name=names.p("conv1"))(x)
+    else:
+        x = L.ZeroPadding2D((3, 3), name=names("zero_padding2d"))(x)
+        x = L.Conv2D(64, 7, strides=2, name=names.p("conv1"))(x)
+    x = L.BatchNormalization(axis=3, name=names.p("bn_conv1"))(x)
     x = L.Activation("relu", name=names("activation"))(x)
     x = L.MaxPooling2D(3, strides=2, name=names("max_pooling2d"))(x)
     for stage, (n, f, s) in enumerate(
@@ -85,20 +117,24 @@ def vgg16_trunk(x, names: Names):
     L = keras().layers
     for b, (n, f) in enumerate([(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)], start=1):
         for i in range(1, n + 1):
-            x = L.Conv2D(f, 3, padding="same", activation="relu", name=f"block{b}_conv{i}")(x)
-        x = L.MaxPooling2D(2, strides=2, name=f"block{b}_pool")(x)
+            x = L.Conv2D(f, 3, padding="same", activation="relu", name=names.p(f"block{b}_conv{i}"))(x)
+        x = L.MaxPooling2D(2, strides=2, name=names.p(f"block{b}_pool"))(x)
     return x
 
 
-def yaroslav_trunk(x, names: Names):
-    """YaroslavNet: six blocks of [Conv3x3 same -> BN -> ReLU] x2 -> MaxPool 2x2 (32..512 filters), stride 64."""
+def yaroslav_trunk(x, names: Names, bn_names: str = "explicit"):
+    """YaroslavNet: six blocks of [Conv3x3 same -> BN -> ReLU] x2 -> MaxPool 2x2 (32..512 filters), stride 64.
+
+    bn_names: "explicit" (``block1_bn1``) or "auto" (Keras' ``batch_normalization_N``, as an unnamed layer gets).
+    """
     L = keras().layers
     for b, f in enumerate([32, 64, 128, 256, 256, 512], start=1):
         for i in (1, 2):
-            x = L.Conv2D(f, 3, padding="same", name=f"block{b}_conv{i}")(x)
-            x = L.BatchNormalization(name=f"block{b}_bn{i}")(x)
+            x = L.Conv2D(f, 3, padding="same", name=names.p(f"block{b}_conv{i}"))(x)
+            bn = names("batch_normalization") if bn_names == "auto" else names.p(f"block{b}_bn{i}")
+            x = L.BatchNormalization(name=bn)(x)
             x = L.Activation("relu", name=names("activation"))(x)
-        x = L.MaxPooling2D(2, name=f"block{b}_pool")(x)
+        x = L.MaxPooling2D(2, name=names.p(f"block{b}_pool"))(x)
     return x
 
 
@@ -137,15 +173,26 @@ def vgg_top(x, names: Names, depths=(512, 512)):
     return x
 
 
-def whole_model(trunk: str, top: str, size: tuple[int, int]):
-    """Input -> nested trunk Model (as the original's patch->whole conversion) -> top -> GAP -> Dropout -> Dense(2)."""
+def _trunk(trunk: str, x, names: Names, **kwargs):
+    return {"resnet50": resnet50_trunk, "vgg16": vgg16_trunk, "yaroslav": yaroslav_trunk}[trunk](x, names, **kwargs)
+
+
+def whole_model(trunk: str, top: str, size: tuple[int, int], *, per_model_names: bool = False, **trunk_kwargs):
+    """Input -> nested trunk Model (as the original's patch->whole conversion) -> top -> GAP -> Dropout -> Dense(2).
+
+    per_model_names: the inner and the outer model count names separately (both have ``input_1``,
+    ``activation_1`` ...), as in files whose patch model was built in another session. `trunk_kwargs` go to the
+    trunk builder (``stem=``, ``bn_names=``).
+    """
     k = keras()
     L = k.layers
     names = Names()
     channels = 1 if trunk == "yaroslav" else 3
     tin = k.Input((*size, channels), name=names("input"))
-    tout = {"resnet50": resnet50_trunk, "vgg16": vgg16_trunk, "yaroslav": yaroslav_trunk}[trunk](tin, names)
+    tout = _trunk(trunk, tin, names, **trunk_kwargs)
     trunk_model = k.Model(tin, tout, name=names("model"))
+    if per_model_names:
+        names = Names()
     inp = k.Input((*size, channels), name=names("input"))
     x = trunk_model(inp)
     if top == "heatmap_fc":  # YaroslavNet: heatmap -> max-pool -> FC16 -> FC8 (+ shortcut) -> softmax
@@ -168,13 +215,95 @@ def whole_model(trunk: str, top: str, size: tuple[int, int]):
     return k.Model(inp, out, name=names("model"))
 
 
+def _continue(names: Names) -> Names:
+    """Auto names for layers added after the patch layers in the same session: the counters go on, no prefix."""
+    top = Names()
+    top.count = names.count
+    return top
+
+
+def flat_whole_model(
+    trunk: str, top: str, size: tuple[int | None, int | None] = (None, None), prefix: str = "prt_", **trunk_kwargs
+):
+    """The authors' older flat whole-image design: the patch classifier's layers (renamed `prefix` + name) and the
+    top layers in one model, no nested model, input size as stored (None x None: a fully convolutional file).
+
+    top: "resnet", "vgg" (-> GAP -> Dropout -> Dense(2, softmax)) or "flatten" (a 1x1 conv -> Flatten ->
+    Dense(2, softmax): fixed to one input size).
+    """
+    k = keras()
+    L = k.layers
+    names = Names(prefix)
+    channels = 1 if trunk == "yaroslav" else 3
+    inp = k.Input((*size, channels), name=names("input"))
+    x = _trunk(trunk, inp, names, **trunk_kwargs)
+    names = _continue(names)
+    if top == "flatten":
+        x = L.Conv2D(2, 1, name=names("conv2d"))(x)
+        x = L.Flatten(name=names("flatten"))(x)
+    else:
+        x = resnet_top(x, names) if top == "resnet" else vgg_top(x, names, depths=(16,))
+        x = L.GlobalAveragePooling2D(name=names("global_average_pooling2d"))(x)
+        x = L.Dropout(0.5, name=names("dropout"))(x)
+    out = L.Dense(2, activation="softmax", name=names("dense"))(x)
+    return k.Model(inp, out, name=names("model"))
+
+
+def flat_small_model(size: tuple[int | None, int | None] = (None, None), prefix: str = "prt_", top: str = "gap"):
+    """A small flat whole-image network (`flat_whole_model`'s design at a size a test can run at 1152x896):
+    prt_ stem conv -> prt_ ResNet unit -> top conv/BN/ReLU -> GAP (or Flatten) -> Dense(2, softmax)."""
+    k = keras()
+    L = k.layers
+    names = Names(prefix)
+    inp = k.Input((*size, 3), name=names("input"))
+    x = L.Conv2D(4, 7, strides=4, padding="same", name=names.p("conv1"))(inp)
+    x = L.BatchNormalization(name=names.p("bn_conv1"))(x)
+    x = L.Activation("relu", name=names("activation"))(x)
+    y = L.Conv2D(4, 3, padding="same", name=names.p("res2a_branch2b"))(x)
+    y = L.BatchNormalization(name=names.p("bn2a_branch2b"))(y)
+    x = L.Add(name=names("add"))([x, y])
+    x = L.Activation("relu", name=names("activation"))(x)
+    names = _continue(names)
+    x = L.Conv2D(6, 3, strides=2, padding="same", name=names("conv2d"))(x)
+    x = L.BatchNormalization(name=names("batch_normalization"))(x)
+    x = L.Activation("relu", name=names("activation"))(x)
+    x = L.Flatten(name=names("flatten"))(x) if top == "flatten" else L.GlobalMaxPooling2D(name=names("gmp"))(x)
+    out = L.Dense(2, activation="softmax", name=names("dense"))(x)
+    return k.Model(inp, out, name=names("model"))
+
+
+def channels_first_model(size: tuple[int, int] = (35, 33)):
+    """Layers whose channels_first / Theano form differs from the TensorFlow one: conv kernels (flipped by Theano),
+    a stride-2 "same" conv (odd sizes: symmetric in both backends), BatchNormalization on the channel axis,
+    Add, Flatten -> Dense (rows in (C, H, W) order when channels_first), inside a nested trunk."""
+    k = keras()
+    L = k.layers
+    names = Names()
+    tin = k.Input((*size, 3), name=names("input"))
+    x = L.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="conv1")(tin)
+    x = L.BatchNormalization(axis=3, name="bn_conv1")(x)
+    y = L.Conv2D(6, (3, 2), padding="valid", name="res2a_branch2a")(x)
+    y = L.ZeroPadding2D(((1, 1), (0, 1)), name=names("zero_padding2d"))(y)
+    x = L.Add(name=names("add"))([x, y])
+    x = L.Activation("relu", name=names("activation"))(x)
+    trunk = k.Model(tin, x, name=names("model"))
+    inp = k.Input((*size, 3), name=names("input"))
+    x = L.Conv2D(5, 1, name=names("conv2d"))(trunk(inp))
+    x = L.MaxPooling2D(2, name=names("max_pooling2d"))(x)
+    x = L.Flatten(name=names("flatten"))(x)
+    x = L.Dense(4, activation="relu", name=names("dense"))(x)
+    x = L.BatchNormalization(name=names("batch_normalization"))(x)
+    out = L.Dense(2, activation="softmax", name=names("dense"))(x)
+    return k.Model(inp, out, name=names("model"))
+
+
 def patch_model(trunk: str, size: tuple[int, int], n_classes: int = 5):
     """A flat patch classifier: trunk -> [ResNet50's 7x7 avg_pool] -> GAP -> Dropout -> Dense(n, softmax)."""
     k = keras()
     L = k.layers
     names = Names()
     inp = k.Input((*size, 3), name=names("input"))
-    x = {"resnet50": resnet50_trunk, "vgg16": vgg16_trunk}[trunk](inp, names)
+    x = _trunk(trunk, inp, names)
     if trunk == "resnet50":
         x = L.AveragePooling2D(7, name="avg_pool")(x)
     x = L.GlobalAveragePooling2D(name=names("global_average_pooling2d"))(x)
@@ -289,6 +418,8 @@ def keras2_config(model) -> dict[str, Any]:
             cls = layer.__class__.__name__
             config = {k: v for k, v in layer.get_config().items() if k not in _DROP_KEYS}
             config["trainable"] = True
+            if cls == "Flatten":
+                config.pop("data_format", None)  # Keras 2.0.x's Flatten stored none (it came with 2.1)
         refs: list[str] = []
         _history(entry.get("inbound_nodes", []), refs)
         nodes = [[[r, 1 if r in nested else 0, 0, {}] for r in refs]] if refs else []
@@ -306,16 +437,122 @@ def _histories(obj: Any) -> list[list[Any]]:
     return [t for item in obj for t in _histories(item)]
 
 
-def _keras2_weights(layer) -> list[tuple[str, np.ndarray]]:
-    """(Keras 2 weight name, value) of one outer layer, in Keras 2's order (nested: trainable first)."""
+def _keras2_weights(layer, frozen: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, np.ndarray]]:
+    """(Keras 2 weight name, value) of one outer layer, in Keras 2's order.
+
+    A nested model lists its trainable weights first, then its non-trainable ones (Keras 2.0.8's
+    ``Container.weights``); the weights of an inner layer named in `frozen` (``layer.trainable = False``) are all
+    non-trainable, so they move after every trainable weight, in layer order.
+    """
     if hasattr(layer, "layers"):
         inner = [lay for lay in _all_layers(layer)]
-        trainable = [(f"{lay.name}/{v.name}:0", v) for lay in inner for v in lay.weights if v.trainable]
-        frozen = [(f"{lay.name}/{v.name}:0", v) for lay in inner for v in lay.weights if not v.trainable]
-        pairs = trainable + frozen
+        trainable = [(f"{lay.name}/{v.name}:0", v) for lay in inner if lay.name not in frozen
+                     for v in lay.weights if v.trainable]  # fmt: skip
+        rest = [(f"{lay.name}/{v.name}:0", v) for lay in inner
+                for v in lay.weights if lay.name in frozen or not v.trainable]  # fmt: skip
+        pairs = trainable + rest
     else:
         pairs = [(f"{layer.name}/{v.name}:0", v) for v in layer.weights]
     return [(name, np.asarray(v.numpy(), dtype=np.float32)) for name, v in pairs]
+
+
+# ------------------------------------------------------------------------------------------------ Keras 1, Theano
+_K1_WEIGHT = {"kernel": "W", "bias": "b", "gamma": "gamma", "beta": "beta", "moving_mean": "running_mean",
+              "moving_variance": "running_std"}  # fmt: skip
+_K1_ORDERING = {"channels_last": "tf", "channels_first": "th"}
+
+
+def keras1_layer(class_name: str, cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A Keras 2 layer (class, config) as Keras 1.2 stored it (the inverse of Keras 2's legacy interfaces)."""
+    cfg = dict(cfg)
+    rename = {"use_bias": "bias", "units": "output_dim", "rate": "p", "strides": "subsample",
+              "padding": "border_mode", "data_format": "dim_ordering", "filters": "nb_filter"}  # fmt: skip
+    if class_name == "Add":
+        return "Merge", {"name": cfg["name"], "mode": "sum", "concat_axis": -1, "dot_axes": -1,
+                         "output_shape": None, "output_mask": None, "arguments": {}}  # fmt: skip
+    if class_name == "BatchNormalization":
+        return class_name, {"name": cfg["name"], "trainable": True, "epsilon": cfg["epsilon"], "mode": 0,
+                            "axis": cfg["axis"], "momentum": cfg["momentum"], "gamma_regularizer": None,
+                            "beta_regularizer": None}  # fmt: skip
+    if class_name == "ZeroPadding2D":
+        (t, b), (l, r) = cfg["padding"]  # noqa: E741
+        cfg["padding"] = [t, l] if (t, l) == (b, r) else [t, b, l, r]
+        rename.pop("padding")
+    if class_name == "Conv2D":
+        cfg["nb_row"], cfg["nb_col"] = cfg.pop("kernel_size")
+        dilation = cfg.pop("dilation_rate", [1, 1])
+        cfg["init"], cfg["W_regularizer"], cfg["b_regularizer"] = "glorot_uniform", None, None
+        if list(dilation) != [1, 1]:
+            cfg["atrous_rate"] = list(dilation)
+            class_name = "AtrousConvolution2D"
+        else:
+            class_name = "Convolution2D"
+    new = {rename.get(key, key): value for key, value in cfg.items()}
+    if "dim_ordering" in new:
+        new["dim_ordering"] = _K1_ORDERING[new["dim_ordering"]]
+    return class_name, new
+
+
+def keras1_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A Keras 2 functional config (`keras2_config`) as Keras 1.2 stored it: Keras 1 layers, 3-element node refs."""
+    layers = []
+    for entry in config["config"]["layers"]:
+        cls, cfg = entry["class_name"], entry["config"]
+        if cls == "Model":
+            cfg = keras1_config(entry)["config"]
+        elif cls != "InputLayer":
+            cls, cfg = keras1_layer(cls, cfg)
+        nodes = [[ref[:3] for ref in node] for node in entry["inbound_nodes"]]
+        layers.append({"name": entry["name"], "class_name": cls, "config": cfg, "inbound_nodes": nodes})
+    return {"class_name": "Model", "config": {**config["config"], "layers": layers}}
+
+
+def channels_first_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config of the same model built with image_data_format "channels_first" (as Theano users did)."""
+    layers = []
+    for entry in config["config"]["layers"]:
+        cfg = dict(entry["config"])
+        if entry["class_name"] == "Model":
+            cfg = channels_first_config(entry)["config"]
+        elif entry["class_name"] == "InputLayer":
+            n, h, w, c = cfg["batch_input_shape"]
+            cfg["batch_input_shape"] = [n, c, h, w]
+        elif entry["class_name"] == "BatchNormalization":
+            cfg["axis"] = 1
+        if "data_format" in cfg:
+            cfg["data_format"] = "channels_first"
+        layers.append({**entry, "config": cfg})
+    return {"class_name": "Model", "config": {**config["config"], "layers": layers}}
+
+
+def _chw_rows(model) -> dict[str, tuple[int, int, int]]:
+    """Dense layers fed by a Flatten of a feature map -> that map's (H, W, C) (their kernel rows are reordered)."""
+    out = {}
+    for layer in _all_layers(model):
+        if layer.__class__.__name__ == "Dense":
+            src = layer.input._keras_history[0]
+            if src.__class__.__name__ == "Flatten" and len(src.input.shape) == 4:
+                out[layer.name] = tuple(int(d) for d in src.input.shape[1:])
+    return out
+
+
+def _to_theano(name: str, value: np.ndarray, chw: dict[str, tuple[int, int, int]]) -> np.ndarray:
+    """A tensor as a channels_first Theano model stores it (Keras 2: kernels HWIO, trained for true convolution)."""
+    layer, kind = name.split("/")[0], name.split("/")[-1].split(":")[0]
+    if kind == "kernel" and value.ndim == 4:
+        return value[::-1, ::-1].copy()  # true convolution: the TF kernel rotated 180 degrees
+    if kind == "kernel" and layer in chw:
+        h, w, c = chw[layer]  # rows (H, W, C) -> (C, H, W): Keras' convert_dense_weights_data_format
+        return np.ascontiguousarray(value.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(h * w * c, -1))
+    return value
+
+
+def _to_keras1(name: str, value: np.ndarray, channels_first: bool) -> tuple[str, np.ndarray]:
+    """("conv1_W:0", value) of a Keras 2 tensor ("conv1/kernel:0"): Keras 1 names, 'th' kernels (out, in, h, w)."""
+    layer, kind = name.split("/")[0], name.split("/")[-1].split(":")[0]
+    if kind == "kernel" and value.ndim == 4 and channels_first:
+        value = np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+    return f"{layer}_{_K1_WEIGHT[kind]}:0", value
 
 
 def save_keras2_h5(
@@ -325,33 +562,60 @@ def save_keras2_h5(
     config: dict[str, Any] | None = None,
     drop: set[str] = frozenset(),
     reshape: dict[str, tuple[int, ...]] | None = None,
+    scope_suffix: str = "",
+    frozen: set[str] | frozenset[str] = frozenset(),
+    keras1: bool = False,
+    theano: bool = False,
 ) -> Path:
-    """Write `model` in the Keras 2.0.8 full-model HDF5 layout.
+    """Write `model` in the Keras 2.0.8 full-model HDF5 layout (or a variant of it, see the module docstring).
 
     Args:
         config: a (modified) Keras 2 config to store instead of the model's own (malformed-file tests).
         drop: weight names to leave out (malformed-file tests).
         reshape: weight name -> shape to store a wrong-shaped tensor (malformed-file tests).
+        scope_suffix: appended to every weight's layer scope ("_1": ``dense_1_1/kernel:0`` in group ``dense_1``,
+            as TensorFlow names variables when a layer name's scope was used before in the session).
+        frozen: inner layers of a nested model that were frozen (their weights listed after the trainable ones).
+        keras1: a Keras 1.2.2 file (Keras 1 config, ``conv1_W:0`` names).
+        theano: a Theano file (backend "theano", channels_first config, kernels flipped for true convolution).
     """
     import h5py
 
     config = config or keras2_config(model)
+    if theano:
+        config = channels_first_config(config)
+    if keras1:
+        config = keras1_config(config)
+    chw = _chw_rows(model) if theano else {}
     reshape = reshape or {}
+    version = b"1.2.2" if keras1 else b"2.0.8"
+    backend = b"theano" if theano else b"tensorflow"
     with h5py.File(path, "w") as f:
-        f.attrs["keras_version"] = b"2.0.8"
-        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = version
+        f.attrs["backend"] = backend
         f.attrs["model_config"] = json.dumps(config).encode("utf8")
         g = f.create_group("model_weights")
         g.attrs["layer_names"] = np.array([layer.name.encode("utf8") for layer in model.layers])
-        g.attrs["backend"] = b"tensorflow"
-        g.attrs["keras_version"] = b"2.0.8"
+        g.attrs["backend"] = backend
+        g.attrs["keras_version"] = version
         for layer in model.layers:
             lg = g.create_group(layer.name)
-            weights = [(n, v) for n, v in _keras2_weights(layer) if n not in drop]
-            lg.attrs["weight_names"] = np.array([n.encode("utf8") for n, _ in weights]) if weights else []
-            for name, value in weights:
+            weights = []
+            for name, value in _keras2_weights(layer, frozen):
+                if name in drop:
+                    continue
                 if name in reshape:
                     value = np.zeros(reshape[name], dtype=np.float32)
+                if theano:
+                    value = _to_theano(name, value, chw)
+                if keras1:
+                    name, value = _to_keras1(name, value, channels_first=theano)
+                elif scope_suffix:
+                    scope, _, rest = name.rpartition("/")
+                    name = f"{scope}{scope_suffix}/{rest}"
+                weights.append((name, value))
+            lg.attrs["weight_names"] = np.array([n.encode("utf8") for n, _ in weights]) if weights else []
+            for name, value in weights:
                 lg.create_dataset(name, data=value)
     return path
 

@@ -354,3 +354,290 @@ def test_not_hdf5_and_weights_only_files_are_refused(small, capsys):
     assert "model_config" in _import_error(weights_only, tmp)
     assert main(["import-keras", str(text), "--out", str(tmp / "cli")]) == 2
     assert "not an HDF5 file" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- other writers' files
+def _parity(model, run: Path, size: tuple[int, int], channels: int = 3, n: int = 2, seed: int = 5) -> None:
+    """The imported run's logits equal the Keras reference model's on random inputs of `size`."""
+    net, _ = load_model(run)
+    x = np.random.default_rng(seed).uniform(-60.0, 200.0, (n, 1, *size)).astype(np.float32)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x)).numpy()
+    _close(*kf.keras_logits(model, _keras_input(x, channels)), logits)
+
+
+def _stored(path: Path) -> tuple[dict, dict[str, list[str]]]:
+    """(model config, weight_names per layer group) of a written file."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        config = json.loads(f.attrs["model_config"])
+        g = f["model_weights"]
+        names = {k: [n.decode() if isinstance(n, bytes) else str(n) for n in g[k].attrs["weight_names"]] for k in g}
+    return config, names
+
+
+def _layer_names(config: dict) -> list[str]:
+    return [entry["name"] for entry in config["config"]["layers"]]
+
+
+def test_flat_prt_design_splits_trunk_and_top_at_the_patch_layers(tmp_path):
+    """The older flat whole-image design: patch layers renamed prt_*, no nested model, no stored input size."""
+    model = kf.flat_whole_model("resnet50", "resnet")
+    kf.randomise(model, seed=11)
+    path = kf.save_keras2_h5(model, tmp_path / "ddsm_flat.h5")
+    config, _ = _stored(path)
+    assert config["config"]["layers"][0]["config"]["batch_input_shape"] == [None, None, None, 3]
+    assert "Model" not in {e["class_name"] for e in config["config"]["layers"]}
+    result = import_keras(path, tmp_path / "run", KerasImportOptions(input_size=(96, 64)))
+    card = result.card
+    assert card.task == "whole" and card.notes["trunk_output"] == "prt_activation_49"
+    assert card.notes["trunk_rule"] == "prt_" and card.notes["input_size_source"] == "--input-size"
+    assert (card.input.height, card.input.width) == (96, 64)
+    net, _ = load_model(result.run_dir)
+    top = net.stage_parameter_names(1)  # stage 1 trains the top only: every top layer, no patch layer
+    assert top and not any(".prt_" in n for n in top)
+    assert {n.split(".")[2] for n in top} == {
+        s["name"] for s in net.top.specs if s["op"] in ("conv2d", "dense", "batch_norm")
+    }
+    _parity(model, result.run_dir, (96, 64))
+
+
+@pytest.mark.parametrize(
+    ("prefix", "cut", "rule"), [("prt_", "prt_activation_2", "prt_"), ("", "activation_2", "body")]
+)
+def test_flat_design_trunk_ends_after_the_last_residual_unit(tmp_path, prefix, cut, rule):
+    """prt_ names or keras.applications names: the trunk takes the last unit's Add and ReLU, the top the rest."""
+    model = kf.flat_small_model(prefix=prefix)
+    kf.randomise(model, seed=3)
+    path = kf.save_keras2_h5(model, tmp_path / "flat.h5")
+    card = import_keras(path, tmp_path / "run", KerasImportOptions(input_size=(40, 36))).card
+    assert (card.notes["trunk_output"], card.notes["trunk_rule"]) == (cut, rule)
+    _parity(model, tmp_path / "run", (40, 36))
+
+
+def test_flat_vgg16_keeps_its_body_names_as_the_trunk(tmp_path):
+    model = kf.flat_whole_model("vgg16", "vgg", (64, 64), prefix="")
+    kf.randomise(model, seed=4)
+    path = kf.save_keras2_h5(model, tmp_path / "flat_vgg.h5")
+    card = import_keras(path, tmp_path / "run").card
+    assert (card.notes["trunk_output"], card.notes["trunk_rule"]) == ("block5_pool", "body")
+    assert card.notes["input_size_source"] == "stored in the file"
+    _parity(model, tmp_path / "run", (64, 64))
+
+
+def test_fully_convolutional_file_without_input_size_takes_the_documented_default(tmp_path, caplog):
+    model = kf.flat_small_model()
+    kf.randomise(model, seed=5)
+    path = kf.save_keras2_h5(model, tmp_path / "flat.h5")
+    with caplog.at_level("WARNING", logger="mammokit.engine.keras_import"):
+        card = import_keras(path, tmp_path / "whole").card
+    assert (card.input.height, card.input.width) == (1152, 896) and card.task == "whole"
+    assert card.notes["input_size_source"] == "default for a whole model (the file stores none)"
+    assert "using the default 1152x896 of a whole model" in caplog.text and "--input-size" in caplog.text
+    _parity(model, tmp_path / "whole", (1152, 896), n=1)
+    patch = import_keras(path, tmp_path / "patch", KerasImportOptions(task="patch", labels=["a", "malignant"])).card
+    assert (patch.input.height, patch.input.width) == (224, 224)
+    assert patch.notes["input_size_source"] == "default for a patch model (the file stores none)"
+
+
+def test_file_without_input_size_and_a_flatten_needs_input_size(tmp_path):
+    model = kf.flat_small_model(top="flatten", size=(64, 48))
+    kf.randomise(model, seed=6)
+    config = kf.keras2_config(model)
+    config["config"]["layers"][0]["config"]["batch_input_shape"] = [None, None, None, 3]
+    path = kf.save_keras2_h5(model, tmp_path / "flat.h5", config=config)
+    with pytest.raises(KerasImportError) as exc:
+        import_keras(path, tmp_path / "run")
+    message = str(exc.value)
+    assert "no fixed input size" in message and "'flatten_1' (Flatten)" in message
+    assert "--input-size HxW" in message and "1152x896" in message and "224x224" in message
+    card = import_keras(path, tmp_path / "run", KerasImportOptions(input_size=(64, 48))).card
+    assert card.notes["input_size_source"] == "--input-size"
+    _parity(model, tmp_path / "run", (64, 48))
+
+
+# Keras 2.0.x files differ from the default test layout in ways each pinned here
+def test_per_model_name_counters(tmp_path):
+    """Inner and outer model both have input_1, activation_1, ...: each model counted its own names."""
+    model = kf.whole_model("resnet50", "resnet", (64, 64), per_model_names=True)
+    kf.randomise(model, seed=21)
+    path = kf.save_keras2_h5(model, tmp_path / "ddsm_names.h5")
+    config, _ = _stored(path)
+    outer = set(_layer_names(config))
+    inner = set(_layer_names(next(e for e in config["config"]["layers"] if e["class_name"] == "Model")))
+    assert {"input_1", "activation_1", "activation_2", "add_1"} <= outer & inner
+    card = import_keras(path, tmp_path / "run").card
+    assert card.notes["trunk_output"] == "activation_49"
+    _parity(model, tmp_path / "run", (64, 64))
+
+
+def test_weight_scopes_with_suffixes(small_whole, tmp_path):
+    """TensorFlow's unique variable scopes: dense_1_1/kernel:0 in group dense_1, conv1_1/kernel:0 in the trunk."""
+    model, _, _ = small_whole
+    path = kf.save_keras2_h5(model, tmp_path / "suffix.h5", scope_suffix="_1")
+    _, names = _stored(path)
+    assert names["dense_1"] == ["dense_1_1/kernel:0", "dense_1_1/bias:0"]
+    assert "conv1_1/kernel:0" in names["model_1"]
+    import_keras(path, tmp_path / "run")
+    _parity(model, tmp_path / "run", (64, 64))
+
+
+def test_resnet50_2_0_7_stem_same_padded_conv1(tmp_path):
+    """keras.applications 2.0.7+: conv1 is a "same" 7x7/2 conv (TensorFlow pads 2 before, 3 after), no padding."""
+    model = kf.whole_model("resnet50", "resnet", (96, 64), stem="same")
+    kf.randomise(model, seed=22)
+    path = kf.save_keras2_h5(model, tmp_path / "ddsm_stem.h5")
+    config, _ = _stored(path)
+    trunk = next(e for e in config["config"]["layers"] if e["class_name"] == "Model")
+    conv1 = next(e for e in trunk["config"]["layers"] if e["name"] == "conv1")
+    assert conv1["config"]["padding"] == "same"
+    assert not any(e["class_name"] == "ZeroPadding2D" for e in trunk["config"]["layers"])
+    card = import_keras(path, tmp_path / "run").card
+    assert card.notes["trunk_output"] == "activation_49"
+    _parity(model, tmp_path / "run", (96, 64))
+
+
+def test_frozen_inner_layers_weight_order(small_whole, tmp_path):
+    """Frozen inner layers' weights come after every trainable weight of the nested model's group."""
+    model, _, _ = small_whole
+    path = kf.save_keras2_h5(model, tmp_path / "frozen.h5", frozen={"conv1", "bn_conv1"})
+    _, names = _stored(path)
+    order = names["model_1"]
+    assert order.index("conv1/kernel:0") > order.index("res2a_branch2b/bias:0")  # moved after the trainable ones
+    assert order.index("bn_conv1/gamma:0") > order.index("conv1/bias:0")
+    _, default = _stored(kf.save_keras2_h5(model, tmp_path / "default.h5"))
+    assert default["model_1"].index("conv1/kernel:0") == 0 and sorted(default["model_1"]) == sorted(order)
+    import_keras(path, tmp_path / "run")
+    _parity(model, tmp_path / "run", (64, 64))
+
+
+def test_auto_named_yaroslavnet_batch_norms(tmp_path):
+    """YaroslavNet's unnamed BatchNormalization layers (batch_normalization_N) in the trunk and in the top, which
+    counted its names separately: batch_normalization_1 is in both, in different weight groups."""
+    model = kf.whole_model("yaroslav", "heatmap_fc", (512, 448), per_model_names=True, bn_names="auto")
+    kf.randomise(model, seed=23)
+    path = kf.save_keras2_h5(model, tmp_path / "ddsm_yaroslav_auto.h5")
+    _, names = _stored(path)
+    assert "batch_normalization_1/moving_variance:0" in names["batch_normalization_1"]
+    assert "batch_normalization_1/moving_variance:0" in names["model_1"]
+    card = import_keras(path, tmp_path / "run").card
+    assert card.notes["trunk_output"] == "block6_pool"
+    _parity(model, tmp_path / "run", (512, 448), channels=1)
+
+
+def test_keras1_file(small_whole, tmp_path):
+    """A Keras 1.2 file: Convolution2D(nb_filter, nb_row, nb_col, border_mode, subsample), Merge(mode="sum"),
+    Dense(output_dim), Dropout(p), weights conv1_W:0 / bn_conv1_running_std:0, mapped to their Keras 2 meaning."""
+    model, _, _ = small_whole
+    path = kf.save_keras2_h5(model, tmp_path / "ddsm_keras1.h5", keras1=True)
+    config, names = _stored(path)
+    trunk = next(e for e in config["config"]["layers"] if e["class_name"] == "Model")
+    conv1 = next(e for e in trunk["config"]["layers"] if e["name"] == "conv1")
+    assert conv1["class_name"] == "Convolution2D" and conv1["config"]["nb_filter"] == 8
+    assert "filters" not in conv1["config"] and conv1["config"]["subsample"] == [2, 2]
+    assert "Merge" in {e["class_name"] for e in config["config"]["layers"]}
+    assert "bn_conv1_running_std:0" in names["model_1"] and names["dense_1"] == ["dense_1_W:0", "dense_1_b:0"]
+    result = import_keras(path, tmp_path / "run")
+    assert result.card.notes["keras_version"] == "1.2.2" and result.card.notes["trunk_output"] == "res2a_branch2b"
+    _parity(model, tmp_path / "run", (64, 64))
+
+
+def test_keras1_merge_modes_other_than_sum_are_refused(small_whole, tmp_path):
+    model, _, _ = small_whole
+    config = kf.keras1_config(kf.keras2_config(model))
+    merge = next(e for e in config["config"]["layers"] if e["class_name"] == "Merge")
+    merge["config"]["mode"] = "concat"
+    path = kf.save_keras2_h5(model, tmp_path / "concat.h5", config=config)
+    with pytest.raises(KerasImportError, match=rf"'{merge['name']}'.*Merge with mode 'concat'"):
+        import_keras(path, tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def channels_first(tmp_path_factory):
+    model = kf.channels_first_model()
+    kf.randomise(model, seed=31)
+    return model, tmp_path_factory.mktemp("theano")
+
+
+@pytest.mark.parametrize("keras1", [False, True], ids=["keras2", "keras1"])
+def test_theano_channels_first_file(channels_first, keras1):
+    """backend "theano": channels_first config, kernels rotated 180 degrees (true convolution), BatchNormalization
+    axis 1, Flatten -> Dense rows in (C, H, W) order; Keras 1 'th' kernels stored (out, in, rows, cols)."""
+    model, tmp = channels_first
+    path = kf.save_keras2_h5(model, tmp / f"theano_{keras1}.h5", theano=True, keras1=keras1)
+    config, _ = _stored(path)
+    assert config["config"]["layers"][0]["config"]["batch_input_shape"] == [None, 3, 35, 33]
+    result = import_keras(path, tmp / f"run_{keras1}")
+    card = result.card
+    assert card.notes["keras_backend"] == "theano" and (card.input.height, card.input.width) == (35, 33)
+    _parity(model, result.run_dir, (35, 33), n=3)
+
+
+def test_theano_kernels_are_flipped(channels_first):
+    """The same file read as if TensorFlow had written it computes something else: the flip is what makes it right."""
+    import h5py
+
+    model, tmp = channels_first
+    path = kf.save_keras2_h5(model, tmp / "as_tf.h5", theano=True)
+    with h5py.File(path, "a") as f:
+        f.attrs["backend"] = "tensorflow"
+    net, _ = load_model(import_keras(path, tmp / "run_as_tf").run_dir)
+    x = np.random.default_rng(5).uniform(-60.0, 200.0, (3, 1, 35, 33)).astype(np.float32)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x)).numpy()
+    want, _ = kf.keras_logits(model, _keras_input(x, 3))
+    assert np.abs(logits - want).max() > 1e-2 * max(1.0, float(np.abs(want).max()))
+
+
+def test_theano_same_padding_is_symmetric():
+    """Theano's border_mode='half' pads k//2 on both sides even with stride 2 on an even size (TensorFlow: 0 and 1)."""
+    from mammokit.models.keras_layers import KerasConv2d
+
+    conv = KerasConv2d(2, 3, [3, 3], [2, 2], [1, 1], "same", True, same_mode="symmetric")
+    x = torch.randn(1, 2, 6, 8)
+    want = torch.nn.functional.conv2d(x, conv.weight, conv.bias, stride=2, padding=1)
+    torch.testing.assert_close(conv(x), want)
+    tf = KerasConv2d(2, 3, [3, 3], [2, 2], [1, 1], "same", True)
+    tf.load_state_dict(conv.state_dict())
+    assert not torch.allclose(tf(x), want)
+
+
+def test_theano_layers_with_other_semantics_are_refused(small, tmp_path):
+    model, _ = small  # padding_model: a "same" 3x3/2 max pooling, which Theano pads and crops its own way
+    path = kf.save_keras2_h5(model, tmp_path / "theano_pool.h5", theano=True)
+    with pytest.raises(KerasImportError, match=r"'max_s2'.*'same' pooling in a Theano file"):
+        import_keras(path, tmp_path / "run", KerasImportOptions(input_size=(48, 48), labels=["a", "b", "c"],
+                                                                positive_labels=["c"]))  # fmt: skip
+
+
+def test_unknown_backend_is_refused(small_whole, tmp_path):
+    import h5py
+
+    _, path, _ = small_whole
+    copy = tmp_path / "cntk.h5"
+    copy.write_bytes(path.read_bytes())
+    with h5py.File(copy, "a") as f:
+        f.attrs["backend"] = "cntk"
+    with pytest.raises(KerasImportError, match=r"'cntk' backend.*re-save it with the TensorFlow backend"):
+        import_keras(copy, tmp_path / "run")
+
+
+def test_keras3_h5_file_written_by_keras3(small_whole, tmp_path):
+    """A .h5 written by Keras 3 itself (model.save): "Functional", dict-style nodes, batch_shape, one output triple."""
+    model, _, _ = small_whole
+    path = tmp_path / "ddsm_keras3.h5"
+    model.save(path)
+    config, _ = _stored(path)
+    assert config["class_name"] == "Functional" and len(config["config"]["output_layers"]) == 3
+    card = import_keras(path, tmp_path / "run").card
+    assert card.notes["keras_version"].startswith("3.") and card.notes["trunk_output"] == "res2a_branch2b"
+    _parity(model, tmp_path / "run", (64, 64))
+
+
+def test_keras3_archive_is_refused_with_what_to_do(small_whole, tmp_path):
+    model, _, _ = small_whole
+    path = tmp_path / "model.keras"
+    model.save(path)
+    with pytest.raises(KerasImportError, match=r"Keras 3 \.keras archive.*model\.save\('model\.h5'\)"):
+        import_keras(path, tmp_path / "run")

@@ -1,4 +1,4 @@
-"""Import a released Keras 2 model (Shen et al.) into an ordinary mammokit run folder.
+"""Import a released Keras model (Shen et al.; Keras 2, also Keras 1/Theano/Keras 3 .h5) into a mammokit run folder.
 
 `import_keras(path, out, options)` reads the HDF5 file with h5py (`io.keras_h5`), parses its stored model
 config (`models.keras_graph`), builds the equivalent PyTorch network (`models.keras_net.KerasGraphNet`),
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from typing import Any, Literal
 from mammokit.config import ConfigError
 from mammokit.constants import PATCH_CLASSES_5, WHOLE_IMAGE_CLASSES
 from mammokit.io.keras_h5 import KerasImportError, read_keras_h5
+from mammokit.models.keras_graph import DEFAULT_PATCH_SIZE, DEFAULT_WHOLE_SIZE
 from mammokit.preprocess import PreprocessSpec
 from mammokit.run import InputSpec, ModelCard, save_run
 
@@ -97,7 +99,12 @@ def _sha256(path: Path) -> str:
 
 
 def import_keras(path: str | Path, out: str | Path, options: KerasImportOptions | None = None) -> KerasImportResult:
-    """Convert a Keras 2 full-model ``.h5`` file into a mammokit run folder at `out`.
+    """Convert a Keras full-model ``.h5`` file into a mammokit run folder at `out`.
+
+    Keras 2 files (TensorFlow or Theano backend), Keras 1 files and Keras 3 legacy ``.h5`` files are read
+    (`models.keras_graph`); a Keras 3 ``.keras`` archive is refused with what to do. A fully convolutional file
+    that stores no input size takes `options.input_size`, else 1152x896 (whole) / 224x224 (patch), recorded in
+    the card's ``notes["input_size_source"]`` and logged.
 
     Raises:
         KerasImportError: the file cannot be read, holds an unsupported layer, or its weights do not fit;
@@ -111,12 +118,32 @@ def import_keras(path: str | Path, out: str | Path, options: KerasImportOptions 
     path, out = Path(path), Path(out)
     if (out / "model.json").exists():
         raise FileExistsError(f"{out} already holds a model (model.json); choose another --out")
+    if path.is_file() and zipfile.is_zipfile(path):
+        raise KerasImportError(
+            f"{path}: a Keras 3 .keras archive (zip), not an HDF5 file. Re-save the model as .h5: with Keras 3, "
+            "model.save('model.h5') (legacy HDF5, which import-keras reads); or with Keras 2 / tf_keras"
+        )
     keras_file = read_keras_h5(path)
-    graph = parse_keras_config(keras_file.model_config, options.input_size)
+
+    def parse(default_size: tuple[int, int]) -> dict[str, Any]:
+        return parse_keras_config(keras_file.model_config, options.input_size, default_size=default_size,
+                                  backend=keras_file.backend, keras_version=keras_file.keras_version)  # fmt: skip
+
+    # A fully convolutional file with no stored size takes the task's default size; the task may only be known
+    # once the graph is parsed (auto), so a patch model parsed at the whole-image default is parsed again.
+    graph = parse(DEFAULT_PATCH_SIZE if options.task == "patch" else DEFAULT_WHOLE_SIZE)
     n_out = graph["layers"][[s["name"] for s in graph["layers"]].index(graph["output"])]["shape"][0]
     task = options.task
     if task == "auto":
         task = "whole" if graph["nested"] or n_out == 2 else "patch"
+    if graph["input"]["size_source"] == "default" and task == "patch" and options.task != "patch":
+        graph = parse(DEFAULT_PATCH_SIZE)
+    if graph["input"]["size_source"] == "default":
+        log.warning(
+            "%s stores no input size and is fully convolutional: using the default %dx%d of a %s model "
+            "(pass --input-size HxW for another size)",
+            path.name, graph["input"]["height"], graph["input"]["width"], task,
+        )  # fmt: skip
     labels, positive = _labels(task, n_out, options)
     import torch
 
@@ -180,6 +207,12 @@ def import_keras(path: str | Path, out: str | Path, options: KerasImportOptions 
             "keras_backend": keras_file.backend,
             "tensors_used": counts["tensors"],
             "trunk_output": graph.get("cut"),
+            "trunk_rule": graph.get("cut_rule"),
+            "input_size_source": {
+                "file": "stored in the file",
+                "--input-size": "--input-size",
+                "default": f"default for a {task} model (the file stores none)",
+            }[graph["input"].get("size_source", "file")],
             "licence": "released weights: free for non-commercial use (Shen et al.); check before other use",
             **options.extra_notes,
         },

@@ -12,6 +12,8 @@ Where Keras and PyTorch differ:
 * Average pooling with ``"same"`` divides by the number of real (unpadded) cells, as TensorFlow does.
 * ``Dense`` on a feature map acts on the channel axis; ``Flatten`` flattens in (H, W, C) order.
 * ``BatchNormalization`` keeps its stored epsilon; Keras momentum m is PyTorch momentum 1 - m.
+* Theano files: ``padding="same"`` (odd kernels) is Theano's ``border_mode="half"``, ``(k-1)*d // 2`` on both
+  sides at any stride (``same_mode="symmetric"``); a channels_first ``Flatten`` keeps (C, H, W) order.
 """
 
 from __future__ import annotations
@@ -65,8 +67,14 @@ class KerasConv2d(nn.Conv2d):
         dilation: list[int],
         padding: str,
         use_bias: bool,
+        same_mode: str = "tensorflow",
     ) -> None:
-        native = _symmetric_same(kernel, strides, dilation) if padding == "same" else [0, 0]
+        if padding == "same" and same_mode == "symmetric":  # Theano: half padding, whatever the stride
+            native: list[int] | None = [(k - 1) * d // 2 for k, d in zip(kernel, dilation, strict=True)]
+        elif padding == "same":
+            native = _symmetric_same(kernel, strides, dilation)
+        else:
+            native = [0, 0]
         super().__init__(
             in_channels, filters, tuple(kernel), tuple(strides), tuple(native or (0, 0)), tuple(dilation), bias=use_bias
         )
@@ -132,10 +140,18 @@ class KerasDense(nn.Linear):
 
 
 class KerasFlatten(nn.Module):
-    """Flatten in Keras' channels_last order: (N, C, H, W) -> (N, H*W*C)."""
+    """Flatten in the file's order: channels_last (N, C, H, W) -> (N, H*W*C); channels_first ("chw") -> C*H*W."""
+
+    def __init__(self, order: str = "hwc") -> None:
+        super().__init__()
+        if order not in ("hwc", "chw"):
+            raise ValueError(f"flatten order must be 'hwc' or 'chw', got {order!r}")
+        self.order = order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(0, 2, 3, 1).flatten(1) if x.dim() == 4 else x.flatten(1)
+        if x.dim() == 4 and self.order == "hwc":
+            return x.permute(0, 2, 3, 1).flatten(1)
+        return x.flatten(1)
 
 
 class GlobalPool2d(nn.Module):

@@ -9,7 +9,9 @@ Grad-CAM and the L2 on new layers work as for mammokit's own whole-image models.
 the Keras output softmax is left to the caller (`softmax(logits)` equals the Keras output).
 
 `load_keras_weights` fills it from the stored tensors, matching each tensor to its layer by name, checking
-its shape, and failing unless every tensor is used exactly once and every parameter is filled.
+its shape, and failing unless every tensor is used exactly once and every parameter is filled. Keras 1 names
+(``conv1_W:0``), Keras 1 channels_first kernels (``kernel_layout="OIHW"``) and Theano's flipped kernels
+(``flip_kernel``) are converted as Keras 2's own loader converted them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def _build_layer(spec: dict[str, Any]) -> nn.Module:
     op = spec["op"]
     if op == "conv2d":
         return kl.KerasConv2d(spec["in_channels"], spec["filters"], spec["kernel"], spec["strides"],
-                              spec["dilation"], spec["padding"], spec["use_bias"])  # fmt: skip
+                              spec["dilation"], spec["padding"], spec["use_bias"],
+                              spec.get("same_mode", "tensorflow"))  # fmt: skip
     if op == "dense":
         return kl.KerasDense(spec["in_features"], spec["units"], bias=spec["use_bias"])
     if op == "batch_norm":
@@ -46,7 +49,7 @@ def _build_layer(spec: dict[str, Any]) -> nn.Module:
     if op in ("global_avg_pool", "global_max_pool"):
         return kl.GlobalPool2d(op.split("_")[1])
     if op == "flatten":
-        return kl.KerasFlatten()
+        return kl.KerasFlatten(spec.get("order", "hwc"))
     if op == "dropout":
         return nn.Dropout(spec["rate"])
     if op == "add":
@@ -169,6 +172,23 @@ class KerasGraphNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ weight mapping
+# Keras 1 weight names are "<layer>_<kind>" without a scope ("conv1_W:0", "bn_conv1_running_std:0"); Keras 2's
+# legacy loader read them by position as kernel, bias, gamma, beta, moving_mean, moving_variance (Keras 1's
+# "running_std" held the variance: its K.batch_normalization took it as var).
+_KERAS1_KINDS = {"W": "kernel", "b": "bias", "gamma": "gamma", "beta": "beta", "running_mean": "moving_mean",
+                 "running_std": "moving_variance"}  # fmt: skip
+_KERAS1_NAME = re.compile(r"^(?P<scope>.+)_(?P<kind>W|b|gamma|beta|running_mean|running_std)(:\d+)?$")
+
+
+def weight_scope_kind(w: StoredWeight) -> tuple[str, str]:
+    """(layer scope, weight kind) of a stored tensor, for Keras 2/3 ("conv1/kernel:0") and Keras 1 ("conv1_W:0")."""
+    if "/" not in w.name:
+        m = _KERAS1_NAME.match(w.name)
+        if m:
+            return m.group("scope"), _KERAS1_KINDS[m.group("kind")]
+    return w.scope, w.kind
+
+
 def _match_layers(specs: list[dict[str, Any]], weights: list[StoredWeight]) -> dict[int, dict[str, Any]]:
     """Index of each stored tensor -> the layer spec it belongs to (by HDF5 group, then by name scope)."""
     with_weights = [s for s in specs if s["op"] in WEIGHT_KINDS]
@@ -185,9 +205,10 @@ def _match_layers(specs: list[dict[str, Any]], weights: list[StoredWeight]) -> d
         if len(candidates) == 1 and candidates[0]["keras_name"] == w.group:
             owner[i] = candidates[0]  # a plain layer: its group is the layer
             continue
-        exact = [s for s in candidates if s["keras_name"] == w.scope]
+        scope = weight_scope_kind(w)[0]
+        exact = [s for s in candidates if s["keras_name"] == scope]
         if not exact:  # TensorFlow may have made the variable scope unique ("conv1_1" for layer "conv1")
-            base = re.sub(r"_\d+$", "", w.scope)
+            base = re.sub(r"_\d+$", "", scope)
             exact = [s for s in candidates if s["keras_name"] == base]
         if len(exact) != 1:
             raise KerasImportError(
@@ -201,6 +222,8 @@ def _match_layers(specs: list[dict[str, Any]], weights: list[StoredWeight]) -> d
 def _expected_shape(spec: dict[str, Any], kind: str) -> tuple[int, ...]:
     op = spec["op"]
     if op == "conv2d":
+        if kind == "kernel" and spec.get("kernel_layout") == "OIHW":
+            return (spec["filters"], spec["in_channels"], *spec["kernel"])
         if kind == "kernel":
             return (*spec["kernel"], spec["in_channels"], spec["filters"])
         return (spec["filters"],)
@@ -211,6 +234,11 @@ def _expected_shape(spec: dict[str, Any], kind: str) -> tuple[int, ...]:
 
 def _to_torch(spec: dict[str, Any], kind: str, value: np.ndarray) -> tuple[str, torch.Tensor]:
     """(parameter/buffer name in the module, tensor in PyTorch layout) for one stored tensor."""
+    if spec["op"] == "conv2d" and kind == "kernel":
+        if spec.get("kernel_layout") == "OIHW":
+            value = np.transpose(value, (2, 3, 1, 0))  # Keras 1 channels_first -> Keras 2 HWIO (as Keras 2 did)
+        if spec.get("flip_kernel"):
+            value = value[::-1, ::-1].copy()  # Theano's true convolution -> cross-correlation (Keras' convert_kernel)
     t = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
     if spec["op"] == "conv2d":
         return ("weight", t.permute(3, 2, 0, 1).contiguous()) if kind == "kernel" else ("bias", t)  # HWIO -> OIHW
@@ -243,18 +271,19 @@ def load_keras_weights(net: KerasGraphNet, weights: list[StoredWeight]) -> dict[
         expected_kinds = WEIGHT_KINDS[spec["op"]]
         if spec["op"] in ("conv2d", "dense") and not spec["use_bias"]:
             expected_kinds = ("kernel",)
-        if w.kind not in expected_kinds:
+        kind = weight_scope_kind(w)[1]
+        if kind not in expected_kinds:
             raise KerasImportError(f"{label}: unexpected stored weight {w.name!r} (expected {expected_kinds})")
-        seen[(spec["name"], w.kind)] += 1
-        if seen[(spec["name"], w.kind)] > 1:
-            raise KerasImportError(f"{label}: the file stores its {w.kind!r} more than once (second: {w.name!r})")
-        want = _expected_shape(spec, w.kind)
+        seen[(spec["name"], kind)] += 1
+        if seen[(spec["name"], kind)] > 1:
+            raise KerasImportError(f"{label}: the file stores its {kind!r} more than once (second: {w.name!r})")
+        want = _expected_shape(spec, kind)
         if tuple(w.value.shape) != want:
             raise KerasImportError(
-                f"{label}: stored {w.kind} {w.name!r} has shape {tuple(w.value.shape)}, but the model config "
+                f"{label}: stored {kind} {w.name!r} has shape {tuple(w.value.shape)}, but the model config "
                 f"needs {want}; the file's weights do not match its architecture"
             )
-        attr, tensor = _to_torch(spec, w.kind, w.value)
+        attr, tensor = _to_torch(spec, kind, w.value)
         target = getattr(modules[spec["name"]], attr)
         target.copy_(tensor)
         filled.add(id(target))
