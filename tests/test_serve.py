@@ -108,6 +108,37 @@ def test_single_png_view_with_form_fields_and_inline_images(client, tmp_path):
     assert body["exam"]["prob_malignant"] == pytest.approx(view["prob_malignant"])
 
 
+def _png(side: str) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray((phantom((256, 192), bits=8, side=side)).astype(np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_side_no_file_records_is_guessed_from_the_image_marked_and_counted(client):
+    """Two PNGs of one woman without laterality (a mini-MIAS exam as a viewer user has it): the sides are guessed
+    from the chest wall, marked as guesses in the response, and both breasts get a result."""
+    files = [("files", ("a.png", _png("R"), "image/png")), ("files", ("b.png", _png("L"), "image/png"))]
+    body = client.post("/v1/predict", files=files, data={"view": ["MLO", "MLO"], "heatmap": "none"}).json()
+    assert [(v["laterality"], v["laterality_source"]) for v in body["views"]] == [("R", "guess"), ("L", "guess")]
+    assert sorted(b["laterality"] for b in body["breasts"]) == ["L", "R"] and body["exam"] is not None
+    assert any("guessed from the image" in n for n in body["notes"])
+    # the user's correction (the viewer's select, sent as the laterality form field) replaces the guess
+    body = client.post("/v1/predict", files=files, data={"laterality": ["R", ""], "view": ["MLO", "MLO"],
+                                                         "heatmap": "none"}).json()  # fmt: skip
+    assert [(v["laterality"], v["laterality_source"]) for v in body["views"]] == [("R", "form"), ("L", "guess")]
+    body = client.post("/v1/predict", files=files, data={"laterality": ["L", "R"], "view": ["MLO", "MLO"],
+                                                         "heatmap": "none"}).json()  # fmt: skip
+    assert [(v["laterality"], v["laterality_source"]) for v in body["views"]] == [("L", "form"), ("R", "form")]
+    assert not any("guessed" in n for n in body["notes"])
+    # two same-view films guessed to one side: the guess, not the exam, is wrong; left unknown, never a 422
+    same = [("files", ("a.png", _png("R"), "image/png")), ("files", ("c.png", _png("R"), "image/png"))]
+    response = client.post("/v1/predict", files=same, data={"view": ["MLO", "MLO"], "heatmap": "none"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [v["laterality"] for v in body["views"]] == [None, None] and body["breasts"] == []
+    assert any("left unknown" in n for n in body["notes"])
+
+
 def test_model_health_and_ready(client, runs):
     assert client.get("/healthz").json()["status"] == "ok"
     assert client.get("/readyz").json() == {"status": "ready", "models": [runs.name]}

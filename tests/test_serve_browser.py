@@ -136,3 +136,37 @@ def test_viewer_shows_probabilities_and_overlays_for_a_dicom_exam(server, tmp_pa
         assert {"files", "request-heatmap", "opacity", "cmap"} <= focusable
         browser.close()
     assert not [e for e in console_errors if "422" not in e], console_errors
+
+
+def test_viewer_lets_the_user_set_a_side_the_file_does_not_record(server, tmp_path):
+    """A mini-MIAS exam as two PGMs: no header says which breast. The viewer shows the server's guess, marked as
+    a guess, in a select; choosing a side predicts again with it as the laterality form field."""
+    import numpy as np
+
+    from dicom_factory import phantom
+    from mammokit.synth.mias import pgm_bytes
+
+    files = []
+    for name, side in (("mdb001.pgm", "R"), ("mdb002.pgm", "L")):
+        (tmp_path / name).write_bytes(pgm_bytes(phantom((256, 256), bits=8, side=side).astype(np.uint8)))
+        files.append(str(tmp_path / name))
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(120_000)
+        page.goto(server + "/")
+        sync_api.expect(page.locator("#request-heatmap option")).not_to_have_count(0)
+        with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as first:
+            page.set_input_files("#files", files)
+        assert [v["laterality_source"] for v in first.value.json()["views"]] == ["guess", "guess"]
+        sides = page.locator('[data-testid="sides"] select[data-field="laterality"]')
+        sync_api.expect(sides).to_have_count(2)
+        assert [sides.nth(i).input_value() for i in range(2)] == ["R", "L"]
+        sync_api.expect(page.locator(".view .guess")).to_have_count(2)
+        sync_api.expect(page.locator("#breasts tr")).to_have_count(3)  # header + both breasts
+        with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as second:
+            sides.nth(1).select_option("R")  # the user says the second film is the right breast too
+        views = second.value.json()["views"]
+        assert [(v["laterality"], v["laterality_source"]) for v in views][1] == ("R", "form")
+        assert views[0]["laterality"] is None  # two right MLOs cannot both be: the guess gives way
+        browser.close()

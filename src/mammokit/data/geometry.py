@@ -376,6 +376,22 @@ def segment_reduced(pixels: np.ndarray, threshold: float = 0.05) -> ReducedSegme
     return ReducedSegmentation(factor=k, mask=breast_small, crop_box=box)
 
 
+def guess_laterality(pixels: np.ndarray, threshold: float = 0.05) -> str:
+    """ "L" or "R" from the image alone: the side of the image holding more breast is the chest wall's side.
+
+    In the standard presentation of a mammogram a right breast's chest wall is at the image's right edge and a
+    left breast's at the left edge (the nipple points to the middle of a hanging). Right on all 222 real films at
+    hand (214 mini-MIAS, whose numbering gives the side; the 8 CBIS-DDSM DICOMs, whose header does). A guess: a
+    film stored mirrored fools it, so every output that uses it says so (`laterality_source="guess"`).
+
+    Raises:
+        PreprocessError: the image is blank.
+    """
+    mask = segment_reduced(pixels, threshold).mask
+    half = mask.shape[1] // 2
+    return "R" if int(mask[:, mask.shape[1] - half :].sum()) > int(mask[:, :half].sum()) else "L"
+
+
 def _content_box(
     crop_h: int, crop_w: int, spec: PreprocessSpec, spacing: SpacingMM | None
 ) -> tuple[int, int, int, int, int, int, float]:

@@ -168,11 +168,12 @@ class ServedModels:
         if heatmap not in self.heatmap_kinds:
             raise UploadError(422, f"heatmap {heatmap!r} is not available here; choose one of {self.heatmap_kinds}")
         t0 = time.perf_counter()
-        read = self._read_all(uploads, lateralities, views, limits)
+        read, read_notes = self._read_all(uploads, lateralities, views, limits)
         t_read = time.perf_counter()
         per_run = self._predict(read, heatmap)
         t_model = time.perf_counter()
         result = self._assemble(read, per_run)
+        result["notes"].extend(read_notes)
         files = self._render(read, per_run, limits) if store is not None or inline else {}
         t_render = time.perf_counter()
         if files:
@@ -186,7 +187,8 @@ class ServedModels:
 
     def _read_all(
         self, uploads: Sequence[UploadedFile], lateralities: Sequence[str], views: Sequence[str], limits: ExamLimits
-    ) -> list[_ReadView]:
+    ) -> tuple[list[_ReadView], list[str]]:
+        """The uploads read and checked, and notes on what reading decided (guessed sides undone)."""
         errors: list[dict[str, Any]] = []
         out: list[_ReadView] = []
         for i, up in enumerate(uploads):
@@ -195,6 +197,7 @@ class ServedModels:
             except (MammogramReadError, ValueError) as exc:
                 errors.append({"file": up.index, "filename": up.filename, "error": str(exc)})
         seen: dict[tuple[str, str], str] = {}
+        guessed_twice = _clear_clashing_guesses(out)
         for rv in out:
             lat, view = rv.meta.laterality, rv.meta.view
             if lat and view:
@@ -212,7 +215,7 @@ class ServedModels:
             first = errors[0]["error"]
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise UploadError(422, f"rejected: {first}{more}", errors=errors)
-        return out
+        return out, guessed_twice
 
     def _read_one(self, up: UploadedFile, laterality: str, view: str, limits: ExamLimits) -> _ReadView:
         item = InputItem(path=Path(up.filename), image_id=f"view{up.index + 1}", source="upload")
@@ -228,6 +231,15 @@ class ServedModels:
                 f"at least {limits.min_side} pixels on each side"
             )
         overrides = _form_overrides(up.filename, meta, laterality, view)
+        if not (overrides.get("laterality") or meta.laterality):
+            # neither the file nor the form says which breast: guess it from the image (the chest wall's side),
+            # so the view counts in the breast/exam results; the response marks it (laterality_source "guess")
+            # and the viewer lets the user correct it
+            from mammokit.data.geometry import guess_laterality
+
+            extra = dict(overrides.get("extra", meta.extra))
+            extra["laterality_source"] = GUESSED
+            overrides.update(laterality=guess_laterality(pixels), extra=extra)
         for key, (px, m) in reads.items():
             reads[key] = (px, dataclasses.replace(m, **overrides))
         return _ReadView(up, item, reads, dataclasses.replace(meta, **overrides))
@@ -297,6 +309,12 @@ class ServedModels:
         breasts, exam, notes = _aggregates(views, self.aggregate, threshold_cal)
         if not single:
             notes.append(NO_THRESHOLD_NOTE)
+        guessed = [v for v in views if v["laterality_source"] == GUESSED]
+        if guessed:
+            notes.append(
+                f"the side (L/R) of {len(guessed)} view(s) was guessed from the image (the chest wall's side), as the "
+                "file does not record it: check it, and correct it in the viewer or with the laterality form field"
+            )
         shrunk = [v for v in views if v["fit_scale"] > 1.0 + 1e-6]
         for v in shrunk:  # the upload's position only: file names are never logged by the service
             log.warning("upload view %d: breast larger than the canvas, shrunk %.2fx", v["index"], v["fit_scale"])
@@ -385,6 +403,35 @@ def _png(image: Any) -> bytes:
 
 def _at(values: Sequence[str], i: int) -> str:
     return values[i].strip().upper() if i < len(values) and values[i] else ""
+
+
+GUESSED = "guess"  # laterality_source of a laterality guessed from the image (geometry.guess_laterality)
+
+
+def _clear_clashing_guesses(read: list[_ReadView]) -> list[str]:
+    """Undo guessed lateralities that would put two views of one breast and view in the exam; notes saying so.
+
+    A guess must never make an upload fail (two same-view films guessed to one side mean the guess, not the
+    exam, is wrong): those views go back to "laterality unknown" and are left out of the breast/exam results.
+    """
+    notes = []
+    by_key: dict[tuple[str, str | None], list[_ReadView]] = {}
+    for rv in read:
+        by_key.setdefault((str(rv.meta.laterality), rv.meta.view), []).append(rv)
+    for (lat, view), group in by_key.items():
+        guessed = [rv for rv in group if rv.meta.extra.get("laterality_source") == GUESSED]
+        if len(group) > 1 and guessed:
+            for rv in guessed:
+                extra = {k: v for k, v in rv.meta.extra.items() if k != "laterality_source"}
+                rv.meta = dataclasses.replace(rv.meta, laterality=None, extra=extra)
+                rv.reads = {
+                    k: (px, dataclasses.replace(m, laterality=None, extra=extra)) for k, (px, m) in rv.reads.items()
+                }
+            notes.append(
+                f"{len(guessed)} view(s) looked like the {lat} {view or 'same'} view of another file; their side is "
+                "left unknown: set it in the viewer or as the laterality form field"
+            )
+    return notes
 
 
 def _form_overrides(filename: str, meta: MammoMeta, laterality: str, view: str) -> dict[str, Any]:
