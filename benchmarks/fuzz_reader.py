@@ -2,16 +2,17 @@
 
 The mutator and seed corpus are those of the test suite (tests/fuzz_corpus.py: small MG DICOMs in every supported
 transfer syntax plus PNG/PGM/JPEG; bit flips, truncation, chunk edits, extreme values in Rows/Columns/
-BitsAllocated/RescaleSlope/... tags). Inputs run in chunks in crash-tolerant worker processes
-(`mammokit.utils.pool`), so a decoder that aborts or hangs is counted instead of ending the run:
+BitsAllocated/RescaleSlope/... tags, extreme sizes inside the JPEG/JPEG-LS/JPEG 2000/RLE codestreams, deflate
+bombs of up to 400 MB). Inputs run in chunks in crash-tolerant worker processes (`mammokit.utils.pool`), so a
+decoder that aborts or hangs is counted instead of ending the run:
 
 * a hang: every input runs under an alarm (`--timeout`, default 10 s) whose default action kills the worker;
 * an abort/segfault/OOM kill: the pool reports the signal;
 * anything raised that is not a `MammogramReadError`: counted by exception type, with an example.
 
-Prints (and with `--json FILE` writes) inputs run, outcomes by type, peak RSS of the workers, the slowest input
-(seed file + mutation seed, reproducible with `--replay SEED_NAME:RNG_SEED`). Exit status 1 when any outcome is
-neither pixels nor a MammogramReadError.
+Prints (and with `--json FILE` writes) inputs run, outcomes by type (also for the inputs that had a codestream or
+a deflate mutation), peak RSS of the workers, the slowest input (seed file + mutation seed, reproducible with
+`--replay SEED_NAME:RNG_SEED`). Exit status 1 when any outcome is neither pixels nor a MammogramReadError.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fuzz_corpus import build_seeds, mutate
+from fuzz_corpus import OP_CODESTREAM, OP_DEFLATE, build_seeds, mutate
 from mammokit.io.dicom import MammogramReadError, read_mammogram
 from mammokit.utils.machine import cpu_name
 from mammokit.utils.pool import TaskFailed, run_isolated
@@ -47,8 +48,12 @@ def _init(seeds: list[Path], work: Path, timeout: int) -> None:
     _SEEDS, _WORK, _TIMEOUT = seeds, work, timeout
 
 
-def _run_one(seed_path: Path, rng_seed: int, work: Path) -> tuple[str, float, str]:
-    data = mutate(seed_path.read_bytes(), random.Random(rng_seed))
+# mutation kinds whose inputs are also counted on their own: the structure-aware ones of issue 25
+_TRACKED = {OP_CODESTREAM: "codestream", OP_DEFLATE: "deflate"}
+
+
+def _run_one(seed_path: Path, rng_seed: int, work: Path, ops: list[int] | None = None) -> tuple[str, float, str]:
+    data = mutate(seed_path.read_bytes(), random.Random(rng_seed), ops)
     path = work / f"input-{os.getpid()}{seed_path.suffix}"
     path.write_bytes(data)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # a hang in native code is killed by the alarm itself
@@ -71,18 +76,28 @@ def _chunk(task: tuple[int, int]) -> dict:
     first, _ = task
     assert _WORK is not None
     counts: Counter[str] = Counter()
+    by_kind: dict[str, Counter[str]] = {name: Counter() for name in _TRACKED.values()}
     slowest = (0.0, "", 0)
     examples: dict[str, str] = {}
     for rng_seed in range(first, first + CHUNK):
         seed_path = _SEEDS[rng_seed % len(_SEEDS)]
-        outcome, elapsed, detail = _run_one(seed_path, rng_seed, _WORK)
+        ops: list[int] = []
+        outcome, elapsed, detail = _run_one(seed_path, rng_seed, _WORK, ops)
         counts[outcome] += 1
+        for op in set(ops) & set(_TRACKED):
+            by_kind[_TRACKED[op]][outcome] += 1
         if detail:
             examples.setdefault(outcome, f"{seed_path.name}:{rng_seed}: {detail}")
         if elapsed > slowest[0]:
             slowest = (elapsed, seed_path.name, rng_seed)
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"counts": dict(counts), "slowest": slowest, "rss_mib": rss_mib, "examples": examples}
+    return {
+        "counts": dict(counts),
+        "by_kind": {k: dict(v) for k, v in by_kind.items()},
+        "slowest": slowest,
+        "rss_mib": rss_mib,
+        "examples": examples,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     counts: Counter[str] = Counter()
+    by_kind: dict[str, Counter[str]] = {name: Counter() for name in _TRACKED.values()}
     slowest = (0.0, "", 0)
     peak_rss = 0.0
     examples: dict[str, str] = {}
@@ -123,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 examples.setdefault(kind, f"chunk of seeds {batch[index][0]}..{batch[index][0] + CHUNK - 1}")
                 continue
             counts.update(result["counts"])
+            for kind_name, kind_counts in result["by_kind"].items():
+                by_kind[kind_name].update(kind_counts)
             peak_rss = max(peak_rss, result["rss_mib"])
             if result["slowest"][0] > slowest[0]:
                 slowest = tuple(result["slowest"])
@@ -135,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(elapsed, 1),
         "inputs_per_second": round(n / elapsed, 1),
         "outcomes": dict(counts.most_common()),
+        "outcomes_with_mutation": {k: dict(v.most_common()) for k, v in by_kind.items()},
         "peak_worker_rss_mib": round(peak_rss, 1),
         "slowest_input": {"seconds": round(slowest[0], 3), "replay": f"{slowest[1]}:{slowest[2]}"},
         "examples": examples,

@@ -14,6 +14,7 @@ JPEG Lossless (process 14) or HTJ2K: JPEG Lossless SV1 is written by the small e
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -282,4 +283,137 @@ def write_panic_rle(path: str | Path) -> Path:
     ds = pydicom.dcmread(path)
     ds.PixelData = encapsulate([PANIC_RLE_FRAME])
     ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+# --- codestream and deflate bombs (issue 25) ---------------------------------------------------------------------
+
+# JPEG start-of-frame markers (T.81 Table B.1) and JPEG-LS SOF55: where a JPEG codestream declares its size.
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+
+
+def first_frame(path: str | Path) -> bytes:
+    """The first frame of a compressed DICOM's encapsulated pixel data, as the decoders get it (not decoded)."""
+    import pydicom
+    from pydicom.encaps import generate_frames
+
+    return next(generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=1))
+
+
+def replace_frame(path: str | Path, frame: bytes, out: str | Path | None = None) -> Path:
+    """Re-encapsulate the DICOM at `path` with `frame` as its only frame; header untouched. Writes `out` or `path`."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([frame])
+    out = Path(out or path)
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def sof_offset(codestream: bytes) -> int:
+    """Byte offset of the SOFn / SOF55 marker of a JPEG or JPEG-LS codestream (walks the marker segments)."""
+    pos = 2
+    while pos + 4 <= len(codestream):
+        marker, length = codestream[pos + 1], int.from_bytes(codestream[pos + 2 : pos + 4], "big")
+        if marker in _SOF_MARKERS:
+            return pos
+        pos += 2 + length
+    raise ValueError("no SOF marker")
+
+
+def with_declared_size(codestream: bytes, rows: int, columns: int) -> bytes:
+    """A copy of a JPEG / JPEG-LS / JPEG 2000 codestream whose header declares `rows` x `columns` instead.
+
+    JPEG: Y and X of the frame header (16 bits each). JPEG 2000: Ysiz and Xsiz of SIZ (image offsets kept; also
+    the tile size when the image is one tile, so the tile count stays 1). The entropy-coded data is unchanged.
+    """
+    data = bytearray(codestream)
+    if data[:2] == b"\xff\xd8":
+        at = sof_offset(codestream) + 5  # marker(2) Lf(2) P(1), then Y(2) X(2)
+        data[at : at + 4] = rows.to_bytes(2, "big") + columns.to_bytes(2, "big")
+        return bytes(data)
+    if data[:4] == b"\xff\x4f\xff\x51":
+        xsiz, ysiz, xo, yo, xt, yt = struct.unpack_from(">IIIIII", data, 8)
+        single_tile = xt >= xsiz and yt >= ysiz
+        struct.pack_into(">II", data, 8, xo + columns, yo + rows)
+        if single_tile:
+            struct.pack_into(">II", data, 24, max(xt, xo + columns), max(yt, yo + rows))
+        return bytes(data)
+    raise ValueError("not a JPEG, JPEG-LS or JPEG 2000 codestream")
+
+
+def jp2_wrap(codestream: bytes, rows: int, columns: int, components: int = 1, bits: int = 12) -> bytes:
+    """A JP2 file (signature, ftyp, jp2h with ihdr + colr, jp2c) around a J2K codestream (T.800 Annex I)."""
+
+    def box(kind: bytes, content: bytes) -> bytes:
+        return struct.pack(">I", 8 + len(content)) + kind + content
+
+    ihdr = struct.pack(">IIHBBBB", rows, columns, components, bits - 1, 7, 0, 0)  # BPC, C=7 (JPEG 2000), UnkC, IPR
+    colr = struct.pack(">BBBI", 1, 0, 0, 17)  # enumerated colour space 17: greyscale
+    return (
+        box(b"jP  ", b"\r\n\x87\n")
+        + box(b"ftyp", b"jp2 " + b"\x00\x00\x00\x00" + b"jp2 ")
+        + box(b"jp2h", box(b"ihdr", ihdr) + box(b"colr", colr))
+        + box(b"jp2c", codestream)
+    )
+
+
+def rle_with_header(frame: bytes, segments: int, offsets: Sequence[int] | None = None) -> bytes:
+    """A copy of an RLE frame whose 64-byte header declares `segments` segments (and `offsets`, if given)."""
+    data = bytearray(frame)
+    struct.pack_into("<I", data, 0, segments & 0xFFFFFFFF)
+    if offsets is not None:
+        struct.pack_into("<15I", data, 4, *[o & 0xFFFFFFFF for o in (list(offsets) + [0] * 15)[:15]])
+    return bytes(data)
+
+
+def write_deflated(path: str | Path, ds: Dataset) -> Path:
+    """Write an uncompressed `ds` as Deflated Explicit VR Little Endian (pydicom deflates it when writing)."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    path = Path(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_deflate_bomb(
+    path: str | Path, pixel_bytes: int, rows: int = 40, columns: int = 32, drop: Sequence[str] = ()
+) -> Path:
+    """A small Deflated Explicit VR Little Endian MG file whose Pixel Data is `pixel_bytes` zeros (a deflate bomb).
+
+    The header declares `rows` x `columns` 16-bit pixels (without the attributes named in `drop`); the deflated
+    stream is built piece by piece (1 MiB of zeros at a time), so writing a 400 MB bomb needs a few MB of memory
+    and ~1 s: deflate shrinks zeros ~1000x.
+    """
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    path = Path(path)
+    ds = make_dataset(np.zeros((rows, columns), np.uint16), bits_stored=12)
+    del ds.PixelData
+    for keyword in drop:
+        delattr(ds, keyword)
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    write_file_meta_info(meta, ds.file_meta)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    pixel_header = b"\xe0\x7f\x10\x00OW\x00\x00" + struct.pack("<I", pixel_bytes)  # (7FE0,0010) OW, 4-byte length
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw deflate, PS3.5 A.5
+    zeros = bytes(1 << 20)
+    with open(path, "wb") as fh:
+        fh.write(bytes(128) + b"DICM" + meta.getvalue())
+        fh.write(deflater.compress(body.getvalue() + pixel_header))
+        left = pixel_bytes
+        while left > 0:
+            fh.write(deflater.compress(zeros[: min(left, len(zeros))]))
+            left -= len(zeros)
+        fh.write(deflater.flush())
     return path

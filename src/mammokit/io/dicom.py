@@ -24,8 +24,11 @@ PatientID is only *searched* for the CBIS-DDSM `_LEFT_CC` pattern.
 Hardening (docs/security.md): every failure on bad data - a damaged header, an inconsistent LUT, a decoder
 error or even a Rust decoder's `PanicException` - is a `MammogramReadError` naming the file and the cause;
 the declared image size is checked against `max_pixels` (default 100 Mpixels, environment variable
-`MAMMOKIT_MAX_PIXELS`) before anything is decoded; non-finite pixels after the LUTs are refused. A decoder that
-*aborts* the process cannot be caught here: batch commands decode in worker processes (`mammokit.utils.pool`).
+`MAMMOKIT_MAX_PIXELS`) before anything is decoded, and so is the size the compressed codestream itself declares
+(JPEG SOFn, JPEG-LS SOF55, JPEG 2000 SIZ, the RLE segment header; `mammokit.io.codestream`), which must equal the
+header's; a Deflated Explicit VR Little Endian dataset is inflated through a bounded stream (`dcmread_bounded`);
+non-finite pixels after the LUTs are refused. A decoder that *aborts* the process cannot be caught here: batch
+commands decode in worker processes (`mammokit.utils.pool`).
 
 No torch here: the ONNX prediction path imports this module.
 """
@@ -33,15 +36,17 @@ No torch here: the ONNX prediction path imports this module.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import re
 import tempfile
 import warnings
+import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -85,6 +90,21 @@ DEFAULT_MAX_PIXELS = 100_000_000  # 100 Mpixels: 10x the largest clinical mammog
 MAX_PIXELS_ENV = "MAMMOKIT_MAX_PIXELS"
 DICOM_MAGIC_OFFSET = 128  # DICOM Part 10: 128-byte preamble, then b"DICM"
 
+DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian (PS3.5 A.5)
+# Bytes of a deflated dataset besides its pixel data: mammogram headers are a few KB, ~1 MB with vendor private
+# blocks; 16 MiB is generous and still far below what a decompression bomb inflates to.
+DEFLATE_HEADER_ALLOWANCE = 16 * 1024 * 1024
+# A deflated dataset must declare its image (Rows, Columns, BitsAllocated before the top-level Pixel Data) within
+# this many inflated bytes; it is read there to bound the rest (a mammogram header is KBs, ~1 MB at most).
+DEFLATE_HEADER_WINDOW = 4 * 1024 * 1024
+_HEADER_MAX_ELEMENTS = 20_000  # top-level elements read in that window: real headers have hundreds; garbage (e.g.
+# zeros after a damaged element) parses as one element per 8 bytes, ~3 us and ~200 bytes each in pydicom
+# Inflated bytes per pixel a mammogram can need: one sample of BitsAllocated 8 or 16 (Digital Mammography IOD,
+# PS3.3 C.8.11.7) in one frame (multi-frame files are refused).
+_DEFLATE_BYTES_PER_PIXEL = 2
+_INFLATE_STEP = 1 << 20  # bytes inflated per zlib call, the transient on top of what is kept: 1 MiB
+_DEFLATED_READ = 1 << 16  # compressed bytes read from the file per step: 64 KiB
+
 
 class MammogramReadError(ValueError):
     """A file could not be read as a mammogram; the message names the file and says why."""
@@ -114,6 +134,15 @@ def check_declared_size(path: Path, height: int, width: int, max_pixels: int, fr
             + f" = {n / 1e6:.1f} Mpixels, over the limit of {max_pixels / 1e6:.1f} Mpixels (a damaged header or "
             f"a decompression bomb); if the image is genuine, raise the limit with {MAX_PIXELS_ENV}"
         )
+
+
+def deflated_size_limit(max_pixels: int) -> int:
+    """Bytes a Deflated Explicit VR Little Endian dataset may inflate to when images may have `max_pixels` pixels.
+
+    Fixed before inflating (the header that declares the image size is itself inside the deflated stream):
+    two bytes per pixel plus `DEFLATE_HEADER_ALLOWANCE`. With the default 100 Mpixels: 216.8 MB.
+    """
+    return int(max_pixels) * _DEFLATE_BYTES_PER_PIXEL + DEFLATE_HEADER_ALLOWANCE
 
 
 def has_dicom_magic(path: str | Path) -> bool:
@@ -257,21 +286,185 @@ def sniff_bytes(head: bytes) -> str | None:
     return None
 
 
-def _dcmread(path: Path) -> Any:
+def _dcmread(path: Path, max_pixels: int | None = None) -> Any:
+    """pydicom's dataset of `path` (a path or an `_InMemoryFile`), every failure a `MammogramReadError`."""
+    return dcmread_bounded(path, max_pixels=max_pixels)
+
+
+def dcmread_bounded(
+    source: str | Path | BinaryIO, *, max_pixels: int | None = None, stop_before_pixels: bool = False
+) -> Any:
+    """`pydicom.dcmread` that inflates a deflated dataset through a bounded stream; failures are MammogramReadErrors.
+
+    pydicom inflates Deflated Explicit VR Little Endian datasets with one `zlib.decompress` of the whole file,
+    even with `stop_before_pixels`: 432 KB of deflated zeros become 400 MB in memory. Here the stream is inflated
+    1 MiB at a time and refused as soon as it passes `deflated_size_limit(max_pixels)`, or - once
+    `DEFLATE_HEADER_WINDOW` bytes are inflated and the header in them declares its image - what that image needs
+    plus `DEFLATE_HEADER_ALLOWANCE`; a dataset larger than the window that declares no image there is refused at
+    the window. Memory stays within those bounds, and pydicom never parses more than the window of a damaged
+    header. The inflated dataset then goes to pydicom (its file meta information keeps the deflated transfer
+    syntax). Other transfer syntaxes are read by `pydicom.dcmread` as they are.
+
+    Args:
+        source: a path, or a binary file object positioned at the start of the file (messages name it by `str()`).
+        max_pixels: the image-size limit; None = `max_image_pixels()`.
+        stop_before_pixels: as for `pydicom.dcmread`.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    path = source if not isinstance(source, str) else Path(source)
+    limit = max_image_pixels() if max_pixels is None else int(max_pixels)
+    inflated: io.BytesIO | None = None
     try:
-        return pydicom.dcmread(path)
+        inflated = _inflate_if_deflated(path, limit)
+        ds = pydicom.dcmread(path if inflated is None else inflated, stop_before_pixels=stop_before_pixels)
+    except MammogramReadError:
+        raise
     except InvalidDicomError as exc:
         raise MammogramReadError(f"{path}: not a valid DICOM file ({exc})") from None
     except (KeyboardInterrupt, SystemExit):
         raise
+    except MemoryError:
+        raise MammogramReadError(f"{path}: out of memory while reading the DICOM file; it is too large") from None
     except BaseException as exc:
         log.debug("%s: dcmread failed", path, exc_info=True)
         raise MammogramReadError(
             f"{path}: unreadable DICOM, probably truncated or corrupt ({_describe(exc)})"
         ) from None
+    if inflated is not None:
+        ds.file_meta.TransferSyntaxUID = DEFLATED_SYNTAX  # what the file holds (pydicom read the inflated copy)
+    return ds
+
+
+def _inflate_if_deflated(path: Path | BinaryIO, limit_pixels: int) -> io.BytesIO | None:
+    """Inflate a Deflated Explicit VR Little Endian file within `deflated_size_limit`; None for other syntaxes.
+
+    The preamble and file meta information are parsed by pydicom's own reader (`read_preamble`,
+    `_read_file_meta_info`: what `dcmread` runs first). Anything that fails there returns None, so that
+    `pydicom.dcmread` reports it as it always has.
+    """
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    with ExitStack() as stack:
+        if hasattr(path, "read"):
+            fh: BinaryIO = path  # type: ignore[assignment]
+            stack.callback(fh.seek, 0)  # the caller reads the in-memory file again from its start
+        else:
+            fh = stack.enter_context(open(path, "rb"))  # type: ignore[arg-type]
+        try:
+            preamble = read_preamble(fh, False)
+            file_meta = _read_file_meta_info(fh)
+        except Exception:
+            return None
+        if str(file_meta.get("TransferSyntaxUID", "")) != DEFLATED_SYNTAX:
+            return None
+        chunks = _inflate_bounded(fh, path, deflated_size_limit(limit_pixels))
+    return _reassemble(path, preamble, file_meta, chunks)
+
+
+def _inflate_bounded(fh: BinaryIO, path: Path | BinaryIO, limit: int) -> list[bytes]:
+    """The raw deflate stream (PS3.5 A.5: no zlib header) from `fh`'s position, refused past the limit.
+
+    `limit` (from `max_pixels`) holds from the first byte. Once `DEFLATE_HEADER_WINDOW` bytes are inflated, the
+    header in them is read (`_declared_need`): the limit drops to what the declared image needs plus
+    `DEFLATE_HEADER_ALLOWANCE` (a bomb behind a 40 x 32 header stops after ~17 MB, not after `limit`), and a
+    dataset that declares no image there stops at the window.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    chunks: list[bytes] = []
+    total = 0
+    peeked = False
+    pixels = (limit - DEFLATE_HEADER_ALLOWANCE) // _DEFLATE_BYTES_PER_PIXEL
+    bound = (  # what the limit stands for, in the message
+        f"the most an image of {pixels / 1e6:.1f} Mpixels and its header can need (a decompression bomb); nothing "
+        f"more was inflated. If the image is genuine, raise the limit with {MAX_PIXELS_ENV}"
+    )
+    while not inflater.eof:
+        data = inflater.unconsumed_tail or fh.read(_DEFLATED_READ)
+        try:
+            out = inflater.decompress(data, _INFLATE_STEP)  # data == b"" at the end of the file: pending output
+        except zlib.error as exc:
+            raise MammogramReadError(f"{path}: the deflated dataset is corrupt ({exc})") from None
+        if not data and not out:
+            raise MammogramReadError(f"{path}: the deflated dataset is truncated (its deflate stream ends early)")
+        chunks.append(out)
+        total += len(out)
+        if not peeked and total >= DEFLATE_HEADER_WINDOW:
+            peeked = True
+            declared = _declared_need(b"".join(chunks))
+            if declared is None:
+                raise MammogramReadError(
+                    f"{path}: the deflated dataset declares no image (Rows, Columns and BitsAllocated before its "
+                    f"Pixel Data) in its first {DEFLATE_HEADER_WINDOW / 1e6:.1f} MB: a damaged header, not an "
+                    "image, or a decompression bomb; nothing more was inflated"
+                )
+            if declared[0] < limit:
+                limit = declared[0]
+                bound = (
+                    f"the most the {declared[1]} image its header declares can need with "
+                    f"{DEFLATE_HEADER_ALLOWANCE / 1e6:.1f} MB of header (a decompression bomb or a damaged "
+                    "header); nothing more was inflated"
+                )
+        if total > limit:
+            raise MammogramReadError(
+                f"{path}: the deflated dataset inflates to more than {limit / 1e6:.1f} MB, {bound}"
+            )
+    return chunks
+
+
+def _declared_need(prefix: bytes) -> tuple[int, str] | None:
+    """Bytes the dataset beginning with `prefix` (inflated, Explicit VR Little Endian) can need - its declared
+    Rows x Columns x frames x samples x bytes per sample, plus `DEFLATE_HEADER_ALLOWANCE` - and the image in words.
+
+    None when the prefix does not reach the top-level Pixel Data element within `_HEADER_MAX_ELEMENTS` elements,
+    or the header before it lacks a positive Rows, Columns or BitsAllocated.
+    """
+    from pydicom.filereader import read_dataset
+
+    seen = [0, False]  # top-level elements read, Pixel Data reached
+
+    def stop(tag: Any, vr: Any, length: int) -> bool:  # pydicom's stop_when: called for top-level elements only
+        seen[0] += 1
+        seen[1] = tag == 0x7FE00010
+        return seen[1] or seen[0] > _HEADER_MAX_ELEMENTS
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a prefix cut inside an element: None below
+            header = read_dataset(io.BytesIO(prefix), False, True, stop_when=stop)
+            if not seen[1]:
+                return None
+            rows, cols = int(header.Rows), int(header.Columns)
+            frames = int(header.get("NumberOfFrames", 1) or 1)
+            samples = int(header.get("SamplesPerPixel", 1) or 1)
+            bits = int(header.BitsAllocated)
+    except Exception:
+        return None
+    if min(rows, cols, frames, samples, bits) < 1:
+        return None
+    need = rows * cols * frames * samples * -(-bits // 8) + DEFLATE_HEADER_ALLOWANCE
+    return need, f"{rows} x {cols}" + (f" x {frames} frames" if frames > 1 else "") + f" ({bits}-bit)"
+
+
+def _reassemble(path: Path | BinaryIO, preamble: bytes | None, file_meta: Any, chunks: list[bytes]) -> io.BytesIO:
+    """preamble + DICM + the file meta with transfer syntax Explicit VR Little Endian + the inflated dataset."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset(file_meta)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian  # the inflated bytes are Explicit VR Little Endian (A.5)
+    if "FileMetaInformationGroupLength" in meta:
+        del meta.FileMetaInformationGroupLength  # stale once the UID's length changed; pydicom reads without it
+    encoded = DicomBytesIO()
+    encoded.is_little_endian, encoded.is_implicit_VR = True, False
+    write_file_meta_info(encoded, meta, enforce_standard=False)
+    head = (preamble or bytes(DICOM_MAGIC_OFFSET)) + b"DICM" + encoded.getvalue()
+    data = b"".join([head, *chunks])
+    chunks.clear()  # the pieces are in `data` now: drop them before pydicom copies the pixel data out of it
+    return _InMemoryFile(data, str(path))
 
 
 def _int_attr(ds: Any, path: Path, keyword: str, default: int) -> int:
@@ -325,6 +518,83 @@ def _check_is_mammogram(ds: Any, path: Path, allow_for_processing: bool, max_pix
         raise MammogramReadError(
             f"{path}: a 'FOR PROCESSING' image (raw detector data, not meant for display); use the "
             "'FOR PRESENTATION' image of the same view, or pass allow_for_processing=True to read it anyway"
+        )
+
+
+def check_declared_codestream(ds: Any, path: Path, max_pixels: int) -> None:
+    """Refuse compressed pixel data whose codestream declares another image than the header, before decoding.
+
+    Decoders size their buffers from the codestream (JPEG SOFn, JPEG-LS SOF55, JPEG 2000 SIZ), not from
+    Rows/Columns: a 40 x 32 header over a codestream declaring 60000 x 60000 passes `check_declared_size` and
+    then allocates gigabytes. For every frame (at most NumberOfFrames) the declared rows and columns must equal
+    the header's and fit `max_pixels`, the component count must equal SamplesPerPixel and the precision must be
+    between 1 and BitsAllocated (JPEG files with a precision other than BitsStored exist, so only BitsAllocated is
+    a hard bound). RLE frames: the segment count must be SamplesPerPixel x BitsAllocated / 8 and the offsets
+    within the frame. Native and deflated data (no codestream) and unknown syntaxes pass unchecked; frames are
+    taken from the encapsulated Pixel Data as pydicom's decoders take them, without decoding.
+
+    Raises:
+        MammogramReadError: naming the file, what the header says and what the codestream says; also for
+            encapsulated data whose frames or codestream header cannot be parsed.
+    """
+    from pydicom.encaps import generate_frames
+
+    from mammokit.io.codestream import CodestreamError, declared_image, family_of_syntax, parse_rle_header
+
+    ts = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    family = family_of_syntax(str(ts)) if ts is not None else None
+    if family is None or "PixelData" not in ds:
+        return
+    rows, cols = _int_attr(ds, path, "Rows", 0), _int_attr(ds, path, "Columns", 0)
+    frames = max(1, _int_attr(ds, path, "NumberOfFrames", 1))
+    samples = _int_attr(ds, path, "SamplesPerPixel", 1)
+    bits_allocated = _int_attr(ds, path, "BitsAllocated", 0)
+    extended, where = None, ""
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:  # pydicom's decoders use it too
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        frame_iter = generate_frames(ds.PixelData, number_of_frames=frames, extended_offsets=extended)
+        for index, frame in enumerate(itertools.islice(frame_iter, frames)):
+            where = f"frame {index + 1}: " if frames > 1 else ""
+            if family == "RLE":
+                if bits_allocated <= 0 or bits_allocated % 8:
+                    raise CodestreamError(f"RLE needs BitsAllocated in whole bytes, the header says {bits_allocated}")
+                parse_rle_header(frame, samples * bits_allocated // 8)
+                continue
+            found = declared_image(frame, family)
+            _compare_declared(path, where, found, rows, cols, samples, bits_allocated, max_pixels)
+    except CodestreamError as exc:
+        raise MammogramReadError(
+            f"{path}: the {getattr(ts, 'name', str(ts))} pixel data cannot be checked before decoding: "
+            f"{where}{exc}; the file is truncated, damaged or crafted"
+        ) from None
+
+
+def _compare_declared(
+    path: Path, where: str, found: Any, rows: int, cols: int, samples: int, bits_allocated: int, max_pixels: int
+) -> None:
+    """The checks of `check_declared_codestream` on one frame's `DeclaredImage`."""
+    what = f"{path}: {where}the header declares"
+    pixels = found.rows * found.columns
+    if (found.rows, found.columns) != (rows, cols) or pixels > max_pixels:
+        over = (
+            f" = {pixels / 1e6:.1f} Mpixels, over the limit of {max_pixels / 1e6:.1f} Mpixels"
+            if pixels > max_pixels
+            else ""
+        )
+        raise MammogramReadError(
+            f"{what} {rows} x {cols} pixels (Rows x Columns) but its {found.codec} codestream declares "
+            f"{found.rows} x {found.columns}{over}: a damaged file or a decompression bomb; nothing was decoded"
+        )
+    if found.components != samples:
+        raise MammogramReadError(
+            f"{what} {samples} sample(s) per pixel but its {found.codec} codestream {found.components} "
+            "component(s); nothing was decoded"
+        )
+    if not 1 <= found.precision <= bits_allocated:
+        raise MammogramReadError(
+            f"{what} BitsAllocated {bits_allocated} but its {found.codec} codestream a precision of "
+            f"{found.precision} bits; nothing was decoded"
         )
 
 
@@ -630,9 +900,11 @@ def _read_dicom(
 ) -> tuple[np.ndarray, MammoMeta]:
     from pydicom.pixels.processing import apply_modality_lut
 
-    ds = _dcmread(path)
+    ds = _dcmread(path, max_pixels)
     with _stage(path, "checking the DICOM header"):
         _check_is_mammogram(ds, path, allow_for_processing, max_pixels)
+    with _stage(path, "checking the compressed pixel data"):
+        check_declared_codestream(ds, path, max_pixels)
     with _stage(path, "decoding the pixel data"):
         stored = _decode(ds, path)
     with _stage(path, "applying the Pixel Padding Value"):
@@ -741,7 +1013,8 @@ def read_mask_file(path: str | Path) -> np.ndarray:
             raise MammogramReadError(f"{path}: mask DICOM has no pixel data")
         with _stage(path, "checking the mask header"):
             check_declared_size(path, _int_attr(ds, path, "Rows", 0), _int_attr(ds, path, "Columns", 0),
-                                max_image_pixels())  # fmt: skip
+                                max_image_pixels(), _int_attr(ds, path, "NumberOfFrames", 1))  # fmt: skip
+            check_declared_codestream(ds, path, max_image_pixels())
         with _stage(path, "decoding the mask pixel data"):
             arr = _decode(ds, path)
         if arr.ndim != 2:
