@@ -139,6 +139,26 @@ def test_a_side_no_file_records_is_guessed_from_the_image_marked_and_counted(cli
     assert any("left unknown" in n for n in body["notes"])
 
 
+def test_a_deflate_bomb_upload_is_refused_within_bounded_memory_and_the_next_exam_is_served(client, exam, tmp_path):
+    import tracemalloc
+
+    from dicom_factory import write_deflate_bomb
+
+    bomb = write_deflate_bomb(tmp_path / "bomb.dcm", 400_000_000)  # ~400 KB that inflates to 400 MB
+    assert bomb.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        response = client.post("/v1/predict", files=[("files", ("bomb.dcm", bomb.read_bytes(), "application/dicom"))],
+                               data={"heatmap": "none"})  # fmt: skip
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 422, response.text
+    assert peak < 100e6, f"reading the bomb's header peaked at {peak / 1e6:.0f} MB"  # far below its 400 MB
+    files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in exam]
+    assert client.post("/v1/predict", files=files, data={"heatmap": "none"}).status_code == 200
+
+
 def test_model_health_and_ready(client, runs):
     assert client.get("/healthz").json()["status"] == "ok"
     assert client.get("/readyz").json() == {"status": "ready", "models": [runs.name]}

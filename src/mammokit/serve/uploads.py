@@ -215,10 +215,12 @@ def precheck(upload: UploadedFile, *, max_pixels: int) -> None:
 def _declared_size(kind: str, data: bytes) -> tuple[int | None, int | None, int | None, bool]:
     """(rows, columns, bytes of uncompressed pixel data or None, encapsulated?) from the header alone."""
     if kind == "dicom":
-        import pydicom
+        from mammokit.io.dicom import dcmread_bounded
 
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            # bounded: pydicom alone inflates a whole deflated dataset even to read its header (a 432 KB upload
+            # became 400 MB here before read_mammogram's own bounded read ever ran)
+            ds = dcmread_bounded(io.BytesIO(data), stop_before_pixels=True)
             rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
             frames = int(ds.get("NumberOfFrames", 1) or 1)
             samples = int(ds.get("SamplesPerPixel", 1) or 1)
