@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         "prepared at --strong-spacing on a canvas of the same size in mm",
     )
     ap.add_argument(
-        "--strong-config", type=Path, default=REPO / "configs" / "mini-mias" / "ablations" / "plain_finetune.yaml"
+        "--strong-config", type=Path, default=REPO / "configs" / "mini-mias" / "ablations" / "whole_plain_finetune.yaml"
     )
     ap.add_argument("--strong-spacing", type=float, default=0.4, help="mm per pixel of the strong baseline arm")
     ap.add_argument("--prepared", type=Path, default=None, help="reuse a prepared mini-MIAS folder")
