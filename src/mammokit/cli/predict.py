@@ -198,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _predict_all(predictor: Any, items: list, cfg: PredictConfig, out: Path, *, progress: bool) -> tuple[list, list]:
+    from mammokit.data.geometry import is_shrunk
     from mammokit.infer.predictor import Prediction
 
     rows: list[dict[str, Any]] = []
@@ -211,7 +212,7 @@ def _predict_all(predictor: Any, items: list, cfg: PredictConfig, out: Path, *, 
             continue
         row = result.to_record()
         row.update(model_run=predictor.run_name, backend=predictor.backend_name)
-        if result.fit_scale > 1.0 + 1e-6:  # one line per image: the id the user gave, the factor
+        if is_shrunk(result.fit_scale):  # one line per image: the id the user gave, the factor
             logging.getLogger(__name__).warning(
                 "%s: the breast is larger than the model's canvas; shrunk by %.2fx to fit (column fit_scale)",
                 result.image_id,

@@ -132,7 +132,7 @@ class Geometry:
     @property
     def shrunk(self) -> bool:
         """True when the breast was larger than the canvas and was shrunk to fit it (physical-scale mode)."""
-        return self.fit_scale > 1.0 + 1e-6
+        return is_shrunk(self.fit_scale)
 
     def fit_message(self) -> str | None:
         """One line saying how much a breast larger than the canvas was shrunk (None when it was not).
@@ -387,9 +387,27 @@ def guess_laterality(pixels: np.ndarray, threshold: float = 0.05) -> str:
     Raises:
         PreprocessError: the image is blank.
     """
-    mask = segment_reduced(pixels, threshold).mask
+    return "R" if mass_on_right(segment_reduced(pixels, threshold).mask) else "L"
+
+
+def mass_on_right(mask: np.ndarray) -> bool:
+    """True when the right half of a breast mask holds more breast than the left half (the chest wall's side)."""
     half = mask.shape[1] // 2
-    return "R" if int(mask[:, mask.shape[1] - half :].sum()) > int(mask[:, :half].sum()) else "L"
+    return int(mask[:, mask.shape[1] - half :].sum()) > int(mask[:, :half].sum())
+
+
+def is_shrunk(fit_scale: float) -> bool:
+    """True for a `fit_scale` that means the breast was shrunk to fit the canvas (1 = not shrunk)."""
+    return float(fit_scale) > 1.0 + 1e-6
+
+
+def shrink_stats(fit_scales: Any) -> tuple[int, float, float | None]:
+    """(how many were shrunk, the largest factor (1.0 if none), the median factor of those shrunk (None if none))."""
+    values = np.asarray(fit_scales, dtype=np.float64)
+    shrunk = values[values > 1.0 + 1e-6]
+    if not len(shrunk):
+        return 0, 1.0, None
+    return len(shrunk), float(shrunk.max()), float(np.median(shrunk))
 
 
 def _content_box(
@@ -458,14 +476,10 @@ def prepare_pixels(
     # 1-3. segmentation on an area-reduced copy, crop box in original pixels
     seg = segment_reduced(pixels, spec.breast_threshold)
     k, breast_small = seg.factor, seg.mask
-    sw = breast_small.shape[1]
     y0, y1, x0, x1 = seg.crop_box if spec.crop_breast else (0, H, 0, W)
 
     # 4. orientation
-    half = sw // 2
-    left_mass = int(breast_small[:, :half].sum())
-    right_mass = int(breast_small[:, sw - half :].sum())
-    breast_on_right = right_mass > left_mass
+    breast_on_right = mass_on_right(breast_small)
     laterality = (meta.laterality if meta is not None else None) or None
     extra: dict[str, Any] = {}
     if spec.canonical_side == "none":

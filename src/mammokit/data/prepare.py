@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from mammokit.config import to_dict
-from mammokit.data.geometry import Geometry
+from mammokit.data.geometry import Geometry, shrink_stats
 from mammokit.data.manifest import (
     DATASET_JSON,
     ERRORS_FILE,
@@ -451,6 +451,7 @@ def _dataset_counts(
     n_source: int, manifest: pd.DataFrame, lesion_table: pd.DataFrame, n_failed: int, n_lesion_failed: int
 ) -> dict[str, Any]:
     """The `counts` block of dataset.json."""
+    n_shrunk, max_fit, _ = shrink_stats(manifest.get("fit_scale", []))
     return {
         "images_in_source": n_source,
         "images": len(manifest),
@@ -461,8 +462,8 @@ def _dataset_counts(
         "patients": int(manifest["patient_id"].nunique()),
         "malignant_images": int((manifest["label"] == 1).sum()),
         "orientation_disagrees": int(manifest["orientation_disagrees"].sum()),
-        "images_shrunk_to_fit": int((manifest["fit_scale"] > 1.0 + 1e-6).sum()) if "fit_scale" in manifest else 0,
-        "max_fit_scale": float(manifest["fit_scale"].max()) if len(manifest) and "fit_scale" in manifest else 1.0,
+        "images_shrunk_to_fit": n_shrunk,
+        "max_fit_scale": max_fit,
         "by_split": {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()},
     }
 

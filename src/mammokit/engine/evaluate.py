@@ -29,6 +29,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from mammokit.config import dump_yaml, to_dict
+from mammokit.data.geometry import shrink_stats
 from mammokit.data.manifest import DATASET_JSON
 from mammokit.engine.aggregate import aggregate_predictions, delong_pairs, ensemble_predictions, model_results
 from mammokit.engine.split_predict import EvaluationError, check_whole_run, load_split, predict_split
@@ -133,12 +134,11 @@ def _shrunk_summary(df: pd.DataFrame) -> dict[str, Any]:
     """How many images had a breast larger than the canvas, shrunk to fit, and by how much (physical scale)."""
     if "fit_scale" not in df.columns:
         return {}
-    fit = pd.to_numeric(df["fit_scale"], errors="coerce").fillna(1.0)
-    shrunk = fit[fit > 1.0 + 1e-6]
+    n, largest, median = shrink_stats(pd.to_numeric(df["fit_scale"], errors="coerce").fillna(1.0))
     return {
-        "n_shrunk_to_fit": len(shrunk),
-        "max_fit_scale": round(float(shrunk.max()), 3) if len(shrunk) else 1.0,
-        "median_fit_scale_of_shrunk": round(float(shrunk.median()), 3) if len(shrunk) else None,
+        "n_shrunk_to_fit": n,
+        "max_fit_scale": round(largest, 3),
+        "median_fit_scale_of_shrunk": None if median is None else round(median, 3),
     }
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mammokit.data.geometry import guess_laterality, is_shrunk
 from mammokit.infer.ensemble import NO_THRESHOLD_NOTE, combine_predictions, mean_heatmaps, unique_names
 from mammokit.infer.inputs import InputItem
 from mammokit.infer.predictor import HEATMAP_KINDS, Prediction, Predictor, PreparedImage
@@ -235,8 +236,6 @@ class ServedModels:
             # neither the file nor the form says which breast: guess it from the image (the chest wall's side),
             # so the view counts in the breast/exam results; the response marks it (laterality_source "guess")
             # and the viewer lets the user correct it
-            from mammokit.data.geometry import guess_laterality
-
             extra = dict(overrides.get("extra", meta.extra))
             extra["laterality_source"] = GUESSED
             overrides.update(laterality=guess_laterality(pixels), extra=extra)
@@ -315,7 +314,7 @@ class ServedModels:
                 f"the side (L/R) of {len(guessed)} view(s) was guessed from the image (the chest wall's side), as the "
                 "file does not record it: check it, and correct it in the viewer or with the laterality form field"
             )
-        shrunk = [v for v in views if v["fit_scale"] > 1.0 + 1e-6]
+        shrunk = [v for v in views if is_shrunk(v["fit_scale"])]
         for v in shrunk:  # the upload's position only: file names are never logged by the service
             log.warning("upload view %d: breast larger than the canvas, shrunk %.2fx", v["index"], v["fit_scale"])
         if shrunk:
