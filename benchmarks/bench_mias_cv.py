@@ -93,27 +93,16 @@ class StepTimer:
 PARTIAL = (0, 1)
 
 
-def report_left_out(folder: Path, what: str) -> int:
-    """Print how many images `what` left out and why (its errors.csv); the count of images left out."""
-    errors_csv = folder / "errors.csv"
-    if not errors_csv.is_file():
-        return 0
-    errors = pd.read_csv(errors_csv, dtype=str).fillna("")
-    images = errors[errors["lesion_id"] == ""] if "lesion_id" in errors.columns else errors
-    if len(images):
-        reasons = images["reason"].str.split(":").str[0].value_counts()
-        print(f"  {what}: {len(images)} image(s) left out ({', '.join(f'{n} {r}' for r, n in reasons.items())}); "
-              f"see {errors_csv}", flush=True)  # fmt: skip
-    return len(images)
+def report_left_out(folder: Path, what: str, *, require_usable: bool = True) -> None:
+    """Print how many images the step `what` left out and why (its errors.csv); with `require_usable`, stop when
+    nothing usable is left (a patch set with no patch stops at `train patch`, which says so itself)."""
+    from mammokit.data.left_out import left_out_line, usable
 
-
-def require_usable(prepared: Path) -> pd.DataFrame:
-    """The prepared manifest; stops the benchmark only when no image at all was prepared."""
-    manifest_file = prepared / "manifest.parquet"
-    manifest = pd.read_parquet(manifest_file) if manifest_file.is_file() else pd.DataFrame()
-    if manifest.empty:
-        raise SystemExit(f"nothing usable was prepared in {prepared}; see {prepared / 'errors.csv'}")
-    return manifest
+    line = left_out_line(folder, what)
+    if line:
+        print(f"  {line}", flush=True)
+    if require_usable and not usable(folder):
+        raise SystemExit(f"{what}: nothing usable is left in {folder}; see {folder / 'errors.csv'}")
 
 
 def woman_folds(manifest: pd.DataFrame, k: int, seed: int) -> dict[str, int]:
@@ -231,7 +220,7 @@ def run_fold(args: argparse.Namespace, fold: int, view: Path, fold_dir: Path, ti
         for kv in args.patches_set:
             argv += ["--set", fold_setting(kv, fold)]
         timer.run(f"fold{fold}/patches", argv, log, ok_codes=PARTIAL)
-        report_left_out(patches, f"fold{fold}/patches")
+        report_left_out(patches, f"fold{fold}/patches", require_usable=False)
 
     def training_flags(seed: int) -> list[str]:
         return [
@@ -449,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         argv_ += ["--workers", str(args.workers), "--no-progress", "--set", "split.val_fraction=0.2"]
         timer.run("prepare", argv_, out / "log.txt", ok_codes=PARTIAL)
     report_left_out(prepared, "prepare")
-    manifest = require_usable(prepared)
+    manifest = pd.read_parquet(prepared / "manifest.parquet")
     strong_prepared = out / "prepared-strong"
     if args.strong_baseline and not (strong_prepared / "dataset.json").is_file():
         # the same canvas in mm at the arm's own spacing
@@ -461,7 +450,6 @@ def main(argv: list[str] | None = None) -> int:
         timer.run("prepare_strong", argv_, out / "log.txt", ok_codes=PARTIAL)
     if args.strong_baseline:
         report_left_out(strong_prepared, "prepare (strong baseline arm)")
-        require_usable(strong_prepared)
     lesions = pd.read_parquet(prepared / "lesions.parquet")
     fold_of = woman_folds(manifest, args.folds, args.seed)
     women = manifest.groupby("patient_id")["label"].max().clip(lower=0)

@@ -34,24 +34,7 @@ partial() {  # partial FOLDER WHAT COMMAND...
   shift 2
   "$@" || rc=$?
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ]; then echo "$what failed (exit $rc)" >&2; exit "$rc"; fi
-  "$PY" - "$folder" "$what" <<'PYEOF'
-import sys
-from pathlib import Path
-
-import pandas as pd
-
-folder, what = Path(sys.argv[1]), sys.argv[2]
-errors = folder / "errors.csv"
-table = pd.read_csv(errors, dtype=str).fillna("") if errors.is_file() and errors.stat().st_size else pd.DataFrame()
-images = table[table["lesion_id"] == ""] if "lesion_id" in table.columns else table
-if len(images):
-    reasons = images["reason"].str.split(":").str[0].value_counts()
-    print(f"{what}: {len(images)} image(s) left out ({', '.join(f'{n} {r}' for r, n in reasons.items())}); "
-          f"details in {errors}")
-manifest = next((folder / n for n in ("manifest.parquet", "patches.parquet") if (folder / n).is_file()), None)
-if manifest is None or pd.read_parquet(manifest).empty:
-    sys.exit(f"{what}: nothing usable is left in {folder}; see {errors}")
-PYEOF
+  "$PY" -m mammokit.data.left_out "$folder" "$what" || exit 1  # prints what was left out and why
 }
 partial "$OUT/prepared" prepare $MK prepare mini-mias --root "$MIAS" --out "$OUT/prepared" --pixel-spacing "$SPACING" \
   --height "$HEIGHT" --width "$WIDTH" --workers 2 --seed "$SEED" --no-progress --set split.test_fraction=0 \

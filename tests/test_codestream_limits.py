@@ -270,6 +270,18 @@ def _traced_peak(fn) -> int:  # type: ignore[no-untyped-def]
     return peak
 
 
+def _refused_with_peak(path: Path) -> tuple[int, str]:
+    """(peak traced bytes, message) of `read_mammogram(path)`, which must refuse the file with MammogramReadError."""
+    errors: list[str] = []
+
+    def read() -> None:
+        with pytest.raises(MammogramReadError) as info:
+            read_mammogram(path)
+        errors.append(str(info.value))
+
+    return _traced_peak(read), errors[0]
+
+
 def test_good_deflated_file_still_reads(tmp_path):
     image = phantom(SHAPE, bits=12, seed=3)
     plain = write_dicom(tmp_path / "plain.dcm", make_dataset(image, bits_stored=12, windows=[(2047, 4095)]))
@@ -291,17 +303,10 @@ def test_deflate_bomb_is_refused_while_inflating(tmp_path):
     inflated = 400_000_000
     bomb = write_deflate_bomb(tmp_path / "bomb.dcm", inflated)
     assert bomb.stat().st_size < 500_000
-    errors: list[str] = []
-
-    def read() -> None:
-        with pytest.raises(MammogramReadError) as info:
-            read_mammogram(bomb)
-        errors.append(str(info.value))
-
-    peak = _traced_peak(read)
+    peak, error = _refused_with_peak(bomb)
     assert peak < 30e6, f"peak {peak / 1e6:.0f} MB while refusing a {inflated / 1e6:.0f} MB bomb"
-    assert str(bomb) in errors[0] and "40 x 32 (16-bit) image its header declares" in errors[0]
-    assert "decompression bomb" in errors[0]
+    assert str(bomb) in error and "40 x 32 (16-bit) image its header declares" in error
+    assert "decompression bomb" in error
     # the in-memory path (HTTP uploads) too
     data = bomb.read_bytes()
 
@@ -317,34 +322,20 @@ def test_deflate_limit_follows_max_pixels_when_the_header_is_no_help(tmp_path, m
     MAMMOKIT_MAX_PIXELS holds from the first byte: 2 bytes per pixel + 16 MiB."""
     monkeypatch.setenv("MAMMOKIT_MAX_PIXELS", "1000000")
     bomb = write_deflate_bomb(tmp_path / "bomb.dcm", 100_000_000, rows=4000, columns=3000)
-    errors: list[str] = []
-
-    def read() -> None:
-        with pytest.raises(MammogramReadError) as info:
-            read_mammogram(bomb)
-        errors.append(str(info.value))
-
-    peak = _traced_peak(read)
+    peak, error = _refused_with_peak(bomb)
     limit = dicom.deflated_size_limit(1_000_000)
     assert limit == 2_000_000 + dicom.DEFLATE_HEADER_ALLOWANCE
     assert peak < limit + 8e6, f"peak {peak / 1e6:.0f} MB, limit {limit / 1e6:.0f} MB"
-    assert f"more than {limit / 1e6:.1f} MB" in errors[0] and "1.0 Mpixels" in errors[0]
-    assert "MAMMOKIT_MAX_PIXELS" in errors[0]
+    assert f"more than {limit / 1e6:.1f} MB" in error and "1.0 Mpixels" in error
+    assert "MAMMOKIT_MAX_PIXELS" in error
 
 
 def test_deflated_dataset_without_a_declared_image_stops_at_the_header_window(tmp_path):
     """No Rows (or a damaged header) within the first 4 MiB: refused there, before pydicom parses the rest (zeros
     after a damaged element parse as one element per 8 bytes: seconds and hundreds of MB for 20 MB)."""
     bomb = write_deflate_bomb(tmp_path / "bomb.dcm", 20_000_000, drop=["Rows"])
-    errors: list[str] = []
-
-    def read() -> None:
-        with pytest.raises(MammogramReadError) as info:
-            read_mammogram(bomb)
-        errors.append(str(info.value))
-
-    peak = _traced_peak(read)
-    assert "declares no image (Rows, Columns and BitsAllocated before its Pixel Data) in its first 4.2 MB" in errors[0]
+    peak, error = _refused_with_peak(bomb)
+    assert "declares no image (Rows, Columns and BitsAllocated before its Pixel Data) in its first 4.2 MB" in error
     assert peak < 3 * dicom.DEFLATE_HEADER_WINDOW + 4e6, f"peak {peak / 1e6:.0f} MB"
     # a small dataset without Rows is read (the reader then says what is missing)
     small = write_deflate_bomb(tmp_path / "small.dcm", 2560, drop=["Rows"])
