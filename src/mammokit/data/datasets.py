@@ -123,7 +123,14 @@ class _PngDataset(Dataset):
 
 
 class WholeImageDataset(_PngDataset):
-    """Prepared whole images of one split; `label` is the image-level malignancy (0/1)."""
+    """Prepared whole images of one split; `label` is the image-level malignancy (0/1).
+
+    With `bilateral`, a sample's image is (2, H, W): the image, then the same view of the other breast
+    (`data.pairs`; the image itself where there is none, `context` "single"). Each of the two is augmented
+    on its own, from the sample's seed. `partner_dropout` (training only, with a seeded sampler) replaces the
+    partner by the image itself for that share of samples, so the model learns the single-image fallback
+    that evaluation and prediction use for a view without a partner.
+    """
 
     def __init__(
         self,
@@ -134,9 +141,42 @@ class WholeImageDataset(_PngDataset):
         std: float,
         transform: Transform | None = None,
         cache_mb: float = DEFAULT_CACHE_MB,
+        bilateral: bool = False,
+        partner_dropout: float = 0.0,
     ) -> None:
-        known = images[images["label"] >= 0]
+        from mammokit.data.pairs import contexts, table_partners
+
+        images = images.reset_index(drop=True)
+        known_mask = (images["label"] >= 0).to_numpy()
+        known = images[known_mask]
         super().__init__(prepared, known, "image_file", "label", "image_id", mean, std, transform, cache_mb)
+        self.bilateral = bool(bilateral)
+        self.partner_dropout = float(partner_dropout)
+        # partners are looked for among all images of the split (an unlabelled film is still context)
+        partners = table_partners(images)[known_mask]
+        files = images["image_file"].astype(str).tolist()
+        self.partner_files: list[str] = [files[p] if p >= 0 else f for p, f in zip(partners, self.files, strict=True)]
+        self.contexts = contexts(partners)
+        self._row_of_file = {f: i for i, f in enumerate(self.files)}
+
+    def partner_u16(self, i: int) -> np.ndarray:
+        """The prepared uint16 image of row `i`'s partner (its own image where it has none)."""
+        j = self._row_of_file.get(self.partner_files[i])
+        return self.image_u16(j) if j is not None else read_png16(self.root / self.partner_files[i])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if not self.bilateral:
+            return super().__getitem__(key)
+        i, seed = (int(key[0]), int(key[1])) if isinstance(key, tuple | list) else (int(key), None)
+        own = torch.from_numpy(unit_scale(self.image_u16(i))).unsqueeze(0)  # (1, H, W) in [0, 1]
+        other = torch.from_numpy(unit_scale(self.partner_u16(i))).unsqueeze(0)
+        with seeded_rng(seed, self.transform) if seed is not None else contextlib.nullcontext():
+            if self.transform is not None:
+                own, other = self.transform(own), self.transform(other)
+            if seed is not None and self.partner_dropout > 0 and random.random() < self.partner_dropout:
+                other = own
+        x = normalise(torch.cat([own, other], dim=0), self.mean, self.std)  # (2, H, W)
+        return {"image": x, "label": int(self.labels[i]), "image_id": self.ids[i], "index": i}
 
 
 class PatchDataset(_PngDataset):
@@ -156,21 +196,31 @@ class PatchDataset(_PngDataset):
 
 
 class PreparedImages(Dataset):
-    """The prepared uint16 images (H, W) of a table's `image_file` column, in row order (no labels needed)."""
+    """The prepared uint16 images (H, W) of a table's `image_file` column, in row order (no labels needed).
 
-    def __init__(self, prepared: str | Path, files: list[str]) -> None:
+    With `partner_files` (a bilateral model's input, one per file), item i is (2, H, W): the image, then its
+    partner.
+    """
+
+    def __init__(self, prepared: str | Path, files: list[str], partner_files: list[str] | None = None) -> None:
         self.root = Path(prepared)
         self.files = [str(f) for f in files]
+        self.partner_files = [str(f) for f in partner_files] if partner_files is not None else None
+        if self.partner_files is not None and len(self.partner_files) != len(self.files):
+            raise ValueError(f"{len(self.files)} files but {len(self.partner_files)} partner files")
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return read_png16(self.root / self.files[i])
+        image = read_png16(self.root / self.files[i])
+        if self.partner_files is None:
+            return image
+        return np.stack([image, read_png16(self.root / self.partner_files[i])])
 
 
 def stack_images(images: list[np.ndarray]) -> np.ndarray:
-    """DataLoader collate for `PreparedImages`: a list of (H, W) uint16 -> (B, H, W) uint16 (no torch copy)."""
+    """DataLoader collate for `PreparedImages`: a list of (H, W) [or (2, H, W)] uint16 -> (B, ...) (no torch copy)."""
     return np.stack(images)
 
 

@@ -176,6 +176,20 @@ class WholeModelConfig:
     top: Any = field(default_factory=_default_whole_top)  # a preset name (resnet_2x | vgg_512x1 | ...) or options
     drop_rate: float = 0.0
     grad_checkpointing: bool = False  # activation checkpointing in the trunk (saves memory at full resolution)
+    # Both breasts (docs/models.md): None = one image; "concat" or "subtract" = the model also sees the same
+    # view of the other breast and combines the two by that rule (models.whole.BILATERAL_RULES).
+    bilateral: str | None = None
+    # bilateral only: share of training samples whose partner is replaced by the image itself, so the model
+    # learns the fallback used for a view without a partner ("single" context)
+    partner_dropout: float = 0.1
+
+    def validate(self) -> None:
+        from mammokit.models.whole import BILATERAL_RULES
+
+        if self.bilateral is not None and self.bilateral not in BILATERAL_RULES:
+            raise ConfigError(f"model.bilateral must be one of {list(BILATERAL_RULES)} or null, got {self.bilateral!r}")
+        if not 0.0 <= self.partner_dropout < 1.0:
+            raise ConfigError(f"model.partner_dropout must be in [0, 1), got {self.partner_dropout}")
 
 
 @dataclass

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from mammokit.data.manifest import PreparedDataset
+from mammokit.data.pairs import contexts, table_partners, with_self_fallback
 from mammokit.metrics import apply_calibration
 from mammokit.run import ModelCard, read_calibration, read_card
 
@@ -75,7 +76,8 @@ def predict_split(
         images: the split's labelled rows (from `load_split`) to avoid re-reading the manifest.
 
     Returns:
-        One row per image: the id columns, optional density/birads/vendor/site, `prob_uncalibrated`
+        One row per image: the id columns, optional density/birads/vendor/site, `context` (bilateral models:
+        "contralateral" or "single", `data.pairs`), `prob_uncalibrated`
         (`infer.core`: float32 softmax summed over the card's positive labels) and `prob_malignant` (after
         calibration.json when the run has one, else equal to the raw probability).
     """
@@ -92,7 +94,11 @@ def predict_split(
     scorer = TorchScorer.from_run(run_dir, device)
     table = images[images["label"] >= 0].reset_index(drop=True)
     files = table["image_file"].astype(str).tolist()
-    loader = DataLoader(PreparedImages(prepared, files), batch_size=batch_size, num_workers=workers,
+    bilateral = card.input.channels == 2
+    partners = table_partners(table) if bilateral else None
+    # a bilateral model's input is each image with its partner (itself where it has none: `data.pairs`)
+    partner_files = [files[j] for j in with_self_fallback(partners)] if partners is not None else None
+    loader = DataLoader(PreparedImages(prepared, files, partner_files), batch_size=batch_size, num_workers=workers,
                         collate_fn=stack_images)  # fmt: skip
     expected = (card.input.height, card.input.width)
     probs: list[np.ndarray] = []
@@ -105,6 +111,8 @@ def predict_split(
         probs.append(scorer.score(batch, tta))
     raw = np.concatenate(probs) if probs else np.zeros(0)
     out = table[[c for c in (*ID_COLUMNS, *OPTIONAL_COLUMNS) if c in table.columns]].copy()
+    if partners is not None:
+        out["context"] = contexts(partners)
     out["prob_uncalibrated"] = raw
     out["prob_malignant"] = apply_calibration(raw, read_calibration(run_dir))
     log.info("%s: predicted %d images of split %s (tta=%s)", run_dir.name, len(out), split, tta)

@@ -33,6 +33,7 @@ from mammokit.engine.config import (
     LoaderConfig,
     PatchTrainConfig,
     TrainerConfig,
+    WholeModelConfig,
     WholeTrainConfig,
 )
 from mammokit.engine.metrics import classification_metrics
@@ -46,6 +47,7 @@ from mammokit.engine.runner import (
 )
 from mammokit.io.images import read_png16
 from mammokit.models.registry import registered_name
+from mammokit.models.utils import input_channels
 from mammokit.preprocess import PreprocessSpec
 from mammokit.run import InputSpec, ModelCard, save_run
 
@@ -243,17 +245,33 @@ def _open_prepared(data: Path) -> PreparedDataset:
 
 
 def _whole_datasets(
-    data: Path, images: pd.DataFrame, mean: float, std: float, loader: LoaderConfig
+    data: Path,
+    images: pd.DataFrame,
+    mean: float,
+    std: float,
+    loader: LoaderConfig,
+    *,
+    bilateral: bool = False,
+    partner_dropout: float = 0.0,
 ) -> tuple[WholeImageDataset, WholeImageDataset, WholeImageDataset | None]:
     train_df, val_df = _split(images, "train", "prepared dataset"), _split(images, "val", "prepared dataset")
     test_df = _split(images, "test", "prepared dataset", required=False)
     cache = loader.cache_mb
     train_set = WholeImageDataset(
-        data, train_df, mean=mean, std=std, transform=_train_transform(loader), cache_mb=cache
-    )
-    val_set = WholeImageDataset(data, val_df, mean=mean, std=std, cache_mb=cache)
+        data, train_df, mean=mean, std=std, transform=_train_transform(loader), cache_mb=cache,
+        bilateral=bilateral, partner_dropout=partner_dropout,
+    )  # fmt: skip
+    val_set = WholeImageDataset(data, val_df, mean=mean, std=std, cache_mb=cache, bilateral=bilateral)
     # the test split is read once, after training: caching it would only add a pass
-    test_set = WholeImageDataset(data, test_df, mean=mean, std=std, cache_mb=0) if len(test_df) else None
+    test_set = (
+        WholeImageDataset(data, test_df, mean=mean, std=std, cache_mb=0, bilateral=bilateral) if len(test_df) else None
+    )
+    if bilateral:
+        for name, ds in (("train", train_set), ("val", val_set)):
+            single = sum(c != "contralateral" for c in ds.contexts)
+            if single:
+                log.info("%s split: %d of %d image(s) have no same-view image of the other breast (scored "
+                         "with themselves as partner)", name, single, len(ds))  # fmt: skip
     for name, ds in (("train", train_set), ("val", val_set)):
         if len(np.unique(ds.labels)) < 2:
             log.warning("the %s split has one class only: AUC is undefined there", name)
@@ -285,7 +303,12 @@ def _finish_whole(
         arch=registered_name(model),  # "whole_image", or "keras_graph" for a fine-tuned imported Keras model
         arch_kwargs=model.arch_kwargs,
         input=InputSpec(
-            height, width, 1, mean, std, preprocess=_recorded_spec(prepared.spec, f"{prepared.root}/dataset.json")
+            height,
+            width,
+            input_channels(model),
+            mean,
+            std,
+            preprocess=_recorded_spec(prepared.spec, f"{prepared.root}/dataset.json"),
         ),
         labels=labels,
         positive_labels=["malignant"],
@@ -333,7 +356,7 @@ def train_whole(cfg: WholeTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     m = cfg.model
     common = {"top": m.top, "num_classes": len(WHOLE_IMAGE_CLASSES), "drop_rate": m.drop_rate,
-              "grad_checkpointing": m.grad_checkpointing}  # fmt: skip
+              "grad_checkpointing": m.grad_checkpointing, "bilateral": m.bilateral}  # fmt: skip
     if cfg.no_patch_init:
         model = create_model("whole_image", backbone=m.backbone, pretrained=m.pretrained, in_chans=1, **common)
         mean, std = input_stats(m.backbone, m.pretrained)
@@ -346,7 +369,9 @@ def train_whole(cfg: WholeTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
         model = whole_from_patch(patch_model, **common)
         mean, std = patch_card.input.pixel_mean, patch_card.input.pixel_std
         parent, notes = str(patch_run), {"init": "patch run"}
-    train_set, val_set, test_set = _whole_datasets(data, images, mean, std, cfg.loader)
+    train_set, val_set, test_set = _whole_datasets(
+        data, images, mean, std, cfg.loader, bilateral=m.bilateral is not None, partner_dropout=m.partner_dropout
+    )
     names = ["stage1_top", "stage2_all"]
     plans = [StagePlan(s, i + 1, names[i]) for i, s in enumerate(cfg.stages)]
     best, is_zero = run_stages(
@@ -420,7 +445,10 @@ def finetune(cfg: FinetuneConfig, callbacks: Sequence[Callback] = ()) -> Path:
         raise TrainingError(f"{source} is a {card.task!r} run; finetune needs a whole-image run")
     model.train()
     mean, std = card.input.pixel_mean, card.input.pixel_std
-    train_set, val_set, test_set = _whole_datasets(data, images, mean, std, cfg.loader)
+    train_set, val_set, test_set = _whole_datasets(
+        data, images, mean, std, cfg.loader, bilateral=card.input.channels == 2,
+        partner_dropout=WholeModelConfig().partner_dropout,
+    )  # fmt: skip
     best, is_zero = run_stages(
         run_dir=out,
         model=model,

@@ -51,12 +51,18 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 
 def images_to_input(images_u16: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-    """Prepared uint16 images (B, H, W) (or a list of (H, W)) -> float32 (B, 1, H, W) in uint16 units."""
+    """Prepared uint16 images (B, H, W) (or a list of (H, W)) -> float32 (B, 1, H, W) in uint16 units.
+
+    A (B, 2, H, W) batch (or a list of (2, H, W)) is a bilateral model's input: each image with the same view
+    of the other breast (`data.pairs`); it is kept as is. Flip TTA flips both channels alike.
+    """
     batch = np.stack(list(images_u16)) if not isinstance(images_u16, np.ndarray) else images_u16
     if batch.ndim == 3:
         batch = batch[:, None]
-    if batch.ndim != 4 or batch.shape[1] != 1:
-        raise ValueError(f"expected prepared grayscale images (B, H, W) or (B, 1, H, W), got shape {batch.shape}")
+    if batch.ndim != 4 or batch.shape[1] not in (1, 2):
+        raise ValueError(
+            f"expected prepared grayscale images (B, H, W), (B, 1, H, W) or image pairs (B, 2, H, W), got {batch.shape}"
+        )
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 

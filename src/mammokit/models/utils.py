@@ -69,3 +69,8 @@ def apply_bn_policy(model: nn.Module, policy: str) -> int:
                 m.eval()
                 n += 1
     return n
+
+
+def input_channels(model: nn.Module) -> int:
+    """Channels of a whole-image model's input: 2 for a bilateral model (image, other breast), else 1."""
+    return int(getattr(model, "input_channels", 1))

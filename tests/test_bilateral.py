@@ -1,0 +1,199 @@
+"""The bilateral whole-image model (both breasts): the pairing rule, the two combination rules, training
+through the CLI and evaluation with the `context` column."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mammokit.cli import main
+from mammokit.data.datasets import WholeImageDataset
+from mammokit.data.pairs import contexts, partner_positions, table_partners, with_self_fallback
+from mammokit.models.whole import BILATERAL_RULES, WholeImageClassifier
+from mammokit.run import load_model, read_card
+from test_engine_helpers import TINY_BACKBONE, TINY_TOP, make_prepared, single_thread
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    with single_thread():
+        yield
+
+
+# ------------------------------------------------------------------------------------------- pairing
+
+
+def test_partner_is_same_woman_same_view_other_side() -> None:
+    rows = pd.DataFrame(
+        {
+            "image_id": ["a_rcc", "a_lcc", "a_rmlo", "a_lmlo", "b_rcc", "c_lcc", "d_xcc"],
+            "patient_id": ["A", "A", "A", "A", "B", "C", "D"],
+            "view": ["CC", "cc ", "MLO", "MLO", "CC", "CC", "CC"],
+            "laterality": ["R", "L", "R", "l", "R", "L", "?"],
+        }
+    )
+    got = table_partners(rows)
+    assert got.tolist() == [1, 0, 3, 2, -1, -1, -1]  # B's right CC never pairs with C's left CC
+    assert contexts(got) == ["contralateral"] * 4 + ["single"] * 3
+    assert with_self_fallback(got).tolist() == [1, 0, 3, 2, 4, 5, 6]
+
+
+def test_partner_prefers_the_same_exam_then_the_smallest_id_whatever_the_row_order() -> None:
+    ids = ["r_2019", "l_2018", "l_2019b", "l_2019a"]
+    patients, views, sides = ["P"] * 4, ["CC"] * 4, ["R", "L", "L", "L"]
+    exams = ["2019", "2018", "2019", "2019"]
+    got = partner_positions(patients, views, sides, ids, exams)
+    assert ids[got[0]] == "l_2019a"  # same exam first, then the smallest image id
+    order = [3, 1, 0, 2]
+    shuffled = partner_positions(*([v[i] for i in order] for v in (patients, views, sides, ids, exams)))
+    assert [ids[order[j]] for j in shuffled][order.index(0)] == "l_2019a"
+
+
+def test_a_table_without_laterality_pairs_nothing() -> None:
+    table = pd.DataFrame({"image_id": ["x", "y"], "patient_id": ["P", "P"]})
+    assert table_partners(table).tolist() == [-1, -1]
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+def _model(rule: str | None) -> WholeImageClassifier:
+    torch.manual_seed(0)
+    return WholeImageClassifier(TINY_BACKBONE, top=TINY_TOP, bilateral=rule).eval()
+
+
+@pytest.mark.parametrize("rule", BILATERAL_RULES)
+def test_bilateral_model_takes_two_channels_and_features_compose(rule: str) -> None:
+    model = _model(rule)
+    x = torch.rand(3, 2, 64, 48)
+    assert model.input_channels == 2 and model.arch_kwargs["bilateral"] == rule
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (3, 2)
+        torch.testing.assert_close(model.forward_head(model.forward_features(x)), logits)
+        # the partner matters (except where the rule starts blind to it: concat's difference weights are 0)
+        other = x.clone()
+        other[:, 1] = torch.rand(3, 64, 48)
+        changed = not torch.allclose(model(other), logits)
+    assert changed == (rule == "subtract")
+
+
+def test_concat_starts_as_the_single_image_model_and_learns_the_difference() -> None:
+    single, pair = _model(None), _model("concat")
+    # same trunk/top; the head differs in width
+    pair.load_state_dict({k: v for k, v in single.state_dict().items() if not k.startswith("head.")}, strict=False)
+    with torch.no_grad():
+        d = single.head.fc.in_features
+        pair.head.fc.weight[:, :d] = single.head.fc.weight
+        pair.head.fc.bias.copy_(single.head.fc.bias)
+    x = torch.rand(2, 1, 64, 48)
+    pairs = torch.cat([x, torch.rand(2, 1, 64, 48)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(pair(pairs), single(x))
+    pair.train()
+    loss = pair(pairs).logsumexp(1).sum()
+    loss.backward()
+    assert pair.head.fc.weight.grad[:, d:].abs().sum() > 0  # the difference half is trained
+
+
+def test_subtract_rule_is_own_minus_a_times_partner() -> None:
+    model = _model("subtract")
+    x = torch.rand(2, 1, 64, 48)
+    y = torch.rand(2, 1, 64, 48)
+    with torch.no_grad():
+        head = model.head
+        own = head.fc(head.pooled(model.top(model.trunk(x))))
+        other = head.fc(head.pooled(model.top(model.trunk(y))))
+        torch.testing.assert_close(model(torch.cat([x, y], 1)), own - 0.5 * other, atol=1e-4, rtol=1e-4)
+    assert head.other_weight == pytest.approx(0.5, abs=1e-3)
+
+
+def test_bilateral_rule_is_checked() -> None:
+    with pytest.raises(ValueError, match="bilateral must be one of"):
+        WholeImageClassifier(TINY_BACKBONE, top=TINY_TOP, bilateral="average")
+
+
+# ----------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture's prepared set with two films (R, L MLO) per woman; the last test woman has one film."""
+    root = make_prepared(tmp_path_factory.mktemp("bilateral") / "prepared", {"train": 8, "val": 4, "test": 5})
+    table = pd.read_parquet(root / "manifest.parquet")
+    table["laterality"] = ["R", "L"] * (len(table) // 2) + ["R"] * (len(table) % 2)
+    table["view"], table["exam_id"] = "MLO", table["patient_id"]
+    table.to_parquet(root / "manifest.parquet", index=False)
+    return root
+
+
+def test_dataset_gives_each_image_with_its_partner(paired: Path) -> None:
+    table = pd.read_parquet(paired / "manifest.parquet")
+    test = table[table["split"] == "test"]
+    ds = WholeImageDataset(paired, test, mean=0.4, std=0.2, bilateral=True, cache_mb=0)
+    assert ds.contexts == ["contralateral"] * 4 + ["single"]
+    s0, s1, s4 = ds[0]["image"], ds[1]["image"], ds[4]["image"]
+    assert s0.shape == (2, 64, 48)
+    torch.testing.assert_close(s0[1], s1[0])  # image 0's partner is image 1, and the other way round
+    torch.testing.assert_close(s1[1], s0[0])
+    torch.testing.assert_close(s4[1], s4[0])  # no partner: itself
+    dropped = WholeImageDataset(paired, test, mean=0.4, std=0.2, bilateral=True, cache_mb=0, partner_dropout=0.999)
+    torch.testing.assert_close(dropped[(0, 7)]["image"][1], dropped[(0, 7)]["image"][0])  # seeded: always own
+    assert not torch.equal(dropped[0]["image"][1], dropped[0]["image"][0])  # never without a training seed
+
+
+@pytest.mark.parametrize("rule", BILATERAL_RULES)
+def test_train_whole_bilateral_then_evaluate_flags_context(paired: Path, tmp_path: Path, rule: str) -> None:
+    out = tmp_path / f"run-{rule}"
+    common = ["--device", "cpu", "--set", "loader.augment.enabled=false", "--set", "trainer.progress_bar=false",
+              "--set", "trainer.tensorboard=false"]  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "whole",
+            "--data",
+            str(paired),
+            "--no-patch-init",
+            "--out",
+            str(out),
+            *common,
+            "--set",
+            f"model.backbone={TINY_BACKBONE}",
+            "--set",
+            "model.pretrained=null",
+            "--set",
+            f"model.top={json.dumps(TINY_TOP)}",
+            "--set",
+            f"model.bilateral={rule}",
+            "--batch-size",
+            "4",
+            "--set",
+            "stages=[{epochs: 1}, {epochs: 1, lr_multiplier: 0.1}]",
+        ]
+    )
+    assert rc == 0
+    card = read_card(out)
+    assert card.input.channels == 2 and card.arch_kwargs["bilateral"] == rule
+    model, _ = load_model(out)
+    assert model.input_channels == 2
+    ev = tmp_path / f"eval-{rule}"
+    assert main(["evaluate", str(out), "--data", str(paired), "--out", str(ev), "--device", "cpu"]) == 0
+    pred = pd.read_csv(ev / "predictions.csv")
+    assert pred["context"].tolist() == ["contralateral"] * 4 + ["single"]
+    # evaluate's probabilities are the network's on (image, partner) pairs, the single one on (image, image)
+    table = pd.read_parquet(paired / "manifest.parquet")
+    test = table[table["split"] == "test"].reset_index(drop=True)
+    from mammokit.infer.core import TorchScorer
+
+    scorer = TorchScorer.from_run(out, "cpu")
+    from mammokit.io.images import read_png16
+
+    imgs = [read_png16(paired / f) for f in test["image_file"]]
+    pairs = np.stack([np.stack([imgs[i], imgs[j]]) for i, j in enumerate([1, 0, 3, 2, 4])])
+    np.testing.assert_allclose(pred["prob_uncalibrated"], scorer.score(pairs), atol=1e-5)
