@@ -17,7 +17,7 @@ import pytest
 
 from mammokit.infer import backend_select, export_cache
 from mammokit.infer.backend_select import BF16_BAR, FP32_BAR, CpuCaps, Selection, Trial, choose, select_backend
-from test_predict_support import make_tiny_runs, silhouette_pngs
+from predict_support import make_tiny_runs, silhouette_pngs
 
 HW = (128, 96)
 NO_BF16 = CpuCaps("AVX-512-only test CPU", 2, avx512=True, bf16=False, amx=False)

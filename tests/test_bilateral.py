@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
+from engine_support import TINY_BACKBONE, TINY_TOP, make_prepared, single_thread
 from mammokit.cli import main
 from mammokit.data.datasets import WholeImageDataset
 from mammokit.data.pairs import contexts, partner_positions, table_partners, with_self_fallback
 from mammokit.models.whole import BILATERAL_RULES, WholeImageClassifier
 from mammokit.run import load_model, read_card
-from test_engine_helpers import TINY_BACKBONE, TINY_TOP, make_prepared, single_thread
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_engine_helpers import TINY_BACKBONE, TINY_TOP, make_prepared
+from engine_support import TINY_BACKBONE, TINY_TOP, make_prepared
 
 
 def test_two_process_cpu_ddp_whole_image(tmp_path: Path) -> None:

@@ -218,8 +218,8 @@ def test_configs_load_from_the_shipped_yaml_files() -> None:
 
 # --------------------------------------------------------------------------- stages and BN policy
 def _tiny_whole():  # type: ignore[no-untyped-def]
+    from engine_support import TINY_BACKBONE, TINY_TOP
     from mammokit.models import create_model
-    from test_engine_helpers import TINY_BACKBONE, TINY_TOP
 
     torch.manual_seed(0)
     return create_model("whole_image", backbone=TINY_BACKBONE, top=TINY_TOP, pretrained=None, in_chans=1)
@@ -263,10 +263,10 @@ def test_bn_policy_for_frozen_layers(policy: str, frozen_stats_move: bool) -> No
 
 
 def test_stage_one_trains_only_the_new_layers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from engine_support import make_prepared, single_thread
     from mammokit.data.datasets import WholeImageDataset
     from mammokit.engine.config import LoaderConfig, StageConfig, TrainerConfig
     from mammokit.engine.runner import StagePlan, run_stages
-    from test_engine_helpers import make_prepared, single_thread
 
     prepared = make_prepared(tmp_path / "prep", {"train": 4, "val": 2})
     images = pd.read_parquet(prepared / "manifest.parquet")
@@ -349,11 +349,11 @@ def test_module_hands_channels_last_batches_to_the_model() -> None:
 
 
 def test_bf16_training_is_opt_in_and_the_threshold_uses_float32_probabilities(tmp_path) -> None:
+    from engine_support import make_prepared, single_thread
     from mammokit.data.datasets import WholeImageDataset
     from mammokit.engine.config import LoaderConfig, StageConfig, TrainerConfig
     from mammokit.engine.runner import StagePlan, run_stages
     from mammokit.engine.train import _evaluate
-    from test_engine_helpers import make_prepared, single_thread
 
     assert TrainerConfig().precision == "32-true" and TrainerConfig().channels_last
     prepared = make_prepared(tmp_path / "prep", {"train": 4, "val": 2})

@@ -244,7 +244,7 @@ def _panic_exception_type() -> type[BaseException]:
 
 def test_predict_survives_panic_abort_and_killed_reader(tmp_path, monkeypatch):
     """Serious 1 (predict): predictions for the good files are written, bad ones are errors.csv rows, exit 1."""
-    from test_predict_support import tiny_runs
+    from predict_support import tiny_runs
 
     whole, _ = tiny_runs()
     _faulty_decoder(monkeypatch)
@@ -399,7 +399,7 @@ def test_truncated_weights_and_malformed_model_json_name_the_file(tmp_path):
     import shutil
 
     from mammokit.run import RunFolderError, load_model, read_card
-    from test_predict_support import tiny_runs
+    from predict_support import tiny_runs
 
     whole, _ = tiny_runs()
     run = tmp_path / "run"

@@ -143,7 +143,7 @@ def test_featurewise_mean_follows_the_file_name(small_whole, tmp_path):
 
 def test_real_mammogram_through_mammokit_preprocessing_equals_keras(built):
     from mammokit.infer.predictor import Predictor
-    from test_predict_support import real_dicoms
+    from predict_support import real_dicoms
 
     model, _, run = built("resnet50_512-512-1024x2")
     dicoms = real_dicoms()
@@ -202,7 +202,7 @@ def test_tf_same_pads():
 def test_cli_import_predict_export_evaluate(small_whole, tmp_path, capsys):
     from mammokit.data.manifest import write_table
     from mammokit.io.images import write_png16
-    from test_predict_support import real_dicoms
+    from predict_support import real_dicoms
 
     _, path, _ = small_whole
     run = tmp_path / "run"

@@ -25,7 +25,7 @@ from mammokit.data.geometry import segment_reduced
 from mammokit.io.dicom import read_mammogram
 from mammokit.preprocess import PreprocessSpec
 from mammokit.synth.mias import pgm_bytes
-from test_predict_support import make_tiny_runs
+from predict_support import make_tiny_runs
 
 SPACING, HW = 0.6, (344, 299)  # the recipe's canvas: 206 x 179 mm
 NAMES = ["mdb001", "mdb002", "mdb133", "mdb134"]

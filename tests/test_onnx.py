@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_predict_support import TINY_HW, silhouette_pngs, tiny_runs
+from predict_support import TINY_HW, silhouette_pngs, tiny_runs
 
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'mammokit[onnx]')")
 

@@ -25,7 +25,7 @@ import pytest
 from mammokit.cli import main
 from mammokit.config import from_dict
 from mammokit.preprocess import PreprocessSpec
-from test_predict_support import make_tiny_runs, real_dicoms
+from predict_support import make_tiny_runs, real_dicoms
 
 HW = (128, 96)  # prepared size: small, so reading the full-size originals dominates the cost
 EVAL_VS_PREDICT = 1e-5

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from test_predict_support import EXPECTED_SIDE_VIEW, TINY_HW, iou, real_dicoms, silhouette_pngs, tiny_runs
+from predict_support import EXPECTED_SIDE_VIEW, TINY_HW, iou, real_dicoms, silhouette_pngs, tiny_runs
 
 pytestmark = pytest.mark.realdata
 

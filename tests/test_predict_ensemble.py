@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mammokit.preprocess import PreprocessSpec
-from test_predict_support import make_tiny_runs, silhouette_pngs
+from predict_support import make_tiny_runs, silhouette_pngs
 
 HW = (128, 96)  # small: three tiny resnet18 runs on a shared 2-core machine
 

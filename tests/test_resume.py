@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
+from engine_support import TINY_BACKBONE, make_patch_set, make_tiny_weights, single_thread
 from mammokit.data.transforms import AugmentConfig
 from mammokit.engine.config import (
     LoaderConfig,
@@ -23,7 +24,6 @@ from mammokit.engine.config import (
 )
 from mammokit.engine.runner import TrainingError
 from mammokit.engine.train import train_patch
-from test_engine_helpers import TINY_BACKBONE, make_patch_set, make_tiny_weights, single_thread
 
 
 class Killed(RuntimeError):

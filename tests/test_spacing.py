@@ -204,7 +204,7 @@ def test_patch_mm_in_fixed_size_mode_needs_known_spacing(tmp_path):
 
 def test_predict_applies_the_spacing_rule_of_a_physical_scale_run(tmp_path):
     from mammokit.cli import main
-    from test_predict_support import silhouette_pngs, tiny_runs
+    from predict_support import silhouette_pngs, tiny_runs
 
     whole, _ = tiny_runs()
     run = tmp_path / "run"

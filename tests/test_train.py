@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mammokit.cli import main
-from mammokit.run import load_model, read_card
-from test_engine_helpers import (
+from engine_support import (
     TINY_BACKBONE,
     TINY_TOP,
     make_patch_set,
@@ -20,6 +18,8 @@ from test_engine_helpers import (
     make_tiny_weights,
     single_thread,
 )
+from mammokit.cli import main
+from mammokit.run import load_model, read_card
 
 COMMON = [
     "--device",
