@@ -4,7 +4,8 @@ Reads every image through the dataset's adapter, segments and crops the breast, 
 orientation (chest wall left), resizes it (default 1152 x 896) and writes images, lesion masks, the
 manifest, `errors.csv` and `dataset.json`; see `mammokit.data.prepare`. Re-running resumes. The exit
 status is 0 when every image and lesion was prepared, 1 when any failed (listed in errors.csv), 2 for
-usage errors.
+usage errors and for a full disk (one line: the folder, the space available and about how much more is needed;
+the folder is then not marked complete, and the same command resumes once there is space).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(uint16, canonical orientation: chest wall on the left), masks/<lesion_id>.png, manifest.parquet, "
             "lesions.parquet, errors.csv and dataset.json. Bad files are listed in errors.csv and do not stop "
             "the run; re-running the same command resumes and skips finished images. Exit status: 0 all "
-            "prepared, 1 some images or lesions failed, 2 usage error."
+            "prepared, 1 some images or lesions failed, 2 usage error or disk full (rerun to resume)."
         ),
     )
     p.add_argument(
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from mammokit.data.prepare import PrepareError, prepare_dataset
     from mammokit.data.sources import get_source, list_sources
     from mammokit.utils.atomic import atomic_write_text
+    from mammokit.utils.diskfull import disk_full_as
 
     cfg = resolve_config(args)
     try:
@@ -129,13 +131,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"source_options do not fit the {args.dataset} adapter: {exc}") from None
     if not args.root.is_dir():
         raise UserError(f"--root {args.root} is not a folder; point it at the raw {args.dataset} download")
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / CONFIG_FILE, dump_yaml(cfg))
-    try:
-        report = prepare_dataset(
-            args.dataset, args.root, args.out, cfg, progress=not args.no_progress and sys.stderr.isatty()
-        )
-    except PrepareError as exc:
-        raise UserError(str(exc)) from None
+    with disk_full_as(UserError, args.out):  # ENOSPC/EDQUOT: one line, exit 2, never a traceback
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out / CONFIG_FILE, dump_yaml(cfg))
+        try:
+            report = prepare_dataset(
+                args.dataset, args.root, args.out, cfg, progress=not args.no_progress and sys.stderr.isatty()
+            )
+        except PrepareError as exc:
+            raise UserError(str(exc)) from None
     print(report.summary())
     return 0 if report.ok else 1

@@ -16,6 +16,11 @@ Guarantees:
   ROI) becomes a row of `errors.csv` with its stage and reason; `PrepareReport.ok` says whether
   anything failed. Images that failed are left out of the manifest; a lesion whose ROI failed keeps
   its image and gets an empty `mask_file`.
+* **A full disk stops the run, and the folder never looks complete.** ENOSPC/EDQUOT is not an image's fault:
+  it is never an errors.csv row. The run stops with a `DiskFullError` (the folder, the space available and
+  about how much more is needed); manifest.parquet, lesions.parquet, errors.csv and dataset.json, removed when
+  a run starts, are written only after every image is done, dataset.json last. Run again after freeing space:
+  finished images are reused.
 * **Parallel and isolated**: images are read in `workers` child processes (one image per task; see
   `mammokit.utils.pool`), so a decoder that panics or aborts costs that image, not the batch.
 * Splits are assigned on the whole source table before any image is read, so a failure (or a later
@@ -24,6 +29,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -51,6 +57,7 @@ from mammokit.data.manifest import (
 )
 from mammokit.data.prepare_config import PrepareConfig, SplitConfig
 from mammokit.utils.atomic import atomic_write_json, atomic_write_with
+from mammokit.utils.diskfull import bytes_under, disk_full_guard, is_disk_full
 from mammokit.version import __version__
 
 log = logging.getLogger(__name__)
@@ -242,6 +249,8 @@ def _prepare_one(task: dict[str, Any]) -> dict[str, Any]:
         image_file = f"{IMAGES_DIR}/{image_id}.png"
         write_png16(out / image_file, image)
     except Exception as exc:  # any failure of this image is reported, never raised
+        if is_disk_full(exc):
+            raise  # not this image's fault: the pool hands it to the parent, which stops the run
         return {
             "status": "failed",
             "error": {"image_id": image_id, "lesion_id": "", "path": str(row["path"]), "stage": stage,
@@ -262,6 +271,8 @@ def _prepare_one(task: dict[str, Any]) -> dict[str, Any]:
             write_png8(out / mask_file, prepared.astype(np.uint8) * 255)
             lesion_results.append({"lesion_id": lesion_id, "mask_file": mask_file, "mask_pixels": int(prepared.sum())})
         except Exception as exc:
+            if is_disk_full(exc):
+                raise  # as above: the whole run stops, the lesion is not marked failed
             lesion_results.append({"lesion_id": lesion_id, "mask_file": "", "mask_pixels": 0})
             lesion_errors.append(
                 {"image_id": image_id, "lesion_id": lesion_id, "path": str(lesion.get("roi_path", "") or ""),
@@ -468,6 +479,24 @@ def _dataset_counts(
     }
 
 
+_TABLE_BYTES_PER_IMAGE = 1024  # manifest + lesions + errors rows of one image, generously (bytes)
+
+
+def _bytes_still_needed(out: Path, records: dict[str, dict], n_images: int, canvas_px: int) -> int:
+    """About how many more bytes the run needs: the images not yet done at the mean size of those done (PNGs and
+    record; an uncompressed 16-bit canvas each when none is done yet), plus the tables."""
+    done = [r for r in records.values()]
+    if done:
+        files = [out / RECORDS_DIR / f"{r['image_id']}.json" for r in done]
+        files += [out / r["image_file"] for r in done]
+        files += [out / les["mask_file"] for r in done for les in r.get("lesions", []) if les.get("mask_file")]
+        per_image = bytes_under(files) / len(done)
+    else:
+        per_image = 2.0 * canvas_px  # uint16, before PNG compression: an upper bound
+    remaining = max(0, n_images - len(done))
+    return int(remaining * per_image + n_images * _TABLE_BYTES_PER_IMAGE)
+
+
 def prepare_dataset(
     source: str,
     root: str | Path,
@@ -527,6 +556,12 @@ def prepare_dataset(
 
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)
+    # The folder is complete only once this run has written the tables: until then it must not look complete
+    # (a run stopped by a full disk or a kill, over an earlier finished one, would otherwise leave old tables
+    # beside new images). Re-written below, dataset.json last.
+    markers = [out / name for name in (DATASET_JSON, IMAGES_FILE, LESIONS_FILE, ERRORS_FILE)]
+    for marker in markers:
+        marker.unlink(missing_ok=True)
     lesions_of: dict[str, list[dict]] = {}
     for les in lesions.to_dict("records"):
         lesions_of.setdefault(str(les["image_id"]), []).append(les)
@@ -546,49 +581,58 @@ def prepare_dataset(
     records: dict[str, dict] = {}
     errors: list[dict[str, str]] = list(skipped)
     n_written = n_reused = 0
-    for result in _run_tasks(tasks, src, worker_count(cfg.workers), progress):
-        if result["status"] == "failed":
-            errors.append(result["error"])
-            log.debug("failed: %s (%s)", result["error"]["image_id"], result["error"]["stage"])
-            continue
-        record = result["record"]
-        records[record["image_id"]] = record
-        fit_note = Geometry.from_dict(record["geometry"]).fit_message()
-        if fit_note:  # one line per image: the id the user gave, sizes only
-            log.warning("%s: %s", record["image_id"], fit_note)
-        errors.extend(record.get("lesion_errors", []))
-        if result["status"] == "reused":
-            n_reused += 1
-        else:
-            n_written += 1
-    n_failed = sum(1 for e in errors if not e["lesion_id"])
-    n_lesion_failed = len(errors) - n_failed
 
-    manifest, lesion_table = _records_to_tables(images, lesions, records)
-    write_table(manifest, out / IMAGES_FILE)
-    write_table(lesion_table, out / LESIONS_FILE)
-    errors.sort(key=lambda e: (e["image_id"], e["lesion_id"]))
-    _write_errors(out / ERRORS_FILE, errors)
-    counts = _dataset_counts(len(images), manifest, lesion_table, n_failed, n_lesion_failed)
-    atomic_write_json(
-        out / DATASET_JSON,
-        {
-            "format": PREPARE_FORMAT,
-            "mammokit_version": __version__,
-            "source": source,
-            "source_options": options,
-            "citation": getattr(src, "citation", ""),
-            "licence": getattr(src, "licence", ""),
-            "label_rule": getattr(src, "label_rule", "") or "",
-            "counts": counts,
-            "preprocess": to_dict(spec),
-            "assume_pixel_spacing": assume_pixel_spacing,
-            "dataset_pixel_spacing_mm": getattr(src, "pixel_spacing_mm", None),
-            "split": split_options,
-            "config_hash": full_hash,
-            "image_config_hash": image_hash,
-        },
-    )
+    def still_needed() -> int:
+        return _bytes_still_needed(out, records, len(tasks), spec.height * spec.width)
+
+    # A full disk anywhere below (a worker's PNG or record, a table) stops the run with one DiskFullError; the
+    # tables written so far are removed again and dataset.json is not written. `closing` shuts the pool down
+    # before the error leaves (no worker writes on behind it).
+    with disk_full_guard(out, needed=still_needed, resumes=True, cleanup=markers):
+        with contextlib.closing(_run_tasks(tasks, src, worker_count(cfg.workers), progress)) as results:
+            for result in results:
+                if result["status"] == "failed":
+                    errors.append(result["error"])
+                    log.debug("failed: %s (%s)", result["error"]["image_id"], result["error"]["stage"])
+                    continue
+                record = result["record"]
+                records[record["image_id"]] = record
+                fit_note = Geometry.from_dict(record["geometry"]).fit_message()
+                if fit_note:  # one line per image: the id the user gave, sizes only
+                    log.warning("%s: %s", record["image_id"], fit_note)
+                errors.extend(record.get("lesion_errors", []))
+                if result["status"] == "reused":
+                    n_reused += 1
+                else:
+                    n_written += 1
+        n_failed = sum(1 for e in errors if not e["lesion_id"])
+        n_lesion_failed = len(errors) - n_failed
+
+        manifest, lesion_table = _records_to_tables(images, lesions, records)
+        write_table(manifest, out / IMAGES_FILE)
+        write_table(lesion_table, out / LESIONS_FILE)
+        errors.sort(key=lambda e: (e["image_id"], e["lesion_id"]))
+        _write_errors(out / ERRORS_FILE, errors)
+        counts = _dataset_counts(len(images), manifest, lesion_table, n_failed, n_lesion_failed)
+        atomic_write_json(  # last: its presence means the folder is complete
+            out / DATASET_JSON,
+            {
+                "format": PREPARE_FORMAT,
+                "mammokit_version": __version__,
+                "source": source,
+                "source_options": options,
+                "citation": getattr(src, "citation", ""),
+                "licence": getattr(src, "licence", ""),
+                "label_rule": getattr(src, "label_rule", "") or "",
+                "counts": counts,
+                "preprocess": to_dict(spec),
+                "assume_pixel_spacing": assume_pixel_spacing,
+                "dataset_pixel_spacing_mm": getattr(src, "pixel_spacing_mm", None),
+                "split": split_options,
+                "config_hash": full_hash,
+                "image_config_hash": image_hash,
+            },
+        )
     report = PrepareReport(
         out=out,
         n_images=len(images),

@@ -23,6 +23,25 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it
+_OWNER_PID: int | None = None  # in a pool worker: the process whose outputs this one writes (see `write_for`)
+
+
+def write_for(parent_pid: int) -> None:
+    """Make this process (a pool worker) write only while `parent_pid` is its parent.
+
+    Once the parent is gone (killed with -9, say), a file this process writes would appear in an output
+    folder nobody is finishing, after the user saw the job stop; `exit_if_orphaned` ends the process instead.
+    This is the portable fallback of `utils.pool`'s parent-death signal (Linux only) and watchdog thread
+    (which looks every 0.5 s): each atomic write checks first.
+    """
+    global _OWNER_PID
+    _OWNER_PID = parent_pid
+
+
+def exit_if_orphaned() -> None:
+    """End this process at once (no cleanup, nothing written) when the parent set by `write_for` has died."""
+    if _OWNER_PID is not None and os.getppid() != _OWNER_PID:  # re-parented: the parent is gone
+        os._exit(1)
 
 
 @contextlib.contextmanager
@@ -35,6 +54,7 @@ def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterat
     itself renamed into place once complete (e.g. a patch set), where the fsync is ~1/3 of the cost.
     """
     path = Path(path)
+    exit_if_orphaned()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
@@ -58,6 +78,7 @@ def commit_file(tmp: str | os.PathLike[str], path: str | os.PathLike[str], *, du
     if durable:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+    exit_if_orphaned()  # the temporary stays hidden (removed by a resumed run); the real name never appears
     os.replace(tmp, path)
 
 

@@ -11,8 +11,12 @@ so none of that can take the batch down:
   time, each in a fresh one-process pool, so the task that kills its process again is the culprit and comes
   back as `TaskFailed` (with the signal), while the innocent ones complete normally; the queue then continues
   in a new pool;
-* workers exit on their own within about a second when the parent process dies (a watchdog thread in each
-  worker), so killing the main process never leaves orphans holding CPU and memory.
+* workers end when the parent process dies, so killing the main process never leaves orphans holding CPU and
+  memory, nor writing into an output folder nobody is finishing: on Linux the kernel kills them at once
+  (`prctl(PR_SET_PDEATHSIG, SIGKILL)`); everywhere a watchdog thread looks every 0.5 s, and every atomic write
+  (`utils.atomic`) checks the parent first;
+* a full disk (ENOSPC, EDQUOT) is not an item failure, since every later write fails too: it is raised in the
+  parent as an `OSError` and stops the batch (`utils.diskfull`).
 
 On Linux the workers are forked, so they inherit the parent's imports (cheap start) and the task function's
 module state (test fault injection relies on it); elsewhere they are spawned.
@@ -32,6 +36,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
+
+from mammokit.utils.diskfull import disk_full_errno
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +60,42 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-def _worker_init(parent_pid: int, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: ask the kernel to SIGKILL this process when its parent dies (no-op where prctl is missing).
+
+    The signal follows the parent *thread* that forked us, so `process_pool` asks for it only when the pool
+    is made on the main thread (a worker started by a short-lived thread would otherwise die with that thread).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no libc symbol (e.g. musl without prctl): the watchdog remains
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect: nobody would send the signal
+        os._exit(1)
+
+
+def _worker_init(
+    parent_pid: int,
+    initializer: Callable[..., None] | None,
+    initargs: tuple[Any, ...],
+    pdeathsig: bool = False,
+) -> None:
     import faulthandler
 
+    from mammokit.utils.atomic import write_for
+
     faulthandler.disable()  # a worker's crash is reported by the parent (errors.csv), not as a stack dump
+    if pdeathsig:
+        _die_with_parent(parent_pid)
+    write_for(parent_pid)  # every atomic write checks that the parent is still there
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
     # Ctrl+C reaches the whole process group; the parent decides what to do, workers just keep going until
     # the parent shuts the pool down (or dies, and the watchdog ends them).
@@ -73,6 +111,9 @@ def _guarded(fn: Callable[[Any], Any], task: Any) -> Any:
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:
+        code = disk_full_errno(exc)
+        if code is not None:  # not this item's fault: re-raised in the parent, which stops the batch
+            raise OSError(code, os.strerror(code), getattr(exc, "filename", None)) from None
         log.debug("task failed in worker %d", os.getpid(), exc_info=True)
         return TaskFailed(f"{type(exc).__name__}: {exc}")
 
@@ -99,7 +140,8 @@ def process_pool(
         max_workers=workers,
         mp_context=_context(start_method),
         initializer=_worker_init,
-        initargs=(os.getpid(), initializer, initargs),
+        # processes start in the thread that submits; run_isolated makes and feeds its pool in one thread
+        initargs=(os.getpid(), initializer, initargs, threading.current_thread() is threading.main_thread()),
     )
 
 
@@ -156,7 +198,8 @@ def run_isolated(
         ordered: yield in task order (buffers finished results) instead of as they finish.
         start_method: "fork"/"spawn"; None = `process_pool`'s default (fork on Linux). "spawn" for torch tasks.
 
-    Every task yields exactly once, whatever it or its worker does.
+    Every task yields exactly once, whatever it or its worker does, except that a full disk (ENOSPC/EDQUOT
+    in any task) raises `OSError` here and stops the batch: the pool is shut down, the rest is not run.
     """
     indexed = list(enumerate(tasks))
     stream = _run_unordered(fn, indexed, max(1, int(workers)), initializer, initargs, start_method)
