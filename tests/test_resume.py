@@ -115,3 +115,105 @@ def test_killed_run_resumes_to_identical_result(
     assert ma["val"] == mb["val"] and ma["best_stage"] == mb["best_stage"] and ma["best_epoch"] == mb["best_epoch"]
     if stage == 3:  # the continuation logged beside the interrupted attempt
         assert (out / "logs" / "stage3_all" / "resumed-1" / "metrics.csv").is_file()
+
+
+# --- prepare: the workers stop writing when the parent is killed ---------------------------------------------------
+
+_SLOW_PREPARE = r"""
+import sys, time
+from pathlib import Path
+
+import pandas as pd
+
+from mammokit.data.prepare import prepare_dataset
+from mammokit.data.prepare_config import PrepareConfig
+from mammokit.data.sources import DatasetSource, register_source
+from mammokit.preprocess import PreprocessSpec
+
+
+@register_source
+class SlowSource(DatasetSource):
+    name = "slow-test"
+
+    def build_manifest(self, root):
+        images = pd.read_csv(root / "images.csv", dtype=str, keep_default_na=False)
+        images["label"] = images["label"].astype(int)
+        return images, pd.DataFrame()
+
+    def read_image(self, row, root, **options):
+        time.sleep(0.25)  # a slow decoder: each worker writes an image about every 0.25 s
+        return super().read_image(row, root, **options)
+
+
+cfg = PrepareConfig(preprocess=PreprocessSpec(height=64, width=48), workers=4)
+prepare_dataset("slow-test", Path(sys.argv[1]), Path(sys.argv[2]), cfg, progress=False)
+"""
+
+
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder`, temporaries included: relative path -> (size, mtime in ns)."""
+    out = {}
+    for p in folder.rglob("*"):
+        try:
+            st = p.stat()
+        except FileNotFoundError:  # removed while listing: shows up as a difference between two listings
+            continue
+        if p.is_file():
+            out[str(p.relative_to(folder))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.timeout(180)
+def test_prepare_workers_write_nothing_after_the_parent_is_killed(tmp_path: Path) -> None:
+    """Issue 25 point 7: after `kill -9` of prepare, its workers used to write a few more files (the watchdog
+    looked every 0.5 s). Now the kernel kills them with the parent (PR_SET_PDEATHSIG) and every atomic write
+    checks the parent first, so the output folder is frozen at the moment of the kill."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from dicom_factory import phantom
+
+    raw, out = tmp_path / "raw", tmp_path / "prepared"
+    raw.mkdir()
+    rows = []
+    for i in range(80):
+        Image.fromarray(phantom((120, 90), bits=8, side="L", seed=i).astype(np.uint8)).save(raw / f"img{i}.png")
+        ids = {"image_id": f"img{i}", "patient_id": f"p{i}", "exam_id": f"p{i}", "dataset": "t"}
+        rows.append({**ids, "laterality": "L", "view": "CC", "path": f"img{i}.png", "label": i % 2, "split": ""})
+    pd.DataFrame(rows).to_csv(raw / "images.csv", index=False)
+    script = tmp_path / "slow_prepare.py"
+    script.write_text(_SLOW_PREPARE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), *sys.path])}
+    parent = subprocess.Popen([sys.executable, str(script), str(raw), str(out)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((out / "records").glob("*.json"))) < 4:  # mid-run: some images done, most to go
+            assert parent.poll() is None, "prepare ended before it could be killed mid-run"
+            assert time.monotonic() < deadline, "prepare wrote no records within 120 s"
+            time.sleep(0.02)
+        workers = [int(pid) for pid in Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()]
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    at_kill = _listing(out)
+    time.sleep(1.5)  # three watchdog periods, and ~6 images' worth of reads per worker
+    assert _listing(out) == at_kill
+    assert len(list((out / "records").glob("*.json"))) < 80  # it was stopped mid-run
+    assert not (out / "dataset.json").exists()
+    assert workers and not any(Path(f"/proc/{pid}").exists() and _state(pid) not in "ZX" for pid in workers)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
