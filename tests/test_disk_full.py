@@ -148,6 +148,33 @@ def test_a_finished_folder_rerun_into_a_full_disk_does_not_keep_its_old_completi
     _assert_stopped_short(out, capsys.readouterr().err)
 
 
+def test_patches_on_a_full_disk_leave_no_patch_set_and_say_so(
+    raw: Path,  # noqa: F811
+    tmp_path: Path,
+    reference: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """Before: ENOSPC on a patch PNG became that image's errors.csv row and the set 'finished' (exit 1)."""
+    real_commit = atomic.commit_file
+
+    def full_after_some_patches(tmp: object, path: object, *, durable: bool = True) -> None:
+        if Path(str(path)).parent.name == "images" and len(list(Path(str(path)).parent.glob("*.png"))) >= 3:
+            raise _enospc(tmp)
+        real_commit(tmp, path, durable=durable)
+
+    monkeypatch.setattr(atomic, "commit_file", full_after_some_patches)
+    out = tmp_path / "patches"
+    argv = ["patches", "--data", str(tmp_path / "big"), "--out", str(out), "--scheme", "s2", "--patch-size", "16"]
+    capsys.readouterr()
+    assert main([*argv, "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no space left on device" in err and "available" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".patches.tmp-*"))  # no set, complete or partial
+    monkeypatch.setattr(atomic, "commit_file", real_commit)
+    assert main([*argv, "--workers", "1"]) in (0, 1) and (out / "patches.json").is_file()
+
+
 def test_edquot_is_a_full_disk_too_and_other_errors_are_not() -> None:
     assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
     assert is_disk_full(RuntimeError("write failed: [Errno 28] No space left on device"))

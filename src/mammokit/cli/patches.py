@@ -86,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mammokit.data.patches import PatchConfig, PatchSamplingError, sample_patches
+    from mammokit.utils.diskfull import disk_full_as
 
     flags = {
         "scheme": args.scheme,
@@ -102,10 +103,13 @@ def run(args: argparse.Namespace) -> int:
         "workers": args.workers,
     }
     cfg = load_cli_config(PatchConfig, args, flags)
-    try:
-        summary = sample_patches(args.data, args.out, cfg)
-    except PatchSamplingError as exc:
-        raise UserError(str(exc)) from None
+    # A full disk: one line and exit 2; the patch set is built in a staging folder renamed into place only
+    # when complete, so nothing that looks like a patch set is left behind (the staging folder is removed).
+    with disk_full_as(UserError, args.out):
+        try:
+            summary = sample_patches(args.data, args.out, cfg)
+        except PatchSamplingError as exc:
+            raise UserError(str(exc)) from None
     log.info(
         "%d patches (%s, %d px, %d classes) from %d images, %d skipped",
         summary["n_patches"],
