@@ -14,6 +14,13 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# `--backend auto` caches its ONNX export and backend choice in the user cache dir (never in a run folder): the
+# tests use their own, per process, so they neither fill ~/.cache nor find an entry a previous session left.
+if not os.environ.get("MAMMOKIT_CACHE_DIR"):
+    import tempfile
+
+    os.environ["MAMMOKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="mammokit-test-cache-")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MAMMOKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 

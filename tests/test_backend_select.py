@@ -35,8 +35,19 @@ def run(base_run, tmp_path) -> Path:
     return Path(shutil.copytree(base_run, tmp_path / "whole", ignore=shutil.ignore_patterns("cache")))
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_root(tmp_path, monkeypatch):
+    """Each test its own cache root: runs copied from one base run share a cache entry (same weights and card)."""
+    monkeypatch.setenv(export_cache.CACHE_ENV, str(tmp_path / "user-cache"))
+    monkeypatch.setattr(export_cache, "_CACHE_ROOT", None)
+
+
+def _cache(run: Path) -> Path:
+    return export_cache.BackendCache.folder_for(run)
+
+
 def _cache_json(run: Path) -> dict:
-    return json.loads((run / "cache" / "backend.json").read_text())
+    return json.loads((_cache(run) / "backend.json").read_text())
 
 
 def test_choose_takes_the_fastest_within_the_bar_and_keeps_an_exact_one_unless_clearly_slower():
@@ -65,7 +76,7 @@ def test_selection_on_a_cpu_without_bf16_picks_a_valid_backend_and_caches_it(run
     assert x.shape == (1, 1, *HW) and 0.0 <= float(backend.prob_malignant(x)[0]) <= 1.0
     stored = _cache_json(run)
     assert stored["selections"][0]["backend"] == selection.backend
-    assert stored["export"]["max_abs_diff_vs_torch"] <= 1e-4 and (run / "cache" / "model.onnx").is_file()
+    assert stored["export"]["max_abs_diff_vs_torch"] <= 1e-4 and (_cache(run) / "model.onnx").is_file()
     # the same machine again: the stored choice, not a new measurement
     again, _ = select_backend(run, "cpu")
     assert again.from_cache and again.backend == selection.backend and again.trials == selection.trials
@@ -79,7 +90,7 @@ def test_a_missing_onnxruntime_falls_back_to_torch_and_an_explicit_onnx_says_wha
     monkeypatch.setattr(backend_select, "probe_cpu", lambda: NO_BF16)
     predictor = Predictor.from_run(run, device="cpu")
     assert predictor.backend_name == "torch" and [t.backend for t in predictor.selection.trials] == ["torch"]
-    assert not (run / "cache" / "model.onnx").exists()  # no export made for a runtime that is not there
+    assert not (_cache(run) / "model.onnx").exists()  # no export made for a runtime that is not there
     image = silhouette_pngs(run.parent / "images", 1)[0]
     assert 0.0 <= predictor.predict(image, heatmap="gradcam").prob_malignant <= 1.0
     with pytest.raises(RuntimeError, match=r"needs onnxruntime.*mammokit\[onnx\].*--backend auto"):
@@ -105,10 +116,10 @@ def test_the_cached_export_is_reused_while_unchanged_and_rebuilt_after_the_weigh
     first, _ = select_backend(run, "cpu")
     assert not first.from_cache
     onnx_sha = _cache_json(run)["export"]["onnx_sha256"]
-    assert exports == [run / "cache" / "model.onnx"]
+    assert exports == [_cache(run) / "model.onnx"]
 
     again, _ = select_backend(run, "cpu", refresh=True)  # measured again, but the export is still fresh
-    assert exports == [run / "cache" / "model.onnx"] and not again.from_cache
+    assert exports == [_cache(run) / "model.onnx"] and not again.from_cache
 
     # new weights (as a retrained run would have): the export and the stored selection are stale
     weights = load_file(run / WEIGHTS)
@@ -134,17 +145,28 @@ def test_the_cached_export_is_reused_while_unchanged_and_rebuilt_after_the_weigh
     assert len(exports) == 3
 
 
-def test_a_read_only_run_folder_caches_in_the_user_cache(run, monkeypatch, tmp_path):
-    real_writable = export_cache._writable_dir
-    # the run folder refuses writes (as a read-only mount would; chmod does not stop root, who runs these tests)
-    monkeypatch.setattr(export_cache, "_writable_dir", lambda p: not str(p).startswith(str(run)) and real_writable(p))
-    monkeypatch.setenv(export_cache.CACHE_ENV, str(tmp_path / "user-cache"))
+def test_the_cache_is_never_in_the_run_folder_and_is_keyed_by_the_model(run, monkeypatch, tmp_path):
     monkeypatch.setattr(backend_select, "probe_cpu", lambda: NO_BF16)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # torch only: this test is about where, not what
+    before = sorted(p.name for p in run.iterdir())
     selection, _ = select_backend(run, "cpu")
-    assert not (run / "cache").exists()
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written into the run folder
     (folder,) = (tmp_path / "user-cache" / "runs").iterdir()
     assert json.loads((folder / "backend.json").read_text())["selections"][0]["backend"] == selection.backend
+    # --cache-dir (set_cache_root) takes precedence over $MAMMOKIT_CACHE_DIR
+    export_cache.set_cache_root(tmp_path / "flag-cache")
+    try:
+        assert _cache(run).parent == tmp_path / "flag-cache" / "runs"
+        select_backend(run, "cpu")
+        assert (_cache(run) / "backend.json").is_file()
+        # another model (other weights) gets its own entry, never the first one's
+        other = Path(shutil.copytree(run, tmp_path / "other"))
+        card = json.loads((other / "model.json").read_text())
+        card["created"] = "another model"
+        (other / "model.json").write_text(json.dumps(card))
+        assert _cache(other) != _cache(run)
+    finally:
+        export_cache.set_cache_root(None)
     # nowhere writable: a temporary folder for this process, and prediction still works
     monkeypatch.setattr(export_cache, "_writable_dir", lambda p: False)
     again, backend = select_backend(run, "cpu")

@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from mammokit.utils.quiet_logs import quiet_pydicom
 from mammokit.version import __version__
 
 # Order = pipeline order, as shown by `mammokit --help`.
@@ -62,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # pydicom logs (and warns) about every damaged header it meets, with tracebacks; the reader turns each
     # failure into one clear error row, so pydicom's own output is only shown with -v.
-    logging.getLogger("pydicom").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
+    # A filter, not a level: importing pydicom later resets its level to WARNING (issue 25, header values in logs).
+    quiet_pydicom(verbose=args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

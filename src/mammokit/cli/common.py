@@ -92,6 +92,19 @@ def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
 
 
+def add_cache_dir(p: argparse.ArgumentParser) -> None:
+    """`--cache-dir` of predict and serve: where the ONNX export and backend choice of `--backend auto` go."""
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the ONNX export and backend choice are cached, one entry per model (hash of weights + "
+        "model.json); nothing is written into the run folder (default: $MAMMOKIT_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/mammokit, else ~/.cache/mammokit)",
+    )
+
+
 def add_batch_size(p: argparse.ArgumentParser, default: int | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=default, metavar="N", help="images per step")
 

@@ -28,6 +28,7 @@ from mammokit.cli.common import (
     UserError,
     add_assume_pixel_spacing,
     add_batch_size,
+    add_cache_dir,
     add_config_args,
     add_device,
     add_heatmap_options,
@@ -84,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_out(p, help="output folder for predictions.csv/json, errors.csv and heatmaps/")
     add_config_args(p)
     add_device(p)
+    add_cache_dir(p)
     add_batch_size(p)
     add_workers(p)
     p.add_argument(
@@ -98,7 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("auto", "torch", "torch-bf16", "onnx", "openvino"),
         default=None,
         help="what computes p(malignant): auto (default: the fastest backend whose probabilities stay within the "
-        "accuracy bar of float32 torch on this machine, measured once per run folder and cached in RUN/cache; "
+        "accuracy bar of float32 torch on this machine, measured once per model and "
+        "machine and cached under --cache-dir; "
         "docs/prediction.md), torch (float32), torch-bf16 (bfloat16 autocast, CPUs with AVX512-BF16/AMX), "
         "onnx (needs RUN/model.onnx from `mammokit export`; torch is not imported; no heatmaps) or openvino "
         "(if installed). Heatmaps are always computed by the float32 torch model",
@@ -152,6 +155,7 @@ def _config(args: argparse.Namespace) -> PredictConfig:
 def run(args: argparse.Namespace) -> int:
     from mammokit.config import dump_yaml
     from mammokit.infer.ensemble import EnsemblePredictor
+    from mammokit.infer.export_cache import set_cache_root
     from mammokit.infer.inputs import InputError, collect_inputs
     from mammokit.infer.predictor import HeatmapOptions
     from mammokit.run import RunFolderError
@@ -165,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if not items:
         raise UserError("no inputs to predict")
+    set_cache_root(args.cache_dir)  # --backend auto's cache: never written into a run folder
     try:
         options = HeatmapOptions(cfg.gradcam_layer, cfg.gradcam_method, cfg.patch_stride)
         ensemble = EnsemblePredictor.from_runs(
@@ -212,10 +217,10 @@ def _predict_all(predictor: Any, items: list, cfg: PredictConfig, out: Path, *, 
             continue
         row = result.to_record()
         row.update(model_run=predictor.run_name, backend=predictor.backend_name)
-        if is_shrunk(result.fit_scale):  # one line per image: the id the user gave, the factor
+        if is_shrunk(result.fit_scale):  # one line per image: its position (ids are often file names: not logged)
             logging.getLogger(__name__).warning(
-                "%s: the breast is larger than the model's canvas; shrunk by %.2fx to fit (column fit_scale)",
-                result.image_id,
+                "input %d: the breast is larger than the model's canvas; shrunk by %.2fx to fit (column fit_scale)",
+                len(rows) + len(errors) + 1,
                 result.fit_scale,
             )
         if result.members:  # an ensemble: each run's probabilities and call (predictions.json only)

@@ -15,6 +15,7 @@ from typing import Any
 from mammokit.cli.common import (
     UserError,
     add_assume_pixel_spacing,
+    add_cache_dir,
     add_config_args,
     add_device,
     add_workers,
@@ -30,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Serve one or more whole-image runs over HTTP: POST /v1/predict (one image or one exam of up to 4 "
             "views, multipart), GET /v1/model, /healthz, /readyz, /docs, and a viewer page at /. Several runs are "
             "averaged as an ensemble. Binds to 127.0.0.1 by default; another address needs --token (or "
-            "$MAMMOKIT_SERVE_TOKEN). Nothing is written to disk. Research use only."
+            "$MAMMOKIT_SERVE_TOKEN). Uploads and results stay in memory; nothing is written into the run folders "
+            "(which may be read-only): the one thing written to disk is the model cache (ONNX export and backend "
+            "choice, once per model and machine) under --cache-dir. Research use only."
         ),
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="whole-image run folders (hold model.json)")
@@ -49,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("auto", "torch", "torch-bf16", "onnx", "openvino"),
         default=None,
         help="what computes p(malignant), as for `mammokit predict`: auto (default: the fastest within the accuracy "
-        "bar on this machine, measured once per run and cached), torch, torch-bf16, onnx (no heatmaps) or openvino",
+        "bar on this machine, measured once per model and machine, cached under --cache-dir), torch, torch-bf16, "
+        "onnx (no heatmaps) or openvino",
     )
     p.add_argument("--aggregate", choices=("mean", "max"), default=None, help="views of a breast (default mean)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
@@ -59,6 +63,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-megapixels", type=float, default=None, metavar="MP", help="image size limit (40)")
     p.add_argument("--queue", type=int, default=None, metavar="N", help="requests admitted at once; more get 503 (8)")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="per-request limit in seconds (60)")
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds to receive an upload, plus 1 s per --body-min-rate kB received; slower uploads get 408 (20)",
+    )
+    p.add_argument(
+        "--body-min-rate",
+        type=float,
+        default=None,
+        metavar="KB/S",
+        help="upload rate (kB/s) that extends --body-timeout: a trickling client is cut off, a large fast "
+        "one never (100)",
+    )
+    p.add_argument(
+        "--per-client",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests in progress per client address; more get 429, so one client cannot fill the queue (2)",
+    )
+    p.add_argument(
+        "--trusted-proxy",
+        default=None,
+        metavar="ADDR",
+        help="address(es) of a reverse proxy whose X-Forwarded-For names the client (comma-separated; default: none, "
+        "the header is ignored and each connection's own address counts for --per-client)",
+    )
+    add_cache_dir(p)
     p.set_defaults(func=run)
 
 
@@ -80,6 +114,11 @@ def _config(args: argparse.Namespace) -> Any:
         "max_megapixels": args.max_megapixels,
         "queue": args.queue,
         "timeout_s": args.timeout,
+        "body_timeout_s": args.body_timeout,
+        "body_min_rate_kbs": args.body_min_rate,
+        "per_client": args.per_client,
+        "trusted_proxies": args.trusted_proxy,
+        "cache_dir": str(args.cache_dir) if args.cache_dir else None,
     }
     return load_cli_config(ServeConfig, args, flags)
 
@@ -123,5 +162,15 @@ def run(args: argparse.Namespace) -> int:
         "on" if cfg.token else "off",
     )
     # access_log off: the app logs each request itself with a request id, sizes and timings (no URLs, no names)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, access_log=False, log_config=None)
+    # proxy headers only from a proxy named with --trusted-proxy: uvicorn's default trusts 127.0.0.1, where any
+    # local client could then give itself a new address per request and escape --per-client
+    uvicorn.run(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        access_log=False,
+        log_config=None,
+        proxy_headers=bool(cfg.trusted_proxies),
+        forwarded_allow_ips=cfg.trusted_proxies or "",
+    )
     return 0

@@ -1,22 +1,28 @@
 """The per-run prediction cache: the ONNX export made once, and the backend chosen per machine.
 
-    RUN/cache/model.onnx     the run's probability graph (`infer.onnx.export_onnx`), exported once
-    RUN/cache/backend.json   what the cache was built from, the export's parity check, and one backend
-                             selection per machine (with the timings measured on that machine's CPU)
+    CACHE_ROOT/runs/<key>/model.onnx     the run's probability graph (`infer.onnx.export_onnx`), exported once
+    CACHE_ROOT/runs/<key>/backend.json   what the cache was built from, the export's parity check, and one
+                                         backend selection per machine (with the timings measured on its CPU)
+
+Nothing is written into the run folder (issue 25: a read-only run folder is a normal way to deploy a model, and
+`serve` must write nothing there). CACHE_ROOT is `--cache-dir` of `predict`/`serve` (`set_cache_root`), else
+`$MAMMOKIT_CACHE_DIR`, else `$XDG_CACHE_HOME/mammokit`, else `~/.cache/mammokit`. <key> is a digest of the
+sha256 of the weights (`model.safetensors`) and of the model card (`model.json`), so two models never share an
+entry and a copied or moved run folder finds its cache again. Where CACHE_ROOT cannot be written, a temporary
+folder that lives as long as this process is used (nothing is kept; logged).
 
 What makes it stale, and what then happens:
 
 * the weights (`model.safetensors`) or the model card (`model.json`: normalisation, positive labels) changed
-  (sha256 of each): everything is dropped, the export and every selection;
+  (sha256 of each): they make a new key, so the run starts from an empty cache entry (the entry also records
+  both hashes and is dropped if they ever disagree);
 * the versions the export was made with (mammokit, torch, onnx) changed: the export is redone; where torch is
   not installed the export cannot be redone and is used as it is (its weights still match);
 * a selection is reused only on the same machine (`machine_key`: CPU model, physical cores, bf16/AMX
   support, device) with the same runtime versions (mammokit, torch, onnxruntime, openvino).
 
-Where: `RUN/cache` when the run folder is writable; else a user cache folder (`$MAMMOKIT_CACHE_DIR`, else
-`$XDG_CACHE_HOME/mammokit`, else `~/.cache/mammokit`) under `runs/<digest of the weights and card>`; else a
-temporary folder that lives as long as this process (nothing is kept). Every write is atomic
-(`utils.atomic`), so a killed process or two processes selecting at once never leave a half-written file.
+Every write is atomic (`utils.atomic`), so a killed process or two processes selecting at once never leave a
+half-written file.
 
 This module imports neither torch nor onnxruntime (versions come from package metadata), so the
 torch-free ONNX path can read the cache.
@@ -40,7 +46,6 @@ from mammokit.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = "cache"
 CACHE_JSON = "backend.json"
 CACHE_ONNX = "model.onnx"
 CACHE_FORMAT = 1
@@ -93,12 +98,35 @@ def _writable_dir(path: Path) -> bool:
         return False
 
 
+_CACHE_ROOT: Path | None = None  # set by `--cache-dir` (set_cache_root); None = user_cache_root()
+
+
+def set_cache_root(path: str | Path | None) -> None:
+    """Cache in `path` from now on in this process (`--cache-dir` of predict/serve); None = the default."""
+    global _CACHE_ROOT
+    _CACHE_ROOT = Path(path).expanduser() if path else None
+
+
+def cache_root() -> Path:
+    """Where run caches go: `set_cache_root`'s folder, else `user_cache_root()`."""
+    return _CACHE_ROOT if _CACHE_ROOT is not None else user_cache_root()
+
+
+def cache_key(fingerprint: dict[str, str]) -> str:
+    """The folder name of one model's cache: the weights and the model card, hashed together."""
+    return hashlib.sha256((fingerprint["weights_sha256"] + fingerprint["card_sha256"]).encode()).hexdigest()[:24]
+
+
 def user_cache_root() -> Path:
     """$MAMMOKIT_CACHE_DIR, else $XDG_CACHE_HOME/mammokit, else ~/.cache/mammokit."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "mammokit"
+
+
+def _fingerprint(run_dir: Path) -> dict[str, str]:
+    return {"weights_sha256": file_sha256(run_dir / WEIGHTS), "card_sha256": file_sha256(run_dir / MODEL_JSON)}
 
 
 class BackendCache:
@@ -114,10 +142,7 @@ class BackendCache:
     def open(cls, run_dir: str | Path) -> BackendCache:
         """The run's cache, with stale parts already dropped (a changed run starts from an empty cache)."""
         run_dir = Path(run_dir)
-        fingerprint = {
-            "weights_sha256": file_sha256(run_dir / WEIGHTS),
-            "card_sha256": file_sha256(run_dir / MODEL_JSON),
-        }
+        fingerprint = _fingerprint(run_dir)
         folder = cls._locate(run_dir, fingerprint)
         data = cls._read(folder / CACHE_JSON)
         if data.get("format") != CACHE_FORMAT or any(data.get(k) != v for k, v in fingerprint.items()):
@@ -128,22 +153,22 @@ class BackendCache:
         return cls(run_dir, folder, fingerprint, data)
 
     @staticmethod
+    def folder_for(run_dir: str | Path) -> Path:
+        """The cache folder of `run_dir` under the current cache root (whether or not it exists yet)."""
+        return cache_root() / "runs" / cache_key(_fingerprint(Path(run_dir)))
+
+    @staticmethod
     def _locate(run_dir: Path, fingerprint: dict[str, str]) -> Path:
-        in_run = run_dir / CACHE_DIR
-        if _writable_dir(in_run):
-            return in_run
-        digest = hashlib.sha256((fingerprint["weights_sha256"] + fingerprint["card_sha256"]).encode()).hexdigest()
-        user = user_cache_root() / "runs" / digest[:24]
-        if _writable_dir(user):
-            log.info("%s is read-only: caching the ONNX export and backend selection in %s", run_dir, user)
-            return user
+        folder = cache_root() / "runs" / cache_key(fingerprint)
+        if _writable_dir(folder):
+            return folder
         tmp = Path(tempfile.mkdtemp(prefix="mammokit-cache-"))
         atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-        log.info(
-            "%s and %s are read-only: the ONNX export and backend selection are kept for this process only (set $%s "
-            "to a writable folder to keep them)",
-            run_dir,
-            user,
+        log.warning(
+            "the cache folder %s cannot be written: the ONNX export and backend selection of %s are kept for this "
+            "process only (give a writable folder with --cache-dir or $%s to keep them)",
+            folder,
+            run_dir.name,
             CACHE_ENV,
         )
         return tmp

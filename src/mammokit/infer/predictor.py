@@ -580,7 +580,9 @@ class Predictor(FilePredictions):
         ):
             item = usable[index]
             if isinstance(result, TaskFailed):
-                log.warning("cannot read %s: %s", item.path, result.reason)
+                # the reason goes with the result (errors.csv); the log gets its type only: the message names the
+                # file and may quote a header value (issue 25: neither belongs in a log)
+                log.warning("cannot read input %d (%s)", index + 1, result.reason.split(":", 1)[0])
                 result = PredictionFailure(item.image_id, str(item.path), "read", result.reason)
             yield item, result
 
@@ -641,7 +643,7 @@ def _run_batch(
         results: list[Prediction | PredictionFailure] = list(predict_batch(batch, heatmap))
     except Exception as exc:
         if len(batch) == 1:
-            log.warning("model failed on %s: %s", batch[0].item.path, exc)
+            log.warning("the model failed on one image (%s); reported with its result", type(exc).__name__)
             p = batch[0]
             error = f"{type(exc).__name__}: {exc}"
             results = [PredictionFailure(p.item.image_id, str(p.item.path), "model", error)]

@@ -10,10 +10,11 @@ Routes:
     GET  /docs, /openapi.json   the API description (Swagger UI served from the package: no CDN)
 
 Safety: /v1/* needs `Authorization: Bearer TOKEN` when a token is set (required for a non-loopback bind);
-uploads are parsed in memory under size limits (`serve.uploads`); a bounded queue answers 503 +
-Retry-After when full and a request that runs past the timeout gets 504 (`serve.work`); nothing is
-written to disk. Logs carry a request id, sizes, status and timings - never file names, header fields
-or pixels (messages about a file go to the client only).
+uploads are parsed in memory under size limits (`serve.uploads`) and must arrive at a minimum rate (else
+408); a bounded queue answers 503 + Retry-After when full, one client address holds at most `per_client`
+slots (else 429), and a request that runs past the timeout gets 504 (`serve.work`); nothing is written to
+disk. Every response carries `X-Content-Type-Options: nosniff`. Logs carry a request id, sizes, status and
+timings - never file names, header fields or pixels (messages about a file go to the client only).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from mammokit.serve.models import ExamLimits, ServedModels
 from mammokit.serve.settings import ServeConfig
 from mammokit.serve.store import ResultStore
-from mammokit.serve.uploads import FILE_FIELD, UploadError, parse_predict_form, precheck
-from mammokit.serve.work import JobTimeout, QueueFull, WorkQueue
+from mammokit.serve.uploads import FILE_FIELD, UploadError, parse_predict_form, precheck, within_deadline
+from mammokit.serve.work import ClientBusy, JobTimeout, QueueFull, WorkQueue
 from mammokit.version import __version__
 
 log = logging.getLogger("mammokit.serve")
@@ -77,8 +78,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
-        _quiet_third_party_logs()
-        queue = WorkQueue(capacity=cfg.queue, workers=cfg.workers, timeout_s=cfg.timeout_s)
+        quiet_header_logs()
+        queue = WorkQueue(capacity=cfg.queue, workers=cfg.workers, timeout_s=cfg.timeout_s, per_client=cfg.per_client)
         state["queue"] = queue
         state["store"] = ResultStore(ttl_s=cfg.result_ttl_s, max_bytes=int(cfg.result_store_mb * 2**20))
         loader = None
@@ -101,6 +102,19 @@ def create_app(
     )
     app.state.serve = state
     _add_offline_docs(app)
+    quiet_header_logs()  # also here: an app built without its lifespan (tests) must not log header values either
+
+    @app.exception_handler(Exception)
+    async def unhandled(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers an unhandled exception outside every middleware: say it here, with the headers
+        # every response carries, and log the exception type only (messages can quote a file or a header)
+        rid = getattr(request.state, "request_id", "-")
+        log.error("request_id=%s failed with %s", rid, type(exc).__name__)
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}); quote request id {rid}", "request_id": rid},
+            500,
+            headers={"X-Content-Type-Options": "nosniff", "X-Request-ID": rid},
+        )
 
     def error(status: int, message: str, request_id: str, **extra: Any) -> JSONResponse:
         headers = extra.pop("headers", None)
@@ -115,6 +129,8 @@ def create_app(
         start = time.perf_counter()
         response = await call_next(request)
         response.headers["X-Request-ID"] = rid
+        # browsers must not guess a type from the bytes (an uploaded file echoed back must never run as HTML)
+        response.headers["X-Content-Type-Options"] = "nosniff"
         log.info(
             "request_id=%s %s %s status=%d upload_bytes=%d response_bytes=%s ms=%.1f",
             rid,
@@ -177,6 +193,9 @@ def create_app(
                 "max_megapixels": cfg.max_megapixels,
                 "min_side": cfg.min_side,
                 "timeout_s": cfg.timeout_s,
+                "body_timeout_s": cfg.body_timeout_s,
+                "body_min_rate_kbs": cfg.body_min_rate_kbs,
+                "per_client": cfg.per_client,
                 "result_ttl_s": cfg.result_ttl_s,
             },
             "research_use_only": True,
@@ -197,8 +216,11 @@ def create_app(
         if models is None:
             return error(503, "the models are not loaded yet; see /readyz", rid, headers={"Retry-After": "5"})
         queue: WorkQueue = state["queue"]
+        client = request.client.host if request.client else None  # the peer (or a trusted proxy's X-Forwarded-For)
         try:
-            slot = queue.acquire()  # before reading the body: memory stays bounded by queue x upload limit
+            slot = queue.acquire(client)  # before reading the body: memory stays bounded by queue x upload limit
+        except ClientBusy as exc:
+            return error(429, str(exc), rid, headers={"Retry-After": str(exc.retry_after_s)})
         except QueueFull as exc:
             return error(503, str(exc), rid, headers={"Retry-After": str(exc.retry_after_s)})
         try:
@@ -206,8 +228,11 @@ def create_app(
             declared = int(request.headers.get("content-length") or 0)
             if declared > cfg.max_views * max_file + 2**20:
                 raise UploadError(413, f"upload of {declared / 1e6:.0f} MB is larger than this server accepts")
+            body = within_deadline(
+                request.stream(), timeout_s=cfg.body_timeout_s, min_rate_bytes_s=cfg.body_min_rate_kbs * 1e3
+            )
             form = await parse_predict_form(
-                request.headers.get("content-type"), request.stream(), max_file_bytes=max_file, max_files=cfg.max_views
+                request.headers.get("content-type"), body, max_file_bytes=max_file, max_files=cfg.max_views
             )
             request.state.upload_bytes = form.n_bytes
             heatmap = (form.fields.get("heatmap") or [cfg.default_heatmap])[-1] or cfg.default_heatmap
@@ -232,6 +257,8 @@ def create_app(
             return result
         except UploadError as exc:
             extra = {"errors": exc.errors} if exc.errors else {}
+            if exc.status == 408:  # the rest of the body is not worth reading: close the connection after this
+                extra["headers"] = {"Connection": "close"}
             return error(exc.status, exc.message, rid, **extra)
         except JobTimeout as exc:
             return error(504, str(exc), rid)
@@ -300,7 +327,10 @@ def _add_offline_docs(app: Any) -> None:
 
 
 def _load(runs: list[str], cfg: ServeConfig, state: dict[str, Any]) -> None:
+    from mammokit.infer.export_cache import set_cache_root
+
     start = time.perf_counter()
+    set_cache_root(cfg.cache_dir)  # the ONNX export and backend selection: never into a run folder
     try:
         state["models"] = ServedModels.load(
             runs,
@@ -317,7 +347,13 @@ def _load(runs: list[str], cfg: ServeConfig, state: dict[str, Any]) -> None:
     log.info("loaded %d model(s) in %.1f s; ready", len(runs), time.perf_counter() - start)
 
 
-def _quiet_third_party_logs() -> None:
-    """pydicom's warnings can quote header values (names, dates): keep them out of the service log."""
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
+def quiet_header_logs() -> None:
+    """Keep pydicom's messages (and warnings), which quote header values, out of the service log.
+
+    `mammokit.utils.quiet_logs.quiet_pydicom` filters the pydicom logger itself (a level set here would not last:
+    importing pydicom resets it to WARNING); warnings from pydicom are ignored as well.
+    """
+    from mammokit.utils.quiet_logs import quiet_pydicom
+
+    quiet_pydicom()
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")

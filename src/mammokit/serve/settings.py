@@ -32,15 +32,27 @@ class ServeConfig:
     queue: int = 8  # requests admitted at once (running + waiting); more get HTTP 503 + Retry-After
     workers: int = 2  # requests processed in parallel (reading overlaps the serialised model stage)
     timeout_s: float = 60.0  # per request; HTTP 504 after it
+    # Slow clients (issue 25): an upload body must arrive within body_timeout_s, extended by 1 s for every
+    # body_min_rate_kbs kB received (Apache mod_reqtimeout's "body=20,MinRate=..." rule); else HTTP 408.
+    # A 1 byte/s trickle is cut off after ~20 s; a 100 MB exam at 1 MB/s gets 20 + 100 s.
+    body_timeout_s: float = 20.0
+    body_min_rate_kbs: float = 100.0  # kB/s (1 kB = 1000 bytes)
+    per_client: int = 2  # requests in flight (upload + prediction) per client address; more get HTTP 429
+    # Addresses of reverse proxies whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips); None =
+    # ignore that header: a client could otherwise name itself anew in every request and dodge per_client
+    trusted_proxies: str | None = None
+    cache_dir: str | None = None  # ONNX export + backend selection; None = the user cache dir (never the run)
     result_ttl_s: float = 600.0  # how long a result's PNGs stay fetchable
     result_store_mb: float = 256.0  # memory for result PNGs (oldest results dropped first)
     display_max_side: int = 1024  # px; longer side of the view/heatmap PNGs
 
     def validate(self) -> None:
-        for name in ("max_file_mb", "max_megapixels", "timeout_s", "result_ttl_s", "result_store_mb"):
+        positive = ("max_file_mb", "max_megapixels", "timeout_s", "result_ttl_s", "result_store_mb", "body_timeout_s",
+                    "body_min_rate_kbs")  # fmt: skip
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("max_views", "queue", "workers", "min_side", "display_max_side"):
+        for name in ("max_views", "queue", "workers", "min_side", "display_max_side", "per_client"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:

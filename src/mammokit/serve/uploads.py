@@ -14,7 +14,9 @@ exactly as for `mammokit predict`.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -66,6 +68,38 @@ class _Part:
     data: bytearray = field(default_factory=bytearray)
 
 
+async def within_deadline(
+    stream: AsyncIterator[bytes], *, timeout_s: float, min_rate_bytes_s: float
+) -> AsyncIterator[bytes]:
+    """`stream`'s chunks, or UploadError 408 when the body arrives too slowly.
+
+    The rule of Apache's mod_reqtimeout (`body=20,MinRate=...`): the whole body must have arrived `timeout_s`
+    seconds after the first read, plus 1 s per `min_rate_bytes_s` bytes received so far. A client trickling
+    1 byte/s is cut off after about `timeout_s`; a fast upload of any size never is. The wait for each chunk is
+    bounded by the deadline too, so a client that sends nothing at all is cut off as well.
+    """
+    start = time.monotonic()
+    received = 0
+    iterator = stream.__aiter__()
+    while True:
+        remaining = start + timeout_s + received / min_rate_bytes_s - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(iterator.__anext__(), remaining)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadError(
+                408,
+                f"the upload arrived too slowly ({received} bytes in {time.monotonic() - start:.0f} s; this server "
+                f"needs the body within {timeout_s:g} s plus 1 s per {min_rate_bytes_s / 1e3:g} kB): send it again "
+                "over a faster connection",
+            ) from None
+        received += len(chunk)
+        yield chunk
+
+
 def _clean_filename(raw: str) -> str:
     """Base name only (clients may send full paths), printable, at most 200 characters."""
     name = raw.replace("\\", "/").rsplit("/", 1)[-1]
@@ -79,10 +113,11 @@ async def parse_predict_form(
     """Parse a multipart/form-data body into memory.
 
     Raises:
-        UploadError: 415 not multipart; 413 a file over `max_file_bytes`; 422 more than `max_files` files,
-            an unknown field, an over-long text field, or a malformed body.
+        UploadError: 415 not multipart; 413 a file over `max_file_bytes`; 400 a body that ends before its
+            closing boundary (incomplete); 422 more than `max_files` files, an unknown field, an over-long text
+            field, or a malformed body; and whatever `stream` raises (e.g. 408 from `within_deadline`).
     """
-    from python_multipart.multipart import MultipartParser, parse_options_header
+    from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
     ctype, params = parse_options_header(content_type or "")
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
@@ -162,6 +197,14 @@ async def parse_predict_form(
         raise
     except Exception as exc:  # python-multipart raises its own errors on malformed bodies
         raise UploadError(422, f"malformed multipart body ({type(exc).__name__}: {exc})") from None
+    if parser.state != MultipartState.END:
+        # python-multipart's finalize() accepts a body cut off anywhere; a body without its closing
+        # "--BOUNDARY--" is an interrupted upload, and its last file may be cut short
+        raise UploadError(
+            400,
+            "the multipart body ends before its closing boundary ('--BOUNDARY--'): the upload is incomplete or was "
+            "cut off; send it again",
+        )
     for part in parts:
         if part.filename is not None:
             form.files.append(UploadedFile(len(form.files), part.filename, bytes(part.data)))
