@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import signal
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fuzz_corpus import OP_CODESTREAM, OP_DEFLATE, build_seeds, mutate
+from fuzz_corpus import TRACKED, build_seeds, mutant
 from mammokit.io.dicom import MammogramReadError, read_mammogram
 from mammokit.utils.machine import cpu_name
 from mammokit.utils.pool import TaskFailed, run_isolated
@@ -48,12 +47,13 @@ def _init(seeds: list[Path], work: Path, timeout: int) -> None:
     _SEEDS, _WORK, _TIMEOUT = seeds, work, timeout
 
 
-# mutation kinds whose inputs are also counted on their own: the structure-aware ones of issue 25
-_TRACKED = {OP_CODESTREAM: "codestream", OP_DEFLATE: "deflate"}
+_TRACKED = TRACKED  # mutation kinds also counted on their own (codestream, deflate)
 
 
-def _run_one(seed_path: Path, rng_seed: int, work: Path, ops: list[int] | None = None) -> tuple[str, float, str]:
-    data = mutate(seed_path.read_bytes(), random.Random(rng_seed), ops)
+def _run_one(rng_seed: int, work: Path, ops: list[int] | None = None) -> tuple[str, float, str]:
+    seed_path, data, applied = mutant(_SEEDS, rng_seed)
+    if ops is not None:
+        ops.extend(applied)
     path = work / f"input-{os.getpid()}{seed_path.suffix}"
     path.write_bytes(data)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # a hang in native code is killed by the alarm itself
@@ -82,7 +82,7 @@ def _chunk(task: tuple[int, int]) -> dict:
     for rng_seed in range(first, first + CHUNK):
         seed_path = _SEEDS[rng_seed % len(_SEEDS)]
         ops: list[int] = []
-        outcome, elapsed, detail = _run_one(seed_path, rng_seed, _WORK, ops)
+        outcome, elapsed, detail = _run_one(rng_seed, _WORK, ops)
         counts[outcome] += 1
         for op in set(ops) & set(_TRACKED):
             by_kind[_TRACKED[op]][outcome] += 1
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay:
         name, rng_seed = args.replay.rsplit(":", 1)
         _init(seeds, work, args.timeout)
-        print(_run_one(next(p for p in seeds if p.name == name), int(rng_seed), work))
+        assert seeds[int(rng_seed) % len(seeds)].name == name, f"input {rng_seed} is a mutant of another seed"
+        print(_run_one(int(rng_seed), work))
         return 0
 
     counts: Counter[str] = Counter()

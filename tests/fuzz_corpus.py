@@ -336,3 +336,18 @@ def mutate(seed: bytes, rng: random.Random, ops: list[int] | None = None) -> byt
         if ops is not None and data != before:
             ops.append(op)
     return bytes(data)
+
+
+# mutation kinds whose inputs the fuzzers also count on their own: the structure-aware ones of issue 25
+TRACKED = {OP_CODESTREAM: "codestream", OP_DEFLATE: "deflate"}
+
+
+def mutant(seeds: list[Path], rng_seed: int) -> tuple[Path, bytes, list[int]]:
+    """Input number `rng_seed` of a fuzz run: (its seed file, the mutated bytes, the mutation kinds applied).
+
+    The one numbering both fuzzers use (benchmarks/fuzz_reader.py reads the bytes, benchmarks/fuzz_service.py
+    uploads them), so an input is replayed by its seed file name and number in either.
+    """
+    seed_path = seeds[rng_seed % len(seeds)]
+    ops: list[int] = []
+    return seed_path, mutate(seed_path.read_bytes(), random.Random(rng_seed), ops), ops
