@@ -22,11 +22,16 @@ EXPECTED_SIDE_VIEW = {"rcc": ("R", "CC"), "lcc": ("L", "CC"), "rmlo": ("R", "MLO
 
 
 def make_tiny_runs(
-    root: Path, hw: tuple[int, int] = TINY_HW, seed: int = 0, spec: PreprocessSpec | None = None
+    root: Path,
+    hw: tuple[int, int] = TINY_HW,
+    seed: int = 0,
+    spec: PreprocessSpec | None = None,
+    bilateral: str | None = None,
 ) -> tuple[Path, Path]:
     """A patch run and a whole-image run initialised from it (random weights, resnet18), as training writes them.
 
     `spec`: the PreprocessSpec recorded in model.json (default: the default spec at size `hw`).
+    `bilateral`: a combination rule makes the whole-image run a bilateral model (input channels 2).
 
     Returns:
         (whole_run, patch_run); the whole run's model.json names the patch run as parent_run
@@ -48,13 +53,16 @@ def make_tiny_runs(
         positive_labels=["calc_malignant", "mass_malignant"],
     )
     patch_dir = save_run(root / "patch", patch, patch_card)
-    whole = create_model("whole_image", backbone="resnet18", top=TINY_TOP, pretrained=None)
+    whole = create_model("whole_image", backbone="resnet18", top=TINY_TOP, pretrained=None, bilateral=bilateral)
     whole.trunk.load_state_dict(patch.trunk.state_dict())  # what patch->whole conversion does
+    if bilateral == "concat":  # concat starts blind to the partner (zero weights): make the partner count
+        with torch.no_grad():
+            whole.head.fc.weight.normal_(0.0, 0.05)
     whole_card = ModelCard(
         task="whole",
         arch="whole_image",
-        arch_kwargs={"backbone": "resnet18", "top": TINY_TOP, "num_classes": 2},
-        input=InputSpec(height=hw[0], width=hw[1], preprocess=spec),
+        arch_kwargs={"backbone": "resnet18", "top": TINY_TOP, "num_classes": 2, "bilateral": bilateral},
+        input=InputSpec(height=hw[0], width=hw[1], channels=2 if bilateral else 1, preprocess=spec),
         labels=list(WHOLE_IMAGE_CLASSES),
         positive_labels=["malignant"],
         threshold=0.5,

@@ -197,3 +197,122 @@ def test_train_whole_bilateral_then_evaluate_flags_context(paired: Path, tmp_pat
     imgs = [read_png16(paired / f) for f in test["image_file"]]
     pairs = np.stack([np.stack([imgs[i], imgs[j]]) for i, j in enumerate([1, 0, 3, 2, 4])])
     np.testing.assert_allclose(pred["prob_uncalibrated"], scorer.score(pairs), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- predict == evaluate, ONNX
+
+HW = (128, 96)
+
+
+def _phantom(tmp_path: Path) -> tuple[Path, Path]:
+    """Raw phantom DICOMs (CBIS-DDSM layout, both breasts, CC and MLO) and their prepared folder."""
+    raw, prepared = tmp_path / "raw", tmp_path / "prepared"
+    assert main(["synth", "--layout", "cbis-ddsm", "--women", "4", "--height", "256", "--width", "192",
+                 "--out", str(raw)]) == 0  # fmt: skip
+    assert main(["prepare", "cbis-ddsm", "--root", str(raw), "--out", str(prepared), "--height", str(HW[0]),
+                 "--width", str(HW[1]), "--workers", "1", "--no-progress"]) == 0  # fmt: skip
+    return raw, prepared
+
+
+def _listing(prepared: Path, raw: Path, split: str, path: Path, *, drop: str | None = None) -> pd.DataFrame:
+    """A CSV input list of the split's raw files with the woman/side/view columns a bilateral model pairs by."""
+    table = pd.read_parquet(prepared / "manifest.parquet")
+    table = table[(table["split"] == split) & (table["label"] >= 0)]
+    rows = pd.DataFrame({
+        "path": [str(p if Path(p).is_absolute() else raw / p) for p in table["path"].astype(str)],
+        "image_id": table["image_id"].astype(str), "patient_id": table["patient_id"].astype(str),
+        "laterality": table["laterality"].astype(str), "view": table["view"].astype(str),
+    })  # fmt: skip
+    if drop is not None:
+        rows = rows[rows["image_id"] != drop]
+    rows.to_csv(path, index=False)
+    return rows
+
+
+def test_predict_pairs_raw_files_as_evaluate_pairs_prepared_ones(tmp_path: Path) -> None:
+    from mammokit.config import from_dict
+    from mammokit.preprocess import PreprocessSpec
+    from predict_support import make_tiny_runs
+
+    raw, prepared = _phantom(tmp_path)
+    spec = from_dict(PreprocessSpec, json.loads((prepared / "dataset.json").read_text())["preprocess"])
+    run, _ = make_tiny_runs(tmp_path / "runs", HW, spec=spec, bilateral="concat")
+    table = pd.read_parquet(prepared / "manifest.parquet")
+    split = str(table[table["label"] >= 0]["split"].value_counts().idxmax())
+    rows = _listing(prepared, raw, split, tmp_path / "list.csv")
+    assert len(rows) >= 6
+    for tta in (False, True):
+        ev = tmp_path / f"eval-{tta}"
+        args = ["evaluate", str(run), "--data", str(prepared), "--split", split, "--out", str(ev), "--bootstrap",
+                "10", "--device", "cpu", "--heatmap", "none"]  # fmt: skip
+        assert main(args + (["--tta"] if tta else [])) == 0
+        evaluated = pd.read_csv(ev / "predictions.csv", dtype={"image_id": str}).set_index("image_id")
+        out = tmp_path / f"pred-{tta}"
+        args = ["predict", str(run), str(tmp_path / "list.csv"), "--out", str(out), "--device", "cpu",
+                "--backend", "torch", "--no-progress", "--batch-size", "3", "--tta" if tta else "--no-tta"]  # fmt: skip
+        assert main(args) == 0
+        predicted = pd.read_csv(out / "predictions.csv", dtype={"image_id": str}).set_index("image_id")
+        assert (predicted["context"] == evaluated.loc[predicted.index, "context"]).all()
+        assert (predicted["context"] == "contralateral").sum() >= 4
+        diff = (predicted["prob_malignant"] - evaluated.loc[predicted.index, "prob_malignant"]).abs().max()
+        assert diff <= 1e-5, f"tta={tta}: predict vs evaluate max |dp| = {diff:.2e}"
+        assert np.ptp(predicted["prob_malignant"]) > 1e-3  # the images do get different scores
+
+    # a film whose partner is not in the call: scored with itself, flagged single, and it scores differently
+    paired = pd.read_csv(tmp_path / "pred-False" / "predictions.csv", dtype={"image_id": str}).set_index("image_id")
+    alone = paired.index[paired["context"] == "contralateral"][0]
+    me = rows.set_index("image_id").loc[alone]
+    partner = rows[(rows["patient_id"] == me["patient_id"]) & (rows["view"] == me["view"])
+                   & (rows["laterality"] != me["laterality"])]["image_id"].iloc[0]  # fmt: skip
+    _listing(prepared, raw, split, tmp_path / "list-1.csv", drop=partner)
+    out = tmp_path / "pred-single"
+    assert main(["predict", str(run), str(tmp_path / "list-1.csv"), "--out", str(out), "--device", "cpu",
+                 "--backend", "torch", "--no-progress", "--no-tta"]) == 0  # fmt: skip
+    single = pd.read_csv(out / "predictions.csv", dtype={"image_id": str}).set_index("image_id")
+    assert single.loc[alone, "context"] == "single"
+    assert abs(single.loc[alone, "prob_malignant"] - paired.loc[alone, "prob_malignant"]) > 1e-4
+    records = {r["image_id"]: r for r in _records(json.loads((out / "predictions.json").read_text()))}
+    assert records[alone]["context"] == "single"
+
+
+def _records(obj: object) -> list[dict]:
+    """The per-image records of a predictions.json, wherever they sit in it."""
+    if isinstance(obj, list):
+        return [r for r in obj if isinstance(r, dict) and "image_id" in r]
+    if isinstance(obj, dict):
+        for value in obj.values():
+            found = _records(value)
+            if found:
+                return found
+    return []
+
+
+def test_onnx_takes_the_pair_as_two_inputs_and_matches_torch(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'mammokit[onnx]')")
+    from mammokit.infer.onnx import OnnxBackend
+    from mammokit.infer.pairing import attach_partners
+    from mammokit.infer.predictor import Predictor
+    from predict_support import make_tiny_runs
+
+    raw, prepared = _phantom(tmp_path)
+    from mammokit.config import from_dict
+    from mammokit.preprocess import PreprocessSpec
+
+    spec = from_dict(PreprocessSpec, json.loads((prepared / "dataset.json").read_text())["preprocess"])
+    run, _ = make_tiny_runs(tmp_path / "runs", HW, spec=spec, bilateral="subtract")
+    assert main(["export", str(run)]) == 0
+    assert OnnxBackend(run / "model.onnx").input_names == ["image", "contralateral"]
+    table = pd.read_parquet(prepared / "manifest.parquet")
+    rows = _listing(prepared, raw, str(table["split"].value_counts().idxmax()), tmp_path / "list.csv")
+    from mammokit.infer.inputs import collect_inputs
+
+    for tta in (False, True):
+        torch_pred = Predictor.from_run(run, device="cpu", backend="torch", tta=tta)
+        onnx_pred = Predictor.from_run(run, device="cpu", backend="onnx", tta=tta)
+        batch = [torch_pred.load_image(item) for item in collect_inputs([tmp_path / "list.csv"])]
+        attach_partners(batch)
+        assert sum(p.context == "contralateral" for p in batch) >= 4 and len(batch) == len(rows)
+        p_torch = np.array([r.prob_raw for r in torch_pred.predict_prepared(batch)])
+        p_onnx = np.array([r.prob_raw for r in onnx_pred.predict_prepared(batch)])
+        assert np.ptp(p_torch) > 1e-3
+        assert np.abs(p_onnx - p_torch).max() <= 1e-4, f"tta={tta}"

@@ -48,6 +48,7 @@ CSV_COLUMNS = (
     "call",
     "threshold",
     "fit_scale",
+    "context",  # bilateral models: contralateral | single (infer.pairing); empty for a one-image model
     "model_run",
     "backend",
     "heatmap_backend",

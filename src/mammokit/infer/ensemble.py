@@ -100,6 +100,8 @@ def combine_predictions(members: Sequence[Prediction], *, heatmaps: bool = True)
         meta=first.meta,
         members=[dataclasses.replace(p, heatmap=None, heatmaps={}) for p in members],
         fit_scale=first.fit_scale,  # members prepare alike (check_same_preprocessing): one image, one factor
+        # one partner per image for every bilateral member (paired once per call); None when no member pairs
+        context=next((p.context for p in members if p.context is not None), None),
     )
 
 
@@ -181,6 +183,11 @@ class EnsemblePredictor(FilePredictions):
     def tta(self) -> bool:
         """True when every member averages over the four flips (each follows its own calibration.json)."""
         return all(p.tta for p in self.predictors)
+
+    @property
+    def pairs_views(self) -> bool:
+        """One bilateral member is enough: files are paired once per call, one-image members ignore the partner."""
+        return any(p.pairs_views for p in self.predictors)
 
     def check_heatmap(self, heatmap: str) -> None:
         """Fail before reading any file when a member cannot make the heatmap kind."""

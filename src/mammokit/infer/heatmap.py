@@ -451,6 +451,9 @@ class GradCamRunner:
 
         with torch.enable_grad():
             cells = self.cam(input_tensor=x, targets=[_LogProbTarget(self.positive)] * x.shape[0])  # (B, h, w)
+        # a bilateral model runs its trunk on the image and the other breast as one batch of 2B: the layer's maps
+        # are (2B, h, w), the first B those of the images themselves (the partner's are in its own coordinates)
+        cells = cells[: x.shape[0]]
         height, width = x.shape[-2:]
         h, w = cells.shape[-2:]
         self.map_hw = (h, w)  # cells of the target layer's map for the last input (its resolution)

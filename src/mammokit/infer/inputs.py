@@ -37,6 +37,11 @@ class InputItem:
     image_id: str
     source: str  # the argument it came from (a file, a folder or a CSV list), for error reports
     error: str | None = None  # why this input cannot be used (reported per item in errors.csv, never read)
+    # optional columns of a CSV input list: who the woman is and which breast/view, for a bilateral model's
+    # pairing (`infer.pairing`); a given laterality/view also overrides the file's header for pairing
+    patient_id: str | None = None
+    laterality: str | None = None
+    view: str | None = None
 
 
 is_dicom_file = has_dicom_magic  # the one DICOM magic check lives in mammokit.io.dicom
@@ -65,16 +70,20 @@ def _walk_folder(folder: Path, exclude: Path | None) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and _is_candidate(p) and not _is_under(p, exclude))
 
 
-def _read_csv_list(csv_path: Path) -> list[tuple[Path, str | None]]:
+PAIRING_COLUMNS: tuple[str, ...] = ("patient_id", "laterality", "view")  # optional columns of a CSV input list
+
+
+def _read_csv_list(csv_path: Path) -> list[tuple[Path, str | None, dict[str, str | None]]]:
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         fields = [f.strip() for f in (reader.fieldnames or [])]
         if "path" not in fields:
             raise InputError(
-                f"{csv_path}: a CSV input list needs a 'path' column (and optionally 'image_id'); "
+                f"{csv_path}: a CSV input list needs a 'path' column (and optionally 'image_id', and for a bilateral "
+                "model 'patient_id', 'laterality', 'view'); "
                 f"found columns {fields}"
             )
-        rows: list[tuple[Path, str | None]] = []
+        rows: list[tuple[Path, str | None, dict[str, str | None]]] = []
         for row in reader:
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
             if not row.get("path"):
@@ -82,7 +91,7 @@ def _read_csv_list(csv_path: Path) -> list[tuple[Path, str | None]]:
             path = Path(row["path"]).expanduser()
             if not path.is_absolute():
                 path = csv_path.parent / path
-            rows.append((path, row.get("image_id") or None))
+            rows.append((path, row.get("image_id") or None, {c: row.get(c) or None for c in PAIRING_COLUMNS}))
     return rows
 
 
@@ -145,14 +154,16 @@ def collect_inputs(args: Iterable[str | Path], *, exclude: str | Path | None = N
     given: list[str | None] = []
     sources: list[str] = []
     errors: list[str | None] = []
+    pairing: list[dict[str, str | None]] = []
 
-    def add(path: Path, image_id: str | None, source: str, error: str | None = None) -> None:
+    def add(path: Path, image_id: str | None, source: str, error: str | None = None, extra: dict | None = None) -> None:
         if error is None and _is_under(path, skip_dir):
             error = f"{path}: inside the output folder {skip_dir}; outputs are never read as inputs"
         paths.append(path)
         given.append(image_id)
         sources.append(source)
         errors.append(error)
+        pairing.append(extra or {})
 
     for arg in args:
         p = Path(arg).expanduser()
@@ -169,11 +180,12 @@ def collect_inputs(args: Iterable[str | Path], *, exclude: str | Path | None = N
             except (InputError, OSError, UnicodeDecodeError, csv.Error) as exc:
                 add(p, None, str(p), str(exc) if isinstance(exc, InputError) else f"{p}: unreadable CSV list ({exc})")
                 continue
-            for path, image_id in rows:
-                add(path, image_id, str(p))
+            for path, image_id, extra in rows:
+                add(path, image_id, str(p), extra=extra)
         else:
             add(p, None, str(p))  # a missing file is reported per item by the reader ("file not found")
     ids = _unique_ids(paths, given)
     return [
-        InputItem(path=p, image_id=i, source=s, error=e) for p, i, s, e in zip(paths, ids, sources, errors, strict=True)
+        InputItem(path=p, image_id=i, source=s, error=e, **x)
+        for p, i, s, e, x in zip(paths, ids, sources, errors, pairing, strict=True)
     ]

@@ -6,6 +6,8 @@ p(malignant) per image (uncalibrated; calibration.json, when present, is applied
 NumPy), its input is the prepared image itself, and nobody normalises by hand:
 
     input  "image"           float32 (batch, 1, H, W): the prepared uint16 image's values (0..65535)
+    input  "contralateral"   bilateral models only: the same view of the other breast, float32 (batch, 1, H, W),
+                             prepared alike (`data.pairs`; the image itself where it has no partner)
     output "prob_malignant"  float32 (batch,)
 
 Flip test-time augmentation is not in the graph: the predictor feeds the four flips as one batch and
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 INPUT_NAME = "image"
+PARTNER_INPUT_NAME = "contralateral"  # the second input of a bilateral model's graph
 OUTPUT_NAME = "prob_malignant"
 DEFAULT_OPSET = 18
 # Metadata key/value naming what the graph's input is. Files exported before the graph held the
@@ -81,7 +84,10 @@ def export_onnx(
     # example cannot be declared dynamic ("Invalid ranges") on some torch versions
     example = torch.zeros(2, card.input.channels, h, w)
     with atomic_path(out) as tmp:
-        _torch_export(wrapper, example, tmp, opset)
+        if card.input.channels == 2:  # bilateral: the pair as two named inputs, each (B, 1, H, W)
+            _torch_export(_two_inputs(wrapper), (example[:, :1], example[:, 1:]), tmp, opset)
+        else:
+            _torch_export(wrapper, (example,), tmp, opset)
         _embed_card(tmp, json.dumps(to_dict(card)))
     diff = check_parity(wrapper, out, batch=check_batch, shape=(card.input.channels, h, w))
     if diff > tolerance:
@@ -91,18 +97,38 @@ def export_onnx(
     return out, diff
 
 
-def _torch_export(wrapper: nn.Module, example: Any, path: Path, opset: int) -> None:
-    """torch.export-based exporter first; the TorchScript exporter if the graph does not export."""
+def _two_inputs(graph: nn.Module) -> nn.Module:
+    """A bilateral probability graph with the pair as two inputs: (image, contralateral) -> p(malignant)."""
     import torch
 
+    class TwoInputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.graph = graph
+
+        def forward(self, image: torch.Tensor, contralateral: torch.Tensor) -> torch.Tensor:
+            return self.graph(torch.cat([image, contralateral], dim=1))
+
+    return TwoInputs().eval()
+
+
+def _torch_export(wrapper: nn.Module, example: tuple[Any, ...], path: Path, opset: int) -> None:
+    """torch.export-based exporter first; the TorchScript exporter if the graph does not export.
+
+    `example` holds one (B, 1, H, W) tensor per graph input: the image, and for a bilateral model its partner.
+    """
+    import torch
+
+    names = [INPUT_NAME, PARTNER_INPUT_NAME][: len(example)]
+    batch = torch.export.Dim("batch", min=1, max=4096)
     try:
         torch.onnx.export(
             wrapper,
-            (example,),
+            example,
             str(path),
-            input_names=[INPUT_NAME],
+            input_names=names,
             output_names=[OUTPUT_NAME],
-            dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=4096)}},
+            dynamic_shapes={name: {0: batch} for name in names},
             opset_version=opset,
             dynamo=True,
             external_data=False,
@@ -112,11 +138,11 @@ def _torch_export(wrapper: nn.Module, example: Any, path: Path, opset: int) -> N
         log.warning("torch.export-based ONNX export failed (%s); falling back to the TorchScript exporter", exc)
         torch.onnx.export(
             wrapper,
-            (example,),
+            example,
             str(path),
-            input_names=[INPUT_NAME],
+            input_names=names,
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={**{name: {0: "batch"} for name in names}, OUTPUT_NAME: {0: "batch"}},
             opset_version=min(opset, 17),
             dynamo=False,
         )
@@ -139,7 +165,7 @@ def check_parity(wrapper: nn.Module, onnx_path: Path, *, batch: int, shape: tupl
 
     x = np.random.default_rng(0).integers(0, 65536, (batch, *shape)).astype(np.float32)
     with torch.inference_mode():
-        expected = wrapper(torch.from_numpy(x)).numpy()
+        expected = wrapper(torch.from_numpy(x)).numpy()  # the one-input graph, (B, 2, H, W) for a pair
     got = OnnxBackend(onnx_path).prob_malignant(x)
     return float(np.abs(got - expected).max())
 
@@ -188,7 +214,8 @@ class OnnxBackend:
             raise RuntimeError(f"--device {device}: onnxruntime has no CUDA provider here; use --device cpu or auto")
         providers.append("CPUExecutionProvider")
         self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]  # ["image"] or ["image", "contralateral"]
+        self.input_name = self.input_names[0]
         self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
         if self.session.get_modelmeta().custom_metadata_map.get(INPUT_META_KEY) != INPUT_META_VALUE:
             raise ValueError(
@@ -197,8 +224,15 @@ class OnnxBackend:
             )
 
     def prob_malignant(self, x: np.ndarray) -> np.ndarray:
-        """float32 (B, 1, H, W) in uint16 units (the prepared image's values) -> (B,) float32 p(malignant)."""
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0].reshape(-1)
+        """float32 (B, 1, H, W) in uint16 units (the prepared image's values) -> (B,) float32 p(malignant).
+
+        A bilateral model's graph takes (B, 2, H, W) here: channel 0 feeds "image", channel 1 "contralateral".
+        """
+        x = np.asarray(x, dtype=np.float32)
+        if len(self.input_names) != x.shape[1]:
+            raise ValueError(f"the ONNX graph takes {len(self.input_names)} image(s) per sample, got {x.shape[1]}")
+        feeds = {name: np.ascontiguousarray(x[:, i : i + 1]) for i, name in enumerate(self.input_names)}
+        return self.session.run(None, feeds)[0].reshape(-1)
 
     def card_json(self) -> dict[str, Any] | None:
         """The model card embedded at export, if any."""

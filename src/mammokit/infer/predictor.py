@@ -81,6 +81,9 @@ class Prediction:
     members: list[Prediction] = field(default_factory=list)
     # > 1: the breast was larger than the model's canvas and was shrunk by this factor to fit (Geometry.fit_scale)
     fit_scale: float = 1.0
+    # bilateral models (`infer.pairing`): "contralateral" (scored beside the other breast's same view) or
+    # "single" (no partner in the call: scored with itself); None for a one-image model
+    context: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         """Flat, JSON-able row (no arrays, no header fields beyond laterality/view); call/threshold None for an
@@ -95,6 +98,7 @@ class Prediction:
             "call": None if self.call is None else int(self.call),
             "threshold": None if self.threshold is None else float(self.threshold),
             "fit_scale": round(float(self.fit_scale), 4),
+            "context": self.context,
         }
 
 
@@ -121,6 +125,9 @@ class PreparedImage:
     geometry: Any  # data.geometry.Geometry: prepared grid -> original grid
     meta: MammoMeta
     pixels: np.ndarray | None = None  # (H0, W0) original pixels, kept only when heatmaps are wanted
+    # bilateral models: the partner's prepared image and the context (`infer.pairing.attach_partners`)
+    partner_u16: np.ndarray | None = None
+    context: str | None = None
 
 
 def _needs(heatmap: str, kind: str) -> bool:
@@ -218,6 +225,11 @@ class FilePredictions:
 
     reader: Predictor
 
+    @property
+    def pairs_views(self) -> bool:
+        """Whether a model here is bilateral: each file is then scored beside its partner (`infer.pairing`)."""
+        raise NotImplementedError
+
     def check_heatmap(self, heatmap: str) -> None:
         raise NotImplementedError
 
@@ -263,6 +275,7 @@ class FilePredictions:
         yield from predict_stream(
             self.reader, inputs, heatmap, self.predict_prepared,
             batch_size=batch_size, workers=workers, keep_pixels=keep_pixels, progress=progress,
+            pair=self.pairs_views,
         )  # fmt: skip
 
 
@@ -366,6 +379,10 @@ class Predictor(FilePredictions):
             device=device, channels_last=channels_last, selection=selection, requested_backend=backend,
         )  # fmt: skip
 
+    @property
+    def pairs_views(self) -> bool:
+        return self.card.input.channels == 2
+
     # ---- reading (NumPy only; safe to run in threads) ---------------------------------------
 
     @property
@@ -431,8 +448,10 @@ class Predictor(FilePredictions):
     def _prob_raw(self, batch: Sequence[PreparedImage]) -> np.ndarray:
         """(B,) p(malignant) of prepared images through the inference core (flip-averaged with TTA)."""
         from mammokit.infer.core import images_to_input, score
+        from mammokit.infer.pairing import pair_input
 
-        return score(self.backend.prob_malignant, images_to_input([p.image_u16 for p in batch]), self.tta)
+        images = pair_input(batch) if self.pairs_views else [p.image_u16 for p in batch]
+        return score(self.backend.prob_malignant, images_to_input(images), self.tta)
 
     def _calibrate(self, prob_raw: np.ndarray) -> np.ndarray:
         if self.calibration is None:
@@ -496,7 +515,12 @@ class Predictor(FilePredictions):
         maps: list[dict[str, np.ndarray]] = [{} for _ in batch]
         if _needs(heatmap, "gradcam"):
             opts = self.heatmap_options
-            x = np.stack([p.x for p in batch])  # normalised network input
+            x = np.stack([p.x for p in batch])  # normalised network input (B, 1, H, W)
+            if self.pairs_views:  # (B, 2, H, W); the map is of channel 0, the image itself
+                mean, std = self.card.input.pixel_mean, self.card.input.pixel_std
+                partners = [to_model_input(p.partner_u16, mean, std) if p.partner_u16 is not None else p.x
+                            for p in batch]  # fmt: skip
+                x = np.concatenate([x, np.stack(partners)], axis=1)
             # with flip TTA the map is averaged over the same four flips as p(malignant)
             cams = self.heatmap_backend.gradcam(x, opts.gradcam_layer, opts.gradcam_method, flips=self.tta)  # (B, H, W)
             for m, p, cam in zip(maps, batch, cams, strict=True):
@@ -522,6 +546,7 @@ class Predictor(FilePredictions):
                     heatmaps=maps[i],
                     meta=p.meta,
                     fit_scale=float(getattr(p.geometry, "fit_scale", 1.0)),
+                    context=(p.context or "single") if self.pairs_views else None,
                 )
             )
         return out
@@ -600,8 +625,13 @@ def predict_stream(
     workers: int = 0,
     keep_pixels: bool | None = None,
     progress: bool = False,
+    pair: bool = False,
 ) -> Iterator[tuple[Prediction | PredictionFailure, PreparedImage | None]]:
     """Read and prepare `inputs` with `reader`'s preprocessing, and predict them in batches with `predict_batch`.
+
+    pair: a bilateral model: every file is read first, each is paired with the same view of the other breast
+    among all the call's files (`infer.pairing`), then they are scored. The prepared images of the whole call
+    are then held in memory (2 bytes a pixel: 2 MB per 1152x896 image).
 
     The batch loop behind `Predictor.predict_many` and `EnsemblePredictor.predict_many` (`infer.ensemble`), kept
     in one place so that one run and an ensemble read each file once and treat bad files alike: a file that
@@ -621,15 +651,22 @@ def predict_stream(
     bar = tqdm(total=len(items), unit="img", desc="predict", disable=not progress)
     try:
         batch: list[PreparedImage] = []
+        held: list[PreparedImage] = []  # pair=True: every prepared image of the call, paired before scoring
         for _item, prepared in reader._read_stream(items, keep, workers, prefetch=batch_size + workers):
             if isinstance(prepared, PredictionFailure):
                 bar.update(1)
                 yield prepared, None
                 continue
-            batch.append(prepared)
+            (held if pair else batch).append(prepared)
             if len(batch) >= batch_size:
                 yield from _run_batch(predict_batch, batch, heatmap, bar)
                 batch = []
+        if held:
+            from mammokit.infer.pairing import attach_partners
+
+            attach_partners(held)
+            for start in range(0, len(held), batch_size):
+                yield from _run_batch(predict_batch, held[start : start + batch_size], heatmap, bar)
         if batch:
             yield from _run_batch(predict_batch, batch, heatmap, bar)
     finally:

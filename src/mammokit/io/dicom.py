@@ -945,6 +945,21 @@ def _read_dicom(
         return pixels, _dicom_meta(ds, path, pixels, padding, (lo, hi), voi_desc)
 
 
+def _pair_key(ds: Any) -> str | None:
+    """Which films belong together for a bilateral model (`infer.pairing`): one exam of one woman.
+
+    A one-way digest of (StudyInstanceUID, PatientID), never the values themselves: MammoMeta carries no patient
+    identifier (it is never logged or written out; the digest only groups the files of one call). None when the
+    file has neither.
+    """
+    import hashlib
+
+    study, patient = str(ds.get("StudyInstanceUID", "") or ""), str(ds.get("PatientID", "") or "")
+    if not (study or patient):
+        return None
+    return hashlib.sha256(f"mammokit-pair\0{study}\0{patient}".encode()).hexdigest()[:16]
+
+
 def _dicom_meta(
     ds: Any, path: Path, pixels: np.ndarray, padding: np.ndarray | None, value_range: tuple[float, float], voi: str
 ) -> MammoMeta:
@@ -972,6 +987,9 @@ def _dicom_meta(
         n_windows=_window_count(ds),
         n_voi_luts=len(ds.get("VOILUTSequence") or []),
     )
+    key = _pair_key(ds)
+    if key is not None:
+        extra["pair_key"] = key
     ts = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
     bits = ds.get("BitsStored")
     return MammoMeta(
