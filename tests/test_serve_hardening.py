@@ -305,3 +305,31 @@ def test_a_png_named_like_html_is_served_back_as_png(models):
         ).json()
         image = client.get(body["views"][0]["image_url"])
     assert image.headers["content-type"] == "image/png" and image.headers["x-content-type-options"] == "nosniff"
+
+
+# --------------------------------------------------------------------------------------------- isolated decoding
+
+
+def test_a_decoder_crash_or_runaway_allocation_costs_that_upload_only(models, exam):
+    """Uploads decode in memory-capped worker processes: one that aborts its decoder (twice: it is retried once on a
+    fresh pool) and one that asks for 8 GB get 422 that say so, and the service goes on predicting."""
+    from crash_support import ALLOCATE_MARKER, CRASH_MARKER, read_or_misbehave
+    from mammokit.serve.decode import DecodePool
+
+    png = io.BytesIO()
+    Image.fromarray(phantom((256, 192), bits=8, side="R").astype(np.uint8)).save(png, format="PNG")
+    app = create_app(config=ServeConfig(), models=models)
+    with TestClient(app) as client:
+        app.state.serve["decoder"].shutdown()
+        pool = DecodePool(1, memory_mb=1024, read_fn=read_or_misbehave)
+        app.state.serve["decoder"] = pool
+        try:
+            crash = client.post("/v1/predict", files=[("files", ("c.png", png.getvalue() + CRASH_MARKER, "image/png"))])
+            big = client.post("/v1/predict", files=[("files", ("m.png", png.getvalue() + ALLOCATE_MARKER, "x"))])
+            good = client.post("/v1/predict", files=multipart(exam[:1]), data={"heatmap": "none"})
+        finally:
+            pool.shutdown()
+    assert crash.status_code == 422 and "decoder crashed" in crash.json()["detail"], crash.text
+    assert pool.crashes == 2  # the upload was tried once more on a fresh pool: a second death is its own
+    assert big.status_code == 422 and "more memory than this server allows" in big.json()["detail"], big.text
+    assert good.status_code == 200, good.text

@@ -10,7 +10,8 @@ Routes:
     GET  /docs, /openapi.json   the API description (Swagger UI served from the package: no CDN)
 
 Safety: /v1/* needs `Authorization: Bearer TOKEN` when a token is set (required for a non-loopback bind);
-uploads are parsed in memory under size limits (`serve.uploads`) and must arrive at a minimum rate (else
+uploads are parsed in memory under size limits (`serve.uploads`), decoded in memory-capped worker processes
+(`serve.decode`: a decoder crash costs that request, never the service), and must arrive at a minimum rate (else
 408); a bounded queue answers 503 + Retry-After when full, one client address holds at most `per_client`
 slots (else 429), and a request that runs past the timeout gets 504 (`serve.work`); nothing is written to
 disk. Every response carries `X-Content-Type-Options: nosniff`. Logs carry a request id, sizes, status and
@@ -34,6 +35,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from mammokit.serve.decode import DecodePool
 from mammokit.serve.models import ExamLimits, ServedModels
 from mammokit.serve.settings import ServeConfig
 from mammokit.serve.store import ResultStore
@@ -82,6 +84,8 @@ def create_app(
         queue = WorkQueue(capacity=cfg.queue, workers=cfg.workers, timeout_s=cfg.timeout_s, per_client=cfg.per_client)
         state["queue"] = queue
         state["store"] = ResultStore(ttl_s=cfg.result_ttl_s, max_bytes=int(cfg.result_store_mb * 2**20))
+        decoder = DecodePool(cfg.workers, cfg.decode_memory_mb) if cfg.isolate_decoding else None
+        state["decoder"] = decoder
         loader = None
         if state["models"] is None:
             loader = asyncio.create_task(asyncio.to_thread(_load, runs or [], cfg, state))
@@ -91,6 +95,8 @@ def create_app(
             if loader is not None and not loader.done():
                 await asyncio.wait([loader])
             queue.shutdown()
+            if decoder is not None:
+                decoder.shutdown()
 
     app = FastAPI(
         title="mammokit serve",
@@ -249,6 +255,7 @@ def create_app(
                     limits=ExamLimits(min_side=cfg.min_side, display_max_side=cfg.display_max_side),
                     store=state["store"],
                     inline=inline,
+                    decoder=state.get("decoder"),
                 )
             )
             result["timings_ms"]["total"] = round((time.perf_counter() - start) * 1e3, 1)
@@ -344,6 +351,8 @@ def _load(runs: list[str], cfg: ServeConfig, state: dict[str, Any]) -> None:
         state["load_error"] = f"{type(exc).__name__}: {exc}"
         log.error("loading the models failed: %s", state["load_error"])
         return
+    if state.get("decoder") is not None:
+        state["decoder"].warm_up()  # the decode workers start now, not on the first upload
     log.info("loaded %d model(s) in %.1f s; ready", len(runs), time.perf_counter() - start)
 
 

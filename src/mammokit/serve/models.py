@@ -33,6 +33,7 @@ from mammokit.infer.inputs import InputItem
 from mammokit.infer.predictor import HEATMAP_KINDS, Prediction, Predictor, PreparedImage
 from mammokit.io.dicom import KNOWN_VIEWS, MammogramReadError
 from mammokit.io.meta import MammoMeta
+from mammokit.serve.decode import DecodePool
 from mammokit.serve.store import ResultStore
 from mammokit.serve.uploads import UploadedFile, UploadError
 
@@ -159,8 +160,12 @@ class ServedModels:
         limits: ExamLimits | None = None,
         store: ResultStore | None = None,
         inline: bool = False,
+        decoder: DecodePool | None = None,
     ) -> dict[str, Any]:
         """Read, check, predict and (optionally) render one image or exam; returns the JSON-able result.
+
+        `decoder`: decode the uploads in its memory-capped worker processes (the service always passes one);
+        None = in this process.
 
         Raises:
             UploadError: 422 with one entry per rejected file when any file cannot be used.
@@ -169,7 +174,7 @@ class ServedModels:
         if heatmap not in self.heatmap_kinds:
             raise UploadError(422, f"heatmap {heatmap!r} is not available here; choose one of {self.heatmap_kinds}")
         t0 = time.perf_counter()
-        read, read_notes = self._read_all(uploads, lateralities, views, limits)
+        read, read_notes = self._read_all(uploads, lateralities, views, limits, decoder)
         t_read = time.perf_counter()
         per_run = self._predict(read, heatmap)
         t_model = time.perf_counter()
@@ -187,14 +192,19 @@ class ServedModels:
         return result
 
     def _read_all(
-        self, uploads: Sequence[UploadedFile], lateralities: Sequence[str], views: Sequence[str], limits: ExamLimits
+        self,
+        uploads: Sequence[UploadedFile],
+        lateralities: Sequence[str],
+        views: Sequence[str],
+        limits: ExamLimits,
+        decoder: DecodePool | None = None,
     ) -> tuple[list[_ReadView], list[str]]:
         """The uploads read and checked, and notes on what reading decided (guessed sides undone)."""
         errors: list[dict[str, Any]] = []
         out: list[_ReadView] = []
         for i, up in enumerate(uploads):
             try:
-                out.append(self._read_one(up, _at(lateralities, i), _at(views, i), limits))
+                out.append(self._read_one(up, _at(lateralities, i), _at(views, i), limits, decoder))
             except (MammogramReadError, ValueError) as exc:
                 errors.append({"file": up.index, "filename": up.filename, "error": str(exc)})
         seen: dict[tuple[str, str], str] = {}
@@ -218,13 +228,18 @@ class ServedModels:
             raise UploadError(422, f"rejected: {first}{more}", errors=errors)
         return out, guessed_twice
 
-    def _read_one(self, up: UploadedFile, laterality: str, view: str, limits: ExamLimits) -> _ReadView:
+    def _read_one(
+        self, up: UploadedFile, laterality: str, view: str, limits: ExamLimits, decoder: DecodePool | None = None
+    ) -> _ReadView:
         item = InputItem(path=Path(up.filename), image_id=f"view{up.index + 1}", source="upload")
         reads: dict[tuple, tuple[np.ndarray, MammoMeta]] = {}
         for p in self.predictors:
             key = tuple(sorted(p.reader_options.items()))
             if key not in reads:
-                reads[key] = p.read(item, data=up.data)
+                if decoder is not None:  # in a capped worker process: a crash costs this upload only
+                    reads[key] = decoder.read(up.data, str(item.path), p.reader_options)
+                else:
+                    reads[key] = p.read(item, data=up.data)
         pixels, meta = next(iter(reads.values()))
         if min(pixels.shape) < limits.min_side:
             raise ValueError(

@@ -41,6 +41,10 @@ class ServeConfig:
     # Addresses of reverse proxies whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips); None =
     # ignore that header: a client could otherwise name itself anew in every request and dodge per_client
     trusted_proxies: str | None = None
+    # uploads are decoded in `workers` processes, each capped at its start-up size + decode_memory_mb MiB (a 40 MP
+    # image is 160 MB as float32; decoders need a few copies): a crash or runaway allocation costs that upload only
+    decode_memory_mb: float = 2048.0
+    isolate_decoding: bool = True  # False: decode in the service process (faster to start; for debugging only)
     cache_dir: str | None = None  # ONNX export + backend selection; None = the user cache dir (never the run)
     result_ttl_s: float = 600.0  # how long a result's PNGs stay fetchable
     result_store_mb: float = 256.0  # memory for result PNGs (oldest results dropped first)
@@ -48,7 +52,7 @@ class ServeConfig:
 
     def validate(self) -> None:
         positive = ("max_file_mb", "max_megapixels", "timeout_s", "result_ttl_s", "result_store_mb", "body_timeout_s",
-                    "body_min_rate_kbs")  # fmt: skip
+                    "body_min_rate_kbs", "decode_memory_mb")  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
