@@ -11,8 +11,9 @@ with `--set min_side=16`, so the 40 x 32-pixel seeds that still decode go on thr
 
 Reported: inputs uploaded, outcomes (HTTP status; for 4xx the kind of refusal from the message, for 5xx the
 error type), the good-file checks (every one must be 200), service deaths (the process gone or a connection
-dropped; the service is restarted and the count goes on - it must stay 0), the service's peak RSS (VmHWM) and
-that of any child processes it starts, the slowest upload, the service's CPU seconds beside the wall seconds.
+dropped; the service is restarted and the count goes on - it must stay 0), decode workers lost (a decoder
+crash costs that upload only, serve.decode), the service's peak RSS (VmHWM) and that of its decode workers
+(sampled every 5th upload), the slowest upload, the service's CPU seconds beside the wall seconds.
 Exit status 1 on a death, a 5xx or a failed good-file check.
 """
 
@@ -79,15 +80,19 @@ def _proc_kib(pid: int, field: str) -> int:
     return 0
 
 
-def _children(pid: int) -> list[int]:
-    out = []
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (the decode workers are children of the service's forkserver)."""
+    parent_of = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry.name))
+                parent_of[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
+    out, frontier = [], {pid}
+    while frontier:
+        frontier = {child for child, parent in parent_of.items() if parent in frontier}
+        out.extend(frontier)
     return out
 
 
@@ -148,7 +153,7 @@ def fuzz(*, seconds: float | None, inputs: int | None, every: int, seed: int, wo
                     examples.setdefault(outcome, name)
                     if elapsed > slowest[0]:
                         slowest = (elapsed, name)
-                    for child in _children(proc.pid):
+                    for child in _descendants(proc.pid) if n % 5 == 0 else ():  # /proc scan: every 5th
                         peak_child = max(peak_child, _proc_kib(child, "VmHWM"))
                     if proc.poll() is not None or outcome.startswith("no answer"):
                         deaths.append(f"after {name}: {outcome}, exit status {proc.poll()}")
@@ -166,6 +171,7 @@ def fuzz(*, seconds: float | None, inputs: int | None, every: int, seed: int, wo
                 cpu_service += _cpu_s(proc.pid) - cpu_start
     elapsed = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    worker_deaths = log.read_text(errors="replace").count("a decode worker died") if log.exists() else 0
     return {
         "inputs": n,
         "wall_s": round(elapsed, 1),
@@ -179,7 +185,8 @@ def fuzz(*, seconds: float | None, inputs: int | None, every: int, seed: int, wo
         "service_deaths": len(deaths),
         "deaths": deaths[:10],
         "service_peak_rss_mib": round(peak_service / 1024, 1),
-        "child_peak_rss_mib": round(peak_child / 1024, 1) if peak_child else None,
+        "decode_worker_peak_rss_mib": round(peak_child / 1024, 1) if peak_child else None,
+        "decode_worker_deaths": worker_deaths,  # each costs its upload only (a 422); the service goes on
         "slowest_upload": {"seconds": round(slowest[0], 3), "input": slowest[1]},
         "examples": examples,
         "cpu": cpu_name(),
