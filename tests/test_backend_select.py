@@ -184,13 +184,68 @@ def test_bf16_and_fp32_agree_within_the_bar_on_a_tiny_model(base_run):
     assert bf16.dtype == np.float32  # the probabilities themselves are float32 whatever the compute precision
 
 
-def test_on_a_bf16_cpu_the_bf16_candidate_is_measured_against_the_bar(run, monkeypatch):
-    caps = CpuCaps("AMX test CPU", 2, avx512=True, bf16=True, amx=True)
-    monkeypatch.setattr(backend_select, "probe_cpu", lambda: caps)
-    monkeypatch.setattr(backend_select, "BF16_BAR", 0.0)  # an impossible bar: bf16 must be refused, not chosen
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # torch fp32 against torch bf16 only (no export)
+AMX = CpuCaps("AMX test CPU", 2, avx512=True, bf16=True, amx=True)  # a CPU that offers bf16 (as this machine)
+
+
+def test_auto_chooses_only_float32_backends_even_on_a_cpu_with_bf16(run, monkeypatch):
+    """Issue 25 point 8: auto chose bf16 on a CPU with AVX512-BF16, and gave other numbers than on one without."""
+    monkeypatch.setattr(backend_select, "probe_cpu", lambda: AMX)
+    monkeypatch.setattr(backend_select, "BF16_BAR", 1.0)  # were bf16 a candidate, any accuracy would pass
     selection, _ = select_backend(run, "cpu")
-    bf16 = next(t for t in selection.trials if t.backend == "torch-bf16")
-    assert not bf16.accepted and bf16.max_abs_diff > 0.0 and "> 0e+00" in bf16.note
-    assert selection.backend == "torch" and [t.backend for t in selection.trials] == ["torch", "torch-bf16"]
+    tried = [t.backend for t in selection.trials]
+    assert "torch-bf16" not in tried and tried[0] == "torch"
+    assert selection.backend in ("torch", "onnx", "openvino") and "bf16=True" in selection.machine
     assert Selection.from_dict(selection.to_dict()).trials == selection.trials  # the cache round trip
+
+
+def test_a_stored_bf16_choice_from_an_older_version_is_measured_again(run, monkeypatch):
+    monkeypatch.setattr(backend_select, "probe_cpu", lambda: AMX)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    first, _ = select_backend(run, "cpu")
+    cache = export_cache.BackendCache.open(run)
+    old = {**first.to_dict(), "backend": "torch-bf16"}  # what the cache held before auto was float32-only
+    cache.record_selection(first.machine, old)
+    again, _ = select_backend(run, "cpu")
+    assert again.backend == "torch" and not again.from_cache
+
+
+def _predict_cli(run: Path, inputs: list[Path], out: Path, *flags: str) -> int:
+    from mammokit.cli import main
+
+    return main(["predict", str(run), *map(str, inputs), "--out", str(out), "--device", "cpu", "--no-progress",
+                 *flags])  # fmt: skip
+
+
+def _probs(out: Path) -> tuple[np.ndarray, list[str], dict]:
+    import csv
+
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    summary = json.loads((out / "predictions.json").read_text())
+    return np.array([float(r["prob_malignant"]) for r in rows]), [r["precision"] for r in rows], summary
+
+
+def test_auto_on_a_bf16_cpu_gives_the_float32_torch_numbers_and_bf16_only_when_asked(run, monkeypatch, tmp_path):
+    monkeypatch.setattr(backend_select, "probe_cpu", lambda: AMX)
+    images = silhouette_pngs(tmp_path / "in", n=3)
+    assert _predict_cli(run, images, tmp_path / "fp32", "--backend", "torch") == 0
+    assert _predict_cli(run, images, tmp_path / "auto") == 0
+    assert _predict_cli(run, images, tmp_path / "bf16", "--precision", "bfloat16") == 0
+    fp32, fp32_prec, fp32_json = _probs(tmp_path / "fp32")
+    auto, auto_prec, auto_json = _probs(tmp_path / "auto")
+    bf16, bf16_prec, bf16_json = _probs(tmp_path / "bf16")
+    # the same numbers as float32 torch, whichever float32 runtime auto picked (to float32 rounding)
+    np.testing.assert_allclose(auto, fp32, rtol=0, atol=1e-6)
+    assert auto_prec == fp32_prec == ["float32"] * 3 and auto_json["precision"] == fp32_json["precision"] == "float32"
+    assert auto_json["backend"] != "torch-bf16"
+    # bfloat16 only when asked, and then said so in both files
+    assert bf16_prec == ["bfloat16"] * 3 and bf16_json["precision"] == "bfloat16"
+    assert bf16_json["backend"] == "torch-bf16" and 0.0 < np.abs(bf16 - fp32).max() <= BF16_BAR
+
+
+def test_precision_a_backend_cannot_run_is_a_usage_error(run, tmp_path, capsys):
+    images = silhouette_pngs(tmp_path / "in", n=1)
+    assert _predict_cli(run, images, tmp_path / "o", "--backend", "onnx", "--precision", "bfloat16") == 2
+    assert "computes in float32, not bfloat16" in capsys.readouterr().err
+    assert _predict_cli(run, images, tmp_path / "o", "--backend", "torch-bf16", "--precision", "float32") == 2
+    assert not (tmp_path / "o" / "predictions.csv").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -33,11 +34,11 @@ def _prepare(raw_root: Path, out: Path) -> int:
 
 
 def _tree(folder: Path) -> dict[str, str]:
-    """relative path -> sha256 of every visible file under `folder`."""
+    """relative path -> sha256 of every visible file under `folder` (the command's log, which has times, left out)."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
+        if p.is_file() and not p.name.startswith(".") and p.suffix != ".log"
     }
 
 
@@ -52,9 +53,15 @@ def reference(raw: Path, tmp_path: Path) -> dict[str, str]:  # noqa: F811
     return _tree(tmp_path / "big")
 
 
+def _error_lines(err: str) -> list[str]:
+    """The lines of stderr about the failure (progress and log lines such as a split warning left out)."""
+    words = (": error:", "errno", "no space", "traceback", "exception")
+    return [line for line in err.splitlines() if any(w in line.lower() for w in words)]
+
+
 def _assert_stopped_short(out: Path, err: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err  # one line, no traceback
+    lines = _error_lines(err)
+    assert len(lines) == 1 and lines[0].startswith("mammokit prepare: error: "), err  # one line, no traceback
     assert "no space left on device" in lines[0] and str(out) in lines[0] and "available" in lines[0]
     assert "run the same command again: it resumes" in lines[0]
     assert "Traceback" not in err
@@ -111,6 +118,7 @@ def test_prepare_enospc_while_writing_the_tables_leaves_no_manifest_and_no_datas
 
     monkeypatch.setattr(atomic, "commit_file", full_at_errors_csv)
     out = tmp_path / "small"
+    capsys.readouterr()
     assert _prepare(raw, out) == 2
     _assert_stopped_short(out, capsys.readouterr().err)  # the manifest written before was removed again
 
@@ -119,6 +127,7 @@ def test_prepare_enospc_while_writing_the_tables_leaves_no_manifest_and_no_datas
 
     monkeypatch.setattr(atomic, "commit_file", real_commit)
     monkeypatch.setattr(pd.DataFrame, "to_parquet", pyarrow_full)  # pyarrow's error names no file
+    capsys.readouterr()
     assert _prepare(raw, out) == 2
     _assert_stopped_short(out, capsys.readouterr().err)
 
@@ -144,6 +153,7 @@ def test_a_finished_folder_rerun_into_a_full_disk_does_not_keep_its_old_completi
         real_commit(tmp, path, durable=durable)
 
     monkeypatch.setattr(atomic, "commit_file", full)
+    capsys.readouterr()
     assert _prepare(raw, out) == 2
     _assert_stopped_short(out, capsys.readouterr().err)
 
@@ -240,3 +250,123 @@ def test_prepare_into_a_real_small_tmpfs_then_enlarged_resumes_to_the_big_disk_r
     small_disk.resize(4 * need_kb + 256)  # space freed
     assert _prepare(raw, out) == 1
     assert _tree(out) == reference
+
+
+# --- predict ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def whole_run() -> Path:
+    from predict_support import tiny_runs
+
+    return tiny_runs()[0]
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> list[Path]:
+    from predict_support import silhouette_pngs
+
+    return silhouette_pngs(tmp_path / "inputs", n=3)
+
+
+def _predict(run: Path, inputs: list[Path], out: Path) -> int:
+    argv = ["predict", str(run), *map(str, inputs), "--out", str(out), "--device", "cpu", "--backend", "torch",
+            "--heatmap", "gradcam", "--no-progress"]  # fmt: skip
+    return main(argv)
+
+
+def _predictions(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+
+
+@pytest.fixture
+def predicted(whole_run: Path, inputs: list[Path], tmp_path: Path) -> pd.DataFrame:
+    """predictions.csv of a run on a big disk."""
+    assert _predict(whole_run, inputs, tmp_path / "big-predict") == 0
+    return _predictions(tmp_path / "big-predict")
+
+
+def _assert_no_predictions(out: Path, err: str) -> None:
+    lines = _error_lines(err)
+    assert len(lines) == 1 and lines[0].startswith("mammokit predict: error: no space left on device"), err
+    assert "available" in lines[0] and str(out) in lines[0] and "Traceback" not in err
+    for name in ("predictions.csv", "predictions.json", "errors.csv"):
+        assert not (out / name).exists(), name
+
+
+@pytest.mark.parametrize("full_at", ["heatmap", "predictions.json"])
+def test_predict_on_a_full_disk_writes_no_predictions_and_a_rerun_completes(
+    whole_run: Path,
+    inputs: list[Path],
+    predicted: pd.DataFrame,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    full_at: str,
+) -> None:
+    """Before: with Grad-CAM an OSError traceback; without, predictions.csv complete and a traceback on .json."""
+    real_commit = atomic.commit_file
+
+    def full(tmp: object, path: object, *, durable: bool = True) -> None:
+        target = Path(str(path))
+        second_heatmap = target.parent.name == "heatmaps" and len(list(target.parent.glob("*.npy"))) >= 1
+        if (full_at == "heatmap" and second_heatmap) or target.name == full_at:
+            raise _enospc(tmp)
+        real_commit(tmp, path, durable=durable)
+
+    monkeypatch.setattr(atomic, "commit_file", full)
+    out = tmp_path / "small"
+    capsys.readouterr()
+    assert _predict(whole_run, inputs, out) == 2
+    _assert_no_predictions(out, capsys.readouterr().err)
+    monkeypatch.setattr(atomic, "commit_file", real_commit)
+    assert _predict(whole_run, inputs, out) == 0
+    pd.testing.assert_frame_equal(_predictions(out), predicted)
+    assert json.loads((out / "predictions.json").read_text())["n_predicted"] == len(inputs)
+
+
+def test_predict_into_a_real_small_tmpfs_then_enlarged(
+    whole_run: Path,
+    inputs: list[Path],
+    predicted: pd.DataFrame,
+    tmp_path: Path,
+    small_disk: SmallDisk,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    need_kb = _kb_on_tmpfs(tmp_path / "big-predict")
+    small_disk.resize(max(16, need_kb // 2))
+    out = small_disk.path / "predicted"
+    capsys.readouterr()
+    assert _predict(whole_run, inputs, out) == 2
+    _assert_no_predictions(out, capsys.readouterr().err)
+    small_disk.resize(4 * need_kb + 256)
+    assert _predict(whole_run, inputs, out) == 0
+    pd.testing.assert_frame_equal(_predictions(out), predicted)
+
+
+# --- evaluate -----------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_on_a_full_disk_leaves_no_metrics_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mammokit.engine.evaluate import EvaluateConfig, evaluate, load_split
+    from test_evaluate import N_BOOT, fake_predictions, make_manifest, make_run
+
+    prepared, run = make_manifest(tmp_path / "prep"), make_run(tmp_path / "run")
+    images, _ = load_split(prepared, "test")
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")  # an earlier evaluation's
+    real_commit = atomic.commit_file
+
+    def full(tmp: object, path: object, *, durable: bool = True) -> None:
+        if Path(str(path)).name == "report.html":
+            raise _enospc(tmp)
+        real_commit(tmp, path, durable=durable)
+
+    monkeypatch.setattr(atomic, "commit_file", full)
+    with pytest.raises(DiskFullError, match=f"no space left on device while writing to {out} "):
+        evaluate([run], prepared, out, EvaluateConfig(n_boot=N_BOOT), predictions=[fake_predictions(images, 3)])
+    assert not (out / "metrics.json").exists()
+    monkeypatch.setattr(atomic, "commit_file", real_commit)
+    evaluate([run], prepared, out, EvaluateConfig(n_boot=N_BOOT), predictions=[fake_predictions(images, 3)])
+    assert json.loads((out / "metrics.json").read_text())["precision"] == "float32"

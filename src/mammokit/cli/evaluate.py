@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from mammokit.data.manifest import ManifestError
     from mammokit.engine.evaluate import EvaluateConfig, EvaluationError, evaluate
     from mammokit.run import RunFolderError
+    from mammokit.utils.diskfull import disk_full_as
 
     if args.fit_calibration is not None:
         raise UserError(
@@ -122,10 +123,12 @@ def run(args: argparse.Namespace) -> int:
     if args.heatmap_top < 0:
         raise UserError(f"--heatmap-top must be >= 0, got {args.heatmap_top}")
     panels = _panel_maker(args, cfg.device, cfg.split)
-    try:
-        result = evaluate(args.runs, args.data, args.out, cfg, heatmaps=heatmaps, heatmap_panels=panels)
-    except (EvaluationError, RunFolderError, ManifestError, ConfigError) as exc:
-        raise UserError(str(exc)) from None
+    # a full disk: one line naming the folder and the space available, exit 2; metrics.json (written last) absent
+    with disk_full_as(UserError, args.out or "eval"):
+        try:
+            result = evaluate(args.runs, args.data, args.out, cfg, heatmaps=heatmaps, heatmap_panels=panels)
+        except (EvaluationError, RunFolderError, ManifestError, ConfigError) as exc:
+            raise UserError(str(exc)) from None
     print(summary_text(result))
     return 0
 

@@ -7,6 +7,11 @@ Writes into DIR:
     heatmaps/<image_id>_<kind>.npy       the raw float32 map on the original image's pixel grid
     predict_config.yaml                  the resolved options
 
+predictions.json is written last, and only when every input is done: a run stopped by a full disk (one line
+naming the folder and the space available and needed, exit status 2) leaves neither predictions file, and a
+rerun with more space writes them. `--backend auto` chooses among float32 backends only; `--precision bfloat16`
+asks for bfloat16, and the precision used is in both predictions files (column / field `precision`).
+
 The preprocessing (crop, flip, resize, normalisation) comes from the run folder; there is no flag
 for it on purpose. Nothing from the DICOM header beyond laterality and view is written.
 
@@ -36,7 +41,7 @@ from mammokit.cli.common import (
     add_workers,
     load_cli_config,
 )
-from mammokit.infer.config import PredictConfig
+from mammokit.infer.config import PRECISIONS, PredictConfig
 
 CSV_COLUMNS = (
     "image_id",
@@ -51,6 +56,7 @@ CSV_COLUMNS = (
     "context",  # bilateral models: contralateral | single (infer.pairing); empty for a one-image model
     "model_run",
     "backend",
+    "precision",  # float32, or bfloat16 when asked (--precision): the compute precision of p(malignant)
     "heatmap_backend",
     "heatmaps",
 )
@@ -108,6 +114,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(if installed). Heatmaps are always computed by the float32 torch model",
     )
     p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="compute precision of p(malignant) (default float32: the same numbers on every CPU, to float32 "
+        "rounding; auto chooses among float32 backends only). bfloat16 = torch under bfloat16 autocast, faster on "
+        "CPUs with AVX512-BF16/AMX, probabilities ~1e-3 away; recorded in predictions.csv/json",
+    )
+    p.add_argument(
         "--patch-run",
         default=None,
         metavar="RUN",
@@ -140,6 +154,7 @@ def _config(args: argparse.Namespace) -> PredictConfig:
         "assume_pixel_spacing": args.assume_pixel_spacing,
         "heatmap": args.heatmap,
         "backend": args.backend,
+        "precision": args.precision,
         "device": None if args.device == "auto" else args.device,
         "batch_size": args.batch_size,
         "workers": args.workers,
@@ -155,14 +170,17 @@ def _config(args: argparse.Namespace) -> PredictConfig:
 
 def run(args: argparse.Namespace) -> int:
     from mammokit.config import dump_yaml
+    from mammokit.infer.config import resolve_precision
     from mammokit.infer.ensemble import EnsemblePredictor
     from mammokit.infer.export_cache import set_cache_root
     from mammokit.infer.inputs import InputError, collect_inputs
     from mammokit.infer.predictor import HeatmapOptions
     from mammokit.run import RunFolderError
     from mammokit.utils.atomic import atomic_write_text
+    from mammokit.utils.diskfull import disk_full_as
 
     cfg = _config(args)
+    backend, precision = resolve_precision(cfg.backend, cfg.precision)  # checked by cfg.validate() already
     out: Path = args.out
     try:
         items = collect_inputs(args.inputs, exclude=out)
@@ -176,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         ensemble = EnsemblePredictor.from_runs(
             [args.run, *args.ensemble],
             cfg.device,
-            cfg.backend,  # each member picks (auto) or checks its own backend, cached in its own folder
+            backend,  # each member picks (auto: float32 only) or checks its own backend, cached in its own folder
             patch_run=cfg.patch_run,
             channels_last=cfg.channels_last,
             tta=cfg.tta,
@@ -188,14 +206,13 @@ def run(args: argparse.Namespace) -> int:
         predictor.check_heatmap(cfg.heatmap)
     except (RunFolderError, FileNotFoundError, ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
-    out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, Any] = {"run": str(args.run)}
     if args.ensemble:
         runs["ensemble"] = [str(r) for r in args.ensemble]
-    atomic_write_text(out / "predict_config.yaml", dump_yaml({**runs, **dataclasses.asdict(cfg)}))
-
-    rows, errors = _predict_all(predictor, items, cfg, out, progress=not args.no_progress)
-    _write_outputs(out, predictor, rows, errors)
+    with disk_full_as(UserError, out):  # ENOSPC/EDQUOT anywhere: one line, exit 2, never a traceback
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "predict_config.yaml", dump_yaml({**runs, **dataclasses.asdict(cfg)}))
+        rows, errors = _predict_and_write(predictor, items, cfg, out, precision, progress=not args.no_progress)
     logger = logging.getLogger(__name__)
     if ensemble.is_ensemble:
         logger.info("ensemble of %d runs (%s): %s", len(ensemble.predictors), predictor.run_name, _no_call_note())
@@ -203,9 +220,48 @@ def run(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def _predict_all(predictor: Any, items: list, cfg: PredictConfig, out: Path, *, progress: bool) -> tuple[list, list]:
+OUTPUT_FILES = ("predictions.csv", "predictions.json", "errors.csv")  # the tables; predictions.json last
+_TABLE_BYTES_PER_INPUT = 1024  # predictions.csv + .json + errors.csv per input, generously (bytes)
+
+
+def _predict_and_write(
+    predictor: Any, items: list, cfg: PredictConfig, out: Path, precision: str, *, progress: bool
+) -> tuple[list, list]:
+    """Predict every input, write heatmaps as they come and the tables at the end; a full disk stops it all.
+
+    The tables of an earlier run in `out` are removed first and the new ones written only when every input is
+    done, so a folder with predictions.json is complete; on a full disk the tables already written go again.
+    """
+    from mammokit.utils.diskfull import disk_full_guard
+
+    tables = [out / name for name in OUTPUT_FILES]
+    for path in tables:
+        path.unlink(missing_ok=True)
+    done = {"inputs": 0, "heatmap_bytes": 0}
+
+    def still_needed() -> int:  # heatmaps at the mean size so far for the inputs left, plus the tables
+        per_input = done["heatmap_bytes"] / done["inputs"] if done["inputs"] else 0.0
+        return int((len(items) - done["inputs"]) * per_input + len(items) * _TABLE_BYTES_PER_INPUT)
+
+    with disk_full_guard(out, needed=still_needed, cleanup=tables):
+        rows, errors = _predict_all(predictor, items, cfg, out, progress=progress, done=done, precision=precision)
+        _write_outputs(out, predictor, rows, errors, precision)
+    return rows, errors
+
+
+def _predict_all(
+    predictor: Any,
+    items: list,
+    cfg: PredictConfig,
+    out: Path,
+    *,
+    progress: bool,
+    done: dict[str, int] | None = None,
+    precision: str = "float32",
+) -> tuple[list, list]:
     from mammokit.data.geometry import is_shrunk
     from mammokit.infer.predictor import Prediction
+    from mammokit.utils.diskfull import bytes_under
 
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
@@ -217,7 +273,7 @@ def _predict_all(predictor: Any, items: list, cfg: PredictConfig, out: Path, *, 
             errors.append(result.to_record())
             continue
         row = result.to_record()
-        row.update(model_run=predictor.run_name, backend=predictor.backend_name)
+        row.update(model_run=predictor.run_name, backend=predictor.backend_name, precision=precision)
         if is_shrunk(result.fit_scale):  # one line per image: its position (ids are often file names: not logged)
             logging.getLogger(__name__).warning(
                 "input %d: the breast is larger than the model's canvas; shrunk by %.2fx to fit (column fit_scale)",
@@ -232,6 +288,9 @@ def _predict_all(predictor: Any, items: list, cfg: PredictConfig, out: Path, *, 
             written = _write_overlays(out / "heatmaps", result, prepared.pixels, cfg, predictor)
         row["heatmaps"] = ";".join(written)
         rows.append(row)
+        if done is not None:  # for the estimate of the space still needed, should the disk fill
+            done["inputs"] = len(rows) + len(errors)
+            done["heatmap_bytes"] += bytes_under(out / name for name in written)
     return rows, errors
 
 
@@ -262,7 +321,10 @@ def _write_overlays(folder: Path, result: Any, pixels: Any, cfg: PredictConfig, 
     return names
 
 
-def _write_outputs(out: Path, predictor: Any, rows: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+def _write_outputs(
+    out: Path, predictor: Any, rows: list[dict[str, Any]], errors: list[dict[str, Any]], precision: str = "float32"
+) -> None:
+    """errors.csv, predictions.csv, then predictions.json: last, so that its presence means the folder is complete."""
     import csv
     import io
 
@@ -276,12 +338,17 @@ def _write_outputs(out: Path, predictor: Any, rows: list[dict[str, Any]], errors
         writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in records)
         return buf.getvalue()
 
+    if errors:
+        atomic_write_text(out / "errors.csv", to_csv(errors, ERROR_COLUMNS))
+    else:
+        (out / "errors.csv").unlink(missing_ok=True)  # a stale list from an earlier run would mislead
     atomic_write_text(out / "predictions.csv", to_csv(rows, CSV_COLUMNS))
     heatmap_backend = predictor.heatmap_backend_name if any(r.get("heatmaps") for r in rows) else None
     if isinstance(predictor, EnsemblePredictor):
         summary: dict[str, Any] = {
             "model_run": predictor.run_name,
             "backend": predictor.backend_name,
+            "precision": precision,
             "ensemble": True,
             "models": [_member_summary(name, p) for name, p in zip(predictor.names, predictor.predictors, strict=True)],
             "heatmap_backend": heatmap_backend,
@@ -293,15 +360,12 @@ def _write_outputs(out: Path, predictor: Any, rows: list[dict[str, Any]], errors
         summary = {
             "model_run": predictor.run_name,
             "backend": predictor.backend_name,
+            "precision": precision,
             "heatmap_backend": heatmap_backend,
         }
         summary.update(_model_summary(predictor))
     summary.update(n_predicted=len(rows), n_failed=len(errors), predictions=rows, errors=errors)
-    atomic_write_json(out / "predictions.json", summary)
-    if errors:
-        atomic_write_text(out / "errors.csv", to_csv(errors, ERROR_COLUMNS))
-    elif (out / "errors.csv").exists():
-        (out / "errors.csv").unlink()  # a stale list from an earlier run in the same folder would mislead
+    atomic_write_json(out / "predictions.json", summary)  # last: its presence means the folder is complete
 
 
 def _no_call_note() -> str:

@@ -36,6 +36,7 @@ from mammokit.engine.split_predict import EvaluationError, check_whole_run, load
 from mammokit.metrics import apply_calibration, ece
 from mammokit.run import ModelCard, read_calibration, read_card
 from mammokit.utils.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from mammokit.utils.diskfull import disk_full_guard
 from mammokit.version import __version__
 
 __all__ = [
@@ -279,6 +280,9 @@ def evaluate(
         "mammokit_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "split": split,
+        # every run is scored by the float32 torch model (split_predict's TorchScorer, no autocast): the same
+        # numbers on every CPU; recorded so that a reader can compare with predict/serve, which may use bfloat16
+        "precision": "float32",
         "settings": {**to_dict(cfg), "ci_level": 1.0 - cfg.alpha},
         "data": _data_summary(frames[primary], prepared, n_unknown),
         "models": [_card_summary(n, r, c, cals[n]) for n, r, c in zip(names, run_dirs, cards, strict=True)],
@@ -306,9 +310,30 @@ def _write_outputs(
     evaluation_plots: Any,
     render_report: Any,
 ) -> None:
-    """predictions.csv, breast/exam tables, plots, metrics.json, evaluate.yaml and report.html in `out`."""
-    results = metrics["results"]
+    """predictions.csv, breast/exam tables, plots, evaluate.yaml, report.html and, last, metrics.json in `out`.
+
+    metrics.json marks the folder complete: one from an earlier evaluation is removed first, and on a full disk
+    (`DiskFullError`: the folder, the space available) it is not written, so no half-written folder looks done.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)
+    with disk_full_guard(out, cleanup=[out / "metrics.json"]):
+        _write_tables_and_report(out, metrics, frames, primary, cfg, heatmaps, panels, evaluation_plots, render_report)
+        atomic_write_json(out / "metrics.json", metrics)
+
+
+def _write_tables_and_report(
+    out: Path,
+    metrics: dict[str, Any],
+    frames: dict[str, pd.DataFrame],
+    primary: str,
+    cfg: EvaluateConfig,
+    heatmaps: Sequence[tuple[str, bytes | Path]],
+    panels: Sequence[dict[str, Any]],
+    evaluation_plots: Any,
+    render_report: Any,
+) -> None:
+    results = metrics["results"]
     pred = frames[primary]
     _write_csv(_nyu_columns(pred), out / "predictions.csv")
     _write_csv(aggregate_predictions(pred, "breast", cfg.aggregate), out / "breast_predictions.csv")
@@ -318,7 +343,6 @@ def _write_outputs(
     plots = evaluation_plots(inputs, results[primary]["image"], reliability)
     for key, png in plots.items():
         atomic_write_bytes(out / f"{key}.png", png)
-    atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "evaluate.yaml", dump_yaml(cfg))
     render_report(metrics, plots, out / "report.html", heatmaps=heatmaps, heatmap_panels=panels)
 

@@ -1,19 +1,24 @@
-"""`--backend auto`: the fastest prediction backend that meets the accuracy bar, per run folder and machine.
+"""`--backend auto`: the fastest float32 prediction backend that meets the accuracy bar, per run folder and machine.
 
-Candidates (each only where its runtime is installed and it can run here):
+Candidates (each only where its runtime is installed and it can run here), all float32, so that the same file
+and model give the same numbers on every CPU (to float32 rounding), whichever of them wins:
 
     torch       the inference core's float32 graph, channels_last (`infer.core.TorchScorer`): the reference
     onnx        the run exported once to ONNX (`infer.export_cache`), ONNX Runtime with tuned session options
                 (`infer.onnx.session_options`: all graph optimisations, one thread per physical core)
     openvino    the same ONNX file with OpenVINO Runtime, float32 (only if `openvino` is already installed)
-    torch-bf16  the torch graph under bfloat16 autocast: only on CPUs with AVX512-BF16 or AMX (`probe_cpu`)
+
+Reduced precision is never chosen by `auto` (issue 25: bf16 was chosen on a CPU with AVX512-BF16, and its
+probabilities differed by 1-3e-3 from the same command on a CPU without it). It runs only when asked:
+`--precision bfloat16` (or `--backend torch-bf16`) is the torch graph under bfloat16 autocast, and every output
+records the precision used (`infer.config.resolve_precision`).
 
 The rule (`choose`): every candidate scores the same calibration batch (`calibration_images`: synthetic
 phantom mammograms prepared at the run's input size) one image at a time (batch 1), after one warm-up call.
 A candidate is accepted when its probabilities stay within the bar of the float32 torch reference: 1e-4 for
-float32 runtimes (the export's own tolerance), 5e-3 for bf16. Of the accepted, the one with the lowest median
+float32 runtimes (the export's own tolerance). Of the accepted, the one with the lowest median
 time per image wins, except that a candidate must be more than 10 % faster to displace one earlier in the
-order above (exact first, reduced precision last), so timing noise between near-equal runtimes does not flip
+order above (torch, the reference, first), so timing noise between near-equal runtimes does not flip
 the choice from run to run.
 
 The selection is measured once per run folder and machine and stored in the run's cache with its timings
@@ -36,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from mammokit.infer.config import BACKEND_PRECISION
 from mammokit.infer.export_cache import BackendCache
 from mammokit.run import ModelCard, read_card
 
@@ -146,11 +152,15 @@ def choose(trials: list[Trial]) -> str:
 
 
 def available_candidates(caps: CpuCaps, on_gpu: bool) -> list[str]:
-    """The candidates whose runtime imports here, in ORDER (bf16 only on a CPU with bf16, never on a GPU)."""
+    """The float32 candidates whose runtime imports here, in ORDER.
+
+    Never a reduced-precision one, whatever the CPU offers (`caps.bf16` only enters the machine key): `auto` must
+    give the same probabilities on every machine; bfloat16 is for `--precision bfloat16` to ask for.
+    """
     if on_gpu:
         return ["torch"] if runtime_available("torch") else []
-    out = [name for name in ORDER if runtime_available(RUNTIME_MODULE[name])]
-    return [name for name in out if name != "torch-bf16" or caps.bf16]
+    float32 = [name for name in ORDER if BACKEND_PRECISION[name] == "float32"]
+    return [name for name in float32 if runtime_available(RUNTIME_MODULE[name])]
 
 
 def calibration_images(card: ModelCard, n: int = N_CALIBRATION) -> np.ndarray:

@@ -6,10 +6,44 @@ that reading a predict config imports neither torch nor onnxruntime.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
 from mammokit.config import ConfigError
+
+# The compute precisions a user may ask for (`--precision` of predict and serve; argparse choices, config values
+# and the `precision` recorded in outputs all come from here). float32 is the default everywhere: the same file
+# gives the same numbers on every CPU (to float32 rounding); bfloat16 only when asked.
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+# what each named backend computes in; "auto" chooses among the float32 ones only (infer.backend_select)
+BACKEND_PRECISION: dict[str, str] = {"torch": "float32", "onnx": "float32", "openvino": "float32",
+                                     "torch-bf16": "bfloat16"}  # fmt: skip
+_REDUCED_BACKEND = {"bfloat16": "torch-bf16"}  # the backend that computes in each reduced precision
+
+
+def resolve_precision(backend: str, precision: str | None) -> tuple[str, str]:
+    """(the backend to load, the precision it computes in) for `--backend` and `--precision`.
+
+    `precision` None means float32, unless the backend named is itself reduced precision (`torch-bf16`).
+    `auto` with float32 lets `backend_select` choose among the float32 runtimes; with bfloat16 it is torch under
+    bfloat16 autocast, as is `torch` with bfloat16. A float32-only runtime asked for bfloat16, or `torch-bf16`
+    asked for float32, is a ConfigError that says what to pass instead.
+    """
+    named = BACKEND_PRECISION.get(backend)
+    if precision is None:
+        return backend, named or "float32"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if backend == "auto" or (backend == "torch" and precision != "float32"):
+        return (backend if precision == "float32" else _REDUCED_BACKEND[precision]), precision
+    if named != precision:
+        raise ConfigError(
+            f"backend {backend!r} computes in {named}, not {precision}: pass --backend auto (or torch) with "
+            f"--precision {precision}, or drop --precision"
+        )
+    return backend, precision
 
 
 @dataclass
@@ -20,6 +54,8 @@ class PredictConfig:
     # auto = the fastest backend within the accuracy bar on this machine (measured once per run, RUN/cache);
     # torch = float32; torch-bf16; onnx = onnxruntime only, torch is never imported; openvino where installed
     backend: Literal["auto", "torch", "torch-bf16", "onnx", "openvino"] = "auto"
+    # None = float32 (or what --backend names); bfloat16 only when asked: recorded in every output
+    precision: Precision | None = None
     device: str = "auto"  # auto = cuda if available (torch) / CUDA provider if installed (onnx)
     batch_size: int = 4  # images per forward pass
     workers: int = 2  # reader processes: decoding runs isolated from the model, in parallel with it
@@ -44,5 +80,6 @@ class PredictConfig:
             raise ConfigError(f"patch_stride must be >= 1 pixel, got {self.patch_stride}")
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ConfigError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
+        resolve_precision(self.backend, self.precision)  # a backend that cannot run in the precision asked
         if self.heatmap != "none" and self.backend == "onnx":
             raise ConfigError("heatmaps need the torch backend (Grad-CAM needs gradients); drop --heatmap or --backend")

@@ -13,6 +13,7 @@ lesion outlines are drawn on both halves when known. `write_raw_map` saves the f
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -258,8 +259,10 @@ def write_overlay(
 
 def write_raw_map(path: str | Path, heat: np.ndarray) -> None:
     """Save a float32 (H, W) map as .npy atomically (NumPy's own format: shape and dtype in the header)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.asarray(heat, dtype=np.float32), allow_pickle=False)
+    buf = io.BytesIO()  # not np.save(file): its short write on a full disk raises OSError without an errno
+    np.save(buf, np.asarray(heat, dtype=np.float32), allow_pickle=False)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getbuffer())  # ENOSPC is then an OSError(28) that `utils.diskfull` recognises
 
 
 def describe_map(
