@@ -249,3 +249,20 @@ def test_precision_a_backend_cannot_run_is_a_usage_error(run, tmp_path, capsys):
     assert "computes in float32, not bfloat16" in capsys.readouterr().err
     assert _predict_cli(run, images, tmp_path / "o", "--backend", "torch-bf16", "--precision", "float32") == 2
     assert not (tmp_path / "o" / "predictions.csv").exists()
+
+
+def test_serve_precision_resolves_to_a_backend_and_the_summary_shows_it(run):
+    from mammokit.cli import build_parser
+    from mammokit.cli.serve import _config
+    from mammokit.config import ConfigError
+    from mammokit.serve.models import ServedModels
+    from mammokit.serve.settings import ServeConfig
+
+    cfg = _config(build_parser().parse_args(["serve", str(run), "--precision", "bfloat16"]))
+    assert (cfg.backend, cfg.precision) == ("torch-bf16", "bfloat16")
+    plain = _config(build_parser().parse_args(["serve", str(run)]))
+    assert (plain.backend, plain.precision) == ("auto", "float32")
+    with pytest.raises(ConfigError, match="computes in float32, not bfloat16"):
+        ServeConfig(backend="onnx", precision="bfloat16").validate()
+    served = ServedModels.load([run], device="cpu", backend=cfg.backend)
+    assert served.model_summaries()[0]["backend"] == "torch-bf16"

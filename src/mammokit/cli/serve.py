@@ -21,6 +21,7 @@ from mammokit.cli.common import (
     add_workers,
     load_cli_config,
 )
+from mammokit.infer.config import PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,6 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="what computes p(malignant), as for `mammokit predict`: auto (default: the fastest within the accuracy "
         "bar on this machine, measured once per model and machine, cached under --cache-dir), torch, torch-bf16, "
         "onnx (no heatmaps) or openvino",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="compute precision, as for `mammokit predict` (default float32: the same numbers on every CPU; "
+        "bfloat16 only when asked, and then the backend is torch-bf16, shown in /v1/model)",
     )
     p.add_argument("--aggregate", choices=("mean", "max"), default=None, help="views of a breast (default mean)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
@@ -106,6 +114,7 @@ def _config(args: argparse.Namespace) -> Any:
         "device": None if args.device == "auto" else args.device,
         "workers": args.workers,
         "backend": args.backend,
+        "precision": args.precision,
         "aggregate": args.aggregate,
         "tta": args.tta,
         "assume_pixel_spacing": args.assume_pixel_spacing,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mammokit.config import ConfigError
+from mammokit.infer.config import Precision, resolve_precision
 
 TOKEN_ENV = "MAMMOKIT_SERVE_TOKEN"
 
@@ -20,6 +21,8 @@ class ServeConfig:
     token: str | None = None  # bearer token for /v1/*; default: $MAMMOKIT_SERVE_TOKEN
     # auto = the fastest backend within the accuracy bar on this machine (as `mammokit predict --backend auto`)
     backend: Literal["auto", "torch", "torch-bf16", "onnx", "openvino"] = "auto"
+    # float32 unless asked (auto chooses among float32 backends only); validate() resolves it with the backend
+    precision: Precision | None = None
     device: str = "auto"
     tta: bool | None = None  # None = as each run's calibration.json was fitted (plain without one)
     assume_pixel_spacing: float | None = None  # mm/pixel for files without a spacing tag (pixel-spacing runs)
@@ -63,6 +66,8 @@ class ServeConfig:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if self.queue < self.workers:
             raise ConfigError(f"queue ({self.queue}) must be at least workers ({self.workers})")
+        # bfloat16 -> the torch-bf16 backend; a float32-only backend asked for bfloat16 is refused
+        self.backend, self.precision = resolve_precision(self.backend, self.precision)  # type: ignore[assignment]
         if self.backend == "onnx" and self.default_heatmap != "none":
             self.default_heatmap = "none"  # ONNX Runtime has no gradients: no Grad-CAM, no patch maps
         if not is_loopback(self.host) and not self.token:
