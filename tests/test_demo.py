@@ -35,3 +35,12 @@ def test_steps_chain_outputs_to_inputs(tmp_path):
     for name in ("synth", "prepare", "patches"):  # the demo's --workers reaches every data step
         argv = by_name[name].argv
         assert argv[argv.index("--workers") + 1] == "2"
+
+
+def test_a_ci_bound_of_zero_is_reported_as_zero_not_nan() -> None:
+    from mammokit.cli.demo import _find_auc
+
+    metrics = {"results": {"whole": {"image": {"auc": {"value": 0.275, "ci_low": 0.0, "ci_high": 0.375}}}}}
+    assert _find_auc(metrics) == (0.275, 0.0, 0.375)  # was (0.275, nan, 0.375): 0.0 read as "missing"
+    low = _find_auc({"results": {"w": {"image": {"auc": {"value": 0.5, "ci_low": None, "ci_high": 0.9}}}}})
+    assert low is not None and low[1] != low[1] and low[2] == 0.9  # None: no bound (NaN)

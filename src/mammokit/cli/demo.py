@@ -21,6 +21,8 @@ from mammokit.cli.common import UserError, add_device, add_out, add_seed, add_wo
 
 log = logging.getLogger(__name__)
 
+DEFAULT_OUT = Path("demo-output")
+
 # Sizes chosen so the whole demo fits in a few minutes on 2 CPU cores (docs/decisions.md, "Demo settings");
 # the paper's settings (1152x896, 224-px patches, ResNet50) live in configs/paper/.
 PRESETS: dict[str, dict[str, int]] = {
@@ -45,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_out(p, required=False, help="output folder (default: demo-output)")
+    add_out(
+        p, required=False, help=f"output folder (default: {DEFAULT_OUT}); its mammokit.log has every step's messages"
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="data and image sizes")
     add_seed(p, default=1)
     add_workers(p, default=2)
@@ -235,8 +239,9 @@ def _resume_flag(run_dir: Path) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from mammokit.cli import main as cli_main
+    from mammokit.utils.console import LOG_FILE, results_to_log
 
-    out: Path = args.out or Path("demo-output")
+    out: Path = args.out or DEFAULT_OUT
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,9 +261,12 @@ def run(args: argparse.Namespace) -> int:
             step.argv = step.argv + _resume_flag(step.done_marker.parent)
         print(f"{prefix} ...", flush=True)
         t0 = time.perf_counter()
-        status = cli_main(step.argv)
+        with results_to_log(step.argv[0]):  # the step's own report goes to the log; its warnings still show
+            status = cli_main(step.argv)
         if status != 0 or not step.done_marker.is_file():
-            raise UserError(f"step {i} ({step.name}) failed with status {status}; see the messages above")
+            raise UserError(
+                f"step {i} ({step.name}) failed with status {status}; see the messages above and {out / LOG_FILE}"
+            )
         print(f"{prefix}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     _report(out, steps, time.perf_counter() - t_start)
     return 0
@@ -281,5 +289,10 @@ def _find_auc(metrics: dict) -> tuple[float, float, float] | None:
     for result in metrics.get("results", {}).values():
         node = (result.get("image") or {}).get("auc")
         if isinstance(node, dict) and node.get("value") is not None:
-            return float(node["value"]), float(node.get("ci_low") or "nan"), float(node.get("ci_high") or "nan")
+            low, high = node.get("ci_low"), node.get("ci_high")  # 0.0 is a bound (not "missing")
+            return float(node["value"]), _or_nan(low), _or_nan(high)
     return None
+
+
+def _or_nan(x: float | None) -> float:
+    return float("nan") if x is None else float(x)

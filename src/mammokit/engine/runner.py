@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from mammokit.engine.callbacks import LAST_CKPT, BestWeights, ResumeCheckpoint
 from mammokit.engine.config import LoaderConfig, OptimConfig, StageConfig, TrainerConfig
 from mammokit.engine.module import ClassifierModule
+from mammokit.engine.progress import training_progress_bar
 from mammokit.engine.schedule import stage_trainable
 from mammokit.utils.atomic import atomic_write_json
 from mammokit.utils.console import tidy_third_party_output
@@ -108,6 +109,7 @@ def build_trainer(
             loggers.append(TensorBoardLogger(run_dir / LOGS / stage_name, name=version, version="tb"))
         except ImportError:
             log.info("tensorboard is not installed; writing CSV logs only")
+    bar = training_progress_bar(cfg.progress_bar)  # one compact line per stage, on a terminal only
     trainer = L.Trainer(
         accelerator=lightning_accelerator(cfg.accelerator),
         devices=cfg.lightning_devices(),
@@ -117,10 +119,10 @@ def build_trainer(
         max_epochs=max_epochs,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=grad_clip or None,
-        callbacks=callbacks,
+        callbacks=[*callbacks, bar] if bar else callbacks,
         logger=loggers,
         default_root_dir=run_dir,
-        enable_progress_bar=cfg.progress_bar,
+        enable_progress_bar=bar is not None,
         enable_model_summary=False,
         log_every_n_steps=cfg.log_every_n_steps,
         num_sanity_val_steps=0,

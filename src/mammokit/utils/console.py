@@ -1,5 +1,7 @@
 """Quiet, honest console output: each log line once, no third-party advertisements or deprecation noise.
 
+The CLI's console rule and log file are at the end (`command_logging`); first, Lightning's output.
+
 Lightning installs its own console handler on the `lightning` logger at import time while still propagating to
 the root logger, so with the CLI's root handler every Lightning line was printed twice (once bare, once with a
 timestamp). It also logs "💡 Tip: ... try installing litlogger/litmodels" advertisements, and its pytree helper
@@ -10,8 +12,14 @@ is imported (engine/runner.py).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import sys
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 # Loggers Lightning attaches console handlers to (lightning >= 2.5: "lightning"; older: the two sub-packages).
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
@@ -47,3 +55,194 @@ def tidy_third_party_output() -> None:
             logger.addFilter(DropAdvertisements())
     # torch deprecation raised inside lightning.pytorch.utilities._pytree on every fit; fixed upstream, not ours
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*is deprecated")
+
+
+# --------------------------------------------------------------------------------------------------- the CLI's console
+# By default a command's console shows its step lines and progress bar (printed by the command), its result (printed,
+# or logged at INFO by its `mammokit.cli.*` module) and WARNING lines a user must act on (an image shrunk to fit the
+# canvas, a patient in both official splits). Everything else (module INFO lines, Lightning's banners, warnings
+# raised inside libraries) goes to the command's log file, FOLDER/mammokit.log; `-v` shows it all on the console.
+
+LOG_FILE = "mammokit.log"
+# Loggers whose INFO lines are results: the command modules, and the service (its console is its request log).
+RESULT_LOGGERS = ("mammokit.cli", "mammokit.serve")
+# Where `warnings.warn` of a library lands (logging's own name for it, as `logging.captureWarnings` uses).
+LIBRARY_WARNINGS = "py.warnings"
+# mammokit's own `warnings.warn` (e.g. OneClassWarning: an AUC is undefined) is for the user: shown.
+OWN_WARNINGS = "mammokit.warnings"
+VERBOSE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+class ConsoleFilter(logging.Filter):
+    """The console's rule without -v: WARNING and above except library warnings, and INFO of the result loggers.
+
+    `show_results` is switched off by `mammokit demo` around each step it runs, so that a step's own result lines
+    go to the log file and the demo's console shows its step lines (warnings still come through).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.show_results = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return record.name != LIBRARY_WARNINGS
+        return self.show_results and record.levelno >= logging.INFO and _under(record.name, RESULT_LOGGERS)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """A result line as is; anything else prefixed by its level ("WARNING: ...")."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno == logging.INFO else f"{record.levelname}: {text}"
+
+
+class RunLogHandler(logging.Handler):
+    """Appends to FOLDER/mammokit.log once the command has written into FOLDER; holds the records until then.
+
+    Why deferred: several commands refuse an output folder that exists and is not empty (a patch set, a synthetic
+    dataset), so the log file must not be the first thing in it; and a command refused before it wrote anything
+    leaves no folder behind. `close()` (end of the command) writes what is held if FOLDER exists by then.
+    """
+
+    MAX_HELD = 100_000  # records held before FOLDER has content (a bound on memory, never reached in practice)
+
+    def __init__(self, folder: Path, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.folder = folder
+        self.held: list[logging.LogRecord] = []
+        self.file: logging.FileHandler | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.folder / LOG_FILE
+
+    def _open(self) -> None:
+        self.file = logging.FileHandler(self.path, encoding="utf-8")
+        self.file.setFormatter(self.formatter or logging.Formatter(VERBOSE_FORMAT))
+        for held in self.held:
+            self.file.emit(held)
+        self.held.clear()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.file is None:
+            if not (self.folder.is_dir() and any(self.folder.iterdir())):
+                if len(self.held) < self.MAX_HELD:
+                    self.held.append(record)
+                return
+            self._open()
+        assert self.file is not None
+        self.file.emit(record)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.file is None and self.held and self.folder.is_dir():
+                self._open()
+        if self.file is not None:
+            self.file.close()
+        super().close()
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, *_: Any) -> None:
+    """`warnings.showwarning` while a command runs: mammokit's warnings shown, a library's to the log file."""
+    own = category.__module__.startswith("mammokit")
+    logger = logging.getLogger(OWN_WARNINGS if own else LIBRARY_WARNINGS)
+    if own:
+        logger.warning("%s", message)
+    else:  # where it came from helps whoever reads the log file
+        logger.warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+
+
+_active: ConsoleFilter | None = None  # the console filter of the command running in this process, if any
+
+
+@contextlib.contextmanager
+def command_logging(verbose: bool = False, folder: Path | None = None) -> Iterator[Path | None]:
+    """Logging for one CLI command: the console rule above, FOLDER/mammokit.log, library warnings into the log.
+
+    Yields the log file's path (None without FOLDER). Everything is put back on exit, so the CLI can run inside a
+    test process or another program. A command run by another one (the demo's steps) keeps the outer set-up: its
+    lines go to the outer command's console and log file.
+    """
+    global _active
+    root = logging.getLogger()
+    if _active is not None:  # nested: the outer command's handlers already take everything
+        yield None
+        return
+    console = logging.StreamHandler(sys.stderr)
+    console_filter = ConsoleFilter()
+    if verbose:
+        console.setFormatter(logging.Formatter(VERBOSE_FORMAT, datefmt="%H:%M:%S"))
+    else:
+        console.addFilter(console_filter)
+        console.setFormatter(ConsoleFormatter())
+    handlers: list[logging.Handler] = [console]
+    run_log = None
+    if folder is not None:
+        run_log = RunLogHandler(folder, logging.DEBUG if verbose else logging.INFO)
+        run_log.setFormatter(logging.Formatter(VERBOSE_FORMAT))
+        handlers.append(run_log)
+    saved_level, saved_show = root.level, warnings.showwarning
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for handler in handlers:
+        root.addHandler(handler)
+    warnings.showwarning = _show_warning
+    _active = console_filter
+    try:
+        yield run_log.path if run_log else None
+    finally:
+        _active = None
+        warnings.showwarning = saved_show
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(saved_level)
+
+
+class _LinesToLog(io.TextIOBase):
+    """A text stream whose every line becomes an INFO record of `logger` (what a step printed, into the log)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        lines = (self.pending + text).split("\n")
+        self.pending = lines.pop()
+        for line in lines:
+            if line.strip():
+                self.logger.info("%s", line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending.strip():
+            self.logger.info("%s", self.pending)
+        self.pending = ""
+
+
+@contextlib.contextmanager
+def results_to_log(command: str) -> Iterator[None]:
+    """Inside: a command's result lines (printed or logged) go to the log file only; warnings still show.
+
+    `mammokit demo` runs each step like this: the step line it prints says what ran and how long it took, and the
+    step's own report (the prepared-image counts, the run folder, the evaluation summary) is in the log file.
+    """
+    writer = _LinesToLog(logging.getLogger(f"mammokit.cli.{command}"))
+    shown = _active.show_results if _active else True
+    if _active:
+        _active.show_results = False
+    try:
+        with contextlib.redirect_stdout(writer):
+            yield
+    finally:
+        writer.flush()
+        if _active:
+            _active.show_results = shown
