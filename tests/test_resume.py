@@ -217,3 +217,36 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
     except (OSError, IndexError):
         return "X"
+
+
+# --- training on a full disk ----------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_at_the_end_of_training_leaves_no_model_json_and_resume_finishes(
+    data: tuple[Path, Path], uninterrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """model.json marks a run complete: written last, so ENOSPC on the config or metrics leaves none (issue 25)."""
+    import errno
+    import os
+
+    from mammokit.utils import atomic
+    from mammokit.utils.diskfull import is_disk_full
+
+    real_commit = atomic.commit_file
+
+    def full_at_config(tmp: object, path: object, *, durable: bool = True) -> None:
+        if Path(str(path)).name == "config.yaml":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+        real_commit(tmp, path, durable=durable)
+
+    monkeypatch.setattr(atomic, "commit_file", full_at_config)
+    out = tmp_path / "run"
+    with pytest.raises(OSError) as info:
+        train_patch(_cfg(data, out))
+    assert is_disk_full(info.value) and not (out / "model.json").exists()
+    monkeypatch.setattr(atomic, "commit_file", real_commit)  # space freed
+    train_patch(_cfg(data, out, resume=True))
+    assert (out / "model.json").is_file()
+    a_best, b_best = _weights(uninterrupted), _weights(out)
+    for key in a_best:
+        assert torch.equal(a_best[key], b_best[key]), key

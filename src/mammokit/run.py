@@ -103,17 +103,20 @@ def save_run(
     config: Any | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> Path:
-    """Write weights, model.json and (optionally) the resolved config and metrics into `run_dir`."""
+    """Write weights, (optionally) the resolved config and metrics, and model.json into `run_dir`.
+
+    model.json last: its presence means the run is complete (a full disk or a kill part-way leaves none).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not card.created:
         card = dataclasses.replace(card, created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     _atomic_save_safetensors(state_dict_for_saving(model), run_dir / WEIGHTS, {"format": "pt", "arch": card.arch})
-    atomic_write_json(run_dir / MODEL_JSON, to_dict(card))
     if config is not None:
         atomic_write_text(run_dir / CONFIG_YAML, dump_yaml(config))
     if metrics is not None:
         write_metrics(run_dir, metrics)
+    atomic_write_json(run_dir / MODEL_JSON, to_dict(card))
     return run_dir
 
 

@@ -111,18 +111,23 @@ def run(args: argparse.Namespace) -> int:
     from mammokit.engine.config import PatchTrainConfig, WholeTrainConfig
     from mammokit.engine.runner import TrainingError
     from mammokit.engine.train import train_patch, train_whole
+    from mammokit.utils.diskfull import disk_full_as
 
     flags = trainer_flags(args)
     flags["data"] = args.data
     try:
         if args.stage == "patch":
             cfg = load_config(PatchTrainConfig, args.config, args.set, flags)
-            out = train_patch(cfg)
+            # a full disk (checkpoint, weights, logs): one line naming the folder, exit 2; model.json is written
+            # last, so the run folder does not look finished, and `--resume` continues from the last checkpoint
+            with disk_full_as(UserError, cfg.out or "runs"):
+                out = train_patch(cfg)
         else:
             flags["from_patch"] = args.from_patch
             flags["no_patch_init"] = True if args.no_patch_init else None
             cfg = load_config(WholeTrainConfig, args.config, args.set, flags)
-            out = train_whole(cfg)
+            with disk_full_as(UserError, cfg.out or "runs"):
+                out = train_whole(cfg)
     except ConfigError as exc:
         raise UserError(f"configuration: {exc}") from None
     except (TrainingError, FileNotFoundError) as exc:
