@@ -10,9 +10,11 @@ In one run, loopback only, a tiny random-weight run (tests/serve_support.py) ser
     baseline          no attack
     attack            QUEUE + EXTRA trickling connections from one address (127.0.0.2)
     attack, spread    the same connections, each from its own address (127.0.0.10...): --per-client cannot
-                      help; only the body timeout does
-    attack, no limits the one-address attack against a server started with the defences switched off
-                      (--body-timeout 1e6 --per-client QUEUE): what issue 25 saw
+                      help; a body being received holds no job slot (serve.work.UploadGate), and each trickle
+                      is cut off after --body-timeout
+    attack, no timeout the one-address attack against a server without a body timeout and with --per-client
+                      QUEUE: the job slots stay free all the same (before issue 25's fix each trickle held one
+                      until its body was complete, and every legitimate upload got 503)
 
 Meanwhile LEGIT client threads (from 127.0.0.1) upload one DICOM view each, back to back (a 503/429 is
 counted and the next upload sent after 0.5 s). Reported per phase: uploads sent, share answered 200,
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         ("baseline", defended, []),
         ("attack", defended, ["127.0.0.2"] * n_attack),
         ("attack, spread", defended, [f"127.0.0.{10 + i}" for i in range(n_attack)]),
-        ("attack, no limits", undefended, ["127.0.0.2"] * n_attack),
+        ("attack, no timeout", undefended, ["127.0.0.2"] * n_attack),
     ]
     rows = {}
     t_all, cpu_self = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)

@@ -104,44 +104,65 @@ def _read_response(sock: socket.socket, timeout_s: float) -> tuple[int, bytes, b
     return status, raw, closed
 
 
-def test_a_trickled_body_is_cut_off_with_408_and_one_client_cannot_fill_the_queue(models, exam):
-    """Two connections from one address trickling a body (10 bytes/s) on a queue of 2: the second is refused at
-    once (429, per-client limit), the first is cut off after the body timeout (408, connection closed), and an
-    upload from another address is served meanwhile. Without the fixes both slots stay held and it gets 503."""
+def test_trickled_bodies_hold_no_job_slot_are_cut_off_with_408_and_one_client_gets_at_most_its_share(models, exam):
+    """On a queue of 2: two connections from one address and two more from two other addresses trickle a body
+    (10 bytes/s). The second from the one address is refused at once (429, per-client limit); the others hold no
+    job slot (a body is admitted, not queued), so an upload from yet another address is served meanwhile; each
+    trickle is cut off after the body timeout (408, connection closed). Before the fix each trickle held a job slot
+    until its body was complete (never, at 1 byte/s), and the good upload got 503."""
     cfg = ServeConfig(queue=2, workers=1, per_client=1, body_timeout_s=2.0, body_min_rate_kbs=100.0, timeout_s=600)
     app = create_app(config=cfg, models=models)
     body = _body(exam[0])
     stop = threading.Event()
     with LiveServer(app) as server:
-        queue = app.state.serve["queue"]
-        slow = _open_upload(server.port, "127.0.0.2", len(body))
+        queue, gate = app.state.serve["queue"], app.state.serve["gate"]
+        slow = [_open_upload(server.port, source, len(body)) for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4")]
         started = time.monotonic()
-        trickler = threading.Thread(target=_trickle, args=(slow, body, 0.1, stop), daemon=True)
-        trickler.start()
+        tricklers = [threading.Thread(target=_trickle, args=(s, body, 0.1, stop), daemon=True) for s in slow]
+        for t in tricklers:
+            t.start()
         deadline = time.monotonic() + 10
-        while queue.in_use < 1 and time.monotonic() < deadline:
+        while gate.in_progress < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert queue.in_use == 1  # the trickling upload holds a slot while its body arrives
+        assert gate.in_progress == 3 and queue.in_use == 0  # admitted, receiving; no job slot held
         second = _open_upload(server.port, "127.0.0.2", len(body))
         second_status, second_raw, _ = _read_response(second, 10)
         assert second_status == 429, second_raw[:300]
         assert b"retry-after" in second_raw.lower() and b"--per-client" in second_raw
         good = httpx.post(server.url + "/v1/predict", files=multipart(exam[:1]), data={"heatmap": "none"}, timeout=600)
         assert good.status_code == 200, good.text
-        status, raw, closed = _read_response(slow, 30)
+        answers = [_read_response(s, 30) for s in slow]
         took = time.monotonic() - started
         stop.set()
-        trickler.join(5)
-        slow.close()
-        second.close()
-        assert status == 408, raw[:300]
-        assert b"arrived too slowly" in raw and b"faster connection" in raw
-        assert closed  # the connection is closed: the rest of the body is not waited for
+        for t in tricklers:
+            t.join(5)
+        for s in [*slow, second]:
+            s.close()
+        for status, raw, closed in answers:
+            assert status == 408, raw[:300]
+            assert b"arrived too slowly" in raw and b"faster connection" in raw
+            assert closed  # the connection is closed: the rest of the body is not waited for
         assert took < 15, f"cut off after {took:.1f} s with a 2 s body timeout"
         deadline = time.monotonic() + 10
-        while queue.in_use and time.monotonic() < deadline:
+        while (gate.in_progress or queue.in_use) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert queue.in_use == 0 and queue.held_by("127.0.0.2") == 0
+        assert queue.in_use == 0 and gate.in_progress == 0 and gate.n_bytes == 0 and gate.held_by("127.0.0.2") == 0
+
+
+def test_bodies_in_memory_stay_within_the_budget_of_queue_full_uploads(models, exam):
+    """The body budget (queue x upload limit) holds while bodies arrive: a body that does not fit gets 503."""
+    from mammokit.serve.work import QueueFull, UploadGate
+
+    gate = UploadGate(max_uploads=4, per_client=4, max_bytes=1000)
+    first, second = gate.enter("a"), gate.enter("b")
+    first.reserve(800)
+    with pytest.raises(QueueFull):
+        second.reserve(300)
+    first.release()
+    second.reserve(300)  # the first upload's bytes are free again
+    second.release()
+    second.release()  # idempotent
+    assert gate.in_progress == 0 and gate.n_bytes == 0
 
 
 def test_a_fast_upload_is_never_cut_off_by_the_body_timeout(models, exam):

@@ -12,8 +12,9 @@ Routes:
 Safety: /v1/* needs `Authorization: Bearer TOKEN` when a token is set (required for a non-loopback bind);
 uploads are parsed in memory under size limits (`serve.uploads`), decoded in memory-capped worker processes
 (`serve.decode`: a decoder crash costs that request, never the service), and must arrive at a minimum rate (else
-408); a bounded queue answers 503 + Retry-After when full, one client address holds at most `per_client`
-slots (else 429), and a request that runs past the timeout gets 504 (`serve.work`); nothing is written to
+408); one client address has at most `per_client` uploads in progress (else 429), bodies in memory are
+bounded, a job slot is taken only once the body is in (a slow upload holds none), a bounded queue answers 503
++ Retry-After when full, and a request that runs past the timeout gets 504 (`serve.work`); nothing is written to
 disk. Every response carries `X-Content-Type-Options: nosniff`. Logs carry a request id, sizes, status and
 timings - never file names, header fields or pixels (messages about a file go to the client only).
 """
@@ -40,7 +41,7 @@ from mammokit.serve.models import ExamLimits, ServedModels
 from mammokit.serve.settings import ServeConfig
 from mammokit.serve.store import ResultStore
 from mammokit.serve.uploads import FILE_FIELD, UploadError, parse_predict_form, precheck, within_deadline
-from mammokit.serve.work import ClientBusy, JobTimeout, QueueFull, WorkQueue
+from mammokit.serve.work import ClientBusy, JobTimeout, QueueFull, Upload, UploadGate, WorkQueue
 from mammokit.version import __version__
 
 log = logging.getLogger("mammokit.serve")
@@ -81,8 +82,11 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         quiet_header_logs()
-        queue = WorkQueue(capacity=cfg.queue, workers=cfg.workers, timeout_s=cfg.timeout_s, per_client=cfg.per_client)
+        queue = WorkQueue(capacity=cfg.queue, workers=cfg.workers, timeout_s=cfg.timeout_s)
         state["queue"] = queue
+        # bodies in memory at once: at most what `queue` full uploads hold (the bound the service always had)
+        body_budget = cfg.queue * (cfg.max_views * int(cfg.max_file_mb * 1e6) + 2**20)
+        state["gate"] = UploadGate(max_uploads=cfg.upload_slots, per_client=cfg.per_client, max_bytes=body_budget)
         state["store"] = ResultStore(ttl_s=cfg.result_ttl_s, max_bytes=int(cfg.result_store_mb * 2**20))
         decoder = DecodePool(cfg.workers, cfg.decode_memory_mb) if cfg.isolate_decoding else None
         state["decoder"] = decoder
@@ -202,6 +206,7 @@ def create_app(
                 "body_timeout_s": cfg.body_timeout_s,
                 "body_min_rate_kbs": cfg.body_min_rate_kbs,
                 "per_client": cfg.per_client,
+                "upload_slots": cfg.upload_slots,
                 "result_ttl_s": cfg.result_ttl_s,
             },
             "research_use_only": True,
@@ -223,19 +228,22 @@ def create_app(
             return error(503, "the models are not loaded yet; see /readyz", rid, headers={"Retry-After": "5"})
         queue: WorkQueue = state["queue"]
         client = request.client.host if request.client else None  # the peer (or a trusted proxy's X-Forwarded-For)
-        try:
-            slot = queue.acquire(client)  # before reading the body: memory stays bounded by queue x upload limit
+        try:  # admitted before the body is read; a job slot is taken only once it is in (serve.work)
+            upload = state["gate"].enter(client, queue.retry_after_s)
         except ClientBusy as exc:
             return error(429, str(exc), rid, headers={"Retry-After": str(exc.retry_after_s)})
         except QueueFull as exc:
             return error(503, str(exc), rid, headers={"Retry-After": str(exc.retry_after_s)})
+        slot = None
         try:
             max_file = int(cfg.max_file_mb * 1e6)
             declared = int(request.headers.get("content-length") or 0)
             if declared > cfg.max_views * max_file + 2**20:
                 raise UploadError(413, f"upload of {declared / 1e6:.0f} MB is larger than this server accepts")
             body = within_deadline(
-                request.stream(), timeout_s=cfg.body_timeout_s, min_rate_bytes_s=cfg.body_min_rate_kbs * 1e3
+                _reserved(request.stream(), upload, queue.retry_after_s),
+                timeout_s=cfg.body_timeout_s,
+                min_rate_bytes_s=cfg.body_min_rate_kbs * 1e3,
             )
             form = await parse_predict_form(
                 request.headers.get("content-type"), body, max_file_bytes=max_file, max_files=cfg.max_views
@@ -243,8 +251,9 @@ def create_app(
             request.state.upload_bytes = form.n_bytes
             heatmap = (form.fields.get("heatmap") or [cfg.default_heatmap])[-1] or cfg.default_heatmap
             inline = (form.fields.get("inline") or ["false"])[-1].lower() in ("1", "true", "yes", "on")
-            for upload in form.files:
-                precheck(upload, max_pixels=int(cfg.max_megapixels * 1e6))
+            for uploaded in form.files:
+                precheck(uploaded, max_pixels=int(cfg.max_megapixels * 1e6))
+            slot = queue.acquire(on_release=upload.release)  # the upload's bytes stay reserved until its job ends
             start = time.perf_counter()
             result = await slot.run(
                 lambda: models.predict_exam(
@@ -262,10 +271,14 @@ def create_app(
             result["request_id"] = rid
             result["heatmap"] = heatmap
             return result
+        except QueueFull as exc:
+            return error(503, str(exc), rid, headers={"Retry-After": str(exc.retry_after_s)})
         except UploadError as exc:
-            extra = {"errors": exc.errors} if exc.errors else {}
+            extra: dict[str, Any] = {"errors": exc.errors} if exc.errors else {}
             if exc.status == 408:  # the rest of the body is not worth reading: close the connection after this
                 extra["headers"] = {"Connection": "close"}
+            if exc.status == 503:
+                extra["headers"] = {"Retry-After": str(queue.retry_after_s)}
             return error(exc.status, exc.message, rid, **extra)
         except JobTimeout as exc:
             return error(504, str(exc), rid)
@@ -273,7 +286,10 @@ def create_app(
             log.error("request_id=%s failed with %s", rid, type(exc).__name__)
             return error(500, f"internal error ({type(exc).__name__}); quote request id {rid}", rid)
         finally:
-            slot.release_if_unused()
+            if slot is None:
+                upload.release()
+            else:
+                slot.release_if_unused()
 
     @app.get("/v1/results/{result_id}/views/{index}/{name}", summary="a PNG linked from a prediction")
     async def result_file(request: Request, result_id: str, index: int, name: str) -> Any:
@@ -287,6 +303,16 @@ def create_app(
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
 
     return app
+
+
+async def _reserved(stream: AsyncIterator[bytes], upload: Upload, retry_after_s: int) -> AsyncIterator[bytes]:
+    """`stream`'s chunks, each reserved against the memory budget for bodies (HTTP 503 when it is spent)."""
+    async for chunk in stream:
+        try:
+            upload.reserve(len(chunk), retry_after_s)
+        except QueueFull as exc:
+            raise UploadError(503, f"the server holds as many uploads as it can right now; {exc}") from None
+        yield chunk
 
 
 # The viewer is one inline page: scripts/styles from itself, images from this server (blob:/data: URLs).

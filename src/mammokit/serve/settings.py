@@ -40,7 +40,10 @@ class ServeConfig:
     # A 1 byte/s trickle is cut off after ~20 s; a 100 MB exam at 1 MB/s gets 20 + 100 s.
     body_timeout_s: float = 20.0
     body_min_rate_kbs: float = 100.0  # kB/s (1 kB = 1000 bytes)
-    per_client: int = 2  # requests in flight (upload + prediction) per client address; more get HTTP 429
+    per_client: int = 2  # uploads in progress (body or prediction) per client address; more get HTTP 429
+    # uploads in progress in all (bodies being received + jobs): a trickling body costs a socket and a few bytes,
+    # not a job slot, so this can be well above `queue`; body bytes in memory stay bounded by queue x upload limit
+    upload_slots: int = 64
     # Addresses of reverse proxies whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips); None =
     # ignore that header: a client could otherwise name itself anew in every request and dodge per_client
     trusted_proxies: str | None = None
@@ -59,7 +62,7 @@ class ServeConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("max_views", "queue", "workers", "min_side", "display_max_side", "per_client"):
+        for name in ("max_views", "queue", "workers", "min_side", "display_max_side", "per_client", "upload_slots"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
