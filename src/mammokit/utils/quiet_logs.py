@@ -10,6 +10,7 @@ installs one; its threshold can be changed by calling it again (`-v` shows pydic
 from __future__ import annotations
 
 import logging
+import warnings
 
 _NAME = "pydicom"
 
@@ -26,7 +27,7 @@ class _Below(logging.Filter):
 
 
 def quiet_pydicom(*, verbose: bool = False) -> None:
-    """Silence pydicom's logger for good (every record, as its messages quote header values), or, with
+    """Silence pydicom's logger for good (every record, as its messages quote header values) and its warnings, or, with
     `verbose`, let everything through (a user debugging a file on their own machine asked for it with -v)."""
     logger = logging.getLogger(_NAME)
     threshold = logging.DEBUG if verbose else logging.CRITICAL + 1
@@ -37,3 +38,6 @@ def quiet_pydicom(*, verbose: bool = False) -> None:
     else:
         logger.addFilter(_Below(threshold))
     logger.setLevel(logging.DEBUG if verbose else logging.CRITICAL)  # cheap early exit until pydicom resets it
+    if not verbose:
+        # pydicom also `warnings.warn`s each message (misc.warn_and_log), which a run's log file would record
+        warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
