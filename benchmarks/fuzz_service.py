@@ -44,6 +44,7 @@ _KINDS = (  # in order: the first that matches (pre-check = before any decoding;
     ("no end marker", "pre-check: truncated"),
     ("but the file holds only", "pre-check: truncated"),
     ("more than this server's limit", "pre-check: over the pixel limit"),
+    ("too large to decode safely", "pre-check: over the pixel limit"),
     ("larger than this server accepts", "upload too large"),
     ("codestream declares", "reader: codestream size != header"),
     ("cannot be checked before decoding", "reader: codestream size unreadable"),
