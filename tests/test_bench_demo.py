@@ -48,10 +48,34 @@ def test_parse_demo_output_reads_steps_and_auc() -> None:
     assert _bench().parse_demo_output("no report")["heldout"] is None
 
 
-def test_probe_and_matmul_measure_positive_rates() -> None:
+class _Clock:
+    """A stand-in for the `time` module whose perf_counter returns the given instants, in order."""
+
+    def __init__(self, instants: list[float]) -> None:
+        self.instants = iter(instants)
+
+    def perf_counter(self) -> float:
+        return next(self.instants)
+
+
+def test_matmul_rate_is_flops_over_the_timed_products(monkeypatch: pytest.MonkeyPatch) -> None:
     bench = _bench()
-    assert bench.probe_step_s(steps=1, batch=2, size=32) > 0
-    assert bench.matmul_gflops(n=64, repeat=2) > 0
+    # the 3 warm-up products are not timed; the 2 timed ones take 0.5 s together
+    monkeypatch.setattr(bench, "time", _Clock([10.0, 10.5]))
+    assert bench.matmul_gflops(n=64, repeat=2) == pytest.approx(2 * 64**3 * 2 / 0.5 / 1e9, rel=1e-12)
+
+
+def test_probe_step_is_the_median_step_after_two_warm_up_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _bench()
+    # the two warm-up steps (allocation, kernel choice) only read the clock at their start; the three timed steps
+    # take 0.3, 0.1 and 0.2 s: the median is 0.2 (a mean, or a warm-up step counted, would give another number)
+    instants = [0.0, 5.0]
+    t = 10.0
+    for duration in (0.3, 0.1, 0.2):
+        instants += [t, t + duration]
+        t += duration + 1.0  # time between steps is not counted
+    monkeypatch.setattr(bench, "time", _Clock(instants))
+    assert bench.probe_step_s(steps=3, batch=2, size=32) == pytest.approx(0.2)
 
 
 def test_main_writes_targets_and_normalised_wall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
