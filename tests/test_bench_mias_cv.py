@@ -137,7 +137,11 @@ def test_fold_view_is_a_prepared_folder_that_patches_reads(prepared: Path, tmp_p
         not (tmp_path / "patches" / "errors.csv").is_file()
         or len(pd.read_csv(tmp_path / "patches" / "errors.csv")) == 0
     ), (tmp_path / "patches" / "errors.csv").read_text()
-    assert summary["n_patches"] > 0
+    # every image of the view was read (none refused by a path check), and what was sampled came from them
+    table = pd.read_parquet(tmp_path / "patches" / "patches.parquet")
+    assert summary["n_images"] == len(fold) and summary["n_images_failed"] == 0
+    assert summary["n_patches"] == len(table) > 0 and set(table["image_id"]) <= set(fold["image_id"].astype(str))
+    assert (table["kind"] == "lesion").any() and (table["kind"] == "background").any()
 
 
 def test_whole_seeds_ensemble_pooled_out_of_fold_and_resumable(
