@@ -241,6 +241,8 @@ def test_auto_on_a_bf16_cpu_gives_the_float32_torch_numbers_and_bf16_only_when_a
     # bfloat16 only when asked, and then said so in both files
     assert bf16_prec == ["bfloat16"] * 3 and bf16_json["precision"] == "bfloat16"
     assert bf16_json["backend"] == "torch-bf16" and 0.0 < np.abs(bf16 - fp32).max() <= BF16_BAR
+    assert "precision: bfloat16" in (tmp_path / "bf16" / "predict_config.yaml").read_text()
+    assert "precision: float32" in (tmp_path / "auto" / "predict_config.yaml").read_text()
 
 
 def test_precision_a_backend_cannot_run_is_a_usage_error(run, tmp_path, capsys):

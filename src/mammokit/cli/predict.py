@@ -181,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     backend, precision = resolve_precision(cfg.backend, cfg.precision)  # checked by cfg.validate() already
+    cfg = dataclasses.replace(cfg, precision=precision)  # predict_config.yaml records the precision used
     out: Path = args.out
     try:
         items = collect_inputs(args.inputs, exclude=out)
