@@ -3,11 +3,12 @@ every K of them, which must still be predicted.
 
     python benchmarks/fuzz_service.py [--seconds 600 | --inputs N] [--every 10] [--seed 0] [--json FILE]
 
-The mutants are those of the reader fuzzer (tests/fuzz_corpus.py `mutant`: input number N of seed file
-N mod 14, 1-4 stacked mutations including extreme sizes inside JPEG/JPEG-LS/JPEG 2000/RLE codestreams and
-deflate bombs; `benchmarks/fuzz_reader.py --replay SEED:N` reads the same bytes from disk). The service runs as a
-user starts it (`mammokit serve`, uvicorn, its own process) on a tiny random-weight run (tests/serve_support.py)
-with `--set min_side=16`, so the 40 x 32-pixel seeds that still decode go on through the model as well.
+The mutants are those of the reader fuzzer (tests/fuzz_corpus.py `mutant`: input number N is a mutant of seed
+N mod the number of seeds, with 1-4 stacked mutations including extreme sizes inside JPEG/JPEG-LS/JPEG 2000/RLE
+codestreams and deflate bombs; `benchmarks/fuzz_reader.py --replay SEED:N` reads the same bytes from disk).
+The service runs as a user starts it (`mammokit serve`, uvicorn, its own process) on a tiny random-weight run
+(tests/serve_support.py) with `--set min_side=16`, so the 40 x 32-pixel seeds that still decode go on through
+the model as well.
 
 Reported: inputs uploaded, outcomes (HTTP status; for 4xx the kind of refusal from the message, for 5xx the
 error type), the good-file checks (every one must be 200), service deaths (the process gone or a connection
