@@ -316,3 +316,31 @@ def test_onnx_takes_the_pair_as_two_inputs_and_matches_torch(tmp_path: Path) -> 
         p_onnx = np.array([r.prob_raw for r in onnx_pred.predict_prepared(batch)])
         assert np.ptp(p_torch) > 1e-3
         assert np.abs(p_onnx - p_torch).max() <= 1e-4, f"tta={tta}"
+
+
+def test_serve_pairs_the_views_of_one_upload_and_equals_predict(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+    from fastapi.testclient import TestClient
+
+    from mammokit.infer.predictor import Predictor
+    from mammokit.serve.app import create_app
+    from mammokit.serve.settings import ServeConfig
+    from predict_support import make_tiny_runs
+    from serve_support import SERVE_HW, make_exam, multipart, wait_ready
+
+    run, _ = make_tiny_runs(tmp_path / "runs", SERVE_HW, bilateral="concat")
+    exam = make_exam(tmp_path / "exam")  # four FFDM DICOMs of one woman (L/R x CC/MLO)
+    app = create_app([str(run)], ServeConfig(queue=2, workers=1, timeout_s=900, cache_dir=tmp_path / "cache"))
+    with TestClient(app) as client:
+        wait_ready(client)
+        body = client.post("/v1/predict", files=multipart(exam), data={"heatmap": "none"}).json()
+        assert [v["context"] for v in body["views"]] == ["contralateral"] * 4
+        predictor = Predictor.from_run(run, device="cpu", backend="torch")
+        expected = {r.image_id: r.prob_malignant for r in predictor.predict_many(exam) for r in [r[0]]}
+        for v, path in zip(body["views"], exam, strict=True):
+            assert abs(v["prob_malignant"] - expected[path.stem]) <= 1e-5
+        # three views: the one whose other-breast film is missing is seen alone, flagged, and the note says so
+        body = client.post("/v1/predict", files=multipart(exam[:3]), data={"heatmap": "none"}).json()
+        contexts_ = [v["context"] for v in body["views"]]
+        assert contexts_.count("single") == 1 and contexts_.count("contralateral") == 2
+        assert any("other breast" in n for n in body["notes"])

@@ -164,7 +164,9 @@ def available_candidates(caps: CpuCaps, on_gpu: bool) -> list[str]:
 
 
 def calibration_images(card: ModelCard, n: int = N_CALIBRATION) -> np.ndarray:
-    """(n, 1, H, W) float32 in uint16 units: phantom mammograms (`mammokit.synth`), prepared as the run prepares.
+    """(n, C, H, W) float32 in uint16 units: phantom mammograms (`mammokit.synth`), prepared as the run prepares.
+
+    C = the run's input channels: 2 for a bilateral model (each image with another as its partner).
 
     Realistic content matters: on uniform noise a network's output saturates, and a bf16 error that would
     move a real image's probability would not show.
@@ -182,6 +184,8 @@ def calibration_images(card: ModelCard, n: int = N_CALIBRATION) -> np.ndarray:
         view = render_view(woman, ("L", "R")[i % 2], ("CC", "MLO")[i % 2], height=h0, width=w0)
         u16, _ = prepare_pixels(view.image, None, spec, spacing=(spacing, spacing))
         images.append(u16)
+    if card.input.channels == 2:  # a bilateral model: each phantom view beside the other (both breasts)
+        return images_to_input([np.stack([u16, images[(i + 1) % n]]) for i, u16 in enumerate(images)])
     return images_to_input(images)
 
 

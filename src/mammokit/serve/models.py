@@ -30,6 +30,7 @@ import numpy as np
 from mammokit.data.geometry import guess_laterality, is_shrunk
 from mammokit.infer.ensemble import NO_THRESHOLD_NOTE, combine_predictions, mean_heatmaps, unique_names
 from mammokit.infer.inputs import InputItem
+from mammokit.infer.pairing import attach_partners
 from mammokit.infer.predictor import HEATMAP_KINDS, Prediction, Predictor, PreparedImage
 from mammokit.io.dicom import KNOWN_VIEWS, MammogramReadError
 from mammokit.io.meta import MammoMeta
@@ -270,6 +271,9 @@ class ServedModels:
                     batch = [p.prepare(rv.item, *rv.reads[key], keep_pixels=keep) for rv in read]
                 except ValueError as exc:  # PreprocessError: e.g. a blank image
                     raise UploadError(422, f"rejected: {exc}") from None
+                if any(q.pairs_views for q in self.predictors):
+                    # one upload = one woman's exam: a bilateral model sees each view beside the other breast's
+                    attach_partners(batch, default_patient="upload")
                 prepared.append((p, batch))
             with self._model_lock:
                 per_run.append(p.predict_prepared(batch, heatmap))  # type: ignore[arg-type]
@@ -308,6 +312,8 @@ class ServedModels:
                     "width": meta.width,
                     # > 1: the breast was larger than the model's canvas and was shrunk by this factor to fit
                     "fit_scale": round(ensemble.fit_scale, 4),
+                    # bilateral models: "contralateral" or "single" (no same-view film of the other breast)
+                    "context": ensemble.context,
                     # ensemble = the mean over runs of each probability, as engine.evaluate.ensemble_predictions
                     "prob_malignant": round(ensemble.prob_malignant, 6),
                     "prob_raw": round(ensemble.prob_raw, 6),
@@ -328,6 +334,12 @@ class ServedModels:
             notes.append(
                 f"the side (L/R) of {len(guessed)} view(s) was guessed from the image (the chest wall's side), as the "
                 "file does not record it: check it, and correct it in the viewer or with the laterality form field"
+            )
+        alone = [v for v in views if v["context"] == "single"]
+        if alone:
+            notes.append(
+                f"{len(alone)} view(s) have no same-view film of the other breast in this upload: the model saw them "
+                "alone (context single); upload both breasts' views together for the comparison it was trained with"
             )
         shrunk = [v for v in views if is_shrunk(v["fit_scale"])]
         for v in shrunk:  # the upload's position only: file names are never logged by the service
