@@ -268,3 +268,4 @@ def test_serve_precision_resolves_to_a_backend_and_the_summary_shows_it(run):
         ServeConfig(backend="onnx", precision="bfloat16").validate()
     served = ServedModels.load([run], device="cpu", backend=cfg.backend)
     assert served.model_summaries()[0]["backend"] == "torch-bf16"
+    assert served.model_summaries()[0]["precision"] == served.cards()[0]["precision"] == "bfloat16"

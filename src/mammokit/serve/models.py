@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from mammokit.data.geometry import guess_laterality, is_shrunk
+from mammokit.infer.config import BACKEND_PRECISION
 from mammokit.infer.ensemble import NO_THRESHOLD_NOTE, combine_predictions, mean_heatmaps, unique_names
 from mammokit.infer.inputs import InputItem
 from mammokit.infer.pairing import attach_partners
@@ -124,6 +125,7 @@ class ServedModels:
                 {
                     "name": name,
                     "backend": p.backend_name,
+                    "precision": BACKEND_PRECISION.get(p.backend_name, "float32"),  # what computed p(malignant)
                     "heatmap_backend": p.heatmap_backend_name,
                     "backend_selection": p.selection.to_dict() if p.selection is not None else None,
                     "calibrated": p.calibration is not None,
@@ -141,6 +143,7 @@ class ServedModels:
                 "mammokit_version": p.card.mammokit_version,
                 "created": p.card.created,
                 "backend": p.backend_name,
+                "precision": BACKEND_PRECISION.get(p.backend_name, "float32"),
                 "threshold": p.threshold,
                 "threshold_rule": p.card.threshold_rule,
                 "calibrated": p.calibration is not None,
