@@ -87,10 +87,10 @@ def patch_map_scores(cv: Path, pred: pd.DataFrame) -> pd.DataFrame:
     """Max and 99th percentile of each fold patch classifier's malignant map over its test images."""
     import torch
 
-    from mammokit.infer.heatmap import malignant_map, patch_probability_maps
     from mammokit.io.images import read_png16
     from mammokit.preprocess import to_model_input
     from mammokit.run import load_model
+    from mammokit.scoring.patch_maps import malignant_map, patch_probability_maps
 
     rows = []
     for fold, group in pred.groupby("fold"):

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from mammokit.infer import backend_select
-from mammokit.infer.core import images_to_input, probability_graph, score
+from mammokit.scoring.core import images_to_input, probability_graph, score
 from mammokit.utils.machine import cpu_flags, cpu_name, physical_cores
 
 BACKBONE = "efficientnet_lite0"  # engine/config.py defaults for the whole-image model
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         built = {n: backend_select.build_backend(n, run, "cpu", channels_last=True, onnx_path=onnx_path) for n in names}
         extra: dict[str, Callable[[np.ndarray], Any]] = {}
         if args.nchw:
-            from mammokit.infer.core import TorchScorer
+            from mammokit.scoring.core import TorchScorer
 
             extra["torch eager NCHW"] = TorchScorer.from_run(run, "cpu").prob_malignant
         if args.compile:

@@ -132,7 +132,7 @@ def test_the_cached_export_is_reused_while_unchanged_and_rebuilt_after_the_weigh
     assert cache["export"]["onnx_sha256"] != onnx_sha
     assert cache["weights_sha256"] == export_cache.file_sha256(run / WEIGHTS)
     # and what the rebuilt backend computes is the new model's probability (the torch reference of this run)
-    from mammokit.infer.core import TorchScorer
+    from mammokit.scoring.core import TorchScorer
 
     x = backend_select.calibration_images(backend_select.read_card(run), 1)
     expected = TorchScorer.from_run(run, "cpu").prob_malignant(x)
@@ -174,7 +174,7 @@ def test_the_cache_is_never_in_the_run_folder_and_is_keyed_by_the_model(run, mon
 
 
 def test_bf16_and_fp32_agree_within_the_bar_on_a_tiny_model(base_run):
-    from mammokit.infer.core import TorchScorer
+    from mammokit.scoring.core import TorchScorer
 
     x = backend_select.calibration_images(backend_select.read_card(base_run))
     fp32 = TorchScorer.from_run(base_run, "cpu", channels_last=True).prob_malignant(x)

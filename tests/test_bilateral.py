@@ -189,7 +189,7 @@ def test_train_whole_bilateral_then_evaluate_flags_context(paired: Path, tmp_pat
     # evaluate's probabilities are the network's on (image, partner) pairs, the single one on (image, image)
     table = pd.read_parquet(paired / "manifest.parquet")
     test = table[table["split"] == "test"].reset_index(drop=True)
-    from mammokit.infer.core import TorchScorer
+    from mammokit.scoring.core import TorchScorer
 
     scorer = TorchScorer.from_run(out, "cpu")
     from mammokit.io.images import read_png16

@@ -6,19 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from mammokit.infer.heatmap import (
-    GradCamRunner,
-    cell_map_to_pixels,
-    default_cam_layer,
-    last_spatial_module,
-    malignant_map,
-    patch_probability_maps,
-    receptive_field_origin,
-    resolve_cam_layer,
-)
+from mammokit.infer.heatmap import GradCamRunner, default_cam_layer, last_spatial_module, resolve_cam_layer
 from mammokit.infer.heatmap_report import MapKind
 from mammokit.infer.overlay import render_overlay, render_panel, write_raw_map
 from mammokit.models.registry import create_model
+from mammokit.scoring.patch_maps import malignant_map, patch_probability_maps
+from mammokit.scoring.receptive_field import cell_map_to_pixels, receptive_field_origin
 from test_evaluate_model import one_thread, tiny  # noqa: F401 - fixtures: a saved run and a prepared folder
 
 
@@ -292,7 +285,7 @@ def test_a_long_caption_wraps_inside_a_narrow_panel():
 
 
 def test_flip_averaged_maps_flips_each_map_back():
-    from mammokit.infer.core import flip_averaged_maps
+    from mammokit.scoring.core import flip_averaged_maps
 
     x = torch.arange(2 * 6 * 4, dtype=torch.float32).reshape(2, 1, 6, 4)
     seen: list[torch.Tensor] = []

@@ -12,7 +12,7 @@ every later epoch skips the file reads and PNG decoding. DataLoader workers are 
 share the arrays (copy-on-write) instead of holding copies. `cache_mb=0` reads from disk every time.
 
 `PreparedImages` yields the prepared uint16 images themselves: the input of the inference core
-(`infer.core`), which evaluation scores.
+(`scoring.core`), which evaluation scores.
 
 Reproducible training order: `EpochSampler` yields `(index, sample_seed)` pairs whose order and seeds
 are a pure function of (seed, epoch, position), sharded over DDP ranks; a dataset indexed with such a

@@ -20,7 +20,7 @@ The per-image sampling rules live in `mammokit.data.patch_sampling`; this module
 
 Hard negatives (`hard_negative_run`, `mammokit patches --hard-negatives RUN`): a patch classifier trained on
 an earlier patch set of the same prepared images scores every window of an image in one all-convolutional pass
-(`infer.heatmap.patch_probability_maps`, stride 16; the score of a window is 1 - p(background) at its centre),
+(`scoring.patch_maps.patch_probability_maps`, stride 16; the score of a window is 1 - p(background) at its centre),
 and `hard_negative_fraction` of each image's background patches are the top-scoring lesion-free windows. The
 run is recorded in patches.json (folder and SHA-256 of its weights) and each such patch in `hard_negative`.
 """
@@ -317,9 +317,9 @@ def _lesion_score_map(run: str, image: np.ndarray) -> np.ndarray:
     """(H, W) float32: 1 - p(background) of `run`'s patch classifier for the window centred at each pixel."""
     import torch
 
-    from mammokit.infer.heatmap import patch_probability_maps
     from mammokit.preprocess import to_model_input
     from mammokit.run import load_model
+    from mammokit.scoring.patch_maps import patch_probability_maps
 
     if run not in _SCORERS:
         # One thread per worker: the pool's processes are the parallelism, and more OpenMP threads per process
@@ -336,8 +336,8 @@ def _lesion_score_map(run: str, image: np.ndarray) -> np.ndarray:
 def hard_negative_source(run: str | Path, patch_size: int, spec: PreprocessSpec | None) -> dict[str, Any]:
     """Check that `run` is a patch classifier for patches of `patch_size` px of images prepared by `spec` (the
     prepared folder's; None = unknown, not checked); its record for patches.json."""
-    from mammokit.infer.export_cache import file_sha256
     from mammokit.run import WEIGHTS, RunFolderError, read_card
+    from mammokit.utils.hashing import file_sha256
 
     run = Path(run)
     try:

@@ -16,7 +16,6 @@ In mammokit's terms the model input is ``(u16/65535 - pixel_mean) / pixel_std`` 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import zipfile
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from mammokit.io.keras_h5 import KerasImportError, read_keras_h5
 from mammokit.models.keras_graph import DEFAULT_PATCH_SIZE, DEFAULT_WHOLE_SIZE
 from mammokit.preprocess import PreprocessSpec
 from mammokit.run import InputSpec, ModelCard, save_run
+from mammokit.utils.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,6 @@ def _labels(task: str, n_out: int, options: KerasImportOptions) -> tuple[list[st
     if unknown or not positive:
         raise KerasImportError(f"positive labels {positive} must be a non-empty subset of the labels {labels}")
     return labels, positive
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def import_keras(path: str | Path, out: str | Path, options: KerasImportOptions | None = None) -> KerasImportResult:
@@ -202,7 +194,7 @@ def import_keras(path: str | Path, out: str | Path, options: KerasImportOptions 
         notes={
             "init": "keras import",
             "keras_file": path.name,
-            "keras_file_sha256": _sha256(path),
+            "keras_file_sha256": file_sha256(path),
             "keras_version": keras_file.keras_version,
             "keras_backend": keras_file.backend,
             "tensors_used": counts["tensors"],

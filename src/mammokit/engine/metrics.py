@@ -1,6 +1,6 @@
 """Training-time classification metrics from softmax outputs (NumPy in, plain Python out).
 
-p(malignant) comes from the inference core (`infer.core.malignant_from_class_probs`) and the AUC from
+p(malignant) comes from the inference core (`scoring.core.malignant_from_class_probs`) and the AUC from
 `mammokit.metrics` (the one definition; NaN with one class, reported here as None so the JSON stays valid).
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from mammokit.infer.core import malignant_from_class_probs
 from mammokit.metrics import OneClassWarning, roc_auc
+from mammokit.scoring.core import malignant_from_class_probs
 
 
 def classification_metrics(prob: np.ndarray, label: np.ndarray, positive_indices: list[int]) -> dict[str, Any]:

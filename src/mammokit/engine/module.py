@@ -22,8 +22,8 @@ from mammokit.engine.config import LoaderConfig, OptimConfig
 from mammokit.engine.losses import classification_loss
 from mammokit.engine.metrics import classification_metrics
 from mammokit.engine.schedule import build_optimizer, regularised_parameters
-from mammokit.infer.core import class_probabilities
 from mammokit.models.utils import apply_bn_policy
+from mammokit.scoring.core import class_probabilities
 
 log = logging.getLogger(__name__)
 

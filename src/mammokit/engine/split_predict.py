@@ -1,4 +1,4 @@
-"""Predictions of one run on a split of a prepared dataset, through the inference core (`infer.core`).
+"""Predictions of one run on a split of a prepared dataset, through the inference core (`scoring.core`).
 
 Shared by `mammokit evaluate` (which scores them) and `mammokit calibrate` (which fits a calibration map on
 them). The numbers are the ones `mammokit predict` gives on the same images' raw files (tests/test_parity.py).
@@ -78,13 +78,13 @@ def predict_split(
     Returns:
         One row per image: the id columns, optional density/birads/vendor/site, `context` (bilateral models:
         "contralateral" or "single", `data.pairs`), `prob_uncalibrated`
-        (`infer.core`: float32 softmax summed over the card's positive labels) and `prob_malignant` (after
+        (`scoring.core`: float32 softmax summed over the card's positive labels) and `prob_malignant` (after
         calibration.json when the run has one, else equal to the raw probability).
     """
     from torch.utils.data import DataLoader
 
     from mammokit.data.datasets import PreparedImages, stack_images
-    from mammokit.infer.core import TorchScorer
+    from mammokit.scoring.core import TorchScorer
 
     run_dir = Path(run_dir)
     card = read_card(run_dir)

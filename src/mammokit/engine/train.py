@@ -106,7 +106,7 @@ def _evaluate(
     from torch.utils.data import DataLoader
 
     from mammokit.engine.module import collate_samples
-    from mammokit.infer.core import predict_class_probs
+    from mammokit.scoring.core import predict_class_probs
 
     if dataset is None or len(dataset) == 0:
         return {}, None, None
@@ -127,8 +127,8 @@ def _named(metrics: dict[str, Any], labels: list[str]) -> dict[str, Any]:
 
 def _threshold(prob: np.ndarray | None, label: np.ndarray | None, positive: list[int]) -> float:
     """Youden threshold on validation p(malignant) (`mammokit.metrics`); 0.5 when it is undefined."""
-    from mammokit.infer.core import malignant_from_class_probs
     from mammokit.metrics import youden_threshold
+    from mammokit.scoring.core import malignant_from_class_probs
 
     if prob is None or label is None:
         return 0.5

@@ -3,7 +3,7 @@
 Candidates (each only where its runtime is installed and it can run here), all float32, so that the same file
 and model give the same numbers on every CPU (to float32 rounding), whichever of them wins:
 
-    torch       the inference core's float32 graph, channels_last (`infer.core.TorchScorer`): the reference
+    torch       the inference core's float32 graph, channels_last (`scoring.core.TorchScorer`): the reference
     onnx        the run exported once to ONNX (`infer.export_cache`), ONNX Runtime with tuned session options
                 (`infer.onnx.session_options`: all graph optimisations, one thread per physical core)
     openvino    the same ONNX file with OpenVINO Runtime, float32 (only if `openvino` is already installed)
@@ -172,7 +172,7 @@ def calibration_images(card: ModelCard, n: int = N_CALIBRATION) -> np.ndarray:
     move a real image's probability would not show.
     """
     from mammokit.data.geometry import prepare_pixels
-    from mammokit.infer.core import images_to_input
+    from mammokit.scoring.core import images_to_input
     from mammokit.synth import render_view, sample_woman
 
     spec = card.input.preprocess
@@ -203,7 +203,7 @@ def measure(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> tuple[floa
 def build_backend(name: str, run_dir: Path, device: str, *, channels_last: bool, onnx_path: Path | None) -> Any:
     """A backend object with `prob_malignant(x)` and `device`: a TorchScorer, OnnxBackend or OpenVinoBackend."""
     if name in ("torch", "torch-bf16"):
-        from mammokit.infer.core import TorchScorer
+        from mammokit.scoring.core import TorchScorer
 
         precision = "bf16" if name == "torch-bf16" else "fp32"
         return TorchScorer.from_run(run_dir, device, channels_last=channels_last, precision=precision)

@@ -43,6 +43,7 @@ from typing import Any
 
 from mammokit.run import MODEL_JSON, WEIGHTS
 from mammokit.utils.atomic import atomic_write_json
+from mammokit.utils.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,6 @@ CACHE_FORMAT = 1
 CACHE_ENV = "MAMMOKIT_CACHE_DIR"
 EXPORT_PACKAGES = ("mammokit", "torch", "onnx")  # what the exported graph depends on
 RUNTIME_PACKAGES = ("mammokit", "torch", "onnxruntime", "openvino")  # what a selection's timings depend on
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks (a ResNet50 run's weights are ~100 MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
@@ -81,7 +73,7 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
 
 def export_versions() -> dict[str, str | None]:
     """What an export depends on: the exporter's package versions and the code of the exported graph itself
-    (`infer.core`, `infer.onnx`; a development checkout changes them without changing the version number)."""
+    (`scoring.core`, `infer.onnx`; a development checkout changes them without changing the version number)."""
     here = Path(__file__).parent
     code = hashlib.sha256(b"".join((here / name).read_bytes() for name in ("core.py", "onnx.py"))).hexdigest()
     return {**package_versions(EXPORT_PACKAGES), "graph_code_sha256": code[:16]}

@@ -108,7 +108,8 @@ class PreparedHeatmapper:
         """One prepared (H, W) uint16 image -> {kind name: (H, W) float32 map on the same grid}."""
         import torch
 
-        from mammokit.infer.heatmap import GradCamRunner, malignant_map, patch_probability_maps
+        from mammokit.infer.heatmap import GradCamRunner
+        from mammokit.scoring.patch_maps import malignant_map, patch_probability_maps
 
         out: dict[str, np.ndarray] = {}
         x = torch.from_numpy(to_model_input(image_u16, self.card.input.pixel_mean, self.card.input.pixel_std))

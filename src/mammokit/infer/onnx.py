@@ -11,7 +11,7 @@ NumPy), its input is the prepared image itself, and nobody normalises by hand:
     output "prob_malignant"  float32 (batch,)
 
 Flip test-time augmentation is not in the graph: the predictor feeds the four flips as one batch and
-averages them (`infer.core.score`), exactly as with the torch backend.
+averages them (`scoring.core.score`), exactly as with the torch backend.
 
 The batch axis is dynamic; H and W are fixed to the run's prepared size (the model was trained at
 that size and the predictor always prepares images to it). The run's `model.json` is embedded in the
@@ -72,8 +72,8 @@ def export_onnx(
     """
     import torch
 
-    from mammokit.infer.core import probability_graph
     from mammokit.run import load_model
+    from mammokit.scoring.core import probability_graph
 
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / ONNX_FILE

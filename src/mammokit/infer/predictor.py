@@ -160,7 +160,7 @@ class _TorchBackend:
 
     @classmethod
     def from_run(cls, run_dir: Path, device: str, channels_last: bool, precision: str = "fp32") -> _TorchBackend:
-        from mammokit.infer.core import TorchScorer
+        from mammokit.scoring.core import TorchScorer
 
         scorer = TorchScorer.from_run(run_dir, device, channels_last=channels_last, precision=precision)
         return cls(scorer, read_card(run_dir).positive_indices)
@@ -210,7 +210,7 @@ class _PatchHeatmapper:
         """(B, 1, H, W) normalised with this run's mean/std -> (B, n_classes, H, W) probabilities."""
         import torch
 
-        from mammokit.infer.heatmap import patch_probability_maps
+        from mammokit.scoring.patch_maps import patch_probability_maps
 
         return patch_probability_maps(self.model, torch.from_numpy(x).to(self.device), self.patch_hw, stride)
 
@@ -447,8 +447,8 @@ class Predictor(FilePredictions):
 
     def _prob_raw(self, batch: Sequence[PreparedImage]) -> np.ndarray:
         """(B,) p(malignant) of prepared images through the inference core (flip-averaged with TTA)."""
-        from mammokit.infer.core import images_to_input, score
         from mammokit.infer.pairing import pair_input
+        from mammokit.scoring.core import images_to_input, score
 
         images = pair_input(batch) if self.pairs_views else [p.image_u16 for p in batch]
         return score(self.backend.prob_malignant, images_to_input(images), self.tta)
@@ -566,7 +566,7 @@ class Predictor(FilePredictions):
             prepared = [prepare_pixels(p.pixels, p.meta, ph.spec) for p in batch]
         mean, std = ph.card.input.pixel_mean, ph.card.input.pixel_std
         x = np.stack([to_model_input(u16, mean, std) for u16, _ in prepared])
-        from mammokit.infer.heatmap import malignant_map
+        from mammokit.scoring.patch_maps import malignant_map
 
         probs = ph.maps(x, self.heatmap_options.patch_stride)  # (B, n_classes, H, W)
         for m, (_, geometry), p, per_class in zip(maps, prepared, batch, probs, strict=True):
