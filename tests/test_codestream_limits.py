@@ -354,3 +354,32 @@ def test_truncated_or_corrupt_deflate_stream_is_a_read_error(tmp_path):
     corrupt.write_bytes(data[:-300] + b"\xff" * 300)
     with pytest.raises(MammogramReadError, match=re.escape(str(corrupt))):
         read_mammogram(corrupt)
+
+
+def test_dataset_listing_reads_headers_and_roi_masks_through_the_bounded_reader(tmp_path, monkeypatch):
+    """`prepare`'s main process reads every file's header (adapters) and decodes CBIS-DDSM ROI files to tell the
+    mask from the crop: a deflate bomb is a DatasetError at ~17 MB, and a codestream declaring 60000 x 60000 is
+    never handed to pydicom's decoder (the file is then simply not a mask)."""
+    from mammokit.data.sources._common import DatasetError, read_dicom_header
+    from mammokit.data.sources.cbis_ddsm import _is_binary_mask
+
+    bomb = write_deflate_bomb(tmp_path / "bomb.dcm", 400_000_000)
+    errors: list[str] = []
+
+    def header() -> None:
+        with pytest.raises(DatasetError) as info:
+            read_dicom_header(bomb)
+        errors.append(str(info.value))
+
+    peak = _traced_peak(header)
+    assert peak < 30e6, f"peak {peak / 1e6:.0f} MB while listing a 400 MB bomb"
+    assert errors[0].startswith("bomb.dcm: ") and "decompression bomb" in errors[0]
+    assert str(tmp_path) not in errors[0]  # the file's name only, as the adapters' messages
+    good = _good(tmp_path, "jpeg2000")
+    bad = replace_frame(good, with_declared_size(first_frame(good), 60000, 60000), tmp_path / "bad.dcm")
+    decoded: list[str] = []
+    real_pixel_array = pydicom.dataset.Dataset.pixel_array
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array",
+                        property(lambda ds: decoded.append("x") or real_pixel_array.fget(ds)))  # fmt: skip
+    assert _is_binary_mask(bad) is False and decoded == []
+    assert _is_binary_mask(good) is False and decoded == ["x"]  # a grey image is decoded, and is not a mask

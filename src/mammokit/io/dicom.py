@@ -292,7 +292,11 @@ def _dcmread(path: Path, max_pixels: int | None = None) -> Any:
 
 
 def dcmread_bounded(
-    source: str | Path | BinaryIO, *, max_pixels: int | None = None, stop_before_pixels: bool = False
+    source: str | Path | BinaryIO,
+    *,
+    max_pixels: int | None = None,
+    stop_before_pixels: bool = False,
+    force: bool = False,
 ) -> Any:
     """`pydicom.dcmread` that inflates a deflated dataset through a bounded stream; failures are MammogramReadErrors.
 
@@ -309,6 +313,7 @@ def dcmread_bounded(
         source: a path, or a binary file object positioned at the start of the file (messages name it by `str()`).
         max_pixels: the image-size limit; None = `max_image_pixels()`.
         stop_before_pixels: as for `pydicom.dcmread`.
+        force: as for `pydicom.dcmread`: also read a file without the 128-byte preamble and "DICM" (older exports).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -317,8 +322,9 @@ def dcmread_bounded(
     limit = max_image_pixels() if max_pixels is None else int(max_pixels)
     inflated: io.BytesIO | None = None
     try:
-        inflated = _inflate_if_deflated(path, limit)
-        ds = pydicom.dcmread(path if inflated is None else inflated, stop_before_pixels=stop_before_pixels)
+        inflated = _inflate_if_deflated(path, limit, force)
+        ds = pydicom.dcmread(path if inflated is None else inflated, stop_before_pixels=stop_before_pixels,
+                             force=force)  # fmt: skip
     except MammogramReadError:
         raise
     except InvalidDicomError as exc:
@@ -337,7 +343,7 @@ def dcmread_bounded(
     return ds
 
 
-def _inflate_if_deflated(path: Path | BinaryIO, limit_pixels: int) -> io.BytesIO | None:
+def _inflate_if_deflated(path: Path | BinaryIO, limit_pixels: int, force: bool = False) -> io.BytesIO | None:
     """Inflate a Deflated Explicit VR Little Endian file within `deflated_size_limit`; None for other syntaxes.
 
     The preamble and file meta information are parsed by pydicom's own reader (`read_preamble`,
@@ -353,7 +359,7 @@ def _inflate_if_deflated(path: Path | BinaryIO, limit_pixels: int) -> io.BytesIO
         else:
             fh = stack.enter_context(open(path, "rb"))  # type: ignore[arg-type]
         try:
-            preamble = read_preamble(fh, False)
+            preamble = read_preamble(fh, force)
             file_meta = _read_file_meta_info(fh)
         except Exception:
             return None

@@ -175,12 +175,17 @@ def find_one(root: Path, names: Iterable[str], what: str) -> Path:
 def read_dicom_header(path: Path) -> Any:
     """pydicom Dataset without pixel data (fast: reads only the header); DatasetError if it is not an image DICOM.
 
-    `force=True` accepts files without the 128-byte preamble (older exports); a file that then has neither
-    SOPClassUID nor Rows is not a DICOM image.
+    Files without the 128-byte preamble (older exports) are accepted; a file that then has neither
+    SOPClassUID nor Rows is not a DICOM image. Read through `io.dicom.dcmread_bounded`, as every DICOM the
+    project reads: a deflated dataset inflates through a bounded stream (a 400 KB deflate bomb is refused, not
+    inflated to 400 MB in the process that lists the dataset).
     """
-    import pydicom
+    from mammokit.io.dicom import MammogramReadError, dcmread_bounded
 
-    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    try:
+        ds = dcmread_bounded(path, stop_before_pixels=True, force=True)
+    except MammogramReadError as exc:
+        raise DatasetError(f"{path.name}: {str(exc).removeprefix(str(path) + ': ')}") from None
     if "SOPClassUID" not in ds and "Rows" not in ds:
         raise DatasetError(f"{path.name}: not a DICOM image")
     return ds

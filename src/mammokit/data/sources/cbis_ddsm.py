@@ -273,11 +273,18 @@ def _dicom_size(path: Path) -> tuple[int, int] | None:
 
 
 def _is_binary_mask(path: Path) -> bool:
-    """True if the DICOM's pixels take at most two values one of which is 0 (a 0/255 ROI mask)."""
-    import pydicom
+    """True if the DICOM's pixels take at most two values one of which is 0 (a 0/255 ROI mask).
+
+    The header and any codestream are checked before decoding (bounded inflation, declared size = Rows x Columns
+    within the pixel limit: `io.dicom`), since this runs in the process that lists the dataset.
+    """
+    from mammokit.io.dicom import check_declared_codestream, check_declared_size, dcmread_bounded, max_image_pixels
 
     try:
-        px = pydicom.dcmread(path, force=True).pixel_array
+        ds = dcmread_bounded(path, force=True)
+        check_declared_size(path, int(ds.Rows), int(ds.Columns), max_image_pixels(), int(ds.get("NumberOfFrames") or 1))
+        check_declared_codestream(ds, path, max_image_pixels())
+        px = ds.pixel_array
     except Exception:
         return False
     values = np.unique(px[:: max(1, px.shape[0] // 512), :: max(1, px.shape[1] // 512)])
