@@ -25,9 +25,10 @@ chromium:  ## install headless Chromium for the HTML-report test (Debian package
 	    || echo "warning: could not install chromium; the report screenshot test will skip"; \
 	  else echo "warning: not root, cannot install chromium; the report screenshot test will skip"; fi; }
 
-lint: $(STAMP)  ## ruff lint + format check
+lint: $(STAMP)  ## ruff lint + format check + the package layering (.importlinter)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports --no-logo --no-cache
 
 format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src tests benchmarks
