@@ -1,6 +1,7 @@
 """Post-hoc analyses of a `bench_mias_cv.py` run's out-of-fold predictions (no training).
 
     python benchmarks/analyse_mias_oof.py CV_OUT [--eval eval-tta] [--patch-maps] [--bootstrap 2000]
+        [--only-folds 0 1 2] [--compare OTHER_CV_OUT ...]
 
 For every scoring rule it prints the pooled out-of-fold per-image AUC with a women-clustered bootstrap 95 % CI,
 computed on the same images as the benchmark (each predicted once, by the fold model that did not see the woman):
@@ -14,7 +15,12 @@ computed on the same images as the benchmark (each predicted once, by the fold m
   benign-lesion images only (mini-MIAS' negatives are both), within each breast density (fatty, glandular,
   dense), and for each malignant abnormality class against every non-malignant image: where the model fails;
 * **patch-classifier map** (`--patch-maps`, ~1 min of CPU per fold): max and 99th percentile of the fold's
-  patch classifier's p(malignant) map over the image (stride 16), i.e. the patch stage alone as an image score.
+  patch classifier's p(malignant) map over the image (stride 16), i.e. the patch stage alone as an image score;
+* **other arms** (`--compare`): the whole-image score of other runs of the benchmark on the same folds (e.g. the
+  bilateral models), on the same images, each with its paired difference to this run's whole-image AUC
+  (women bootstrap of the difference).
+
+`--only-folds` pools the folds given (a run not finished yet); every arm must have them.
 """
 
 from __future__ import annotations
@@ -34,10 +40,20 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return auc_from_curve(binary_curve(np.asarray(y).astype(int), np.asarray(p)))
 
 
-def pooled(cv: Path, eval_name: str) -> pd.DataFrame:
+def _auc_difference(y: np.ndarray, both: np.ndarray) -> float:
+    """AUC of column 0 minus AUC of column 1 on the same images (for a paired bootstrap)."""
+    return _auc(y, both[:, 0]) - _auc(y, both[:, 1])
+
+
+def pooled(cv: Path, eval_name: str, folds: list[int] | None = None) -> pd.DataFrame:
+    """Every fold's test predictions (or those of `folds`) as one table with a `fold` column."""
     frames = []
-    for fold in sorted(cv.glob("fold*")):
-        df = pd.read_csv(fold / eval_name / "predictions.csv", dtype={"image_id": str, "patient_id": str})
+    dirs = sorted(cv.glob("fold*")) if folds is None else [cv / f"fold{k}" for k in folds]
+    for fold in dirs:
+        path = fold / eval_name / "predictions.csv"
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: that fold has not been evaluated; pass --only-folds with those done")
+        df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
         frames.append(df.assign(fold=fold.name))
     return pd.concat(frames, ignore_index=True)
 
@@ -117,12 +133,26 @@ def main(argv: list[str] | None = None) -> int:
         "--subgroups", action="store_true", help="also the whole-image AUC by negative kind, density, class"
     )
     ap.add_argument("--bootstrap", type=int, default=2000, metavar="N")
+    ap.add_argument("--only-folds", type=int, nargs="+", default=None, help="pool just these folds")
+    ap.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="CV_OUT",
+        help="other bench_mias_cv.py runs on the same folds: their whole-image AUC beside this one's",
+    )
     args = ap.parse_args(argv)
 
-    pred = pooled(args.cv, args.eval)
+    pred = pooled(args.cv, args.eval, args.only_folds)
     p = pred["prob_uncalibrated"]
     other = contralateral(pred)
     scores = {"whole image": p, "minus contralateral": p - other, "minus half contralateral": p - 0.5 * other}
+    for arm in args.compare:
+        theirs = pooled(arm, args.eval, args.only_folds).set_index("image_id")["prob_uncalibrated"]
+        if set(theirs.index) != set(pred["image_id"]):
+            raise SystemExit(f"{arm} predicted other images than {args.cv}: not the same folds")
+        scores[f"{arm.name} (whole image)"] = pred["image_id"].map(theirs)
     if args.patch_maps:
         maps = patch_map_scores(args.cv, pred).set_index("image_id")
         scores["patch map max"] = pred["image_id"].map(maps["patch_max"])
@@ -135,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         ci = bootstrap_ci(_auc, y[keep], s.to_numpy()[keep], groups=pred["patient_id"].to_numpy()[keep],
                           n=args.bootstrap, seed=0)  # fmt: skip
         print(f"| {name} | {ci.estimate:.3f} ({ci.low:.3f}-{ci.high:.3f}) |")
+    if len(scores) > 1:
+        print("\n| score - whole image | paired AUC difference (95 % CI, women bootstrap) |\n|---|---|")
+        for name, s in list(scores.items())[1:]:
+            keep = s.notna().to_numpy()
+            both = np.column_stack([s.to_numpy()[keep], p.to_numpy()[keep]])
+            ci = bootstrap_ci(_auc_difference, y[keep], both, groups=pred["patient_id"].to_numpy()[keep],
+                              n=args.bootstrap, seed=0)  # fmt: skip
+            print(f"| {name} | {ci.estimate:+.3f} ({ci.low:+.3f} to {ci.high:+.3f}) |")
     if args.subgroups:
         pred = with_image_facts(args.cv, pred)
         print("\n| whole-image score, subgroup | images (malignant) | AUC (95 % CI, women bootstrap) |\n|---|---|---|")

@@ -206,6 +206,14 @@ def test_oof_analysis_pairs_each_image_with_the_other_breast(
     assert analyse.main([str(out), "--bootstrap", "50"]) == 0
     table = capsys.readouterr().out
     assert "| whole image |" in table and "| minus contralateral |" in table
+    # another arm on the same folds (here: the same run again) is paired image by image: a difference of 0
+    assert analyse.main([str(out), "--bootstrap", "50", "--compare", str(out), "--only-folds", "0"]) == 0
+    table = capsys.readouterr().out
+    assert f"| {out.name} (whole image) | +0.000 (+0.000 to +0.000) |" in table
+    assert f"{len(analyse.pooled(out, 'eval-tta', [0]))} images" in table
+    assert len(analyse.pooled(out, "eval-tta", [0])) < len(pred)
+    with pytest.raises(SystemExit, match="has not been evaluated"):
+        analyse.pooled(out, "eval-tta", [5])
 
     # subgroups: facts come from the fold manifests; each comparison keeps every malignant image it should
     assert analyse.main([str(out), "--bootstrap", "50", "--subgroups"]) == 0
