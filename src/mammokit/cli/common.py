@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mammokit.config import ConfigError
+from mammokit.infer.config import CAM_METHODS
 
 T = TypeVar("T")
 
@@ -129,7 +130,7 @@ def add_heatmap_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--gradcam-method",
-        choices=("gradcam", "gradcam++", "hirescam"),
+        choices=CAM_METHODS,
         default=None,
         help="class activation map method of pytorch-grad-cam (default hirescam, which localises best)",
     )

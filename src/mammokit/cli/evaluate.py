@@ -19,6 +19,7 @@ from mammokit.cli.common import (
     load_cli_config,
     require_data_and_runs,
 )
+from mammokit.infer.config import DEFAULT_CAM_METHOD, REPORT_HEATMAP_KINDS
 
 DESCRIPTION = """\
 Score the images of one split of a prepared dataset with one or more trained whole-image runs and report
@@ -71,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--heatmap",
-        choices=("gradcam", "patch", "none"),
+        choices=REPORT_HEATMAP_KINDS,
         default="gradcam",
         help="heatmap kind in the report's 'Where the model looks' section: Grad-CAM of the (first) run, the "
         "patch classifier's malignant map (needs the run's parent_run), or none (default gradcam)",
@@ -137,7 +138,6 @@ def _panel_maker(args: argparse.Namespace, device: str, split: str) -> Any:
     """The report's heatmap hook (infer.heatmap_report.report_panels with the flags), or None when off."""
     if args.heatmap == "none" or args.heatmap_top == 0:
         return None
-    from mammokit.infer.heatmap import DEFAULT_CAM_METHOD
     from mammokit.infer.heatmap_report import FLIPS_SUFFIX, report_panels
 
     if args.heatmap == "gradcam":

@@ -41,7 +41,7 @@ from mammokit.cli.common import (
     add_workers,
     load_cli_config,
 )
-from mammokit.infer.config import PRECISIONS, PredictConfig
+from mammokit.infer.config import BACKENDS, HEATMAP_KINDS, PRECISIONS, PredictConfig
 
 CSV_COLUMNS = (
     "image_id",
@@ -97,14 +97,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_workers(p)
     p.add_argument(
         "--heatmap",
-        choices=("none", "gradcam", "patch", "both"),
+        choices=HEATMAP_KINDS,
         default=None,
         help="overlays to write: Grad-CAM of the whole-image model, the patch classifier's per-class maps, "
         "both, or none (default none)",
     )
     p.add_argument(
         "--backend",
-        choices=("auto", "torch", "torch-bf16", "onnx", "openvino"),
+        choices=BACKENDS,
         default=None,
         help="what computes p(malignant): auto (default: the fastest backend whose probabilities stay within the "
         "accuracy bar of float32 torch on this machine, measured once per model and "

@@ -21,7 +21,7 @@ from mammokit.cli.common import (
     add_workers,
     load_cli_config,
 )
-from mammokit.infer.config import PRECISIONS
+from mammokit.infer.config import BACKENDS, HEATMAP_KINDS, PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_workers(p)
     p.add_argument(
         "--backend",
-        choices=("auto", "torch", "torch-bf16", "onnx", "openvino"),
+        choices=BACKENDS,
         default=None,
         help="what computes p(malignant), as for `mammokit predict`: auto (default: the fastest within the accuracy "
         "bar on this machine, measured once per model and machine, cached under --cache-dir), torch, torch-bf16, "
@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--aggregate", choices=("mean", "max"), default=None, help="views of a breast (default mean)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip test-time augmentation")
     add_assume_pixel_spacing(p)
-    p.add_argument("--heatmap", choices=("none", "gradcam", "patch", "both"), default=None, help="default heatmap")
+    p.add_argument("--heatmap", choices=HEATMAP_KINDS, default=None, help="default heatmap")
     p.add_argument("--max-file-mb", type=float, default=None, metavar="MB", help="upload limit per file (100)")
     p.add_argument("--max-megapixels", type=float, default=None, metavar="MP", help="image size limit (40)")
     p.add_argument("--queue", type=int, default=None, metavar="N", help="requests admitted at once; more get 503 (8)")

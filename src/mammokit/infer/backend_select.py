@@ -41,15 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from mammokit.infer.config import BACKEND_PRECISION
+from mammokit.infer.config import AUTO, BACKEND_PRECISION, BACKENDS
 from mammokit.infer.export_cache import BackendCache
 from mammokit.run import ModelCard, read_card
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto"
 ORDER = ("torch", "onnx", "openvino", "torch-bf16")  # exact first, reduced precision last (ties go left)
-BACKENDS = (AUTO, *ORDER)
 RUNTIME_MODULE = {"torch": "torch", "torch-bf16": "torch", "onnx": "onnxruntime", "openvino": "openvino"}
 FP32_BAR = 1e-4  # max |p - p_torch_fp32| for a float32 runtime (= `mammokit export`'s parity tolerance)
 BF16_BAR = 5e-3  # max |p - p_torch_fp32| for bfloat16 (issue 15's accuracy bar)

@@ -17,6 +17,19 @@ from mammokit.config import ConfigError
 # gives the same numbers on every CPU (to float32 rounding); bfloat16 only when asked.
 Precision = Literal["float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+# What computes p(malignant) (`--backend` of predict and serve, their config values and the docs): "auto" chooses
+# on this machine (infer.backend_select); the others name one runtime.
+Backend = Literal["auto", "torch", "torch-bf16", "onnx", "openvino"]
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+AUTO = "auto"
+# The heatmaps a prediction may ask for (`--heatmap` of predict and serve, the serve API's enum, /v1/model).
+HeatmapKind = Literal["none", "gradcam", "patch", "both"]
+HEATMAP_KINDS: tuple[str, ...] = typing.get_args(HeatmapKind)
+REPORT_HEATMAP_KINDS = tuple(k for k in HEATMAP_KINDS if k != "both")  # evaluate's report shows one kind at a time
+# The class activation map methods of pytorch-grad-cam (`--gradcam-method`; `infer.heatmap.CAM_CLASSES`).
+CamMethod = Literal["gradcam", "gradcam++", "hirescam"]
+CAM_METHODS: tuple[str, ...] = typing.get_args(CamMethod)
+DEFAULT_CAM_METHOD: CamMethod = "hirescam"  # localises best on the phantom and on mini-MIAS (docs/prediction.md)
 # what each named backend computes in; "auto" chooses among the float32 ones only (infer.backend_select)
 BACKEND_PRECISION: dict[str, str] = {"torch": "float32", "onnx": "float32", "openvino": "float32",
                                      "torch-bf16": "bfloat16"}  # fmt: skip
@@ -36,7 +49,7 @@ def resolve_precision(backend: str, precision: str | None) -> tuple[str, str]:
         return backend, named or "float32"
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    if backend == "auto" or (backend == "torch" and precision != "float32"):
+    if backend == AUTO or (backend == "torch" and precision != "float32"):
         return (backend if precision == "float32" else _REDUCED_BACKEND[precision]), precision
     if named != precision:
         raise ConfigError(
@@ -50,10 +63,10 @@ def resolve_precision(backend: str, precision: str | None) -> tuple[str, str]:
 class PredictConfig:
     """Options of `mammokit predict` (the model and its preprocessing come from the run folder)."""
 
-    heatmap: Literal["none", "gradcam", "patch", "both"] = "none"  # which heatmaps to render
+    heatmap: HeatmapKind = "none"  # which heatmaps to render
     # auto = the fastest backend within the accuracy bar on this machine (measured once per run, RUN/cache);
     # torch = float32; torch-bf16; onnx = onnxruntime only, torch is never imported; openvino where installed
-    backend: Literal["auto", "torch", "torch-bf16", "onnx", "openvino"] = "auto"
+    backend: Backend = AUTO
     # None = float32 (or what --backend names); bfloat16 only when asked: recorded in every output
     precision: Precision | None = None
     device: str = "auto"  # auto = cuda if available (torch) / CUDA provider if installed (onnx)
@@ -61,7 +74,7 @@ class PredictConfig:
     workers: int = 2  # reader processes: decoding runs isolated from the model, in parallel with it
     patch_run: str | None = None  # patch-classifier run for patch heatmaps (default: model.json parent_run)
     gradcam_layer: str = "auto"  # auto = the deepest stride-16 trunk stage; or a module name such as top, trunk
-    gradcam_method: Literal["gradcam", "gradcam++", "hirescam"] = "hirescam"  # localises best (docs/prediction.md)
+    gradcam_method: CamMethod = DEFAULT_CAM_METHOD
     patch_stride: int = 16  # patch-map stride in prepared pixels (divides the patch trunk's stride, 32)
     overlay_alpha: float = 0.7  # opacity of the heatmap at the top of its colour scale
     overlay_max_side: int = 1536  # longer side of each half of the overlay PNG; 0 = the original resolution

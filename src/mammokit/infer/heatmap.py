@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mammokit.infer.config import CAM_METHODS, DEFAULT_CAM_METHOD
 from mammokit.scoring.receptive_field import cell_map_to_pixels, forward_hooks, nominal_stride, receptive_field_origin
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-# CAM method names (the --gradcam-method choices) -> pytorch-grad-cam class names
-CAM_METHODS: dict[str, str] = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM"}
-DEFAULT_CAM_METHOD = "hirescam"  # localises best on the phantom and on mini-MIAS (docs/prediction.md)
+# CAM method names (infer.config.CAM_METHODS, in its order) -> pytorch-grad-cam class names
+CAM_CLASSES: dict[str, str] = dict(zip(CAM_METHODS, ("GradCAM", "GradCAMPlusPlus", "HiResCAM"), strict=True))
 AUTO_LAYER = "auto"  # the rule above; any other value names a module of the whole-image model
 CAM_STRIDE = 16  # output stride of the stage the rule picks
 # Cell maps -> pixels: cubic for CAMs, whose maximum can then fall between cell centres (sub-cell peak
@@ -144,15 +144,15 @@ class GradCamRunner:
     ) -> None:
         import pytorch_grad_cam
 
-        if method not in CAM_METHODS:
-            raise ValueError(f"gradcam method must be one of {sorted(CAM_METHODS)}, got {method!r}")
+        if method not in CAM_CLASSES:
+            raise ValueError(f"gradcam method must be one of {list(CAM_METHODS)}, got {method!r}")
         self.layer_name, self.layer = resolve_cam_layer(model, layer)
         self.method = method
         self.model = model
         self._trainable = self._backward_modules(model, example)
         # where the layer's cells look (before the CAM library hooks the layer)
         self.origin = receptive_field_origin(model, self.layer, in_channels=example.shape[1], device=example.device)
-        self.cam = getattr(pytorch_grad_cam, CAM_METHODS[method])(model=model, target_layers=[self.layer])
+        self.cam = getattr(pytorch_grad_cam, CAM_CLASSES[method])(model=model, target_layers=[self.layer])
         self.map_hw: tuple[int, int] | None = None
         # the library's own resize stretches the map over the image as if cell i covered the i-th 1/h of it;
         # no target size = the (B, h, w) map of the layer, placed by `cell_map_to_pixels` where its cells look

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mammokit.infer.config import CAM_METHODS
 from mammokit.preprocess import to_model_input
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,6 @@ class MapKind:
 
     @classmethod
     def parse(cls, name: str) -> MapKind:
-        from mammokit.infer.heatmap import CAM_METHODS
-
         core = name.removesuffix(FLIPS_SUFFIX)
         base, _, arg = core.partition("@")
         if base in CAM_METHODS:

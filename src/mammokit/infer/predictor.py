@@ -28,10 +28,11 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from mammokit.infer.config import AUTO, BACKENDS, CAM_METHODS, DEFAULT_CAM_METHOD, HEATMAP_KINDS, Backend, HeatmapKind
 from mammokit.infer.inputs import InputItem, collect_inputs
 from mammokit.io.meta import MammoMeta
 from mammokit.preprocess import PreprocessSpec, to_model_input
@@ -39,9 +40,6 @@ from mammokit.run import ModelCard, read_calibration, read_card
 
 log = logging.getLogger(__name__)
 
-HeatmapKind = Literal["none", "gradcam", "patch", "both"]
-HEATMAP_KINDS: tuple[str, ...] = ("none", "gradcam", "patch", "both")
-Backend = Literal["auto", "torch", "torch-bf16", "onnx", "openvino"]
 HEATMAP_BACKEND = "torch"  # Grad-CAM and the patch maps: the float32 torch model, whatever scored the image
 PATCH_MALIGNANT = "patch_malignant"  # the summed malignant patch classes (the primary patch map)
 
@@ -169,7 +167,9 @@ class _TorchBackend:
         """float32 (N, 1, H, W) in uint16 units -> (N,) p(malignant)."""
         return self.scorer.prob_malignant(x)
 
-    def gradcam(self, x: np.ndarray, layer: str = "auto", method: str = "hirescam", flips: bool = False) -> np.ndarray:
+    def gradcam(
+        self, x: np.ndarray, layer: str = "auto", method: str = DEFAULT_CAM_METHOD, flips: bool = False
+    ) -> np.ndarray:
         """(B, 1, H, W) normalised model input -> (B, H, W) class activation maps in [0, 1] (GradCamRunner).
 
         flips: average over the four flips of the input, as flip TTA averages p(malignant).
@@ -332,7 +332,7 @@ class Predictor(FilePredictions):
         cls,
         run_dir: str | Path,
         device: str = "auto",
-        backend: Backend = "auto",
+        backend: Backend = AUTO,
         *,
         patch_run: str | Path | None = None,
         channels_last: bool = True,
@@ -499,8 +499,6 @@ class Predictor(FilePredictions):
         if _needs(heatmap, "patch"):
             self._patch_heatmapper()
         if _needs(heatmap, "gradcam"):
-            from mammokit.infer.heatmap import CAM_METHODS
-
             if self.heatmap_options.gradcam_method not in CAM_METHODS:
                 raise ValueError(
                     f"gradcam method must be one of {sorted(CAM_METHODS)}, got {self.heatmap_options.gradcam_method!r}"
@@ -720,7 +718,7 @@ def _load_backend(
     if backend in ("torch", "torch-bf16"):
         precision = "bf16" if backend == "torch-bf16" else "fp32"
         return _TorchBackend.from_run(run_dir, device, channels_last, precision), backend, None
-    from mammokit.infer.backend_select import BACKENDS, build_backend, ensure_export, runtime_available, select_backend
+    from mammokit.infer.backend_select import build_backend, ensure_export, runtime_available, select_backend
 
     if backend == "openvino":
         from mammokit.infer.export_cache import BackendCache
@@ -731,7 +729,7 @@ def _load_backend(
                                     f"run `mammokit export {run_dir}` where torch is installed")  # fmt: skip
         impl = build_backend("openvino", run_dir, device, channels_last=channels_last, onnx_path=onnx_path)
         return impl, backend, None
-    if backend != "auto":
+    if backend != AUTO:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     selection, impl = select_backend(run_dir, device, channels_last=channels_last)
     if selection.backend in ("torch", "torch-bf16"):

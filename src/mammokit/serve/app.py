@@ -36,6 +36,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from mammokit.infer.config import HEATMAP_KINDS
 from mammokit.serve.decode import DecodePool
 from mammokit.serve.models import ExamLimits, ServedModels
 from mammokit.serve.settings import ServeConfig
@@ -66,7 +67,7 @@ _PREDICT_FORM_SCHEMA = {
             "items": {"type": "string"},
             "description": "per file, in upload order (CC, MLO, ...): used where the file does not record it",
         },
-        "heatmap": {"type": "string", "enum": ["none", "gradcam", "patch", "both"]},
+        "heatmap": {"type": "string", "enum": list(HEATMAP_KINDS)},
         "inline": {"type": "boolean", "description": "PNGs as base64 data: URLs instead of links"},
     },
 }

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from mammokit.data.geometry import guess_laterality, is_shrunk
-from mammokit.infer.config import BACKEND_PRECISION
+from mammokit.infer.config import BACKEND_PRECISION, HEATMAP_KINDS
 from mammokit.infer.ensemble import NO_THRESHOLD_NOTE, combine_predictions, mean_heatmaps, unique_names
 from mammokit.infer.inputs import InputItem
 from mammokit.infer.pairing import attach_partners
-from mammokit.infer.predictor import HEATMAP_KINDS, Prediction, Predictor, PreparedImage
+from mammokit.infer.predictor import Prediction, Predictor, PreparedImage
 from mammokit.io.dicom import KNOWN_VIEWS, MammogramReadError
 from mammokit.io.meta import MammoMeta
 from mammokit.serve.decode import DecodePool

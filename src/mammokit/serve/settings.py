@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mammokit.config import ConfigError
-from mammokit.infer.config import Precision, resolve_precision
+from mammokit.infer.config import AUTO, Backend, HeatmapKind, Precision, resolve_precision
 
 TOKEN_ENV = "MAMMOKIT_SERVE_TOKEN"
 
@@ -20,14 +20,14 @@ class ServeConfig:
     port: int = 8000
     token: str | None = None  # bearer token for /v1/*; default: $MAMMOKIT_SERVE_TOKEN
     # auto = the fastest backend within the accuracy bar on this machine (as `mammokit predict --backend auto`)
-    backend: Literal["auto", "torch", "torch-bf16", "onnx", "openvino"] = "auto"
+    backend: Backend = AUTO
     # float32 unless asked (auto chooses among float32 backends only); validate() resolves it with the backend
     precision: Precision | None = None
     device: str = "auto"
     tta: bool | None = None  # None = as each run's calibration.json was fitted (plain without one)
     assume_pixel_spacing: float | None = None  # mm/pixel for files without a spacing tag (pixel-spacing runs)
     aggregate: Literal["mean", "max"] = "mean"  # views of one breast, as `mammokit evaluate --aggregate`
-    default_heatmap: Literal["none", "gradcam", "patch", "both"] = "gradcam"  # when a request names none
+    default_heatmap: HeatmapKind = "gradcam"  # when a request names none
     max_file_mb: float = 100.0  # per uploaded file
     max_views: int = 4  # files per request (one exam)
     max_megapixels: float = 40.0  # declared image size limit (largest FFDM detectors are ~30 MP)
