@@ -58,3 +58,16 @@ def test_cam_methods_come_from_one_place():
     assert _choices("predict", "--gradcam-method") == _literal(PredictConfig, "gradcam_method") == CAM_METHODS
     assert tuple(CAM_CLASSES) == CAM_METHODS
     assert f"[--gradcam-method {'|'.join(CAM_METHODS)}]" in (DOCS / "prediction.md").read_text()
+
+
+def test_device_names_map_in_one_place():
+    from mammokit.utils.device import lightning_accelerator, resolve_device, torch_device_name, trainer_device
+
+    assert [torch_device_name(n) for n in ("gpu", " CUDA:1", "cpu", "auto")] == ["cuda", "cuda:1", "cpu", "auto"]
+    assert [lightning_accelerator(n) for n in ("cuda", "cuda:1", "gpu", "cpu", "mps", "auto")] == [
+        "gpu", "gpu", "gpu", "cpu", "mps", "auto"
+    ]  # fmt: skip
+    assert trainer_device("auto") == {} and trainer_device("cpu") == {"accelerator": "cpu"}
+    assert trainer_device("cuda:1") == {"accelerator": "gpu", "devices": "1,"}  # index 1, not one device
+    cpu = resolve_device("cpu")
+    assert resolve_device(cpu) is cpu and str(resolve_device("CPU")) == "cpu"

@@ -49,19 +49,14 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
 
 def trainer_flags(args: argparse.Namespace) -> dict[str, Any]:
     """Nested config values of the shared flags (None = not given, the config's value stays)."""
-    trainer: dict[str, Any] = {}
-    device = str(args.device or "auto")
-    if device != "auto":
-        if device.startswith("cuda:"):
-            trainer = {"accelerator": "gpu", "devices": f"{int(device.split(':', 1)[1])},"}
-        else:
-            trainer = {"accelerator": device}
+    from mammokit.utils.device import trainer_device
+
     return {
         "out": args.out,
         "seed": args.seed,
         "resume": True if args.resume else None,
         "loader": {"batch_size": args.batch_size, "workers": args.workers},
-        "trainer": trainer,
+        "trainer": trainer_device(args.device or "auto"),
     }
 
 

@@ -37,6 +37,7 @@ from mammokit.engine.progress import training_progress_bar
 from mammokit.engine.schedule import stage_trainable
 from mammokit.utils.atomic import atomic_write_json
 from mammokit.utils.console import tidy_third_party_output
+from mammokit.utils.device import lightning_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,6 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         )
     if resume and not started:
         log.warning("--resume: %s has no checkpoints yet; starting from the beginning", run_dir)
-
-
-def lightning_accelerator(name: str) -> str:
-    """Map mammokit's --device values (auto, cpu, cuda, cuda:1, mps) onto Lightning's accelerator names."""
-    name = name.strip().lower()
-    if name.startswith("cuda") or name == "gpu":
-        return "gpu"
-    return name
 
 
 def build_trainer(

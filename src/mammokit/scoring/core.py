@@ -181,7 +181,7 @@ class TorchScorer:
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        self.device = device if isinstance(device, torch.device) else resolve_device(_device_name(device))
+        self.device = resolve_device(device)
         self.channels_last = channels_last
         self.precision = precision
         graph = probability_graph(net.float(), positive, mean, std).to(self.device)
@@ -222,12 +222,6 @@ class TorchScorer:
         return score(self.prob_malignant, images_to_input(images_u16), tta)
 
 
-def _device_name(name: str) -> str:
-    """mammokit/Lightning device names -> torch's ("gpu" is Lightning's name for CUDA)."""
-    name = str(name).strip().lower()
-    return "cuda" if name == "gpu" else name
-
-
 def predict_class_probs(net: nn.Module, batches: Any, device: Any = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(N, C) float32 class probabilities and (N,) labels of an iterable of {"image", "label"} batches.
 
@@ -239,7 +233,7 @@ def predict_class_probs(net: nn.Module, batches: Any, device: Any = "auto") -> t
 
     from mammokit.utils.device import resolve_device
 
-    dev = device if isinstance(device, torch.device) else resolve_device(_device_name(device))
+    dev = resolve_device(device)
     net = net.to(dev).float().eval()
     probs, labels = [], []
     with torch.inference_mode():
