@@ -71,3 +71,10 @@ def test_device_names_map_in_one_place():
     assert trainer_device("cuda:1") == {"accelerator": "gpu", "devices": "1,"}  # index 1, not one device
     cpu = resolve_device("cpu")
     assert resolve_device(cpu) is cpu and str(resolve_device("CPU")) == "cpu"
+
+
+def test_run_names_are_made_unique_by_one_rule():
+    from mammokit.run import unique_run_names
+
+    assert unique_run_names(["whole", "whole", "patch", "whole"]) == ["whole", "whole-2", "patch", "whole-3"]
+    assert unique_run_names(["ensemble", "whole"], reserved=("ensemble",)) == ["ensemble-2", "whole"]

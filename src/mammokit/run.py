@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -211,3 +212,17 @@ def read_calibration(run_dir: str | Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise RunFolderError(f"{path}: malformed {CALIBRATION_JSON} (the top level must be an object)")
     return data
+
+
+def unique_run_names(names: Sequence[str], reserved: Collection[str] = ()) -> list[str]:
+    """Run names made unique by suffixes (-2, -3, ...), so two runs both called `whole` stay apart in outputs.
+
+    A name in `reserved` is suffixed too (evaluate's "ensemble" row must not be mistaken for a run of that name).
+    """
+    out: list[str] = []
+    for name in names:
+        candidate, k = name, 2
+        while candidate in out or candidate in reserved:
+            candidate, k = f"{name}-{k}", k + 1
+        out.append(candidate)
+    return out

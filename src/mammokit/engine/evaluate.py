@@ -34,7 +34,7 @@ from mammokit.data.manifest import DATASET_JSON
 from mammokit.engine.aggregate import aggregate_predictions, delong_pairs, ensemble_predictions, model_results
 from mammokit.engine.split_predict import EvaluationError, check_whole_run, load_split, predict_split
 from mammokit.metrics import apply_calibration, ece
-from mammokit.run import ModelCard, read_calibration, read_card
+from mammokit.run import ModelCard, read_calibration, read_card, unique_run_names
 from mammokit.utils.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from mammokit.utils.diskfull import disk_full_guard
 from mammokit.version import __version__
@@ -143,17 +143,6 @@ def _shrunk_summary(df: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _run_names(runs: Sequence[Path]) -> list[str]:
-    names: list[str] = []
-    for run in runs:
-        base = run.resolve().name or "run"
-        name, k = base, 2
-        while name in names or name == ENSEMBLE:
-            name, k = f"{base}-{k}", k + 1
-        names.append(name)
-    return names
-
-
 def _nyu_columns(df: pd.DataFrame) -> pd.DataFrame:
     """predictions.csv: our columns plus the NYU mammography metarepository image-level contract."""
     out = df.copy()
@@ -225,7 +214,7 @@ def evaluate(
     cards = [read_card(r) for r in run_dirs]
     for run_dir, card in zip(run_dirs, cards, strict=True):
         check_whole_run(card, run_dir)
-    names = _run_names(run_dirs)
+    names = unique_run_names([run.resolve().name or "run" for run in run_dirs], reserved=(ENSEMBLE,))
     images, n_unknown = load_split(prepared, split)
     notes: list[str] = []
 

@@ -34,23 +34,13 @@ from mammokit.infer.predictor import (
     PreparedImage,
 )
 from mammokit.preprocess import spec_differences, to_model_input
+from mammokit.run import unique_run_names
 
 NO_THRESHOLD_NOTE = "an ensemble has no stored threshold (as in `mammokit evaluate`): see each model's call"
 
 
 class EnsembleError(ValueError):
     """The runs cannot form an ensemble (e.g. they prepare images differently)."""
-
-
-def unique_names(names: Sequence[str]) -> list[str]:
-    """Run names made unique by suffixes (-2, -3, ...), so two runs both called `whole` stay apart in outputs."""
-    out: list[str] = []
-    for name in names:
-        candidate, k = name, 2
-        while candidate in out:
-            candidate, k = f"{name}-{k}", k + 1
-        out.append(candidate)
-    return out
 
 
 def mean_heatmaps(members: Sequence[Prediction]) -> dict[str, np.ndarray]:
@@ -138,7 +128,7 @@ class EnsemblePredictor(FilePredictions):
         check_same_preprocessing(predictors)
         self.predictors = list(predictors)
         self.reader: Predictor = self.predictors[0]  # reads and prepares every file once, for all members
-        self.names = unique_names([p.run_name for p in self.predictors])
+        self.names = unique_run_names([p.run_name for p in self.predictors])
 
     @classmethod
     def from_runs(

@@ -29,12 +29,13 @@ import numpy as np
 
 from mammokit.data.geometry import guess_laterality, is_shrunk
 from mammokit.infer.config import BACKEND_PRECISION, HEATMAP_KINDS
-from mammokit.infer.ensemble import NO_THRESHOLD_NOTE, combine_predictions, mean_heatmaps, unique_names
+from mammokit.infer.ensemble import NO_THRESHOLD_NOTE, combine_predictions, mean_heatmaps
 from mammokit.infer.inputs import InputItem
 from mammokit.infer.pairing import attach_partners
 from mammokit.infer.predictor import Prediction, Predictor, PreparedImage
 from mammokit.io.dicom import KNOWN_VIEWS, MammogramReadError
 from mammokit.io.meta import MammoMeta
+from mammokit.run import unique_run_names
 from mammokit.serve.decode import DecodePool
 from mammokit.serve.store import ResultStore
 from mammokit.serve.uploads import UploadedFile, UploadError
@@ -65,7 +66,7 @@ class ServedModels:
         if aggregate not in ("mean", "max"):
             raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
         self.predictors = list(predictors)
-        self.names = unique_names([p.run_name for p in self.predictors])
+        self.names = unique_run_names([p.run_name for p in self.predictors])
         self.aggregate = aggregate
         # Grad-CAM keeps hook state on the model and a CPU forward pass already uses every core: one model
         # call at a time; reading and preparing the next request's images goes on in other threads meanwhile.
