@@ -312,8 +312,8 @@ def test_onnx_takes_the_pair_as_two_inputs_and_matches_torch(tmp_path: Path) -> 
         batch = [torch_pred.load_image(item) for item in collect_inputs([tmp_path / "list.csv"])]
         attach_partners(batch)
         assert sum(p.context == "contralateral" for p in batch) >= 4 and len(batch) == len(rows)
-        p_torch = np.array([r.prob_raw for r in torch_pred.predict_prepared(batch)])
-        p_onnx = np.array([r.prob_raw for r in onnx_pred.predict_prepared(batch)])
+        p_torch = np.array([r.prob_uncalibrated for r in torch_pred.predict_prepared(batch)])
+        p_onnx = np.array([r.prob_uncalibrated for r in onnx_pred.predict_prepared(batch)])
         assert np.ptp(p_torch) > 1e-3
         assert np.abs(p_onnx - p_torch).max() <= 1e-4, f"tta={tta}"
 

@@ -131,7 +131,7 @@ def test_predictor_api_returns_probability_call_heatmaps_and_meta(runs):
     pred = predictor.predict(path, heatmap="both")
     assert pred.image_id == path.stem
     assert (pred.laterality, pred.view) == EXPECTED_SIDE_VIEW[key]
-    assert 0.0 <= pred.prob_malignant <= 1.0 and pred.call == int(pred.prob_raw >= pred.threshold)
+    assert 0.0 <= pred.prob_malignant <= 1.0 and pred.call == int(pred.prob_uncalibrated >= pred.threshold)
     shape = (pred.meta.height, pred.meta.width)
     assert pred.heatmap is not None and pred.heatmap.shape == shape
     expected = {"gradcam", "patch_malignant"} | {f"patch_{c}" for c in predictor._patch.classes}
@@ -178,8 +178,8 @@ def test_calibration_json_is_applied(runs, tmp_path):
     (run / "calibration.json").write_text(json.dumps(cal))
     path = silhouette_pngs(tmp_path / "images", 1)[0]
     pred = Predictor.from_run(run, device="cpu").predict(path)
-    assert pred.prob_malignant == pytest.approx(float(apply_calibration(pred.prob_raw, cal)), abs=1e-9)
-    assert pred.prob_malignant != pytest.approx(pred.prob_raw, abs=1e-9)
+    assert pred.prob_malignant == pytest.approx(float(apply_calibration(pred.prob_uncalibrated, cal)), abs=1e-9)
+    assert pred.prob_malignant != pytest.approx(pred.prob_uncalibrated, abs=1e-9)
 
 
 def test_predict_rejects_heatmaps_with_onnx_and_missing_patch_run(runs, tmp_path):
@@ -225,10 +225,10 @@ def test_tta_is_flip_invariant_and_follows_the_calibration(runs, tmp_path):
     assert plain.tta is False
     prepared = plain.load_image(path)
     mirrored = dataclasses.replace(prepared, image_u16=np.ascontiguousarray(prepared.image_u16[..., ::-1]))
-    p, q = (r.prob_raw for r in plain.predict_prepared([prepared, mirrored]))
+    p, q = (r.prob_uncalibrated for r in plain.predict_prepared([prepared, mirrored]))
     assert abs(p - q) > 1e-6  # the model itself is not mirror-symmetric ...
     tta = Predictor.from_run(whole, device="cpu", backend="torch", tta=True)
-    p, q = (r.prob_raw for r in tta.predict_prepared([prepared, mirrored]))
+    p, q = (r.prob_uncalibrated for r in tta.predict_prepared([prepared, mirrored]))
     assert p == pytest.approx(q, abs=1e-6)  # ... but the mean over the four flips is
     run = tmp_path / "calibrated_tta"
     shutil.copytree(whole, run)

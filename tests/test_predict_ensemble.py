@@ -47,9 +47,11 @@ def test_ensemble_is_the_mean_of_its_members(runs, images):
         a, b = singles[0][i], singles[1][i]
         assert abs(a.prob_malignant - b.prob_malignant) > 1e-6  # different weights, so the mean is a real test
         assert pred.prob_malignant == pytest.approx((a.prob_malignant + b.prob_malignant) / 2, abs=1e-6)
-        assert pred.prob_raw == pytest.approx((a.prob_raw + b.prob_raw) / 2, abs=1e-6)
+        assert pred.prob_uncalibrated == pytest.approx((a.prob_uncalibrated + b.prob_uncalibrated) / 2, abs=1e-6)
         assert pred.call is None and pred.threshold is None  # an ensemble has no stored threshold
-        assert [m.prob_raw for m in pred.members] == pytest.approx([a.prob_raw, b.prob_raw], abs=1e-6)
+        assert [m.prob_uncalibrated for m in pred.members] == pytest.approx(
+            [a.prob_uncalibrated, b.prob_uncalibrated], abs=1e-6
+        )
         assert pred.heatmap is not None and pred.heatmap.shape == a.heatmap.shape == (300, 200)  # original grid
         np.testing.assert_allclose(pred.heatmaps["gradcam"], (a.heatmaps["gradcam"] + b.heatmaps["gradcam"]) / 2,
                                    atol=1e-5)  # fmt: skip

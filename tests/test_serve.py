@@ -66,7 +66,7 @@ def test_exam_gives_views_breasts_exam_and_heatmaps_matching_predict(client, run
     for path, view in zip(exam, body["views"], strict=True):
         expected = predictor.predict(path)  # the same file through `mammokit predict`'s Predictor, from disk
         assert view["prob_malignant"] == pytest.approx(expected.prob_malignant, abs=1e-5)
-        assert view["call"] == expected.call == int(view["prob_raw"] >= view["threshold"])
+        assert view["call"] == expected.call == int(view["prob_uncalibrated"] >= view["threshold"])
         assert view["spacing_mm"] == [0.07, 0.07] and view["photometric"] == "MONOCHROME2"
         assert view["fit_scale"] == 1.0  # fixed-size model: nothing shrunk to fit a canvas
         assert "patient_id" not in str(view).lower() and "SIEMENS" not in str(view)  # no other header fields

@@ -16,7 +16,7 @@ The preprocessing (crop, flip, resize, normalisation) comes from the run folder;
 for it on purpose. Nothing from the DICOM header beyond laterality and view is written.
 
 `--ensemble RUN2 [--ensemble RUN3 ...]` averages RUN and the further runs as `mammokit evaluate` and `serve` do
-(`infer.ensemble`): p(malignant) and prob_raw are each the mean over the runs, heatmaps of each kind the mean
+(`infer.ensemble`): p(malignant) and prob_uncalibrated are each the mean over the runs, heatmaps of each kind the mean
 of the runs' maps; an ensemble has no stored threshold, so `call` and `threshold` are empty and each run's call
 is in predictions.json. `model_run` and `backend` list the runs (and the backend each used), ';'-separated.
 """
@@ -49,7 +49,7 @@ CSV_COLUMNS = (
     "laterality",
     "view",
     "prob_malignant",
-    "prob_raw",
+    "prob_uncalibrated",
     "call",
     "threshold",
     "fit_scale",
@@ -302,9 +302,9 @@ def _write_overlays(folder: Path, result: Any, pixels: Any, cfg: PredictConfig, 
     layer = predictor.heatmap_backend.gradcam_layer_name(cfg.gradcam_layer) if "gradcam" in result.heatmaps else None
     if result.call is None:  # an ensemble: no stored threshold, no call
         n = len(result.members)
-        verdict = f"ensemble of {n} runs: mean p(malignant) {result.prob_raw:.3f}; no call ({_no_call_note()})"
+        verdict = f"ensemble of {n} runs: mean p(malignant) {result.prob_uncalibrated:.3f}; no call ({_no_call_note()})"
     else:
-        verdict = prediction_line(result.prob_raw, result.threshold, result.call)
+        verdict = prediction_line(result.prob_uncalibrated, result.threshold, result.call)
     names = []
     for kind, heat in result.heatmaps.items():
         what = describe_map(kind, layer=layer, method=cfg.gradcam_method, stride=cfg.patch_stride, flips=predictor.tta)

@@ -3,7 +3,8 @@
 The one implementation used by `mammokit predict --ensemble` (`EnsemblePredictor`) and `mammokit serve RUN RUN...`
 (`serve.models.ServedModels`), with the semantics of `mammokit evaluate` (`engine.aggregate.ensemble_predictions`):
 
-* `prob_malignant` (calibrated where a member has calibration.json) and `prob_raw` are each the mean over members.
+* `prob_malignant` (calibrated where a member has calibration.json) and `prob_uncalibrated` are each the mean over
+  members.
 * An ensemble has no stored operating threshold, so it makes no call of its own: `call` and `threshold` are None
   (evaluate reports Youden first for an ensemble; serve and predict report each member's call instead).
 * Heatmaps of each kind are the mean of the members' maps on the original pixel grid (a kind only some members
@@ -84,7 +85,7 @@ def combine_predictions(members: Sequence[Prediction], *, heatmaps: bool = True)
         threshold=None,
         laterality=first.laterality,
         view=first.view,
-        prob_raw=float(np.mean([p.prob_raw for p in members])),
+        prob_uncalibrated=float(np.mean([p.prob_uncalibrated for p in members])),
         heatmap=primary,
         heatmaps=maps,
         meta=first.meta,
@@ -191,7 +192,7 @@ class EnsemblePredictor(FilePredictions):
             {
                 "name": name,
                 "prob_malignant": round(float(m.prob_malignant), 6),
-                "prob_raw": round(float(m.prob_raw), 6),
+                "prob_uncalibrated": round(float(m.prob_uncalibrated), 6),
                 "call": None if m.call is None else int(m.call),
                 "threshold": m.threshold,
             }

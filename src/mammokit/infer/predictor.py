@@ -17,8 +17,8 @@ gradients), whichever backend computed the probabilities; `Predictor.heatmap_bac
 
 Threshold and calibration: `card.threshold` is the operating point on the model's raw p(malignant);
 `prob_malignant` is the calibrated probability when the run has `calibration.json` (the raw one is
-kept as `prob_raw`). Calibration maps are strictly increasing, so `call = prob_raw >= threshold` is the
-same decision as comparing the calibrated probability with the calibrated threshold.
+kept as `prob_uncalibrated`). Calibration maps are strictly increasing, so `call = prob_uncalibrated >= threshold`
+is the same decision as comparing the calibrated probability with the calibrated threshold.
 """
 
 from __future__ import annotations
@@ -65,12 +65,12 @@ class Prediction:
 
     image_id: str
     path: str
-    prob_malignant: float  # calibrated when the run has calibration.json, else = prob_raw
+    prob_malignant: float  # calibrated when the run has calibration.json, else = prob_uncalibrated
     call: int | None  # 1 = malignant at the run's operating threshold; None for an ensemble (no stored threshold)
-    threshold: float | None  # the run's operating threshold on prob_raw; None for an ensemble
+    threshold: float | None  # the run's operating threshold on prob_uncalibrated; None for an ensemble
     laterality: str | None
     view: str | None
-    prob_raw: float
+    prob_uncalibrated: float
     heatmap: np.ndarray | None = None  # the primary map (Grad-CAM if computed, else "patch_malignant")
     # "gradcam", "patch_malignant" (sum of the malignant classes), "patch_<class>" -> (H, W)
     heatmaps: dict[str, np.ndarray] = field(default_factory=dict)
@@ -92,7 +92,7 @@ class Prediction:
             "laterality": self.laterality,
             "view": self.view,
             "prob_malignant": round(float(self.prob_malignant), 6),
-            "prob_raw": round(float(self.prob_raw), 6),
+            "prob_uncalibrated": round(float(self.prob_uncalibrated), 6),
             "call": None if self.call is None else int(self.call),
             "threshold": None if self.threshold is None else float(self.threshold),
             "fit_scale": round(float(self.fit_scale), 4),
@@ -445,7 +445,7 @@ class Predictor(FilePredictions):
 
     # ---- model ----------------------------------------------------------------------------
 
-    def _prob_raw(self, batch: Sequence[PreparedImage]) -> np.ndarray:
+    def _prob_uncalibrated(self, batch: Sequence[PreparedImage]) -> np.ndarray:
         """(B,) p(malignant) of prepared images through the inference core (flip-averaged with TTA)."""
         from mammokit.infer.pairing import pair_input
         from mammokit.scoring.core import images_to_input, score
@@ -453,12 +453,12 @@ class Predictor(FilePredictions):
         images = pair_input(batch) if self.pairs_views else [p.image_u16 for p in batch]
         return score(self.backend.prob_malignant, images_to_input(images), self.tta)
 
-    def _calibrate(self, prob_raw: np.ndarray) -> np.ndarray:
+    def _calibrate(self, prob_uncalibrated: np.ndarray) -> np.ndarray:
         if self.calibration is None:
-            return prob_raw
+            return prob_uncalibrated
         from mammokit.metrics.calibration import apply_calibration
 
-        return np.asarray(apply_calibration(prob_raw, self.calibration), dtype=np.float64)
+        return np.asarray(apply_calibration(prob_uncalibrated, self.calibration), dtype=np.float64)
 
     def _patch_heatmapper(self) -> _PatchHeatmapper:
         if self._patch is None:
@@ -508,8 +508,8 @@ class Predictor(FilePredictions):
     def predict_prepared(self, batch: Sequence[PreparedImage], heatmap: HeatmapKind = "none") -> list[Prediction]:
         """Run the model (and heatmaps) on already prepared images of one batch."""
         self.check_heatmap(heatmap)
-        prob_raw = self._prob_raw(batch)
-        prob = self._calibrate(prob_raw)
+        prob_uncalibrated = self._prob_uncalibrated(batch)
+        prob = self._calibrate(prob_uncalibrated)
         maps: list[dict[str, np.ndarray]] = [{} for _ in batch]
         if _needs(heatmap, "gradcam"):
             opts = self.heatmap_options
@@ -535,11 +535,11 @@ class Predictor(FilePredictions):
                     image_id=p.item.image_id,
                     path=str(p.item.path),
                     prob_malignant=float(prob[i]),
-                    call=int(prob_raw[i] >= self.threshold),
+                    call=int(prob_uncalibrated[i] >= self.threshold),
                     threshold=self.threshold,
                     laterality=p.meta.laterality,
                     view=p.meta.view,
-                    prob_raw=float(prob_raw[i]),
+                    prob_uncalibrated=float(prob_uncalibrated[i]),
                     heatmap=primary,
                     heatmaps=maps[i],
                     meta=p.meta,

@@ -293,7 +293,7 @@ class ServedModels:
                 {
                     "name": name,
                     "prob_malignant": round(preds[i].prob_malignant, 6),
-                    "prob_raw": round(preds[i].prob_raw, 6),
+                    "prob_uncalibrated": round(preds[i].prob_uncalibrated, 6),
                     "call": int(preds[i].call),
                     "threshold": preds[i].threshold,
                 }
@@ -320,7 +320,7 @@ class ServedModels:
                     "context": ensemble.context,
                     # ensemble = the mean over runs of each probability, as engine.evaluate.ensemble_predictions
                     "prob_malignant": round(ensemble.prob_malignant, 6),
-                    "prob_raw": round(ensemble.prob_raw, 6),
+                    "prob_uncalibrated": round(ensemble.prob_uncalibrated, 6),
                     "call": members[0]["call"] if single else None,
                     "threshold": members[0]["threshold"] if single else None,
                     "models": members,
