@@ -14,6 +14,7 @@ from mammokit.infer.config import (
     AUTO,
     BACKEND_PRECISION,
     BACKENDS,
+    CAM_LABELS,
     CAM_METHODS,
     HEATMAP_KINDS,
     REPORT_HEATMAP_KINDS,
@@ -56,7 +57,7 @@ def test_heatmap_kinds_come_from_one_place():
 
 def test_cam_methods_come_from_one_place():
     assert _choices("predict", "--gradcam-method") == _literal(PredictConfig, "gradcam_method") == CAM_METHODS
-    assert tuple(CAM_CLASSES) == CAM_METHODS
+    assert tuple(CAM_CLASSES) == tuple(CAM_LABELS) == CAM_METHODS
     assert f"[--gradcam-method {'|'.join(CAM_METHODS)}]" in (DOCS / "prediction.md").read_text()
 
 

@@ -19,7 +19,7 @@ from mammokit.cli.common import (
     load_cli_config,
     require_data_and_runs,
 )
-from mammokit.infer.config import DEFAULT_CAM_METHOD, REPORT_HEATMAP_KINDS
+from mammokit.infer.config import DEFAULT_CAM_METHOD, PATCH_MALIGNANT, REPORT_HEATMAP_KINDS
 
 DESCRIPTION = """\
 Score the images of one split of a prepared dataset with one or more trained whole-image runs and report
@@ -144,7 +144,7 @@ def _panel_maker(args: argparse.Namespace, device: str, split: str) -> Any:
         method = args.gradcam_method or DEFAULT_CAM_METHOD
         kind = method + (f"@{args.gradcam_layer}" if args.gradcam_layer else "") + (FLIPS_SUFFIX if args.tta else "")
     else:
-        kind = "patch_malignant" + (f"@{args.patch_stride}" if args.patch_stride else "")
+        kind = PATCH_MALIGNANT + (f"@{args.patch_stride}" if args.patch_stride else "")
 
     def make(predictions: Any) -> Any:
         return report_panels(predictions, args.runs[0], args.data, n=args.heatmap_top, kind=kind, device=device)

@@ -26,9 +26,11 @@ AUTO = "auto"
 HeatmapKind = Literal["none", "gradcam", "patch", "both"]
 HEATMAP_KINDS: tuple[str, ...] = typing.get_args(HeatmapKind)
 REPORT_HEATMAP_KINDS = tuple(k for k in HEATMAP_KINDS if k != "both")  # evaluate's report shows one kind at a time
+PATCH_MALIGNANT = "patch_malignant"  # the map of the summed malignant patch classes (the primary patch map)
 # The class activation map methods of pytorch-grad-cam (`--gradcam-method`; `infer.heatmap.CAM_CLASSES`).
 CamMethod = Literal["gradcam", "gradcam++", "hirescam"]
 CAM_METHODS: tuple[str, ...] = typing.get_args(CamMethod)
+CAM_LABELS: dict[str, str] = dict(zip(CAM_METHODS, ("Grad-CAM", "Grad-CAM++", "HiResCAM"), strict=True))  # captions
 DEFAULT_CAM_METHOD: CamMethod = "hirescam"  # localises best on the phantom and on mini-MIAS (docs/prediction.md)
 # what each named backend computes in; "auto" chooses among the float32 ones only (infer.backend_select)
 BACKEND_PRECISION: dict[str, str] = {"torch": "float32", "onnx": "float32", "openvino": "float32",

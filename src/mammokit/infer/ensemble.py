@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from mammokit.infer.config import PATCH_MALIGNANT
 from mammokit.infer.predictor import (
     HEATMAP_BACKEND,
-    PATCH_MALIGNANT,
     Backend,
     FilePredictions,
     HeatmapKind,

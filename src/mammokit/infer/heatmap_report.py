@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mammokit.infer.config import CAM_METHODS
+from mammokit.infer.config import CAM_METHODS, PATCH_MALIGNANT
 from mammokit.preprocess import to_model_input
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class MapKind:
         base, _, arg = core.partition("@")
         if base in CAM_METHODS:
             return cls(name, "cam", method=base, layer=arg or "auto", flips=core != name)
-        if base == "patch_malignant":
+        if base == PATCH_MALIGNANT:
             if core != name:
                 raise ValueError(f"heatmap kind {name!r}: '{FLIPS_SUFFIX}' applies to class activation maps only")
             if arg and not arg.isdigit():
@@ -183,7 +183,7 @@ def report_panels(
     threshold = float(mapper.card.threshold)
     layer = mapper.layer_name(map_kind.layer) if map_kind.family == "cam" else None
     what = describe_map(
-        "gradcam" if map_kind.family == "cam" else "patch_malignant",
+        "gradcam" if map_kind.family == "cam" else PATCH_MALIGNANT,
         layer=layer,
         method=map_kind.method,
         stride=map_kind.stride,
@@ -202,7 +202,7 @@ def report_panels(
                 u16,
                 heat,
                 caption=[f"{image_id}: {what}", prediction_line(raw, threshold, int(raw >= threshold), label)],
-                scale_label=scale_label("gradcam" if map_kind.family == "cam" else "patch_malignant"),
+                scale_label=scale_label("gradcam" if map_kind.family == "cam" else PATCH_MALIGNANT),
                 lesion_mask=lesion_union(prepared, lesions, image_id, u16.shape) if not lesions.empty else None,
                 max_side=max_side,
             )

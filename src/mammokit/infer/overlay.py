@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mammokit.infer.config import CAM_LABELS, PATCH_MALIGNANT
 from mammokit.utils.atomic import atomic_path
 
 DEFAULT_CMAP = "inferno"
@@ -270,12 +271,12 @@ def describe_map(
 ) -> str:
     """One caption line saying what a heatmap kind ("gradcam", "patch_malignant", "patch_<class>") shows."""
     if kind == "gradcam":
-        name = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM"}.get(method or "", "Grad-CAM")
+        name = CAM_LABELS.get(method or "", CAM_LABELS["gradcam"])
         where = f" at {layer}" if layer else ""
         mean = ", mean over the 4 flips" if flips else ""
         return f"{name}{where} of p(malignant){mean}, scaled to this image's maximum"
     step = f", {stride}-px stride" if stride else ""
-    if kind == "patch_malignant":
+    if kind == PATCH_MALIGNANT:
         return f"patch classifier: p(malignant patch) summed over the malignant classes{step}"
     return f"patch classifier: p({kind.removeprefix('patch_')}){step}"
 

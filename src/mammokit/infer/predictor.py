@@ -32,7 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from mammokit.infer.config import AUTO, BACKENDS, CAM_METHODS, DEFAULT_CAM_METHOD, HEATMAP_KINDS, Backend, HeatmapKind
+from mammokit.infer.config import (
+    AUTO,
+    BACKENDS,
+    CAM_METHODS,
+    DEFAULT_CAM_METHOD,
+    HEATMAP_KINDS,
+    PATCH_MALIGNANT,
+    Backend,
+    HeatmapKind,
+)
 from mammokit.infer.inputs import InputItem, collect_inputs
 from mammokit.io.meta import MammoMeta
 from mammokit.preprocess import PreprocessSpec, to_model_input
@@ -41,7 +50,6 @@ from mammokit.run import ModelCard, read_calibration, read_card
 log = logging.getLogger(__name__)
 
 HEATMAP_BACKEND = "torch"  # Grad-CAM and the patch maps: the float32 torch model, whatever scored the image
-PATCH_MALIGNANT = "patch_malignant"  # the summed malignant patch classes (the primary patch map)
 
 
 @dataclass(frozen=True)
