@@ -18,6 +18,7 @@ from mammokit.infer.config import (
     CAM_METHODS,
     HEATMAP_KINDS,
     REPORT_HEATMAP_KINDS,
+    TORCH_PRECISION,
     PredictConfig,
 )
 from mammokit.infer.heatmap import CAM_CLASSES
@@ -42,6 +43,7 @@ def test_backend_names_come_from_one_place():
     assert _choices("predict", "--backend") == _choices("serve", "--backend") == BACKENDS
     assert _literal(PredictConfig, "backend") == _literal(ServeConfig, "backend") == BACKENDS
     assert set(backend_select.ORDER) == set(BACKEND_PRECISION) == set(BACKENDS) - {AUTO}
+    assert set(TORCH_PRECISION) == {n for n in BACKEND_PRECISION if backend_select.RUNTIME_MODULE[n] == "torch"}
     rows = re.findall(r"^\| `([a-z0-9-]+)`", (DOCS / "prediction.md").read_text().split("## Backends", 1)[1], re.M)
     assert tuple(rows[: len(BACKENDS)]) == BACKENDS  # the docs' backend table, in the same order
     assert f"[--backend {'|'.join(BACKENDS)}]" in (DOCS / "prediction.md").read_text()

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from mammokit.infer.config import AUTO, BACKEND_PRECISION, BACKENDS
+from mammokit.infer.config import AUTO, BACKEND_PRECISION, BACKENDS, TORCH_PRECISION
 from mammokit.infer.export_cache import BackendCache
 from mammokit.run import ModelCard, read_card
 
@@ -200,11 +200,10 @@ def measure(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> tuple[floa
 
 def build_backend(name: str, run_dir: Path, device: str, *, channels_last: bool, onnx_path: Path | None) -> Any:
     """A backend object with `prob_malignant(x)` and `device`: a TorchScorer, OnnxBackend or OpenVinoBackend."""
-    if name in ("torch", "torch-bf16"):
+    if name in TORCH_PRECISION:
         from mammokit.scoring.core import TorchScorer
 
-        precision = "bf16" if name == "torch-bf16" else "fp32"
-        return TorchScorer.from_run(run_dir, device, channels_last=channels_last, precision=precision)
+        return TorchScorer.from_run(run_dir, device, channels_last=channels_last, precision=TORCH_PRECISION[name])
     if onnx_path is None:
         raise FileNotFoundError(f"the {name} backend needs the run's ONNX export")
     if name == "onnx":
@@ -311,7 +310,7 @@ def select_backend(
     trials: list[Trial] = []
     reference: np.ndarray | None = None
     for name in candidates:  # "torch" first: the reference
-        bar = BF16_BAR if name == "torch-bf16" else FP32_BAR
+        bar = BF16_BAR if BACKEND_PRECISION[name] == "bfloat16" else FP32_BAR
         try:
             backend = build_backend(name, run_dir, "cpu", channels_last=channels_last, onnx_path=onnx_path)
             ms, probs = measure(backend.prob_malignant, x)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -52,6 +53,7 @@ CACHE_ONNX = "model.onnx"
 CACHE_FORMAT = 1
 CACHE_ENV = "MAMMOKIT_CACHE_DIR"
 EXPORT_PACKAGES = ("mammokit", "torch", "onnx")  # what the exported graph depends on
+GRAPH_MODULES = ("mammokit.scoring.core", "mammokit.infer.onnx")  # the code of the exported graph
 RUNTIME_PACKAGES = ("mammokit", "torch", "onnxruntime", "openvino")  # what a selection's timings depend on
 
 
@@ -74,8 +76,9 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
 def export_versions() -> dict[str, str | None]:
     """What an export depends on: the exporter's package versions and the code of the exported graph itself
     (`scoring.core`, `infer.onnx`; a development checkout changes them without changing the version number)."""
-    here = Path(__file__).parent
-    code = hashlib.sha256(b"".join((here / name).read_bytes() for name in ("core.py", "onnx.py"))).hexdigest()
+    # located, not imported: reading the files must not import torch or onnx
+    files = [Path(str(importlib.util.find_spec(module).origin)) for module in GRAPH_MODULES]
+    code = hashlib.sha256(b"".join(path.read_bytes() for path in files)).hexdigest()
     return {**package_versions(EXPORT_PACKAGES), "graph_code_sha256": code[:16]}
 
 

@@ -39,6 +39,7 @@ from mammokit.infer.config import (
     DEFAULT_CAM_METHOD,
     HEATMAP_KINDS,
     PATCH_MALIGNANT,
+    TORCH_PRECISION,
     Backend,
     HeatmapKind,
 )
@@ -723,9 +724,8 @@ def _load_backend(
         from mammokit.infer.onnx import OnnxBackend, onnx_path_for
 
         return OnnxBackend(onnx_path_for(run_dir), device), "onnx", None
-    if backend in ("torch", "torch-bf16"):
-        precision = "bf16" if backend == "torch-bf16" else "fp32"
-        return _TorchBackend.from_run(run_dir, device, channels_last, precision), backend, None
+    if backend in TORCH_PRECISION:
+        return _TorchBackend.from_run(run_dir, device, channels_last, TORCH_PRECISION[backend]), backend, None
     from mammokit.infer.backend_select import build_backend, ensure_export, runtime_available, select_backend
 
     if backend == "openvino":
@@ -740,7 +740,7 @@ def _load_backend(
     if backend != AUTO:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     selection, impl = select_backend(run_dir, device, channels_last=channels_last)
-    if selection.backend in ("torch", "torch-bf16"):
+    if selection.backend in TORCH_PRECISION:
         impl = _TorchBackend(impl, card.positive_indices)
     return impl, selection.backend, selection
 
