@@ -283,7 +283,7 @@ _ZERO_BLOCK, _FINAL_BLOCK = _zero_blocks()
 
 def _meta_end(data: bytearray) -> int:
     """End of the file meta group from its group length (0002,0000), or -1."""
-    if data[128:132] != b"DICM" or data[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
+    if len(data) < 144 or data[128:132] != b"DICM" or data[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
         return -1
     end = 144 + struct.unpack_from("<I", data, 140)[0]
     return end if end <= len(data) else -1
