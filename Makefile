@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 DEMO_DIR ?= demo-output
 
-.PHONY: help venv test test-slow lint format demo demo-small serve bench clean chromium
+.PHONY: help venv test test-slow test-wheel lint format demo demo-small serve bench clean chromium
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ test: $(STAMP) chromium lint  ## lint + the CPU/offline test suite (~7 min on 2 
 
 test-slow: $(STAMP)  ## the slow tests (training-quality checks; tens of minutes on CPU)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
+
+test-wheel: $(STAMP)  ## the wheel in a clean virtualenv runs the small demo outside the repo (minutes; downloads torch once)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m wheel -s tests/test_wheel.py
 
 demo: $(STAMP)  ## the whole method on a synthetic CBIS-DDSM-layout dataset (<= 10 min on 2 cores)
 	$(BIN)/mammokit demo --out $(DEMO_DIR)
