@@ -283,23 +283,20 @@ def evaluate(
     dataset_json = prepared / DATASET_JSON
     if dataset_json.is_file():
         metrics["data"]["dataset_json"] = str(dataset_json)
-    _write_outputs(out, metrics, frames, primary, cfg, heatmaps, panels, evaluation_plots, render_report)
+    _write_outputs(
+        out,
+        metrics,
+        lambda: _write_tables_and_report(
+            out, metrics, frames, primary, cfg, heatmaps, panels, evaluation_plots, render_report
+        ),
+    )
     log.info("evaluation written to %s", out)
     return {**metrics, "out": str(out)}
 
 
-def _write_outputs(
-    out: Path,
-    metrics: dict[str, Any],
-    frames: dict[str, pd.DataFrame],
-    primary: str,
-    cfg: EvaluateConfig,
-    heatmaps: Sequence[tuple[str, bytes | Path]],
-    panels: Sequence[dict[str, Any]],
-    evaluation_plots: Any,
-    render_report: Any,
-) -> None:
-    """predictions.csv, breast/exam tables, plots, evaluate.yaml, report.html and, last, metrics.json in `out`.
+def _write_outputs(out: Path, metrics: dict[str, Any], write_tables_and_report: Callable[[], None]) -> None:
+    """predictions.csv, breast/exam tables, plots, evaluate.yaml, report.html (`write_tables_and_report`) and, last,
+    metrics.json in `out`.
 
     metrics.json marks the folder complete: one from an earlier evaluation is removed first, and on a full disk
     (`DiskFullError`: the folder, the space available) it is not written, so no half-written folder looks done.
@@ -307,7 +304,7 @@ def _write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)
     with disk_full_guard(out, cleanup=[out / "metrics.json"]):
-        _write_tables_and_report(out, metrics, frames, primary, cfg, heatmaps, panels, evaluation_plots, render_report)
+        write_tables_and_report()
         atomic_write_json(out / "metrics.json", metrics)
 
 

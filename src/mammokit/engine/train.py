@@ -140,6 +140,17 @@ def _threshold(prob: np.ndarray | None, label: np.ndarray | None, positive: list
 
 
 # ---------------------------------------------------------------------------------------- patch stage
+def _stage_settings(cfg: PatchTrainConfig | WholeTrainConfig | FinetuneConfig) -> dict[str, Any]:
+    """What every training command passes to `run_stages` alike: optimiser, loader, trainer, seed, resume."""
+    return {
+        "optim": cfg.optim,
+        "loader": cfg.loader,
+        "trainer_cfg": cfg.trainer,
+        "seed": cfg.seed,
+        "resume": cfg.resume,
+    }
+
+
 def train_patch(cfg: PatchTrainConfig, callbacks: Sequence[Callback] = ()) -> Path:
     """Train a patch classifier on a patch set; returns the run folder.
 
@@ -191,11 +202,7 @@ def train_patch(cfg: PatchTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
         run_dir=out,
         model=model,
         plans=plans,
-        optim=cfg.optim,
-        loader=cfg.loader,
-        trainer_cfg=cfg.trainer,
-        seed=cfg.seed,
-        resume=cfg.resume,
+        **_stage_settings(cfg),
         train_set=train_set,
         val_set=val_set,
         train_labels=train_set.labels,
@@ -378,11 +385,7 @@ def train_whole(cfg: WholeTrainConfig, callbacks: Sequence[Callback] = ()) -> Pa
         run_dir=out,
         model=model,
         plans=plans,
-        optim=cfg.optim,
-        loader=cfg.loader,
-        trainer_cfg=cfg.trainer,
-        seed=cfg.seed,
-        resume=cfg.resume,
+        **_stage_settings(cfg),
         train_set=train_set,
         val_set=val_set,
         train_labels=train_set.labels,
@@ -453,11 +456,7 @@ def finetune(cfg: FinetuneConfig, callbacks: Sequence[Callback] = ()) -> Path:
         run_dir=out,
         model=model,
         plans=[StagePlan(cfg.stage, 2, "stage2_all")],
-        optim=cfg.optim,
-        loader=cfg.loader,
-        trainer_cfg=cfg.trainer,
-        seed=cfg.seed,
-        resume=cfg.resume,
+        **_stage_settings(cfg),
         train_set=train_set,
         val_set=val_set,
         train_labels=train_set.labels,

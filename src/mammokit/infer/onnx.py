@@ -121,13 +121,13 @@ def _torch_export(wrapper: nn.Module, example: tuple[Any, ...], path: Path, opse
 
     names = [INPUT_NAME, PARTNER_INPUT_NAME][: len(example)]
     batch = torch.export.Dim("batch", min=1, max=4096)
+    io_names = {"input_names": names, "output_names": [OUTPUT_NAME]}  # both exporters name the graph alike
     try:
         torch.onnx.export(
             wrapper,
             example,
             str(path),
-            input_names=names,
-            output_names=[OUTPUT_NAME],
+            **io_names,
             dynamic_shapes={name: {0: batch} for name in names},
             opset_version=opset,
             dynamo=True,
@@ -140,8 +140,7 @@ def _torch_export(wrapper: nn.Module, example: tuple[Any, ...], path: Path, opse
             wrapper,
             example,
             str(path),
-            input_names=names,
-            output_names=[OUTPUT_NAME],
+            **io_names,
             dynamic_axes={**{name: {0: "batch"} for name in names}, OUTPUT_NAME: {0: "batch"}},
             opset_version=min(opset, 17),
             dynamo=False,
