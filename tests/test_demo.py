@@ -44,3 +44,33 @@ def test_a_ci_bound_of_zero_is_reported_as_zero_not_nan() -> None:
     assert _find_auc(metrics) == (0.275, 0.0, 0.375)  # was (0.275, nan, 0.375): 0.0 read as "missing"
     low = _find_auc({"results": {"w": {"image": {"auc": {"value": 0.5, "ci_low": None, "ci_high": 0.9}}}}})
     assert low is not None and low[1] != low[1] and low[2] == 0.9  # None: no bound (NaN)
+
+
+def test_demo_goes_on_past_a_step_that_left_one_image_out_and_stops_when_nothing_is_left(tmp_path, capsys):
+    """The demo's own synth and prepare steps, with one raw DICOM damaged: prepare exits 1 (one row of errors.csv),
+    the demo prints how many images were left out and why and goes on; with every DICOM damaged it stops."""
+    import pytest
+
+    from mammokit.cli import main
+    from mammokit.cli.common import UserError
+    from mammokit.cli.demo import check_step
+
+    steps = _steps(tmp_path, "small", seed=1, workers=1, device="cpu")
+    synth, prepare = steps[0], steps[1]
+    assert main(synth.argv) == 0
+    raw = tmp_path / "raw"
+    # full mammograms sit under <type>_P_<id>_<SIDE>_<VIEW>/ (4 underscores); ROI files under ..._<n>/
+    full = sorted(d for d in raw.rglob("*.dcm") if d.relative_to(raw).parts[0].count("_") == 4)
+    full[0].write_bytes(full[0].read_bytes()[:2000])  # truncated: an unreadable film
+    status = main(prepare.argv)
+    assert status == 1 and prepare.done_marker.is_file()
+    capsys.readouterr()
+    check_step(2, prepare, status, tmp_path)
+    line = capsys.readouterr().out
+    assert "prepare: 1 image(s) left out (1 " in line and "errors.csv" in line
+
+    for d in full:
+        d.write_bytes(d.read_bytes()[:2000])
+    status = main(prepare.argv)
+    with pytest.raises(UserError, match=r"step 2 \(prepare"):
+        check_step(2, prepare, status, tmp_path)

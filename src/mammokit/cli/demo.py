@@ -239,7 +239,7 @@ def _resume_flag(run_dir: Path) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from mammokit.cli import main as cli_main
-    from mammokit.utils.console import LOG_FILE, results_to_log
+    from mammokit.utils.console import results_to_log
 
     out: Path = args.out or DEFAULT_OUT
     if args.fresh and out.exists():
@@ -263,13 +263,34 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         with results_to_log(step.argv[0]):  # the step's own report goes to the log; its warnings still show
             status = cli_main(step.argv)
-        if status != 0 or not step.done_marker.is_file():
-            raise UserError(
-                f"step {i} ({step.name}) failed with status {status}; see the messages above and {out / LOG_FILE}"
-            )
+        check_step(i, step, status, out)
         print(f"{prefix}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     _report(out, steps, time.perf_counter() - t_start)
     return 0
+
+
+PARTIAL = 1  # a batch step's status when it left some inputs out (rows of its errors.csv) and finished the rest
+
+
+def check_step(i: int, step: Step, status: int, out: Path) -> None:
+    """Go on after a step that finished (status 0), or that left some images out but kept usable ones (status 1:
+    how many and why is printed, from its errors.csv); raise UserError otherwise."""
+    from mammokit.data.left_out import left_out_line, usable
+    from mammokit.utils.console import LOG_FILE
+
+    kind, folder = step.argv[0], step.done_marker.parent
+    if status == 0 and step.done_marker.is_file():
+        return
+    batch_step = kind == "predict" or (kind in ("prepare", "patches") and usable(folder))
+    if status == PARTIAL and step.done_marker.is_file() and batch_step:
+        if kind == "predict":  # its errors.csv: image_id, input, stage, error
+            errors = folder / "errors.csv"
+            n = max(0, len(errors.read_text().splitlines()) - 1) if errors.is_file() else 0
+            print(f"predict: {n} image(s) could not be predicted; details in {errors}", flush=True)
+        else:
+            print(left_out_line(folder, kind) or f"{kind}: some images were left out; see {folder}", flush=True)
+        return
+    raise UserError(f"step {i} ({step.name}) failed with status {status}; see the messages above and {out / LOG_FILE}")
 
 
 def _report(out: Path, steps: list[Step], seconds: float) -> None:
