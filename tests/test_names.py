@@ -13,11 +13,13 @@ from mammokit.infer import backend_select
 from mammokit.infer.config import (
     AUTO,
     BACKEND_PRECISION,
+    BACKEND_RUNTIME,
     BACKENDS,
     CAM_LABELS,
     CAM_METHODS,
     HEATMAP_KINDS,
     REPORT_HEATMAP_KINDS,
+    RUNTIME_INSTALL,
     TORCH_PRECISION,
     PredictConfig,
 )
@@ -43,7 +45,8 @@ def test_backend_names_come_from_one_place():
     assert _choices("predict", "--backend") == _choices("serve", "--backend") == BACKENDS
     assert _literal(PredictConfig, "backend") == _literal(ServeConfig, "backend") == BACKENDS
     assert set(backend_select.ORDER) == set(BACKEND_PRECISION) == set(BACKENDS) - {AUTO}
-    assert set(TORCH_PRECISION) == {n for n in BACKEND_PRECISION if backend_select.RUNTIME_MODULE[n] == "torch"}
+    assert set(BACKEND_RUNTIME) == set(BACKEND_PRECISION) and set(BACKEND_RUNTIME.values()) == set(RUNTIME_INSTALL)
+    assert set(TORCH_PRECISION) == {n for n, runtime in BACKEND_RUNTIME.items() if runtime == "torch"}
     rows = re.findall(r"^\| `([a-z0-9-]+)`", (DOCS / "prediction.md").read_text().split("## Backends", 1)[1], re.M)
     assert tuple(rows[: len(BACKENDS)]) == BACKENDS  # the docs' backend table, in the same order
     assert f"[--backend {'|'.join(BACKENDS)}]" in (DOCS / "prediction.md").read_text()

@@ -41,14 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from mammokit.infer.config import AUTO, BACKEND_PRECISION, BACKENDS, TORCH_PRECISION
+from mammokit.infer.config import AUTO, BACKEND_PRECISION, BACKEND_RUNTIME, BACKENDS, TORCH_PRECISION
 from mammokit.infer.export_cache import BackendCache
 from mammokit.run import ModelCard, read_card
 
 log = logging.getLogger(__name__)
 
 ORDER = ("torch", "onnx", "openvino", "torch-bf16")  # exact first, reduced precision last (ties go left)
-RUNTIME_MODULE = {"torch": "torch", "torch-bf16": "torch", "onnx": "onnxruntime", "openvino": "openvino"}
 FP32_BAR = 1e-4  # max |p - p_torch_fp32| for a float32 runtime (= `mammokit export`'s parity tolerance)
 BF16_BAR = 5e-3  # max |p - p_torch_fp32| for bfloat16 (issue 15's accuracy bar)
 MIN_GAIN = 1.10  # a candidate later in ORDER must be this much faster to displace an earlier one
@@ -158,7 +157,7 @@ def available_candidates(caps: CpuCaps, on_gpu: bool) -> list[str]:
     if on_gpu:
         return ["torch"] if runtime_available("torch") else []
     float32 = [name for name in ORDER if BACKEND_PRECISION[name] == "float32"]
-    return [name for name in float32 if runtime_available(RUNTIME_MODULE[name])]
+    return [name for name in float32 if runtime_available(BACKEND_RUNTIME[name])]
 
 
 def calibration_images(card: ModelCard, n: int = N_CALIBRATION) -> np.ndarray:

@@ -35,6 +35,16 @@ DEFAULT_CAM_METHOD: CamMethod = "hirescam"  # localises best on the phantom and 
 # what each named backend computes in; "auto" chooses among the float32 ones only (infer.backend_select)
 BACKEND_PRECISION: dict[str, str] = {"torch": "float32", "onnx": "float32", "openvino": "float32",
                                      "torch-bf16": "bfloat16"}  # fmt: skip
+# the module each named backend runs on, and how to install it (a backend named explicitly must be there; auto
+# chooses among the runtimes that import)
+BACKEND_RUNTIME: dict[str, str] = {
+    "torch": "torch",
+    "torch-bf16": "torch",
+    "onnx": "onnxruntime",
+    "openvino": "openvino",
+}
+RUNTIME_INSTALL: dict[str, str] = {"torch": "pip install torch", "onnxruntime": "pip install 'mammokit[onnx]'",
+                                   "openvino": "pip install openvino"}  # fmt: skip
 # the backends that run the torch graph (`scoring.core.TorchScorer`), and the compute precision it is given for each
 TORCH_PRECISION: dict[str, str] = {"torch": "fp32", "torch-bf16": "bf16"}
 _REDUCED_BACKEND = {"bfloat16": "torch-bf16"}  # the backend that computes in each reduced precision

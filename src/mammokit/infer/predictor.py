@@ -34,11 +34,13 @@ import numpy as np
 
 from mammokit.infer.config import (
     AUTO,
+    BACKEND_RUNTIME,
     BACKENDS,
     CAM_METHODS,
     DEFAULT_CAM_METHOD,
     HEATMAP_KINDS,
     PATCH_MALIGNANT,
+    RUNTIME_INSTALL,
     TORCH_PRECISION,
     Backend,
     HeatmapKind,
@@ -700,25 +702,18 @@ def _run_batch(
         yield r, (p if isinstance(r, Prediction) else None)
 
 
-_RUNTIME_HINT = {
-    "onnx": "pip install 'mammokit[onnx]'",
-    "openvino": "pip install openvino",
-    "torch": "pip install torch",
-    "torch-bf16": "pip install torch",
-}
-
-
 def _load_backend(
     run_dir: Path, card: ModelCard, device: str, backend: str, channels_last: bool
 ) -> tuple[Any, str, Any]:
     """(backend object, its name, the auto selection or None) for `Predictor.from_run`."""
-    if backend in _RUNTIME_HINT:  # a runtime named explicitly must be there (auto falls back by itself)
-        from mammokit.infer.backend_select import RUNTIME_MODULE, runtime_available
+    if backend in BACKEND_RUNTIME:  # a runtime named explicitly must be there (auto falls back by itself)
+        from mammokit.infer.backend_select import runtime_available
 
-        if not runtime_available(RUNTIME_MODULE[backend]):
+        runtime = BACKEND_RUNTIME[backend]
+        if not runtime_available(runtime):
             raise RuntimeError(
-                f"--backend {backend} needs {RUNTIME_MODULE[backend]}, which is not installed (or does not import): "
-                f"{_RUNTIME_HINT[backend]}, or use --backend auto, which picks among the runtimes installed"
+                f"--backend {backend} needs {runtime}, which is not installed (or does not import): "
+                f"{RUNTIME_INSTALL[runtime]}, or use --backend auto, which picks among the runtimes installed"
             )
     if backend == "onnx":  # torch-free: RUN/model.onnx from `mammokit export` (auto's cache is auto's)
         from mammokit.infer.onnx import OnnxBackend, onnx_path_for
