@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 DEMO_DIR ?= demo-output
 
-.PHONY: help venv test test-slow test-wheel lint format demo demo-small serve bench clean chromium
+.PHONY: help venv test test-slow test-wheel test-keras2 lint format demo demo-small serve bench clean chromium
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,23 @@ test-slow: $(STAMP)  ## the slow tests (training-quality checks; tens of minutes
 
 test-wheel: $(STAMP)  ## the wheel in a clean virtualenv runs the small demo outside the repo (minutes; downloads torch once)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m wheel -s tests/test_wheel.py
+
+# The reference writer of test-keras2 runs in its own venv: TensorFlow (CPU) + tf_keras (Keras 2), no torch.
+# tf_keras goes in without its dependencies: it asks for the full `tensorflow` wheel, which tensorflow-cpu provides.
+TF_VENV  := .venv-tf
+TF_STAMP := $(TF_VENV)/.installed
+TF_PINS  := tensorflow-cpu==2.17.1 numpy==1.26.4 h5py==3.16.0
+
+$(TF_STAMP): Makefile
+	@test -x $(TF_VENV)/bin/python || $(PYTHON) -m venv $(TF_VENV)
+	$(TF_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TF_VENV)/bin/python -m pip install --quiet $(TF_PINS)
+	$(TF_VENV)/bin/python -m pip install --quiet --no-deps tf_keras==2.17.0
+	@touch $(TF_STAMP)
+
+test-keras2: $(STAMP) $(TF_STAMP)  ## import-keras against files written by real Keras 2 (builds .venv-tf: ~220 MB download)
+	MAMMOKIT_TF_PYTHON=$(TF_VENV)/bin/python $(BIN)/python -m pytest -q -p no:cacheprovider -m keras2ref -s \
+	  tests/test_keras2_reference.py
 
 demo: $(STAMP)  ## the whole method on a synthetic CBIS-DDSM-layout dataset (<= 10 min on 2 cores)
 	$(BIN)/mammokit demo --out $(DEMO_DIR)
