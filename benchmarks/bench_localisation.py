@@ -1,7 +1,7 @@
 """Benchmark: do the heatmaps point at the lesion? Pointing game and map mass per heatmap kind, with baselines.
 
 On the malignant images of one split of a prepared dataset that have a malignant lesion mask, for a
-trained whole-image run (and its patch run), it measures per heatmap kind (`infer.heatmap_report.MapKind`):
+trained whole-image run (and its patch run), it measures per heatmap kind (`explain.report_panels.MapKind`):
 
 * **pointing game**: the map's maximum within the breast lies within `--tolerance-mm` (5 mm) of the
   union of the image's malignant lesion masks (metrics/localisation.py);
@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from mammokit.data.manifest import read_images, read_lesions
-from mammokit.infer.heatmap_report import MapKind, PreparedHeatmapper, lesion_union
+from mammokit.explain.report_panels import MapKind, PreparedHeatmapper, lesion_union
 from mammokit.io.images import read_png16
 from mammokit.metrics import bootstrap_ci
 from mammokit.metrics.localisation import (

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mammokit.infer.heatmap import GradCamRunner, default_cam_layer, last_spatial_module, resolve_cam_layer
-from mammokit.infer.heatmap_report import MapKind
-from mammokit.infer.overlay import render_overlay, render_panel, write_raw_map
+from mammokit.explain.cam import GradCamRunner, default_cam_layer, last_spatial_module, resolve_cam_layer
+from mammokit.explain.overlay import render_overlay, render_panel, write_raw_map
+from mammokit.explain.report_panels import MapKind
 from mammokit.models.registry import create_model
 from mammokit.scoring.patch_maps import malignant_map, patch_probability_maps
 from mammokit.scoring.receptive_field import cell_map_to_pixels, receptive_field_origin

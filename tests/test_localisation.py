@@ -143,7 +143,7 @@ def _tiny_model():  # returns a local nn.Module subclass
 def test_gradcam_of_a_trained_phantom_model_points_at_the_mass_more_often_than_the_centre():
     import torch
 
-    from mammokit.infer.heatmap import GradCamRunner
+    from mammokit.explain.cam import GradCamRunner
 
     torch.set_num_threads(2)
     # training: 24 backgrounds x (plain + 3 with a mass); test: other women's breasts, plain + 1 with a mass

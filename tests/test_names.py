@@ -9,6 +9,7 @@ import typing
 from pathlib import Path
 
 from mammokit.cli import build_parser
+from mammokit.explain.cam import CAM_CLASSES
 from mammokit.infer import backend_select
 from mammokit.infer.config import (
     AUTO,
@@ -23,7 +24,6 @@ from mammokit.infer.config import (
     TORCH_PRECISION,
     PredictConfig,
 )
-from mammokit.infer.heatmap import CAM_CLASSES
 from mammokit.serve.app import _PREDICT_FORM_SCHEMA
 from mammokit.serve.settings import ServeConfig
 

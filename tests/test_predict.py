@@ -99,7 +99,8 @@ def test_overlay_breast_region_matches_original(runs, tmp_path):
     segmented on the prepared image, drawn as a heatmap overlay in the original geometry, covers the
     breast segmented on the original image the same way (`segment_breast`, same threshold): IoU >= 0.9."""
     from mammokit.data.geometry import segment_breast
-    from mammokit.infer.overlay import write_overlay
+    from mammokit.explain.overlay import write_overlay
+    from mammokit.explain.patch import to_original
     from mammokit.infer.predictor import Predictor
 
     whole, _ = runs
@@ -109,7 +110,7 @@ def test_overlay_breast_region_matches_original(runs, tmp_path):
     for key, path in real_dicoms():
         prepared = predictor.load_image(path, keep_pixels=True)
         heat_prepared = segment_breast(prepared.image_u16.astype(np.float32), threshold).astype(np.float32)
-        heat = predictor._to_original(heat_prepared, prepared)
+        heat = to_original(heat_prepared, prepared.geometry)
         assert heat.shape == prepared.pixels.shape  # the original pixel grid
         png = tmp_path / f"{path.parent.name}_{key}.png"
         write_overlay(png, prepared.pixels, heat, alpha=0.6, max_side=1024)  # same frame, scaled like the CLI's

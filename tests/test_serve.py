@@ -189,17 +189,17 @@ def test_api_docs_page_is_served_offline(client):
 
 
 def test_ensemble_averages_the_runs_as_evaluate_does(runs, exam, tmp_path, monkeypatch):
-    from mammokit.infer.predictor import Predictor
+    from mammokit.infer.preprocessor import Preprocessor
 
     second = make_runs(tmp_path, seed=1)
     prepared = []
-    real_prepare = Predictor.prepare
+    real_prepare = Preprocessor.prepare
 
     def counting_prepare(self, item, *args, **kwargs):
         prepared.append(item.image_id)
         return real_prepare(self, item, *args, **kwargs)
 
-    monkeypatch.setattr(Predictor, "prepare", counting_prepare)
+    monkeypatch.setattr(Preprocessor, "prepare", counting_prepare)
     with TestClient(create_app([str(runs), str(second)], ServeConfig())) as c:
         wait_ready(c)
         body = c.post("/v1/predict", files=multipart(exam[:2]), data={"heatmap": "none"}).json()
@@ -218,15 +218,12 @@ def test_runs_prepare_alike_only_with_the_same_spec_normalisation_and_assumed_sp
 
     from mammokit.infer.predictor import Predictor
 
-    a, b = Predictor.from_run(runs, "cpu", "torch"), Predictor.from_run(runs, "cpu", "torch")
+    a, b = Predictor.from_run(runs, "cpu", "torch").preprocessor, Predictor.from_run(runs, "cpu", "torch").preprocessor
     assert a.prepares_like(b)
-    b.card = dataclasses.replace(b.card, input=dataclasses.replace(b.card.input, pixel_mean=0.25))
-    assert not a.prepares_like(b)  # the same pixels, normalised differently
-    c = Predictor.from_run(runs, "cpu", "torch", assume_pixel_spacing=0.1)
+    assert not a.prepares_like(dataclasses.replace(b, pixel_mean=0.25))  # the same pixels, normalised differently
+    c = Predictor.from_run(runs, "cpu", "torch", assume_pixel_spacing=0.1).preprocessor
     assert not a.prepares_like(c)
-    d = Predictor.from_run(runs, "cpu", "torch")
-    d.spec = dataclasses.replace(d.spec, height=d.spec.height + 32)
-    assert not a.prepares_like(d)
+    assert not a.prepares_like(dataclasses.replace(b, spec=dataclasses.replace(b.spec, height=b.spec.height + 32)))
 
 
 # ----------------------------------------------------------------------------------------------- bad uploads

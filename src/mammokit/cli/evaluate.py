@@ -135,10 +135,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _panel_maker(args: argparse.Namespace, device: str, split: str) -> Any:
-    """The report's heatmap hook (infer.heatmap_report.report_panels with the flags), or None when off."""
+    """The report's heatmap hook (explain.report_panels.report_panels with the flags), or None when off."""
     if args.heatmap == "none" or args.heatmap_top == 0:
         return None
-    from mammokit.infer.heatmap_report import FLIPS_SUFFIX, report_panels
+    from mammokit.explain.report_panels import FLIPS_SUFFIX, report_panels
 
     if args.heatmap == "gradcam":
         method = args.gradcam_method or DEFAULT_CAM_METHOD

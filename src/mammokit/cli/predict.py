@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     from mammokit.infer.ensemble import EnsemblePredictor
     from mammokit.infer.export_cache import set_cache_root
     from mammokit.infer.inputs import InputError, collect_inputs
-    from mammokit.infer.predictor import HeatmapOptions
+    from mammokit.infer.results import HeatmapOptions
     from mammokit.run import RunFolderError
     from mammokit.utils.atomic import atomic_write_text
     from mammokit.utils.diskfull import disk_full_as
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
             heatmap_options=options,
         )
         # one run stays a plain Predictor (its outputs are exactly as before); several are averaged
-        predictor: Any = ensemble if ensemble.is_ensemble else ensemble.reader
+        predictor: Any = ensemble if ensemble.is_ensemble else ensemble.first
         predictor.check_heatmap(cfg.heatmap)
     except (RunFolderError, FileNotFoundError, ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
@@ -261,7 +261,7 @@ def _predict_all(
     precision: str = "float32",
 ) -> tuple[list, list]:
     from mammokit.data.geometry import is_shrunk
-    from mammokit.infer.predictor import Prediction
+    from mammokit.infer.results import Prediction
     from mammokit.utils.diskfull import bytes_under
 
     rows: list[dict[str, Any]] = []
@@ -297,7 +297,7 @@ def _predict_all(
 
 def _write_overlays(folder: Path, result: Any, pixels: Any, cfg: PredictConfig, predictor: Any) -> list[str]:
     """Per heatmap kind: the readable panel (PNG) and the raw map on the original grid (.npy)."""
-    from mammokit.infer.overlay import describe_map, prediction_line, scale_label, write_panel, write_raw_map
+    from mammokit.explain.overlay import describe_map, prediction_line, scale_label, write_panel, write_raw_map
 
     layer = predictor.heatmap_backend.gradcam_layer_name(cfg.gradcam_layer) if "gradcam" in result.heatmaps else None
     if result.call is None:  # an ensemble: no stored threshold, no call

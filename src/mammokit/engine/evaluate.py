@@ -192,7 +192,7 @@ def evaluate(
         heatmaps: (caption, PNG) pairs to inline in the HTML report.
         predictions: precomputed `predict_split` frames, one per run (skips inference; used by tests/demo).
         heatmap_panels: called with the headline predictions; returns the report's heatmap panels
-            (`infer.heatmap_report.report_panels`: infer sits above engine (.importlinter), so the CLI passes it in).
+            (`explain.report_panels.report_panels`: explain sits beside engine, so the CLI passes it in).
 
     Returns:
         The metrics dict also written to `out/metrics.json` (key "out" adds the output folder).

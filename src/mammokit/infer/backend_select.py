@@ -29,7 +29,6 @@ the torch backend is used without measuring: the other candidates here are CPU r
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import statistics
 import time
@@ -41,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from mammokit.infer.config import AUTO, BACKEND_PRECISION, BACKEND_RUNTIME, BACKENDS, TORCH_PRECISION
+from mammokit.infer.backends import ScoringBackend, build_backend, runtime_available
+from mammokit.infer.config import AUTO, BACKEND_PRECISION, BACKEND_RUNTIME
 from mammokit.infer.export_cache import BackendCache
 from mammokit.run import ModelCard, read_card
 
@@ -72,15 +72,6 @@ def probe_cpu() -> CpuCaps:
     flags = cpu_flags()
     amx = {"amx_bf16", "amx_tile"} <= flags
     return CpuCaps(cpu_name(), physical_cores(), "avx512f" in flags, amx or "avx512_bf16" in flags, amx)
-
-
-def runtime_available(name: str) -> bool:
-    """True when the runtime module imports (a missing or broken install counts as absent)."""
-    try:
-        importlib.import_module(name)
-    except Exception:  # ImportError, or a broken wheel raising at import time: either way not usable
-        return False
-    return True
 
 
 def machine_key(caps: CpuCaps, device: str) -> str:
@@ -197,25 +188,6 @@ def measure(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> tuple[floa
     return 1e3 * statistics.median(times), np.concatenate(probs)
 
 
-def build_backend(name: str, run_dir: Path, device: str, *, channels_last: bool, onnx_path: Path | None) -> Any:
-    """A backend object with `prob_malignant(x)` and `device`: a TorchScorer, OnnxBackend or OpenVinoBackend."""
-    if name in TORCH_PRECISION:
-        from mammokit.scoring.core import TorchScorer
-
-        return TorchScorer.from_run(run_dir, device, channels_last=channels_last, precision=TORCH_PRECISION[name])
-    if onnx_path is None:
-        raise FileNotFoundError(f"the {name} backend needs the run's ONNX export")
-    if name == "onnx":
-        from mammokit.infer.onnx import OnnxBackend
-
-        return OnnxBackend(onnx_path, "cpu")
-    if name == "openvino":
-        from mammokit.infer.openvino import OpenVinoBackend
-
-        return OpenVinoBackend(onnx_path)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-
-
 def ensure_export(cache: BackendCache, *, torch_available: bool) -> Path | None:
     """The run's cached ONNX export, made now if missing or stale (None when it cannot be made here)."""
     fresh = cache.fresh_onnx(torch_available=torch_available)
@@ -253,7 +225,7 @@ def select_backend(
     *,
     channels_last: bool = True,
     refresh: bool = False,
-) -> tuple[Selection, Any]:
+) -> tuple[Selection, ScoringBackend]:
     """Choose (or reuse the stored choice of) the fastest backend within the bar; return it built.
 
     Args:
@@ -263,8 +235,7 @@ def select_backend(
         refresh: measure again even when a selection for this machine is stored.
 
     Returns:
-        (the selection with its measurements, the chosen backend object: `TorchScorer`, `OnnxBackend` or
-        `OpenVinoBackend`).
+        (the selection with its measurements, the chosen backend built by `infer.backends.build_backend`).
     """
     run_dir = Path(run_dir)
     card = read_card(run_dir)
@@ -305,7 +276,7 @@ def select_backend(
 
     onnx_path = ensure_export(cache, torch_available=True) if {"onnx", "openvino"} & set(candidates) else None
     x = calibration_images(card)
-    built: dict[str, Any] = {}
+    built: dict[str, ScoringBackend] = {}
     trials: list[Trial] = []
     reference: np.ndarray | None = None
     for name in candidates:  # "torch" first: the reference

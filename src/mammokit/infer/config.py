@@ -11,6 +11,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mammokit.config import ConfigError
+from mammokit.explain.names import CAM_LABELS as CAM_LABELS
+from mammokit.explain.names import CAM_METHODS as CAM_METHODS
+from mammokit.explain.names import DEFAULT_CAM_METHOD as DEFAULT_CAM_METHOD
+from mammokit.explain.names import PATCH_MALIGNANT as PATCH_MALIGNANT
+from mammokit.explain.names import CamMethod as CamMethod
 
 # The compute precisions a user may ask for (`--precision` of predict and serve; argparse choices, config values
 # and the `precision` recorded in outputs all come from here). float32 is the default everywhere: the same file
@@ -26,12 +31,7 @@ AUTO = "auto"
 HeatmapKind = Literal["none", "gradcam", "patch", "both"]
 HEATMAP_KINDS: tuple[str, ...] = typing.get_args(HeatmapKind)
 REPORT_HEATMAP_KINDS = tuple(k for k in HEATMAP_KINDS if k != "both")  # evaluate's report shows one kind at a time
-PATCH_MALIGNANT = "patch_malignant"  # the map of the summed malignant patch classes (the primary patch map)
-# The class activation map methods of pytorch-grad-cam (`--gradcam-method`; `infer.heatmap.CAM_CLASSES`).
-CamMethod = Literal["gradcam", "gradcam++", "hirescam"]
-CAM_METHODS: tuple[str, ...] = typing.get_args(CamMethod)
-CAM_LABELS: dict[str, str] = dict(zip(CAM_METHODS, ("Grad-CAM", "Grad-CAM++", "HiResCAM"), strict=True))  # captions
-DEFAULT_CAM_METHOD: CamMethod = "hirescam"  # localises best on the phantom and on mini-MIAS (docs/prediction.md)
+# The CAM methods (`--gradcam-method`), their captions and the primary patch map are explain's names (`explain.names`)
 # what each named backend computes in; "auto" chooses among the float32 ones only (infer.backend_select)
 BACKEND_PRECISION: dict[str, str] = {"torch": "float32", "onnx": "float32", "openvino": "float32",
                                      "torch-bf16": "bfloat16"}  # fmt: skip

@@ -24,17 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from mammokit.infer.config import PATCH_MALIGNANT
-from mammokit.infer.predictor import (
-    HEATMAP_BACKEND,
-    Backend,
-    FilePredictions,
-    HeatmapKind,
-    Prediction,
-    Predictor,
-    PreparedImage,
-)
-from mammokit.preprocess import spec_differences, to_model_input
+from mammokit.infer.backends import TorchBackend
+from mammokit.infer.batch import FilePredictions
+from mammokit.infer.config import PATCH_MALIGNANT, Backend, HeatmapKind
+from mammokit.infer.predictor import HEATMAP_BACKEND, Predictor
+from mammokit.infer.preprocessor import Preprocessor
+from mammokit.infer.results import Prediction, PreparedImage
+from mammokit.preprocess import spec_differences
 from mammokit.run import unique_run_names
 
 NO_THRESHOLD_NOTE = "an ensemble has no stored threshold (as in `mammokit evaluate`): see each model's call"
@@ -128,7 +124,8 @@ class EnsemblePredictor(FilePredictions):
     def __init__(self, predictors: Sequence[Predictor]) -> None:
         check_same_preprocessing(predictors)
         self.predictors = list(predictors)
-        self.reader: Predictor = self.predictors[0]  # reads and prepares every file once, for all members
+        self.first = self.predictors[0]
+        self.reader: Preprocessor = self.first.preprocessor  # reads and prepares every file once, for all members
         self.names = unique_run_names([p.run_name for p in self.predictors])
 
     @classmethod
@@ -161,14 +158,14 @@ class EnsemblePredictor(FilePredictions):
         return HEATMAP_BACKEND
 
     @property
-    def heatmap_backend(self) -> Any:
+    def heatmap_backend(self) -> TorchBackend:
         """The first member's float32 torch model (its Grad-CAM layer name goes into the overlay captions)."""
-        return self.reader.heatmap_backend
+        return self.first.heatmap_backend
 
     @property
     def threshold(self) -> float | None:
         """A single run's threshold; None for an ensemble (no stored operating point)."""
-        return None if self.is_ensemble else self.reader.threshold
+        return None if self.is_ensemble else self.first.threshold
 
     @property
     def tta(self) -> bool:
@@ -214,7 +211,7 @@ class EnsemblePredictor(FilePredictions):
 
     def _for_member(self, member: Predictor, batch: Sequence[PreparedImage]) -> Sequence[PreparedImage]:
         """The shared prepared batch, with Grad-CAM's normalised input redone where the member's mean/std differ."""
-        mine, ref = member.card.input, self.reader.card.input
+        mine, ref = member.preprocessor, self.reader
         if (mine.pixel_mean, mine.pixel_std) == (ref.pixel_mean, ref.pixel_std):
             return batch
-        return [dataclasses.replace(p, x=to_model_input(p.image_u16, mine.pixel_mean, mine.pixel_std)) for p in batch]
+        return [dataclasses.replace(p, x=mine.normalise(p.image_u16)) for p in batch]

@@ -197,6 +197,9 @@ def session_options(threads: int | None = None) -> Any:
 class OnnxBackend:
     """p(malignant) from an exported `model.onnx` with ONNX Runtime (no torch), with `session_options`."""
 
+    name = "onnx"
+    precision = "float32"
+
     def __init__(self, path: str | Path, device: str = "auto", *, threads: int | None = None) -> None:
         import onnxruntime as ort
 

@@ -17,6 +17,9 @@ import numpy as np
 class OpenVinoBackend:
     """p(malignant) from an exported ONNX file with OpenVINO Runtime on the CPU (no torch)."""
 
+    name = "openvino"
+    precision = "float32"  # pinned below (INFERENCE_PRECISION_HINT)
+
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
         import openvino as ov
 

@@ -22,7 +22,7 @@ import numpy as np
 from mammokit.data.pairs import contexts, partner_positions, with_self_fallback
 
 if TYPE_CHECKING:
-    from mammokit.infer.predictor import PreparedImage
+    from mammokit.infer.results import PreparedImage
 
 
 def attach_partners(batch: Sequence[PreparedImage], default_patient: str | None = None) -> None:

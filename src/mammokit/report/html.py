@@ -322,7 +322,7 @@ def render_report(
         title: page title; default names the dataset and split.
         heatmaps: (caption, PNG) pairs, e.g. heatmap overlays, shown in their own section.
         heatmap_panels: the "Where the model looks" section: dicts with image_id, label, group,
-            prob_malignant, kind and png (`infer.heatmap_report.report_panels`).
+            prob_malignant, kind and png (`explain.report_panels.report_panels`).
     """
     primary = metrics["primary"]
     result = metrics["results"][primary]

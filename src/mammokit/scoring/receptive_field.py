@@ -1,6 +1,6 @@
 """Receptive-field placement: where a conv feature map's cells look, and resampling cell maps onto pixels.
 
-Shared by the patch probability maps (`scoring.patch_maps`) and the class activation maps (`infer.heatmap`): both
+Shared by the patch probability maps (`scoring.patch_maps`) and the class activation maps (`explain.cam`): both
 compute a map per feature cell, and both must put each cell at the centre of its receptive field rather than at the
 naive `stride * i` (a padded trunk looks stride / 2 - 1/2 px further up and left; docs/prediction.md).
 """
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 # Cell maps -> pixels: bilinear for patch probabilities (stay in [0, 1], zero far from any hot window); the CAMs
-# use cubic (`infer.heatmap.CAM_INTERPOLATION_ORDER`).
+# use cubic (`explain.cam.CAM_INTERPOLATION_ORDER`).
 MAP_INTERPOLATION_ORDER = 1
 
 

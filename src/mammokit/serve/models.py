@@ -32,7 +32,9 @@ from mammokit.infer.config import BACKEND_PRECISION, HEATMAP_KINDS
 from mammokit.infer.ensemble import NO_THRESHOLD_NOTE, combine_predictions, mean_heatmaps
 from mammokit.infer.inputs import InputItem
 from mammokit.infer.pairing import attach_partners
-from mammokit.infer.predictor import Prediction, Predictor, PreparedImage
+from mammokit.infer.predictor import Predictor
+from mammokit.infer.preprocessor import Preprocessor
+from mammokit.infer.results import Prediction, PreparedImage
 from mammokit.io.dicom import KNOWN_VIEWS, MammogramReadError
 from mammokit.io.meta import MammoMeta
 from mammokit.run import unique_run_names
@@ -239,12 +241,13 @@ class ServedModels:
         item = InputItem(path=Path(up.filename), image_id=f"view{up.index + 1}", source="upload")
         reads: dict[tuple, tuple[np.ndarray, MammoMeta]] = {}
         for p in self.predictors:
-            key = tuple(sorted(p.reader_options.items()))
+            reader = p.preprocessor
+            key = tuple(sorted(reader.reader_options.items()))
             if key not in reads:
                 if decoder is not None:  # in a capped worker process: a crash costs this upload only
-                    reads[key] = decoder.read(up.data, str(item.path), p.reader_options)
+                    reads[key] = decoder.read(up.data, str(item.path), reader.reader_options)
                 else:
-                    reads[key] = p.read(item, data=up.data)
+                    reads[key] = reader.read(item, data=up.data)
         pixels, meta = next(iter(reads.values()))
         if min(pixels.shape) < limits.min_side:
             raise ValueError(
@@ -266,19 +269,20 @@ class ServedModels:
     def _predict(self, read: list[_ReadView], heatmap: str) -> list[list[Prediction]]:
         keep = heatmap in ("patch", "both")  # patch maps in another geometry re-prepare the original pixels
         per_run = []
-        prepared: list[tuple[Predictor, list[PreparedImage]]] = []  # runs of an ensemble usually prepare alike
+        prepared: list[tuple[Preprocessor, list[PreparedImage]]] = []  # runs of an ensemble usually prepare alike
         for p in self.predictors:
-            key = tuple(sorted(p.reader_options.items()))
-            batch = next((b for q, b in prepared if q.prepares_like(p)), None)
+            reader = p.preprocessor
+            key = tuple(sorted(reader.reader_options.items()))
+            batch = next((b for q, b in prepared if q.prepares_like(reader)), None)
             if batch is None:
                 try:
-                    batch = [p.prepare(rv.item, *rv.reads[key], keep_pixels=keep) for rv in read]
+                    batch = [reader.prepare(rv.item, *rv.reads[key], keep_pixels=keep) for rv in read]
                 except ValueError as exc:  # PreprocessError: e.g. a blank image
                     raise UploadError(422, f"rejected: {exc}") from None
                 if any(q.pairs_views for q in self.predictors):
                     # one upload = one woman's exam: a bilateral model sees each view beside the other breast's
                     attach_partners(batch, default_patient="upload")
-                prepared.append((p, batch))
+                prepared.append((reader, batch))
             with self._model_lock:
                 per_run.append(p.predict_prepared(batch, heatmap))  # type: ignore[arg-type]
         return per_run
@@ -405,7 +409,7 @@ def render_view_pngs(pixels: np.ndarray, heatmaps: dict[str, np.ndarray], max_si
     """
     from PIL import Image
 
-    from mammokit.infer.overlay import window_to_u8
+    from mammokit.explain.overlay import window_to_u8
 
     h, w = pixels.shape
     scale = min(1.0, max_side / max(h, w))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mammokit.infer.config import CAM_METHODS, PATCH_MALIGNANT
+from mammokit.explain.names import CAM_METHODS, PATCH_MALIGNANT
 from mammokit.preprocess import to_model_input
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class PreparedHeatmapper:
     """
 
     def __init__(self, whole_run: str | Path, patch_run: str | Path | None = None, device: str = "cpu") -> None:
-        from mammokit.infer.predictor import _resolve_run
+        from mammokit.explain.patch import resolve_parent_run
         from mammokit.run import load_model
         from mammokit.utils.device import resolve_device
 
@@ -82,7 +82,7 @@ class PreparedHeatmapper:
         self.whole_run = Path(whole_run)
         self.model, self.card = load_model(self.whole_run, self.device)
         self.positive = self.card.positive_indices
-        self.patch_run = Path(patch_run) if patch_run else _resolve_run(self.card.parent_run, self.whole_run)
+        self.patch_run = Path(patch_run) if patch_run else resolve_parent_run(self.card.parent_run, self.whole_run)
         self._patch: tuple[Any, Any] | None = None
         self._cams: dict[tuple[str, str], Any] = {}
 
@@ -99,7 +99,7 @@ class PreparedHeatmapper:
         return self._patch
 
     def layer_name(self, layer: str = "auto") -> str:
-        from mammokit.infer.heatmap import resolve_cam_layer
+        from mammokit.explain.cam import resolve_cam_layer
 
         return resolve_cam_layer(self.model, layer)[0]
 
@@ -107,7 +107,7 @@ class PreparedHeatmapper:
         """One prepared (H, W) uint16 image -> {kind name: (H, W) float32 map on the same grid}."""
         import torch
 
-        from mammokit.infer.heatmap import GradCamRunner
+        from mammokit.explain.cam import GradCamRunner
         from mammokit.scoring.patch_maps import malignant_map, patch_probability_maps
 
         out: dict[str, np.ndarray] = {}
@@ -169,7 +169,7 @@ def report_panels(
         dicts with image_id, label, prob_malignant, group ("malignant" or "not malignant"), kind and png (bytes).
     """
     from mammokit.data.manifest import read_images, read_lesions
-    from mammokit.infer.overlay import describe_map, panel_png, prediction_line, scale_label
+    from mammokit.explain.overlay import describe_map, panel_png, prediction_line, scale_label
     from mammokit.io.images import read_png16
 
     if n <= 0:

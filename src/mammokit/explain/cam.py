@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mammokit.infer.config import CAM_METHODS, DEFAULT_CAM_METHOD
+from mammokit.explain.names import CAM_METHODS, DEFAULT_CAM_METHOD
 from mammokit.scoring.receptive_field import cell_map_to_pixels, forward_hooks, nominal_stride, receptive_field_origin
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-# CAM method names (infer.config.CAM_METHODS, in its order) -> pytorch-grad-cam class names
+# CAM method names (explain.names.CAM_METHODS, in its order) -> pytorch-grad-cam class names
 CAM_CLASSES: dict[str, str] = dict(zip(CAM_METHODS, ("GradCAM", "GradCAMPlusPlus", "HiResCAM"), strict=True))
 AUTO_LAYER = "auto"  # the rule above; any other value names a module of the whole-image model
 CAM_STRIDE = 16  # output stride of the stage the rule picks

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mammokit.infer.config import CAM_LABELS, PATCH_MALIGNANT
+from mammokit.explain.names import CAM_LABELS, PATCH_MALIGNANT
 from mammokit.utils.atomic import atomic_path
 
 DEFAULT_CMAP = "inferno"
