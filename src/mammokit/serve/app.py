@@ -7,7 +7,7 @@ Routes:
     GET  /v1/model         the model cards
     GET  /healthz          the process is up
     GET  /readyz           the models are loaded (503 until then, or with the load error)
-    GET  /docs, /openapi.json   the API description (Swagger UI served from the package: no CDN)
+    GET  /docs, /openapi.json   the API description, every response typed (`serve.schemas`; Swagger UI from the package)
 
 Safety: /v1/* needs `Authorization: Bearer TOKEN` when a token is set (required for a non-loopback bind);
 uploads are parsed in memory under size limits (`serve.uploads`), decoded in memory-capped worker processes
@@ -39,6 +39,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from mammokit.infer.config import HEATMAP_KINDS
 from mammokit.serve.decode import DecodePool
 from mammokit.serve.models import ExamLimits, ServedModels
+from mammokit.serve.schemas import Health, ModelsResponse, PredictResponse, Ready, errors
 from mammokit.serve.settings import ServeConfig
 from mammokit.serve.store import ResultStore
 from mammokit.serve.uploads import FILE_FIELD, UploadError, parse_predict_form, precheck, within_deadline
@@ -173,11 +174,11 @@ def create_app(
         page = resources.files("mammokit.serve").joinpath("static/viewer.html").read_text(encoding="utf-8")
         return HTMLResponse(page, headers={"Cache-Control": "no-cache", "Content-Security-Policy": _CSP})
 
-    @app.get("/healthz", summary="the process is up")
+    @app.get("/healthz", summary="the process is up", response_model=Health)
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/readyz", summary="the models are loaded")
+    @app.get("/readyz", summary="the models are loaded", response_model=Ready, responses=errors(503))
     async def readyz(request: Request) -> Any:
         if state["models"] is not None:
             return {"status": "ready", "models": state["models"].names}
@@ -185,7 +186,13 @@ def create_app(
             return error(503, f"the models failed to load: {state['load_error']}", request.state.request_id)
         return error(503, "the models are loading", request.state.request_id, headers={"Retry-After": "5"})
 
-    @app.get("/v1/model", summary="the model cards of the served runs")
+    @app.get(
+        "/v1/model",
+        summary="the model cards of the served runs",
+        response_model=ModelsResponse,
+        response_model_exclude_unset=True,
+        responses=errors(401, 503),
+    )
     async def model(request: Request) -> Any:
         if (denied := auth_failure(request)) is not None:
             return denied
@@ -216,6 +223,9 @@ def create_app(
     @app.post(
         "/v1/predict",
         summary="p(malignant), the call, per-breast/exam results and heatmaps for one image or one exam",
+        response_model=PredictResponse,
+        response_model_exclude_unset=True,
+        responses=errors(400, 401, 408, 413, 415, 422, 429, 500, 503, 504),
         openapi_extra={
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _PREDICT_FORM_SCHEMA}}}
         },
@@ -292,7 +302,12 @@ def create_app(
             else:
                 slot.release_if_unused()
 
-    @app.get("/v1/results/{result_id}/views/{index}/{name}", summary="a PNG linked from a prediction")
+    @app.get(
+        "/v1/results/{result_id}/views/{index}/{name}",
+        summary="a PNG linked from a prediction",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}, "description": "the PNG"}, **errors(401, 404)},
+    )
     async def result_file(request: Request, result_id: str, index: int, name: str) -> Any:
         if (denied := auth_failure(request)) is not None:
             return denied
