@@ -107,3 +107,10 @@ def test_the_response_models_leave_the_json_as_the_service_builds_it(tmp_path, m
         assert "result_id" in body and body["views"][0]["heatmaps"]
         model = client.get("/v1/model").json()
         assert model["models"][0]["card"]["task"] == "whole" and model["models"][0]["precision"] == "float32"
+
+
+def test_the_token_is_a_declared_bearer_scheme_on_every_v1_route(spec):
+    assert [s["scheme"] for s in spec["components"]["securitySchemes"].values()] == ["bearer"]
+    for path, methods in spec["paths"].items():
+        for op in methods.values():
+            assert bool(op.get("security")) == path.startswith("/v1/"), path

@@ -9,7 +9,8 @@ Routes:
     GET  /readyz           the models are loaded (503 until then, or with the load error)
     GET  /docs, /openapi.json   the API description, every response typed (`serve.schemas`; Swagger UI from the package)
 
-Safety: /v1/* needs `Authorization: Bearer TOKEN` when a token is set (required for a non-loopback bind);
+Safety: /v1/* needs `Authorization: Bearer TOKEN` when a token is set (required for a non-loopback bind; the
+`authorised` dependency, a bearer scheme in /openapi.json); admission to an upload is the `admitted` dependency;
 uploads are parsed in memory under size limits (`serve.uploads`), decoded in memory-capped worker processes
 (`serve.decode`: a decoder crash costs that request, never the service), and must arrive at a minimum rate (else
 408); one client address has at most `per_client` uploads in progress (else 429), bodies in memory are
@@ -31,10 +32,11 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from mammokit.infer.config import HEATMAP_KINDS
 from mammokit.serve.decode import DecodePool
@@ -49,6 +51,18 @@ from mammokit.version import __version__
 log = logging.getLogger("mammokit.serve")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# `Authorization: Bearer TOKEN` (checked by `create_app`'s `authorised` dependency when a token is set); in OpenAPI
+_BEARER = HTTPBearer(auto_error=False, description="needed when the server has a token (--token / MAMMOKIT_TOKEN)")
+
+
+class Refused(Exception):
+    """A request a dependency turns away: answered as the route's errors are (detail, request id, headers)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
 _PREDICT_FORM_SCHEMA = {
     "type": "object",
     "required": [FILE_FIELD],
@@ -74,12 +88,73 @@ _PREDICT_FORM_SCHEMA = {
 }
 
 
+# ---- dependencies: who may ask, and whether the service can take the request now ---------------------------------
+
+
+def _state(request: Request) -> dict[str, Any]:
+    return request.app.state.serve  # type: ignore[no-any-return]
+
+
+def authorised(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+    """/v1/*: the bearer token, when the server has one (compared in constant time); else 401."""
+    token = _state(request)["config"].token
+    if not token:
+        return
+    value = credentials.credentials.strip() if credentials is not None else ""
+    if not secrets.compare_digest(value.encode(), token.encode()):
+        raise Refused(
+            401,
+            "this server needs a token: send 'Authorization: Bearer TOKEN' (in the viewer: enter it at the top)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+Authorised = Annotated[None, Depends(authorised)]
+
+
+def _loaded(request: Request, retry_after: bool) -> ServedModels:
+    models: ServedModels | None = _state(request)["models"]
+    if models is None:
+        raise Refused(503, "the models are not loaded yet; see /readyz", {"Retry-After": "5"} if retry_after else None)
+    return models
+
+
+def models_loaded(request: Request, _: Authorised) -> ServedModels:
+    """The served models (after the token check), or 503 while they load."""
+    return _loaded(request, retry_after=False)
+
+
+def models_loaded_retry(request: Request, _: Authorised) -> ServedModels:
+    """As `models_loaded`, the 503 with Retry-After (a prediction is worth sending again)."""
+    return _loaded(request, retry_after=True)
+
+
+ModelsLoaded = Annotated[ServedModels, Depends(models_loaded)]
+ModelsLoadedRetry = Annotated[ServedModels, Depends(models_loaded_retry)]
+
+
+def admitted(request: Request, _: ModelsLoadedRetry) -> Upload:
+    """A place for one more upload: at most `per_client` per client address (429) and `upload_slots` in all,
+    within the memory budget for bodies (503). Taken before the body is read; the route releases it."""
+    state = _state(request)
+    queue: WorkQueue = state["queue"]
+    client = request.client.host if request.client else None  # the peer (or a trusted proxy's X-Forwarded-For)
+    try:
+        return state["gate"].enter(client, queue.retry_after_s)  # type: ignore[no-any-return]
+    except (ClientBusy, QueueFull) as exc:
+        status = 429 if isinstance(exc, ClientBusy) else 503
+        raise Refused(status, str(exc), {"Retry-After": str(exc.retry_after_s)}) from None
+
+
+Admitted = Annotated[Upload, Depends(admitted)]
+
+
 def create_app(
     runs: list[str] | None = None, config: ServeConfig | None = None, *, models: ServedModels | None = None
 ) -> Any:
     """The ASGI app. Models load in the lifespan (from `runs`), unless `models` are given already loaded."""
     cfg = config or ServeConfig()
-    state: dict[str, Any] = {"models": models, "load_error": None}
+    state: dict[str, Any] = {"models": models, "load_error": None, "config": cfg}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
@@ -132,6 +207,10 @@ def create_app(
         headers = extra.pop("headers", None)
         return JSONResponse({"detail": message, "request_id": request_id, **extra}, status, headers=headers)
 
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> JSONResponse:
+        return error(exc.status, exc.message, request.state.request_id, headers=exc.headers)
+
     @app.middleware("http")
     async def request_log(request: Request, call_next: Any) -> Any:
         given = request.headers.get("x-request-id", "")
@@ -154,20 +233,6 @@ def create_app(
             (time.perf_counter() - start) * 1e3,
         )
         return response
-
-    def auth_failure(request: Request) -> JSONResponse | None:
-        if not cfg.token:
-            return None
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and secrets.compare_digest(value.strip().encode(), cfg.token.encode()):
-            return None
-        return error(
-            401,
-            "this server needs a token: send 'Authorization: Bearer TOKEN' (in the viewer: enter it at the top)",
-            request.state.request_id,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def viewer() -> HTMLResponse:
@@ -193,12 +258,7 @@ def create_app(
         response_model_exclude_unset=True,
         responses=errors(401, 503),
     )
-    async def model(request: Request) -> Any:
-        if (denied := auth_failure(request)) is not None:
-            return denied
-        models = state["models"]
-        if models is None:
-            return error(503, "the models are not loaded yet; see /readyz", request.state.request_id)
+    async def model(models: ModelsLoaded) -> Any:
         return {
             "models": models.cards(),
             "ensemble": len(models.names) > 1,
@@ -230,21 +290,13 @@ def create_app(
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _PREDICT_FORM_SCHEMA}}}
         },
     )
-    async def predict(request: Request) -> Any:
+    async def predict(
+        request: Request,
+        models: ModelsLoadedRetry,
+        upload: Admitted,  # taken before the body is read; a job slot only once the body is in (serve.work)
+    ) -> Any:
         rid = request.state.request_id
-        if (denied := auth_failure(request)) is not None:
-            return denied
-        models: ServedModels | None = state["models"]
-        if models is None:
-            return error(503, "the models are not loaded yet; see /readyz", rid, headers={"Retry-After": "5"})
         queue: WorkQueue = state["queue"]
-        client = request.client.host if request.client else None  # the peer (or a trusted proxy's X-Forwarded-For)
-        try:  # admitted before the body is read; a job slot is taken only once it is in (serve.work)
-            upload = state["gate"].enter(client, queue.retry_after_s)
-        except ClientBusy as exc:
-            return error(429, str(exc), rid, headers={"Retry-After": str(exc.retry_after_s)})
-        except QueueFull as exc:
-            return error(503, str(exc), rid, headers={"Retry-After": str(exc.retry_after_s)})
         slot = None
         try:
             max_file = int(cfg.max_file_mb * 1e6)
@@ -308,9 +360,7 @@ def create_app(
         response_class=Response,
         responses={200: {"content": {"image/png": {}}, "description": "the PNG"}, **errors(401, 404)},
     )
-    async def result_file(request: Request, result_id: str, index: int, name: str) -> Any:
-        if (denied := auth_failure(request)) is not None:
-            return denied
+    async def result_file(request: Request, result_id: str, index: int, name: str, _: Authorised) -> Any:
         data = state["store"].get(result_id, f"views/{index}/{name}")
         if data is None:
             return error(
