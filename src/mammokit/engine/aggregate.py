@@ -14,6 +14,7 @@ import pandas as pd
 from mammokit.constants import VIEWS
 from mammokit.engine.split_predict import EvaluationError
 from mammokit.metrics import OneClassWarning, binary_report, delong_test
+from mammokit.metrics.levels import EXAM_AGGREGATE, check_aggregate
 
 if TYPE_CHECKING:
     from mammokit.engine.evaluate import EvaluateConfig
@@ -47,13 +48,13 @@ def ensemble_predictions(frames: Sequence[pd.DataFrame], names: Sequence[str]) -
 def aggregate_predictions(
     df: pd.DataFrame, level: Literal["breast", "exam"], how: Literal["mean", "max"] = "mean"
 ) -> pd.DataFrame:
-    """Breast level: `how` over the images of (patient, exam, laterality); exam level: max over its breasts.
+    """Breast level: `how` over the images of (patient, exam, laterality); exam level: max over its breasts
+    (`metrics.levels`, the rule serve applies to one upload).
 
     A breast (exam) is malignant when any of its images is. Returns patient_id, exam_id, [laterality],
     label, prob_malignant, n_images.
     """
-    if how not in ("mean", "max"):
-        raise ValueError(f"aggregate must be 'mean' or 'max', got {how!r}")
+    check_aggregate(how)
     keys = ["patient_id", "exam_id", "laterality"]
     breast = (
         df.groupby(keys, sort=True, observed=True)
@@ -66,7 +67,7 @@ def aggregate_predictions(
         raise ValueError(f"level must be 'breast' or 'exam', got {level!r}")
     return (
         breast.groupby(["patient_id", "exam_id"], sort=True, observed=True)
-        .agg(label=("label", "max"), prob_malignant=("prob_malignant", "max"), n_images=("n_images", "sum"))
+        .agg(label=("label", "max"), prob_malignant=("prob_malignant", EXAM_AGGREGATE), n_images=("n_images", "sum"))
         .reset_index()
     )
 

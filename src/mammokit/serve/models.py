@@ -4,7 +4,7 @@ Several runs form an ensemble exactly as in `mammokit evaluate` (`engine.evaluat
 the raw and the calibrated p(malignant) are each the mean over the runs (`infer.ensemble.combine_predictions`,
 the averaging `mammokit predict --ensemble` uses too). An ensemble has no stored operating threshold, so, as in
 evaluate, it makes no call of its own; each member's call is reported. Breast and exam
-aggregates are `engine.evaluate.aggregate_predictions` (breast = mean or max over its views, exam = max over
+aggregates follow evaluate's rule, `metrics.levels` (breast = mean or max over its views, exam = max over
 its breasts), with a single run's threshold applied on the calibrated scale as evaluate does.
 
 Heatmaps: each run's maps come back on the original pixel grid; for an ensemble the maps of one kind are
@@ -37,6 +37,7 @@ from mammokit.infer.preprocessor import Preprocessor
 from mammokit.infer.results import Prediction, PreparedImage
 from mammokit.io.dicom import KNOWN_VIEWS, MammogramReadError
 from mammokit.io.meta import MammoMeta
+from mammokit.metrics.levels import check_aggregate
 from mammokit.run import unique_run_names
 from mammokit.serve.decode import DecodePool
 from mammokit.serve.store import ResultStore
@@ -65,8 +66,7 @@ class ServedModels:
     def __init__(self, predictors: Sequence[Predictor], *, aggregate: str = "mean") -> None:
         if not predictors:
             raise ValueError("serve needs at least one run")
-        if aggregate not in ("mean", "max"):
-            raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
+        check_aggregate(aggregate)
         self.predictors = list(predictors)
         self.names = unique_run_names([p.run_name for p in self.predictors])
         self.aggregate = aggregate
@@ -498,10 +498,8 @@ def _form_overrides(filename: str, meta: MammoMeta, laterality: str, view: str) 
 def _aggregates(
     views: list[dict[str, Any]], how: str, threshold_cal: float | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[str]]:
-    """Per-breast and per-exam p(malignant) with evaluate's `aggregate_predictions` (views of known laterality)."""
-    import pandas as pd
-
-    from mammokit.engine.aggregate import aggregate_predictions
+    """Per-breast and per-exam p(malignant) by evaluate's rule (`metrics.levels`), over the views of known side."""
+    from mammokit.metrics.levels import breast_scores, exam_score
 
     notes: list[str] = []
     known = [v for v in views if v["laterality"] in ("L", "R")]
@@ -512,34 +510,25 @@ def _aggregates(
         )
     if not known:
         return [], None, notes
-    df = pd.DataFrame(
-        {
-            "image_id": [f"view{v['index'] + 1}" for v in known],
-            "patient_id": "upload",
-            "exam_id": "upload",
-            "laterality": [v["laterality"] for v in known],
-            "label": 0,  # unknown; aggregate_predictions carries it along
-            "prob_malignant": [v["prob_malignant"] for v in known],
-        }
-    )
 
     def call(prob: float) -> int | None:
         return None if threshold_cal is None else int(prob >= threshold_cal)
 
+    per_breast = breast_scores([v["laterality"] for v in known], [v["prob_malignant"] for v in known], how)
     breasts = [
         {
-            "laterality": row.laterality,
-            "prob_malignant": round(float(row.prob_malignant), 6),
-            "call": call(float(row.prob_malignant)),
-            "n_views": int(row.n_images),
+            "laterality": b.laterality,
+            "prob_malignant": round(b.prob_malignant, 6),
+            "call": call(b.prob_malignant),
+            "n_views": b.n_images,
         }
-        for row in aggregate_predictions(df, "breast", how).itertuples()  # type: ignore[arg-type]
+        for b in per_breast
     ]
-    row = aggregate_predictions(df, "exam", how).iloc[0]  # type: ignore[arg-type]
+    whole = exam_score(per_breast)
     exam = {
-        "prob_malignant": round(float(row["prob_malignant"]), 6),
-        "call": call(float(row["prob_malignant"])),
-        "n_views": int(row["n_images"]),
+        "prob_malignant": round(whole.prob_malignant, 6),
+        "call": call(whole.prob_malignant),
+        "n_views": whole.n_images,
         "n_breasts": len(breasts),
     }
     return breasts, exam, notes
