@@ -17,6 +17,7 @@ import pytest
 
 from mammokit.infer import backend_select, export_cache
 from mammokit.infer.backend_select import BF16_BAR, FP32_BAR, CpuCaps, Selection, Trial, choose, select_backend
+from mammokit.infer.backends import ScoringBackend
 from predict_support import make_tiny_runs, silhouette_pngs
 
 HW = (128, 96)
@@ -66,6 +67,7 @@ def test_choose_takes_the_fastest_within_the_bar_and_keeps_an_exact_one_unless_c
 def test_selection_on_a_cpu_without_bf16_picks_a_valid_backend_and_caches_it(run, monkeypatch):
     monkeypatch.setattr(backend_select, "probe_cpu", lambda: NO_BF16)
     selection, backend = select_backend(run, "cpu")
+    assert isinstance(backend, ScoringBackend) and (backend.name, backend.precision) == (selection.backend, "float32")
     names = [t.backend for t in selection.trials]
     assert names == ["torch", "onnx"]  # every installed fp32 runtime, and no bf16 on a CPU without it
     assert all(t.accepted and t.ms_per_image > 0 and t.max_abs_diff <= FP32_BAR for t in selection.trials)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +12,8 @@ from mammokit.explain.names import PATCH_MALIGNANT
 from mammokit.preprocess import PreprocessSpec, to_model_input
 
 if TYPE_CHECKING:
+    import torch
+
     from mammokit.data.geometry import Geometry
     from mammokit.io.meta import MammoMeta
 
@@ -30,7 +32,7 @@ def resolve_parent_run(path: str | Path | None, relative_to: Path) -> Path | Non
 class PatchHeatmapper:
     """The patch run used for the paper's heatmaps, with its own preprocessing where it differs."""
 
-    def __init__(self, run_dir: Path, device: Any, image_spec: PreprocessSpec) -> None:
+    def __init__(self, run_dir: Path, device: torch.device | str, image_spec: PreprocessSpec) -> None:
         from mammokit.run import load_model
 
         self.run_dir = run_dir

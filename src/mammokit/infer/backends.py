@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -31,6 +31,8 @@ from mammokit.infer.config import (
 from mammokit.run import ModelCard, read_card
 
 if TYPE_CHECKING:
+    import torch
+
     from mammokit.explain.cam import GradCamRunner
     from mammokit.infer.backend_select import Selection
     from mammokit.scoring.core import TorchScorer
@@ -43,7 +45,7 @@ class ScoringBackend(Protocol):
 
     name: str  # the backend name (`infer.config.BACKENDS`, "auto" aside)
     precision: str  # what it computes in (`infer.config.PRECISIONS`)
-    device: Any  # where it runs: a torch.device, or "cpu"/"cuda" for the ONNX runtimes
+    device: torch.device | str  # where it runs: a torch.device, or "cpu"/"cuda" for the ONNX runtimes
 
     def prob_malignant(self, x: np.ndarray) -> np.ndarray:
         """float32 (B, C, H, W) in uint16 units (C = 2 for a bilateral model) -> (B,) float32 p(malignant)."""
