@@ -225,6 +225,7 @@ def select_backend(
     *,
     channels_last: bool = True,
     refresh: bool = False,
+    card: ModelCard | None = None,
 ) -> tuple[Selection, ScoringBackend]:
     """Choose (or reuse the stored choice of) the fastest backend within the bar; return it built.
 
@@ -233,12 +234,13 @@ def select_backend(
         device: "auto", "cpu", or an accelerator ("cuda", "mps", ...: torch, no measurement).
         channels_last: memory format of the torch candidates.
         refresh: measure again even when a selection for this machine is stored.
+        card: the run's model card when the caller has read it already (`Predictor.from_run`).
 
     Returns:
         (the selection with its measurements, the chosen backend built by `infer.backends.build_backend`).
     """
     run_dir = Path(run_dir)
-    card = read_card(run_dir)
+    card = card or read_card(run_dir)
     hw = (card.input.height, card.input.width)
     on_gpu = _on_gpu(device)
     caps = probe_cpu()
@@ -249,7 +251,7 @@ def select_backend(
         raise RuntimeError("no prediction runtime is installed: install torch, or onnxruntime ('mammokit[onnx]')")
     if on_gpu:
         return Selection("torch", [], key, hw, _now(), "accelerator: torch on the device"), build_backend(
-            "torch", run_dir, device, channels_last=channels_last, onnx_path=None
+            "torch", run_dir, device, channels_last=channels_last, onnx_path=None, card=card
         )
 
     cache = BackendCache.open(run_dir)
@@ -262,7 +264,7 @@ def select_backend(
             log.info("%s: %s (measured on this machine %s; stored in %s)", run_dir, selection.backend,
                      selection.created, cache.folder)  # fmt: skip
             return selection, build_backend(selection.backend, run_dir, "cpu", channels_last=channels_last,
-                                            onnx_path=onnx_path)  # fmt: skip
+                                            onnx_path=onnx_path, card=card)  # fmt: skip
 
     if not torch_ok:  # nothing to measure against: the ONNX export made where torch was, if there is one
         onnx_path = cache.fresh_onnx(torch_available=False)
@@ -272,7 +274,9 @@ def select_backend(
                 f"{run_dir}` where torch is installed and predict with --backend onnx, or install torch"
             )
         selection = Selection("onnx", [], key, hw, _now(), "torch not installed: the cached export, unmeasured")
-        return selection, build_backend("onnx", run_dir, "cpu", channels_last=channels_last, onnx_path=onnx_path)
+        return selection, build_backend(
+            "onnx", run_dir, "cpu", channels_last=channels_last, onnx_path=onnx_path, card=card
+        )
 
     onnx_path = ensure_export(cache, torch_available=True) if {"onnx", "openvino"} & set(candidates) else None
     x = calibration_images(card)
@@ -282,7 +286,7 @@ def select_backend(
     for name in candidates:  # "torch" first: the reference
         bar = BF16_BAR if BACKEND_PRECISION[name] == "bfloat16" else FP32_BAR
         try:
-            backend = build_backend(name, run_dir, "cpu", channels_last=channels_last, onnx_path=onnx_path)
+            backend = build_backend(name, run_dir, "cpu", channels_last=channels_last, onnx_path=onnx_path, card=card)
             ms, probs = measure(backend.prob_malignant, x)
         except Exception as exc:  # a runtime that cannot load or run this graph is not a candidate
             log.warning("backend %s cannot run %s: %s: %s", name, run_dir, type(exc).__name__, exc)

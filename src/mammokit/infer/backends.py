@@ -158,5 +158,5 @@ def load_backend(
         return build_backend("openvino", run_dir, device, channels_last=channels_last, onnx_path=onnx_path), None
     if backend != AUTO:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    selection, impl = select_backend(run_dir, device, channels_last=channels_last)
+    selection, impl = select_backend(run_dir, device, channels_last=channels_last, card=card)
     return impl, selection
