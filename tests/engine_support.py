@@ -117,3 +117,16 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def tiny_whole_argv(data: Path, out: Path, *extra: str) -> list[str]:
+    """`mammokit train whole --no-patch-init` on the tiny random trunk and top, one epoch per stage, on the CPU
+    (the shared part of the training tests' command lines; `extra` adds flags such as --set model.bilateral=...)."""
+    return [
+        "train", "whole", "--data", str(data), "--no-patch-init", "--out", str(out), "--device", "cpu",
+        "--set", f"model.backbone={TINY_BACKBONE}", "--set", "model.pretrained=null",
+        "--set", f"model.top={json.dumps(TINY_TOP)}",
+        "--set", "stages=[{epochs: 1}, {epochs: 1, lr_multiplier: 0.1}]",
+        "--set", "trainer.progress_bar=false", "--set", "trainer.tensorboard=false",
+        *extra,
+    ]  # fmt: skip

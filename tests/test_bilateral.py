@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from engine_support import TINY_BACKBONE, TINY_TOP, make_prepared, single_thread
+from engine_support import TINY_BACKBONE, TINY_TOP, make_prepared, single_thread, tiny_whole_argv
 from mammokit.cli import main
 from mammokit.data.datasets import WholeImageDataset
 from mammokit.data.pairs import contexts, partner_positions, table_partners, with_self_fallback
@@ -151,32 +151,8 @@ def test_dataset_gives_each_image_with_its_partner(paired: Path) -> None:
 @pytest.mark.parametrize("rule", BILATERAL_RULES)
 def test_train_whole_bilateral_then_evaluate_flags_context(paired: Path, tmp_path: Path, rule: str) -> None:
     out = tmp_path / f"run-{rule}"
-    common = ["--device", "cpu", "--set", "loader.augment.enabled=false", "--set", "trainer.progress_bar=false",
-              "--set", "trainer.tensorboard=false"]  # fmt: skip
-    rc = main(
-        [
-            "train",
-            "whole",
-            "--data",
-            str(paired),
-            "--no-patch-init",
-            "--out",
-            str(out),
-            *common,
-            "--set",
-            f"model.backbone={TINY_BACKBONE}",
-            "--set",
-            "model.pretrained=null",
-            "--set",
-            f"model.top={json.dumps(TINY_TOP)}",
-            "--set",
-            f"model.bilateral={rule}",
-            "--batch-size",
-            "4",
-            "--set",
-            "stages=[{epochs: 1}, {epochs: 1, lr_multiplier: 0.1}]",
-        ]
-    )
+    extra = ["--set", "loader.augment.enabled=false", "--set", f"model.bilateral={rule}", "--batch-size", "4"]
+    rc = main(tiny_whole_argv(paired, out, *extra))
     assert rc == 0
     card = read_card(out)
     assert card.input.channels == 2 and card.arch_kwargs["bilateral"] == rule

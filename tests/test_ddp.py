@@ -13,44 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine_support import TINY_BACKBONE, TINY_TOP, make_prepared
+from engine_support import make_prepared, tiny_whole_argv
 
 
 def test_two_process_cpu_ddp_whole_image(tmp_path: Path) -> None:
     prepared = make_prepared(tmp_path / "prepared", {"train": 8, "val": 5})
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mammokit",
-        "train",
-        "whole",
-        "--data",
-        str(prepared),
-        "--no-patch-init",
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--batch-size",
-        "2",
-        "--set",
-        f"model.backbone={TINY_BACKBONE}",
-        "--set",
-        "model.pretrained=null",
-        "--set",
-        f"model.top={json.dumps(TINY_TOP)}",
-        "--set",
-        "stages=[{epochs: 1}, {epochs: 1, lr_multiplier: 0.1}]",
-        "--set",
-        "trainer.strategy=ddp",
-        "--set",
-        "trainer.devices=2",
-        "--set",
-        "trainer.progress_bar=false",
-        "--set",
-        "trainer.tensorboard=false",
-    ]
+    ddp = ["--batch-size", "2", "--set", "trainer.strategy=ddp", "--set", "trainer.devices=2"]
+    cmd = [sys.executable, "-m", "mammokit", *tiny_whole_argv(prepared, out, *ddp)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -17,6 +17,7 @@ from engine_support import (
     make_prepared,
     make_tiny_weights,
     single_thread,
+    tiny_whole_argv,
 )
 from mammokit.cli import main
 from mammokit.run import load_model, read_card
@@ -179,27 +180,7 @@ def test_whole_from_patch_then_finetune(patch_run: Path, prepared: Path, tmp_pat
 
 def test_whole_no_patch_init_baseline(prepared: Path, tmp_path: Path) -> None:
     out = tmp_path / "baseline"
-    rc = main(
-        [
-            "train",
-            "whole",
-            "--data",
-            str(prepared),
-            "--no-patch-init",
-            "--out",
-            str(out),
-            *COMMON,
-            "--set",
-            f"model.backbone={TINY_BACKBONE}",
-            "--set",
-            "model.pretrained=null",
-            "--set",
-            f"model.top={json.dumps(TINY_TOP)}",
-            "--batch-size",
-            "4",
-            *ONE_EPOCH_WHOLE,
-        ]
-    )
+    rc = main(tiny_whole_argv(prepared, out, "--set", "loader.augment.enabled=false", "--batch-size", "4"))
     assert rc == 0
     card = read_card(out)
     assert card.parent_run is None and "no patch stage" in card.notes["init"]
