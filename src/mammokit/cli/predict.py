@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
     with disk_full_as(UserError, out):  # ENOSPC/EDQUOT anywhere: one line, exit 2, never a traceback
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "predict_config.yaml", dump_yaml({**runs, **dataclasses.asdict(cfg)}))
-        rows, errors = _predict_and_write(predictor, items, cfg, out, precision, progress=not args.no_progress)
+        progress = not args.no_progress and sys.stderr.isatty()  # a pipe or CI log gets no bar, as in prepare
+        rows, errors = _predict_and_write(predictor, items, cfg, out, precision, progress=progress)
     logger = logging.getLogger(__name__)
     if ensemble.is_ensemble:
         logger.info("ensemble of %d runs (%s): %s", len(ensemble.predictors), predictor.run_name, _no_call_note())
