@@ -309,6 +309,7 @@ def test_predict_logs_no_header_value_or_file_name(runs, tmp_path):
     result = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr  # one unreadable file
     assert "2 image(s) predicted, 1 failed" in result.stderr
+    assert "img/s" not in result.stderr  # stderr is a pipe here: no progress bar, as in a CI log
     logs = result.stdout + result.stderr + "".join(p.read_text() for p in out.rglob("*.log"))
     leaked = [s for s in SECRETS if s.lower() in logs.lower()]
     assert leaked == [], f"{leaked} in predict's log:\n{logs[-3000:]}"
