@@ -152,11 +152,7 @@ def _write_woman(
             ["removed", "removed", view.side, view.view, f"{year}{month:02d}", name, str(woman.density),
              image_birads(view)]
         )  # fmt: skip
-        counts["images"] += 1
-        counts["normal_images"] += int(view.normal)
-        counts["malignant_images"] += int(view.malignant)
-        counts["lesions"] += len(view.lesions)
-        counts["malignant_lesions"] += sum(lesion.spec.malignant for lesion in view.lesions)
+        counts.update(view.summary_counts())
     return rows, counts
 
 

@@ -161,11 +161,7 @@ def _write_woman(woman: Woman, *, out: Path, height: int, width: int) -> tuple[l
         pixels, top, left = _square(view)
         atomic_write_bytes(out / f"{name}.pgm", pgm_bytes(pixels))
         listing.extend(listing_rows(name, view, top, left, side_px))
-        counts["images"] += 1
-        counts["normal_images"] += int(view.normal)
-        counts["malignant_images"] += int(view.malignant)
-        counts["lesions"] += len(view.lesions)
-        counts["malignant_lesions"] += sum(lesion.spec.malignant for lesion in view.lesions)
+        counts.update(view.summary_counts())
     return listing, counts
 
 

@@ -169,3 +169,13 @@ class RenderedView:
     @property
     def normal(self) -> bool:
         return not self.lesions
+
+    def summary_counts(self) -> dict[str, int]:
+        """What this view adds to a written layout's counts (synth.json: images, normal/malignant, lesions)."""
+        return {
+            "images": 1,
+            "normal_images": int(self.normal),
+            "malignant_images": int(self.malignant),
+            "lesions": len(self.lesions),
+            "malignant_lesions": sum(lesion.spec.malignant for lesion in self.lesions),
+        }
