@@ -25,6 +25,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from mammokit.data.sources._common import norm_laterality, norm_view
+
 Context = Literal["contralateral", "single"]
 CONTEXT_CONTRALATERAL: Context = "contralateral"
 CONTEXT_SINGLE: Context = "single"
@@ -33,13 +35,9 @@ CONTEXTS: tuple[Context, ...] = (CONTEXT_CONTRALATERAL, CONTEXT_SINGLE)
 _OTHER_SIDE = {"L": "R", "R": "L"}
 
 
-def _side(value: object) -> str:
-    text = "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip().upper()
-    return text[:1] if text[:1] in _OTHER_SIDE else ""
-
-
-def _key(value: object) -> str:
-    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip().upper()
+# the adapters' normalisation: L/R from L, R, LEFT, RIGHT (any case); other text (view codes, and here the
+# woman and exam ids too) stripped and upper-cased; '' for a missing value
+_side, _key = norm_laterality, norm_view
 
 
 def partner_positions(
