@@ -275,6 +275,8 @@ PARTIAL = 1  # a batch step's status when it left some inputs out (rows of its e
 def check_step(i: int, step: Step, status: int, out: Path) -> None:
     """Go on after a step that finished (status 0), or that left some images out but kept usable ones (status 1:
     how many and why is printed, from its errors.csv); raise UserError otherwise."""
+    import pandas as pd
+
     from mammokit.data.left_out import left_out_line, usable
     from mammokit.utils.console import LOG_FILE
 
@@ -285,7 +287,7 @@ def check_step(i: int, step: Step, status: int, out: Path) -> None:
     if status == PARTIAL and step.done_marker.is_file() and batch_step:
         if kind == "predict":  # its errors.csv: image_id, input, stage, error
             errors = folder / "errors.csv"
-            n = max(0, len(errors.read_text().splitlines()) - 1) if errors.is_file() else 0
+            n = len(pd.read_csv(errors)) if errors.is_file() else 0  # rows, whatever a message holds (quoted)
             print(f"predict: {n} image(s) could not be predicted; details in {errors}", flush=True)
         else:
             print(left_out_line(folder, kind) or f"{kind}: some images were left out; see {folder}", flush=True)
