@@ -171,11 +171,7 @@ def disk_full_as(error: Callable[[str], BaseException], folder: str | os.PathLik
     """For a CLI command: a disk-full error anywhere in the block becomes `error(one line)` (the CLI's UserError,
     which prints the line and exits with status 2), without a traceback."""
     try:
-        yield
-    except BaseException as exc:
-        code = disk_full_errno(exc)
-        if code is None:
-            raise
-        if not isinstance(exc, DiskFullError):
-            exc = DiskFullError(folder_of(exc, folder), code=code)
+        with disk_full_guard(folder):
+            yield
+    except DiskFullError as exc:
         raise error(str(exc)) from None
