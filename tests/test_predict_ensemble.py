@@ -130,6 +130,32 @@ def test_members_with_different_preprocessing_are_refused(runs, tmp_path, capsys
     assert not (tmp_path / "o" / "predictions.csv").exists()
 
 
+def test_serve_forms_its_ensemble_by_the_same_rule_and_refuses_what_predict_refuses(runs, tmp_path):
+    """`mammokit serve RUN RUN2` is an adapter over `EnsemblePredictor`: runs that prepare differently are refused
+    at load with predict's message (it used to read and prepare per member and serve them anyway), and an accepted
+    pair predicts as `predict --ensemble` does."""
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+    from mammokit.infer.ensemble import EnsembleError, EnsemblePredictor
+    from mammokit.serve.models import ServedModels
+    from mammokit.serve.uploads import UploadedFile
+
+    other, _ = make_tiny_runs(tmp_path, HW, seed=2, spec=PreprocessSpec(height=HW[0], width=HW[1], crop_breast=False))
+    with pytest.raises(EnsembleError, match=r"input\.preprocess\.crop_breast: True vs False"):
+        ServedModels.load([runs[0], other], device="cpu", backend="torch")
+    served = ServedModels.load(list(runs), device="cpu", backend="torch")
+    assert isinstance(served.models, EnsemblePredictor) and served.names == ["whole", "whole-2"]
+    image = silhouette_pngs(tmp_path / "img", 1)[0]
+    body = served.predict_exam([UploadedFile(0, image.name, image.read_bytes())], heatmap="none")
+    expected = EnsemblePredictor(_predictors(runs)).predict(image)
+    view = body["views"][0]
+    assert view["prob_malignant"] == pytest.approx(expected.prob_malignant, abs=2e-6)
+    assert [m["prob_malignant"] for m in view["models"]] == pytest.approx(
+        [m.prob_malignant for m in expected.members], abs=2e-6
+    )
+    assert [m["name"] for m in body["models"]] == ["whole", "whole-2"]
+    assert all(m["precision"] == "float32" and m["mammokit_version"] for m in body["models"])
+
+
 def test_provenance_only_fields_do_not_split_an_ensemble(runs, tmp_path):
     from mammokit.infer.ensemble import check_same_preprocessing
 

@@ -213,19 +213,6 @@ def test_ensemble_averages_the_runs_as_evaluate_does(runs, exam, tmp_path, monke
     assert body["breasts"][0]["call"] is None and body["notes"]
 
 
-def test_runs_prepare_alike_only_with_the_same_spec_normalisation_and_assumed_spacing(runs):
-    import dataclasses
-
-    from mammokit.infer.predictor import Predictor
-
-    a, b = Predictor.from_run(runs, "cpu", "torch").preprocessor, Predictor.from_run(runs, "cpu", "torch").preprocessor
-    assert a.prepares_like(b)
-    assert not a.prepares_like(dataclasses.replace(b, pixel_mean=0.25))  # the same pixels, normalised differently
-    c = Predictor.from_run(runs, "cpu", "torch", assume_pixel_spacing=0.1).preprocessor
-    assert not a.prepares_like(c)
-    assert not a.prepares_like(dataclasses.replace(b, spec=dataclasses.replace(b.spec, height=b.spec.height + 32)))
-
-
 # ----------------------------------------------------------------------------------------------- bad uploads
 
 

@@ -378,16 +378,15 @@ def _no_call_note() -> str:
 
 
 def _model_summary(p: Any) -> dict[str, Any]:
-    """What predictions.json says about one run's model (the single run's summary, or each ensemble member's)."""
-    return {
-        "backend_selection": p.selection.to_dict() if p.selection is not None else None,
-        "threshold": p.threshold,
-        "threshold_rule": p.card.threshold_rule,
-        "calibrated": p.calibration is not None,
-        "tta": p.tta,
-    }
+    """What predictions.json says about one run's model: `infer.ensemble.model_summary` (serve's too), less the
+    backend and precision a single run's summary gives once at its top."""
+    from mammokit.infer.ensemble import model_summary
+
+    return {k: v for k, v in model_summary(p).items() if k not in ("backend", "precision")}
 
 
 def _member_summary(name: str, p: Any) -> dict[str, Any]:
-    """One ensemble member in predictions.json: its name, folder and backend, then what a single run says."""
-    return {"name": name, "run": str(p.run_dir), "backend": p.backend_name, **_model_summary(p)}
+    """One ensemble member in predictions.json: its name and folder, then `infer.ensemble.model_summary`."""
+    from mammokit.infer.ensemble import model_summary
+
+    return {"name": name, "run": str(p.run_dir), **model_summary(p)}

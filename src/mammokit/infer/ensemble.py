@@ -26,7 +26,7 @@ import numpy as np
 
 from mammokit.infer.backends import TorchBackend
 from mammokit.infer.batch import FilePredictions
-from mammokit.infer.config import PATCH_MALIGNANT, Backend, HeatmapKind
+from mammokit.infer.config import BACKEND_PRECISION, PATCH_MALIGNANT, Backend, HeatmapKind
 from mammokit.infer.predictor import HEATMAP_BACKEND, Predictor
 from mammokit.infer.preprocessor import Preprocessor
 from mammokit.infer.results import Prediction, PreparedImage
@@ -34,6 +34,22 @@ from mammokit.preprocess import spec_differences
 from mammokit.run import unique_run_names
 
 NO_THRESHOLD_NOTE = "an ensemble has no stored threshold (as in `mammokit evaluate`): see each model's call"
+
+
+def model_summary(p: Predictor) -> dict[str, Any]:
+    """What every prediction output says about one run's model: `predictions.json` (a single run's summary, or
+    each ensemble member's) and serve's `models` (the service leaves out `backend_selection`, shown on /v1/model)."""
+    return {
+        "mammokit_version": p.card.mammokit_version,
+        "created": p.card.created,
+        "backend": p.backend_name,
+        "precision": BACKEND_PRECISION.get(p.backend_name, "float32"),  # what computed p(malignant)
+        "backend_selection": p.selection.to_dict() if p.selection is not None else None,
+        "threshold": p.threshold,
+        "threshold_rule": p.card.threshold_rule,
+        "calibrated": p.calibration is not None,
+        "tta": p.tta,
+    }
 
 
 class EnsembleError(ValueError):

@@ -50,18 +50,6 @@ class Preprocessor:
             "allow_for_processing": self.spec.allow_for_processing,
         }
 
-    def prepares_like(self, other: Preprocessor) -> bool:
-        """True when `other.prepare` gives the same `PreparedImage` as ours for any read (same reader options,
-        `PreprocessSpec` apart from provenance, input normalisation and assumed spacing): one can serve both."""
-        from mammokit.preprocess import spec_differences
-
-        return (
-            self.reader_options == other.reader_options
-            and not spec_differences(self.spec, other.spec)
-            and (self.pixel_mean, self.pixel_std) == (other.pixel_mean, other.pixel_std)
-            and self.assume_pixel_spacing == other.assume_pixel_spacing
-        )
-
     def normalise(self, image_u16: np.ndarray) -> np.ndarray:
         """A prepared uint16 image -> (1, H, W) float32 network input with this run's mean/std."""
         return to_model_input(image_u16, self.pixel_mean, self.pixel_std)

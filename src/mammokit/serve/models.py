@@ -1,11 +1,12 @@
-"""The served models: one or more runs loaded through `Predictor`, and one exam predicted with them.
+"""The served models: an adapter over `infer.ensemble.EnsemblePredictor`, and one exam predicted with it.
 
-Several runs form an ensemble exactly as in `mammokit evaluate` (`engine.evaluate.ensemble_predictions`):
-the raw and the calibrated p(malignant) are each the mean over the runs (`infer.ensemble.combine_predictions`,
-the averaging `mammokit predict --ensemble` uses too). An ensemble has no stored operating threshold, so, as in
-evaluate, it makes no call of its own; each member's call is reported. Breast and exam
-aggregates follow evaluate's rule, `metrics.levels` (breast = mean or max over its views, exam = max over
-its breasts), with a single run's threshold applied on the calibrated scale as evaluate does.
+One run or several, the service predicts with the object `mammokit predict --ensemble` uses, under its one
+compatibility rule (`infer.ensemble.check_same_preprocessing`: members must prepare images alike, so each upload is
+read and prepared once): the raw and the calibrated p(malignant) are each the mean over the runs
+(`infer.ensemble.combine_predictions`), as in `mammokit evaluate` (`engine.evaluate.ensemble_predictions`). An
+ensemble has no stored operating threshold, so, as in evaluate, it makes no call of its own; each member's call is
+reported. Breast and exam aggregates follow evaluate's rule, `metrics.levels` (breast = mean or max over its views,
+exam = max over its breasts), with a single run's threshold applied on the calibrated scale as evaluate does.
 
 Heatmaps: each run's maps come back on the original pixel grid; for an ensemble the maps of one kind are
 averaged over the runs (`infer.ensemble.mean_heatmaps`).
@@ -28,17 +29,15 @@ from typing import Any
 import numpy as np
 
 from mammokit.data.geometry import guess_laterality, is_shrunk
-from mammokit.infer.config import BACKEND_PRECISION, HEATMAP_KINDS
-from mammokit.infer.ensemble import NO_THRESHOLD_NOTE, combine_predictions, mean_heatmaps
+from mammokit.infer.config import HEATMAP_KINDS
+from mammokit.infer.ensemble import NO_THRESHOLD_NOTE, EnsemblePredictor, model_summary
 from mammokit.infer.inputs import InputItem
 from mammokit.infer.pairing import attach_partners
 from mammokit.infer.predictor import Predictor
-from mammokit.infer.preprocessor import Preprocessor
-from mammokit.infer.results import Prediction, PreparedImage
+from mammokit.infer.results import Prediction
 from mammokit.io.dicom import KNOWN_VIEWS, MammogramReadError
 from mammokit.io.meta import MammoMeta
 from mammokit.metrics.levels import check_aggregate
-from mammokit.run import unique_run_names
 from mammokit.serve.decode import DecodePool
 from mammokit.serve.store import ResultStore
 from mammokit.serve.uploads import UploadedFile, UploadError
@@ -56,19 +55,21 @@ class ExamLimits:
 class _ReadView:
     upload: UploadedFile
     item: InputItem
-    reads: dict[tuple, tuple[np.ndarray, MammoMeta]]  # reader options -> (pixels, meta)
-    meta: MammoMeta  # of the first read, with laterality/view from the form where the file had none
+    pixels: np.ndarray  # as read, with the members' shared reader options
+    meta: MammoMeta  # with laterality/view from the form (or a guess) where the file had none
 
 
 class ServedModels:
-    """Predictors of the served runs, and `predict_exam` for one upload. The model stage is serialised."""
+    """The served runs as one `EnsemblePredictor`, and `predict_exam` for one upload. The model stage is serialised."""
 
-    def __init__(self, predictors: Sequence[Predictor], *, aggregate: str = "mean") -> None:
-        if not predictors:
-            raise ValueError("serve needs at least one run")
+    def __init__(self, models: EnsemblePredictor | Sequence[Predictor], *, aggregate: str = "mean") -> None:
+        """`models`: the ensemble (one run is an ensemble of one), or the runs' predictors to form it.
+
+        Raises:
+            EnsembleError: the runs prepare images differently (the same rule as `mammokit predict --ensemble`).
+        """
         check_aggregate(aggregate)
-        self.predictors = list(predictors)
-        self.names = unique_run_names([p.run_name for p in self.predictors])
+        self.models = models if isinstance(models, EnsemblePredictor) else EnsemblePredictor(models)
         self.aggregate = aggregate
         # Grad-CAM keeps hook state on the model and a CPU forward pass already uses every core: one model
         # call at a time; reading and preparing the next request's images goes on in other threads meanwhile.
@@ -88,13 +89,27 @@ class ServedModels:
         aggregate: str = "mean",
         assume_pixel_spacing: float | None = None,
     ) -> ServedModels:
-        predictors = [
-            Predictor.from_run(r, device, backend, tta=tta, assume_pixel_spacing=assume_pixel_spacing)  # type: ignore[arg-type]
-            for r in runs
-        ]
-        return cls(predictors, aggregate=aggregate)
+        if not runs:
+            raise ValueError("serve needs at least one run")
+        models = EnsemblePredictor.from_runs(
+            runs,
+            device,
+            backend,
+            tta=tta,
+            assume_pixel_spacing=assume_pixel_spacing,  # type: ignore[arg-type]
+        )
+        return cls(models, aggregate=aggregate)
 
     # ---- what the service offers --------------------------------------------------------------
+
+    @property
+    def predictors(self) -> list[Predictor]:
+        return self.models.predictors
+
+    @property
+    def names(self) -> list[str]:
+        """The runs' names, unique (`run.unique_run_names`), in the order given."""
+        return self.models.names
 
     @property
     def heatmap_kinds(self) -> list[str]:
@@ -105,8 +120,7 @@ class ServedModels:
         kinds = []
         for kind in HEATMAP_KINDS:
             try:
-                for p in self.predictors:
-                    p.check_heatmap(kind)
+                self.models.check_heatmap(kind)
             except (ValueError, FileNotFoundError, OSError):
                 continue
             kinds.append(kind)
@@ -115,7 +129,7 @@ class ServedModels:
     @property
     def threshold(self) -> float | None:
         """The operating threshold on the raw scale (a single run's); None for an ensemble."""
-        return self.predictors[0].threshold if len(self.predictors) == 1 else None
+        return self.models.threshold
 
     def cards(self) -> list[dict[str, Any]]:
         """The model cards (model.json) with what the service adds: name, backend, calibration, TTA."""
@@ -123,35 +137,26 @@ class ServedModels:
 
         out = []
         for name, p in zip(self.names, self.predictors, strict=True):
-            card = to_dict(p.card)
+            summary = model_summary(p)
             out.append(
                 {
                     "name": name,
-                    "backend": p.backend_name,
-                    "precision": BACKEND_PRECISION.get(p.backend_name, "float32"),  # what computed p(malignant)
+                    "backend": summary["backend"],
+                    "precision": summary["precision"],  # what computed p(malignant)
                     "heatmap_backend": p.heatmap_backend_name,
-                    "backend_selection": p.selection.to_dict() if p.selection is not None else None,
-                    "calibrated": p.calibration is not None,
+                    "backend_selection": summary["backend_selection"],
+                    "calibrated": summary["calibrated"],
                     "calibration_method": (p.calibration or {}).get("method"),
-                    "tta": p.tta,
-                    "card": card,
+                    "tta": summary["tta"],
+                    "card": to_dict(p.card),
                 }
             )
         return out
 
     def model_summaries(self) -> list[dict[str, Any]]:
+        """Each run as a prediction reports it (`infer.ensemble.model_summary`), under its served name."""
         return [
-            {
-                "name": name,
-                "mammokit_version": p.card.mammokit_version,
-                "created": p.card.created,
-                "backend": p.backend_name,
-                "precision": BACKEND_PRECISION.get(p.backend_name, "float32"),
-                "threshold": p.threshold,
-                "threshold_rule": p.card.threshold_rule,
-                "calibrated": p.calibration is not None,
-                "tta": p.tta,
-            }
+            {"name": name, **{k: v for k, v in model_summary(p).items() if k != "backend_selection"}}
             for name, p in zip(self.names, self.predictors, strict=True)
         ]
 
@@ -183,11 +188,11 @@ class ServedModels:
         t0 = time.perf_counter()
         read, read_notes = self._read_all(uploads, lateralities, views, limits, decoder)
         t_read = time.perf_counter()
-        per_run = self._predict(read, heatmap)
+        preds = self._predict(read, heatmap)
         t_model = time.perf_counter()
-        result = self._assemble(read, per_run)
+        result = self._assemble(read, preds)
         result["notes"].extend(read_notes)
-        files = self._render(read, per_run, limits) if store is not None or inline else {}
+        files = self._render(read, preds, limits) if store is not None or inline else {}
         t_render = time.perf_counter()
         if files:
             self._attach_images(result, files, store, inline)
@@ -239,16 +244,11 @@ class ServedModels:
         self, up: UploadedFile, laterality: str, view: str, limits: ExamLimits, decoder: DecodePool | None = None
     ) -> _ReadView:
         item = InputItem(path=Path(up.filename), image_id=f"view{up.index + 1}", source="upload")
-        reads: dict[tuple, tuple[np.ndarray, MammoMeta]] = {}
-        for p in self.predictors:
-            reader = p.preprocessor
-            key = tuple(sorted(reader.reader_options.items()))
-            if key not in reads:
-                if decoder is not None:  # in a capped worker process: a crash costs this upload only
-                    reads[key] = decoder.read(up.data, str(item.path), reader.reader_options)
-                else:
-                    reads[key] = reader.read(item, data=up.data)
-        pixels, meta = next(iter(reads.values()))
+        reader = self.models.reader  # the members prepare alike (EnsemblePredictor's rule): one read for all
+        if decoder is not None:  # in a capped worker process: a crash costs this upload only
+            pixels, meta = decoder.read(up.data, str(item.path), reader.reader_options)
+        else:
+            pixels, meta = reader.read(item, data=up.data)
         if min(pixels.shape) < limits.min_side:
             raise ValueError(
                 f"{up.filename}: image too small ({pixels.shape[0]} x {pixels.shape[1]} pixels); a mammogram needs "
@@ -262,49 +262,29 @@ class ServedModels:
             extra = dict(overrides.get("extra", meta.extra))
             extra["laterality_source"] = GUESSED
             overrides.update(laterality=guess_laterality(pixels), extra=extra)
-        for key, (px, m) in reads.items():
-            reads[key] = (px, dataclasses.replace(m, **overrides))
-        return _ReadView(up, item, reads, dataclasses.replace(meta, **overrides))
+        return _ReadView(up, item, pixels, dataclasses.replace(meta, **overrides))
 
-    def _predict(self, read: list[_ReadView], heatmap: str) -> list[list[Prediction]]:
+    def _predict(self, read: list[_ReadView], heatmap: str) -> list[Prediction]:
+        """The ensemble's prediction of each view (members' predictions under `members`, mean heatmaps)."""
         keep = heatmap in ("patch", "both")  # patch maps in another geometry re-prepare the original pixels
-        per_run = []
-        prepared: list[tuple[Preprocessor, list[PreparedImage]]] = []  # runs of an ensemble usually prepare alike
-        for p in self.predictors:
-            reader = p.preprocessor
-            key = tuple(sorted(reader.reader_options.items()))
-            batch = next((b for q, b in prepared if q.prepares_like(reader)), None)
-            if batch is None:
-                try:
-                    batch = [reader.prepare(rv.item, *rv.reads[key], keep_pixels=keep) for rv in read]
-                except ValueError as exc:  # PreprocessError: e.g. a blank image
-                    raise UploadError(422, f"rejected: {exc}") from None
-                if any(q.pairs_views for q in self.predictors):
-                    # one upload = one woman's exam: a bilateral model sees each view beside the other breast's
-                    attach_partners(batch, default_patient="upload")
-                prepared.append((reader, batch))
-            with self._model_lock:
-                per_run.append(p.predict_prepared(batch, heatmap))  # type: ignore[arg-type]
-        return per_run
+        try:
+            batch = [self.models.reader.prepare(rv.item, rv.pixels, rv.meta, keep_pixels=keep) for rv in read]
+        except ValueError as exc:  # PreprocessError: e.g. a blank image
+            raise UploadError(422, f"rejected: {exc}") from None
+        if self.models.pairs_views:
+            # one upload = one woman's exam: a bilateral model sees each view beside the other breast's
+            attach_partners(batch, default_patient="upload")
+        with self._model_lock:
+            return self.models.predict_prepared(batch, heatmap)  # type: ignore[arg-type]
 
-    def _assemble(self, read: list[_ReadView], per_run: list[list[Prediction]]) -> dict[str, Any]:
+    def _assemble(self, read: list[_ReadView], preds: list[Prediction]) -> dict[str, Any]:
         from mammokit.metrics.calibration import apply_calibration
 
-        single = len(self.predictors) == 1
+        single = not self.models.is_ensemble
         views = []
-        for i, rv in enumerate(read):
-            members = [
-                {
-                    "name": name,
-                    "prob_malignant": round(preds[i].prob_malignant, 6),
-                    "prob_uncalibrated": round(preds[i].prob_uncalibrated, 6),
-                    "call": int(preds[i].call),
-                    "threshold": preds[i].threshold,
-                }
-                for name, preds in zip(self.names, per_run, strict=True)
-            ]
+        for rv, pred in zip(read, preds, strict=True):
+            members = self.models.member_records(pred)
             meta = rv.meta
-            ensemble = combine_predictions([preds[i] for preds in per_run], heatmaps=False)
             views.append(
                 {
                     "index": rv.upload.index,
@@ -319,12 +299,12 @@ class ServedModels:
                     "height": meta.height,
                     "width": meta.width,
                     # > 1: the breast was larger than the model's canvas and was shrunk by this factor to fit
-                    "fit_scale": round(ensemble.fit_scale, 4),
+                    "fit_scale": round(pred.fit_scale, 4),
                     # bilateral models: "contralateral" or "single" (no same-view film of the other breast)
-                    "context": ensemble.context,
+                    "context": pred.context,
                     # ensemble = the mean over runs of each probability, as engine.evaluate.ensemble_predictions
-                    "prob_malignant": round(ensemble.prob_malignant, 6),
-                    "prob_uncalibrated": round(ensemble.prob_uncalibrated, 6),
+                    "prob_malignant": round(pred.prob_malignant, 6),
+                    "prob_uncalibrated": round(pred.prob_uncalibrated, 6),
                     "call": members[0]["call"] if single else None,
                     "threshold": members[0]["threshold"] if single else None,
                     "models": members,
@@ -332,7 +312,7 @@ class ServedModels:
             )
         threshold_cal = None
         if single:
-            p = self.predictors[0]
+            p = self.models.first
             threshold_cal = float(apply_calibration(p.threshold, p.calibration)) if p.calibration else p.threshold
         breasts, exam, notes = _aggregates(views, self.aggregate, threshold_cal)
         if not single:
@@ -368,12 +348,10 @@ class ServedModels:
             "notes": notes,
         }
 
-    def _render(self, read: list[_ReadView], per_run: list[list[Prediction]], limits: ExamLimits) -> dict[str, bytes]:
+    def _render(self, read: list[_ReadView], preds: list[Prediction], limits: ExamLimits) -> dict[str, bytes]:
         files: dict[str, bytes] = {}
-        for i, rv in enumerate(read):
-            pixels = next(iter(rv.reads.values()))[0]
-            mean_maps = mean_heatmaps([preds[i] for preds in per_run])
-            for name, png in render_view_pngs(pixels, mean_maps, limits.display_max_side).items():
+        for i, (rv, pred) in enumerate(zip(read, preds, strict=True)):
+            for name, png in render_view_pngs(rv.pixels, pred.heatmaps, limits.display_max_side).items():
                 files[f"views/{i}/{name}"] = png
         return files
 
@@ -458,9 +436,6 @@ def _clear_clashing_guesses(read: list[_ReadView]) -> list[str]:
             for rv in guessed:
                 extra = {k: v for k, v in rv.meta.extra.items() if k != "laterality_source"}
                 rv.meta = dataclasses.replace(rv.meta, laterality=None, extra=extra)
-                rv.reads = {
-                    k: (px, dataclasses.replace(m, laterality=None, extra=extra)) for k, (px, m) in rv.reads.items()
-                }
             notes.append(
                 f"{len(guessed)} view(s) looked like the {lat} {view or 'same'} view of another file; their side is "
                 "left unknown: set it in the viewer or as the laterality form field"
