@@ -8,18 +8,19 @@ from typing import Any
 
 from mammokit.cli.common import (
     UserError,
-    add_batch_size,
+    add_command,
+    add_compute_flags,
     add_config_args,
     add_data,
-    add_device,
-    add_workers,
+    device_flag,
     load_cli_config,
     require_data_and_runs,
 )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "calibrate",
         help="fit temperature or Platt scaling on a validation split and store it in the run (calibration.json)",
         description=(
@@ -41,9 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="fit on flip-averaged probabilities (prediction then uses TTA by default)",
     )
-    add_device(p)
-    add_batch_size(p)
-    add_workers(p)
+    add_compute_flags(p)
     add_config_args(p)
     p.set_defaults(func=run)
 
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         "tta": args.tta,
         "batch_size": args.batch_size,
         "workers": args.workers,
-        "device": None if args.device == "auto" else args.device,
+        "device": device_flag(args),
     }
     cfg = load_cli_config(CalibrateConfig, args, flags)
     require_data_and_runs(args.data, [args.run])

@@ -30,6 +30,16 @@ class UserError(Exception):
     """An error caused by the user's input; printed without a traceback, exit status 2."""
 
 
+def add_command(subparsers: argparse._SubParsersAction, name: str, *, help: str, description: str) -> Any:
+    """One subcommand's parser, made alike for every command.
+
+    A description written with line breaks (a module docstring with a usage block) keeps them; a description
+    given as one long sentence is wrapped to the terminal.
+    """
+    formatter = argparse.RawDescriptionHelpFormatter if "\n" in description else argparse.HelpFormatter
+    return subparsers.add_parser(name, help=help, description=description, formatter_class=formatter)
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", action="append", default=[], metavar="FILE", help="YAML config (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -91,6 +101,18 @@ def add_workers(p: argparse.ArgumentParser, default: int | None = None) -> None:
 
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps")
+
+
+def device_flag(args: argparse.Namespace) -> str | None:
+    """`--device` as a config value: "auto" is None (the config's own rule: cuda if available, else cpu)."""
+    return None if args.device == "auto" else args.device
+
+
+def add_compute_flags(p: argparse.ArgumentParser) -> None:
+    """`--device`, `--batch-size`, `--workers`: how a command that runs the network computes."""
+    add_device(p)
+    add_batch_size(p)
+    add_workers(p)
 
 
 def add_cache_dir(p: argparse.ArgumentParser) -> None:

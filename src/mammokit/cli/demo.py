@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mammokit.cli.common import UserError, add_device, add_out, add_seed, add_workers
+from mammokit.cli.common import UserError, add_command, add_device, add_out, add_seed, add_workers
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,11 @@ class Step:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "demo",
         help="run the whole pipeline on synthetic data (minutes on a laptop CPU)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_out(
         p, required=False, help=f"output folder (default: {DEFAULT_OUT}); its mammokit.log has every step's messages"

@@ -8,14 +8,14 @@ from typing import Any
 
 from mammokit.cli.common import (
     UserError,
-    add_batch_size,
+    add_command,
+    add_compute_flags,
     add_config_args,
     add_data,
-    add_device,
     add_heatmap_options,
     add_out,
     add_seed,
-    add_workers,
+    device_flag,
     load_cli_config,
     require_data_and_runs,
 )
@@ -36,11 +36,11 @@ The report shows the heatmaps of the --heatmap-top highest-scoring malignant and
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "evaluate",
         help="metrics with clustered-bootstrap CIs, DeLong, operating points, calibration and an HTML report",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folder(s) (model.json + model.safetensors)")
     add_data(p)
@@ -86,9 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_heatmap_options(p)
     add_seed(p)
-    add_device(p)
-    add_batch_size(p)
-    add_workers(p)
+    add_compute_flags(p)
     add_config_args(p)
     p.set_defaults(func=run)
 
@@ -113,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "batch_size": args.batch_size,
         "workers": args.workers,
-        "device": None if args.device == "auto" else args.device,
+        "device": device_flag(args),
     }
     cfg = load_cli_config(EvaluateConfig, args, flags)
     require_data_and_runs(args.data, args.runs)

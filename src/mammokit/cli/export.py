@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mammokit.cli.common import UserError
+from mammokit.cli.common import UserError, add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "export",
         help="export a run's model to ONNX (dynamic batch; output = p(malignant))",
         description=(

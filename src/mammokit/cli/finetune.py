@@ -14,17 +14,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mammokit.cli.common import UserError, add_data
+from mammokit.cli.common import UserError, add_command, add_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from mammokit.cli.train import add_training_flags
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "finetune",
         help="stage-2 training of a whole-image run on a new prepared dataset (transfer)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--from", dest="from_run", type=Path, required=True, metavar="RUN", help="whole-image run folder")
     add_data(p)

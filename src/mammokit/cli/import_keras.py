@@ -15,7 +15,7 @@ import argparse
 import re
 from pathlib import Path
 
-from mammokit.cli.common import UserError, add_out
+from mammokit.cli.common import UserError, add_command, add_out
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -33,11 +33,11 @@ def _names(text: str) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "import-keras",
         help="convert a released Keras 2 .h5 model (Shen et al.) into a run folder",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", type=Path, metavar="MODEL.h5", help="Keras 2 full-model HDF5 file")
     add_out(p, help="run folder to write (must not hold a model yet)")

@@ -15,17 +15,26 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mammokit.cli.common import UserError, add_config_args, add_data, add_out, add_seed, add_workers, load_cli_config
+from mammokit.cli.common import (
+    UserError,
+    add_command,
+    add_config_args,
+    add_data,
+    add_out,
+    add_seed,
+    add_workers,
+    load_cli_config,
+)
 
 log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "patches",
         help="sample lesion/background patch sets (S1, S10, Sn) for the patch classifier",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_data(p)
     add_out(p, help="patch-set folder to create (must not exist, or be empty)")

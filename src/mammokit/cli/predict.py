@@ -35,11 +35,13 @@ from mammokit.cli.common import (
     add_assume_pixel_spacing,
     add_batch_size,
     add_cache_dir,
+    add_command,
     add_config_args,
     add_device,
     add_heatmap_options,
     add_out,
     add_workers,
+    device_flag,
     load_cli_config,
 )
 from mammokit.infer.config import BACKENDS, HEATMAP_KINDS, PRECISIONS, PredictConfig
@@ -65,7 +67,8 @@ ERROR_COLUMNS = ("image_id", "input", "stage", "error")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "predict",
         help="predict p(malignant) for new mammograms (DICOM/PNG/PGM/JPEG) with a trained run",
         description=(
@@ -156,7 +159,7 @@ def _config(args: argparse.Namespace) -> PredictConfig:
         "heatmap": args.heatmap,
         "backend": args.backend,
         "precision": args.precision,
-        "device": None if args.device == "auto" else args.device,
+        "device": device_flag(args),
         "batch_size": args.batch_size,
         "workers": args.workers,
         "patch_run": args.patch_run,

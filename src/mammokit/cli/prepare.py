@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from mammokit.cli.common import (
     UserError,
     add_assume_pixel_spacing,
+    add_command,
     add_config_args,
     add_out,
     add_seed,
@@ -33,7 +34,8 @@ CONFIG_FILE = "config.yaml"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "prepare",
         help="raw dataset -> prepared folder (cropped, oriented, resized 16-bit PNGs + manifest)",
         description=(

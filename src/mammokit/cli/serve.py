@@ -16,16 +16,19 @@ from mammokit.cli.common import (
     UserError,
     add_assume_pixel_spacing,
     add_cache_dir,
+    add_command,
     add_config_args,
     add_device,
     add_workers,
+    device_flag,
     load_cli_config,
 )
 from mammokit.infer.config import BACKENDS, HEATMAP_KINDS, PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "serve",
         help="HTTP prediction service and web viewer for trained whole-image runs",
         description=(
@@ -111,7 +114,7 @@ def _config(args: argparse.Namespace) -> Any:
         "host": args.host,
         "port": args.port,
         "token": args.token or os.environ.get(TOKEN_ENV) or None,
-        "device": None if args.device == "auto" else args.device,
+        "device": device_flag(args),
         "workers": args.workers,
         "backend": args.backend,
         "precision": args.precision,

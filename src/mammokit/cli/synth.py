@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from mammokit.cli.common import UserError, add_config_args, add_out, add_seed, add_workers, load_cli_config
+from mammokit.cli.common import UserError, add_command, add_config_args, add_out, add_seed, add_workers, load_cli_config
 from mammokit.synth.config import LAYOUTS, SynthConfig  # light: the renderer is imported by `run` only
 
 SUMMARY_FILE = "synth.json"
@@ -23,11 +23,11 @@ SUMMARY_FILE = "synth.json"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     d = SynthConfig()
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "synth",
         help="write a synthetic mammogram dataset in the CBIS-DDSM, INbreast or mini-MIAS file layout",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--layout",

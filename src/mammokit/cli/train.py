@@ -22,13 +22,12 @@ from typing import Any
 
 from mammokit.cli.common import (
     UserError,
-    add_batch_size,
+    add_command,
+    add_compute_flags,
     add_config_args,
     add_data,
-    add_device,
     add_out,
     add_seed,
-    add_workers,
 )
 
 
@@ -37,9 +36,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     add_out(p, help="run folder to create (or to continue with --resume)")
     add_config_args(p)
     add_seed(p)
-    add_device(p)
-    add_batch_size(p)
-    add_workers(p)
+    add_compute_flags(p)
     p.add_argument(
         "--resume",
         action="store_true",
@@ -61,11 +58,11 @@ def trainer_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "train",
         help="train the patch classifier or the whole-image classifier",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
 

@@ -171,9 +171,11 @@ def _warnings_to_log(path: Path) -> Iterator[None]:
 
 
 @contextmanager
-def _stage(path: Path, what: str) -> Iterator[None]:
+def _stage(path: Path, what: str, *, failure: str | None = None) -> Iterator[None]:
     """Turn any failure of one reading step into a MammogramReadError that names the file and the step.
 
+    `failure`: the message for a failure other than memory, `{error}` standing for the exception's description;
+    by default "WHAT failed, the file is damaged or inconsistent ({error})".
     BaseException on purpose: a Rust decoder's pyo3 `PanicException` is one. Only interpreter-level exits pass.
     """
     try:
@@ -184,9 +186,8 @@ def _stage(path: Path, what: str) -> Iterator[None]:
         raise MammogramReadError(f"{path}: out of memory while {what}; the file is too large or damaged") from None
     except BaseException as exc:
         log.debug("%s: %s failed", path, what, exc_info=True)
-        raise MammogramReadError(
-            f"{path}: {what} failed, the file is damaged or inconsistent ({_describe(exc)})"
-        ) from None
+        message = failure or f"{what} failed, the file is damaged or inconsistent ({{error}})"
+        raise MammogramReadError(f"{path}: " + message.format(error=_describe(exc))) from None
 
 
 def laterality_view_from_text(text: str) -> tuple[str | None, str | None, str | None]:
@@ -321,23 +322,13 @@ def dcmread_bounded(
     path = source if not isinstance(source, str) else Path(source)
     limit = max_image_pixels() if max_pixels is None else int(max_pixels)
     inflated: io.BytesIO | None = None
-    try:
-        inflated = _inflate_if_deflated(path, limit, force)
-        ds = pydicom.dcmread(path if inflated is None else inflated, stop_before_pixels=stop_before_pixels,
-                             force=force)  # fmt: skip
-    except MammogramReadError:
-        raise
-    except InvalidDicomError as exc:
-        raise MammogramReadError(f"{path}: not a valid DICOM file ({exc})") from None
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except MemoryError:
-        raise MammogramReadError(f"{path}: out of memory while reading the DICOM file; it is too large") from None
-    except BaseException as exc:
-        log.debug("%s: dcmread failed", path, exc_info=True)
-        raise MammogramReadError(
-            f"{path}: unreadable DICOM, probably truncated or corrupt ({_describe(exc)})"
-        ) from None
+    with _stage(path, "reading the DICOM file", failure="unreadable DICOM, probably truncated or corrupt ({error})"):
+        try:
+            inflated = _inflate_if_deflated(path, limit, force)
+            ds = pydicom.dcmread(path if inflated is None else inflated, stop_before_pixels=stop_before_pixels,
+                                 force=force)  # fmt: skip
+        except InvalidDicomError as exc:
+            raise MammogramReadError(f"{path}: not a valid DICOM file ({exc})") from None
     if inflated is not None:
         ds.file_meta.TransferSyntaxUID = DEFLATED_SYNTAX  # what the file holds (pydicom read the inflated copy)
     return ds
@@ -709,21 +700,12 @@ def _decode(ds: Any, path: Path) -> np.ndarray:
     problem = _decoder_problem(ts)
     if problem:
         raise MammogramReadError(f"{path}: {problem}")
-    try:
-        with _stderr_to_log(path):
-            arr = _decode_rle_direct(ds)
-            if arr is None:
-                arr = ds.pixel_array
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except MemoryError:
-        raise MammogramReadError(f"{path}: out of memory decoding the {ts_name} pixel data") from None
-    except BaseException as exc:
-        log.debug("%s: pixel_array failed", path, exc_info=True)
-        raise MammogramReadError(
-            f"{path}: the {ts_name} pixel data could not be decoded: the file is truncated or corrupt "
-            f"(decoder error {_describe(exc)})"
-        ) from None
+    decoding = f"the {ts_name} pixel data could not be decoded: the file is truncated or corrupt"
+    decoding += " (decoder error {error})"
+    with _stage(path, f"decoding the {ts_name} pixel data", failure=decoding), _stderr_to_log(path):
+        arr = _decode_rle_direct(ds)
+        if arr is None:
+            arr = ds.pixel_array
     if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.size == 0:
         raise MammogramReadError(
             f"{path}: decoded pixel data has shape {getattr(arr, 'shape', None)}, expected a 2-D image"
