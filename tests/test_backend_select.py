@@ -180,7 +180,7 @@ def test_bf16_and_fp32_agree_within_the_bar_on_a_tiny_model(base_run):
 
     x = backend_select.calibration_images(backend_select.read_card(base_run))
     fp32 = TorchScorer.from_run(base_run, "cpu", channels_last=True).prob_malignant(x)
-    bf16 = TorchScorer.from_run(base_run, "cpu", channels_last=True, precision="bf16").prob_malignant(x)
+    bf16 = TorchScorer.from_run(base_run, "cpu", channels_last=True, precision="bfloat16").prob_malignant(x)
     diff = np.abs(bf16.astype(np.float64) - fp32).max()
     assert 0.0 < diff <= BF16_BAR  # bf16 really ran (the numbers moved), and stayed within the bar
     assert bf16.dtype == np.float32  # the probabilities themselves are float32 whatever the compute precision

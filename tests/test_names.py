@@ -19,9 +19,10 @@ from mammokit.infer.config import (
     CAM_LABELS,
     CAM_METHODS,
     HEATMAP_KINDS,
+    PRECISIONS,
     REPORT_HEATMAP_KINDS,
     RUNTIME_INSTALL,
-    TORCH_PRECISION,
+    TORCH_BACKENDS,
     PredictConfig,
 )
 from mammokit.serve.app import _PREDICT_FORM_SCHEMA
@@ -46,7 +47,9 @@ def test_backend_names_come_from_one_place():
     assert _literal(PredictConfig, "backend") == _literal(ServeConfig, "backend") == BACKENDS
     assert set(backend_select.ORDER) == set(BACKEND_PRECISION) == set(BACKENDS) - {AUTO}
     assert set(BACKEND_RUNTIME) == set(BACKEND_PRECISION) and set(BACKEND_RUNTIME.values()) == set(RUNTIME_INSTALL)
-    assert set(TORCH_PRECISION) == {n for n, runtime in BACKEND_RUNTIME.items() if runtime == "torch"}
+    assert set(TORCH_BACKENDS) == {n for n, runtime in BACKEND_RUNTIME.items() if runtime == "torch"}
+    # one spelling of the compute precisions: what the backends compute in, what users ask for, what TorchScorer takes
+    assert set(BACKEND_PRECISION.values()) == set(PRECISIONS)
     rows = re.findall(r"^\| `([a-z0-9-]+)`", (DOCS / "prediction.md").read_text().split("## Backends", 1)[1], re.M)
     assert tuple(rows[: len(BACKENDS)]) == BACKENDS  # the docs' backend table, in the same order
     assert f"[--backend {'|'.join(BACKENDS)}]" in (DOCS / "prediction.md").read_text()

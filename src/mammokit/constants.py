@@ -1,6 +1,9 @@
-"""Label names, view/laterality vocabularies and class indices shared by every stage."""
+"""Label names, view/laterality vocabularies, class indices and compute names shared by every stage."""
 
 from __future__ import annotations
+
+import typing
+from typing import Literal
 
 # Image-level classes of the whole-image classifier (index = output unit).
 WHOLE_IMAGE_CLASSES: tuple[str, ...] = ("negative", "malignant")
@@ -19,3 +22,13 @@ LESION_TYPES: tuple[str, ...] = ("mass", "calcification", "other")
 
 # Label value for images whose malignancy is unknown (e.g. unlabelled user data at prediction time).
 LABEL_UNKNOWN = -1
+
+# "auto": let mammokit choose on this machine (a device: cuda if available, else cpu; a backend: the fastest
+# float32 runtime within the accuracy bar, infer.backend_select).
+AUTO = "auto"
+
+# The compute precisions, one spelling everywhere: `--precision` of predict and serve, their config values, the
+# `precision` recorded in every output, and `scoring.core.TorchScorer(precision=...)`. float32 is the default:
+# the same file gives the same numbers on every CPU (to float32 rounding); bfloat16 only when asked.
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)

@@ -25,7 +25,7 @@ from mammokit.infer.config import (
     BACKENDS,
     DEFAULT_CAM_METHOD,
     RUNTIME_INSTALL,
-    TORCH_PRECISION,
+    TORCH_BACKENDS,
     Backend,
 )
 from mammokit.run import ModelCard, read_card
@@ -78,7 +78,7 @@ class TorchBackend:
     ) -> TorchBackend:
         from mammokit.scoring.core import TorchScorer
 
-        scorer = TorchScorer.from_run(run_dir, device, channels_last=channels_last, precision=TORCH_PRECISION[name])
+        scorer = TorchScorer.from_run(run_dir, device, channels_last=channels_last, precision=BACKEND_PRECISION[name])
         return cls(scorer, (card or read_card(run_dir)).positive_indices, name)
 
     def prob_malignant(self, x: np.ndarray) -> np.ndarray:
@@ -109,7 +109,7 @@ def build_backend(
     name: str, run_dir: Path, device: str, *, channels_last: bool, onnx_path: Path | None, card: ModelCard | None = None
 ) -> ScoringBackend:
     """The backend `name` ("torch", "torch-bf16", "onnx", "openvino") of a run; the ONNX ones need `onnx_path`."""
-    if name in TORCH_PRECISION:
+    if name in TORCH_BACKENDS:
         return TorchBackend.from_run(run_dir, device, channels_last, name, card)
     if onnx_path is None:
         raise FileNotFoundError(f"the {name} backend needs the run's ONNX export")
@@ -144,7 +144,7 @@ def load_backend(
 
         onnx_path = onnx_path_for(run_dir)
         return build_backend("onnx", run_dir, device, channels_last=channels_last, onnx_path=onnx_path), None
-    if backend in TORCH_PRECISION:
+    if backend in TORCH_BACKENDS:
         return build_backend(backend, run_dir, device, channels_last=channels_last, onnx_path=None, card=card), None
     from mammokit.infer.backend_select import ensure_export, select_backend
 

@@ -11,22 +11,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mammokit.config import ConfigError
+from mammokit.constants import AUTO as AUTO
+from mammokit.constants import PRECISIONS as PRECISIONS
+from mammokit.constants import Precision as Precision
 from mammokit.explain.names import CAM_LABELS as CAM_LABELS
 from mammokit.explain.names import CAM_METHODS as CAM_METHODS
 from mammokit.explain.names import DEFAULT_CAM_METHOD as DEFAULT_CAM_METHOD
 from mammokit.explain.names import PATCH_MALIGNANT as PATCH_MALIGNANT
 from mammokit.explain.names import CamMethod as CamMethod
 
-# The compute precisions a user may ask for (`--precision` of predict and serve; argparse choices, config values
-# and the `precision` recorded in outputs all come from here). float32 is the default everywhere: the same file
-# gives the same numbers on every CPU (to float32 rounding); bfloat16 only when asked.
-Precision = Literal["float32", "bfloat16"]
-PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 # What computes p(malignant) (`--backend` of predict and serve, their config values and the docs): "auto" chooses
 # on this machine (infer.backend_select); the others name one runtime.
 Backend = Literal["auto", "torch", "torch-bf16", "onnx", "openvino"]
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)
-AUTO = "auto"
 # The heatmaps a prediction may ask for (`--heatmap` of predict and serve, the serve API's enum, /v1/model).
 HeatmapKind = Literal["none", "gradcam", "patch", "both"]
 HEATMAP_KINDS: tuple[str, ...] = typing.get_args(HeatmapKind)
@@ -45,8 +42,8 @@ BACKEND_RUNTIME: dict[str, str] = {
 }
 RUNTIME_INSTALL: dict[str, str] = {"torch": "pip install torch", "onnxruntime": "pip install 'mammokit[onnx]'",
                                    "openvino": "pip install openvino"}  # fmt: skip
-# the backends that run the torch graph (`scoring.core.TorchScorer`), and the compute precision it is given for each
-TORCH_PRECISION: dict[str, str] = {"torch": "fp32", "torch-bf16": "bf16"}
+# the backends that run the torch graph (`scoring.core.TorchScorer`, in the backend's BACKEND_PRECISION)
+TORCH_BACKENDS: tuple[str, ...] = ("torch", "torch-bf16")
 _REDUCED_BACKEND = {"bfloat16": "torch-bf16"}  # the backend that computes in each reduced precision
 
 

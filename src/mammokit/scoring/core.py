@@ -19,7 +19,7 @@ The contract, in order:
    float32 (`class_probabilities`, `malignant_probability`), on any device and under any training
    precision. The model runs in float32 by default (no autocast): the threshold stored at the end of
    training is chosen on the same float32 probabilities that evaluate and predict produce. Only
-   prediction may opt into bfloat16 autocast (`TorchScorer(precision="bf16")`, the "torch-bf16" backend),
+   prediction may opt into bfloat16 autocast (`TorchScorer(precision="bfloat16")`, the "torch-bf16" backend),
    and `infer.backend_select` accepts it only where its probabilities stay within 5e-3 of float32.
 
 The NumPy pieces (flips, averaging, input array, scoring through any backend) import no torch, so the
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mammokit.constants import PRECISIONS
 from mammokit.preprocess import U16_MAX
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 N_FLIPS = 4  # none, horizontal (columns), vertical (rows), both
 FLIP_AXES: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # the same four, as axes of (..., H, W)
-PRECISIONS = ("fp32", "bf16")  # TorchScorer's compute precisions (the probabilities are float32 either way)
 
 # A scoring backend: float32 (N, 1, H, W) in uint16 units -> (N,) p(malignant).
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -159,9 +159,10 @@ class TorchScorer:
         mean, std: the run's normalisation (model.json).
         device: "auto", "cpu", "cuda", "cuda:1", "mps", "gpu" (Lightning's name), or a torch.device.
         channels_last: NHWC memory format (faster convolutions on CPU; same numbers up to float rounding).
-        precision: "fp32" (default), or "bf16": the convolutions and matrix multiplies run under bfloat16
-            autocast (oneDNN uses AMX / AVX512-BF16 on CPUs that have them); the weights stay float32, and the
-            normalisation and the softmax stay float32 (autocast keeps them there; logits are upcast).
+        precision: "float32" (default), or "bfloat16" (`constants.PRECISIONS`): the convolutions and matrix
+            multiplies run under bfloat16 autocast (oneDNN uses AMX / AVX512-BF16 on CPUs that have them); the
+            weights stay float32, and the normalisation and the softmax stay float32 (autocast keeps them there;
+            logits are upcast).
     """
 
     def __init__(
@@ -173,7 +174,7 @@ class TorchScorer:
         device: Any = "auto",
         *,
         channels_last: bool = False,
-        precision: str = "fp32",
+        precision: str = "float32",
     ) -> None:
         import torch
 
@@ -189,7 +190,7 @@ class TorchScorer:
 
     @classmethod
     def from_run(
-        cls, run_dir: Any, device: Any = "auto", *, channels_last: bool = False, precision: str = "fp32"
+        cls, run_dir: Any, device: Any = "auto", *, channels_last: bool = False, precision: str = "float32"
     ) -> TorchScorer:
         """The scorer of a run folder (model.json + model.safetensors)."""
         from mammokit.run import load_model
@@ -213,7 +214,7 @@ class TorchScorer:
         """float32 (N, 1, H, W) in uint16 units -> (N,) float32 p(malignant) (no TTA)."""
         import torch
 
-        bf16 = self.precision == "bf16"
+        bf16 = self.precision == "bfloat16"
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             return self.graph(self.tensor(x)).float().cpu().numpy()
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-AUTO = "auto"
+from mammokit.constants import AUTO
 
 
 def torch_device_name(name: str) -> str:
