@@ -255,3 +255,21 @@ def test_cuda_matches_cpu(runs, tmp_path):
         assert a.prob_malignant == pytest.approx(b.prob_malignant, abs=5e-4)  # TF32 convolutions on CUDA
         for kind in a.heatmaps:
             np.testing.assert_allclose(a.heatmaps[kind], b.heatmaps[kind], atol=1e-3)
+
+
+def test_loading_a_run_reads_its_model_json_once(runs, monkeypatch):
+    """`Predictor.from_run` reads model.json once and hands the card on (to the backend and `run.load_model`)."""
+    import mammokit.run as run_module
+    from mammokit.infer.predictor import Predictor
+
+    opened: list[Path] = []
+    real = run_module._read_json
+
+    def counting(path: Path):
+        opened.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(run_module, "_read_json", counting)
+    whole, _patch = runs
+    Predictor.from_run(whole, "cpu", "torch")
+    assert [p.name for p in opened].count("model.json") == 1, opened

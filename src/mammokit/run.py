@@ -162,14 +162,19 @@ def _read_json(path: Path) -> Any:
         raise RunFolderError(f"{path}: unreadable or malformed JSON ({' '.join(str(exc).split())[:200]})") from None
 
 
-def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
-    """Rebuild the network from `model.json`, load `model.safetensors`, and return it in eval mode."""
+def load_model(
+    run_dir: str | Path, device: str | torch.device = "cpu", card: ModelCard | None = None
+) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the network from `model.json`, load `model.safetensors`, and return it in eval mode.
+
+    `card`: the run's model card when the caller has read it already (so model.json is read once per load).
+    """
     from safetensors.torch import load_file
 
     from mammokit.models.registry import create_model
 
     run_dir = Path(run_dir)
-    card = read_card(run_dir)
+    card = card or read_card(run_dir)
     weights = run_dir / WEIGHTS
     if not weights.is_file():
         raise RunFolderError(f"{run_dir}: {WEIGHTS} is missing; the run did not finish saving")

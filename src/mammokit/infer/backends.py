@@ -78,8 +78,10 @@ class TorchBackend:
     ) -> TorchBackend:
         from mammokit.scoring.core import TorchScorer
 
-        scorer = TorchScorer.from_run(run_dir, device, channels_last=channels_last, precision=BACKEND_PRECISION[name])
-        return cls(scorer, (card or read_card(run_dir)).positive_indices, name)
+        card = card or read_card(run_dir)
+        precision = BACKEND_PRECISION[name]
+        scorer = TorchScorer.from_run(run_dir, device, channels_last=channels_last, precision=precision, card=card)
+        return cls(scorer, card.positive_indices, name)
 
     def prob_malignant(self, x: np.ndarray) -> np.ndarray:
         """float32 (N, C, H, W) in uint16 units -> (N,) p(malignant)."""

@@ -190,12 +190,18 @@ class TorchScorer:
 
     @classmethod
     def from_run(
-        cls, run_dir: Any, device: Any = "auto", *, channels_last: bool = False, precision: str = "float32"
+        cls,
+        run_dir: Any,
+        device: Any = "auto",
+        *,
+        channels_last: bool = False,
+        precision: str = "float32",
+        card: Any = None,
     ) -> TorchScorer:
-        """The scorer of a run folder (model.json + model.safetensors)."""
+        """The scorer of a run folder (model.json + model.safetensors); `card`: its ModelCard if already read."""
         from mammokit.run import load_model
 
-        net, card = load_model(run_dir, "cpu")
+        net, card = load_model(run_dir, "cpu", card)
         return cls(net, card.positive_indices, card.input.pixel_mean, card.input.pixel_std, device,
                    channels_last=channels_last, precision=precision)  # fmt: skip
 
