@@ -178,12 +178,17 @@ def test_whole_from_patch_then_finetune(patch_run: Path, prepared: Path, tmp_pat
     assert (tuned / "logs" / "stage2_all" / "metrics.csv").is_file()
 
 
-def test_whole_no_patch_init_baseline(prepared: Path, tmp_path: Path) -> None:
+def test_whole_no_patch_init_baseline(prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "baseline"
     rc = main(tiny_whole_argv(prepared, out, "--set", "loader.augment.enabled=false", "--batch-size", "4"))
     assert rc == 0
     card = read_card(out)
     assert card.parent_run is None and "no patch stage" in card.notes["init"]
+    # the result on the console: the scores metrics.json holds, then the run folder alone on stdout for scripts
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1] == str(out)
+    val = json.loads((out / "metrics.json").read_text())["val"]
+    assert f"baseline: val AUC {val['auc']:.3f}, acc {val['acc']:.3f} (n={val['n']})" in captured.err
 
 
 def test_finetune_rejects_too_many_patients(tmp_path: Path, prepared: Path, patch_run: Path, capsys) -> None:

@@ -39,23 +39,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammokit.cli.train import trainer_flags
+    from mammokit.cli.train import report_trained, trainer_flags
     from mammokit.config import ConfigError, load_config
     from mammokit.engine.config import FinetuneConfig
     from mammokit.engine.runner import TrainingError
     from mammokit.engine.train import finetune
+    from mammokit.utils.diskfull import disk_full_as
 
     flags = trainer_flags(args)
     flags.update({"data": args.data, "from_run": args.from_run, "train_patients": args.train_patients})
     try:
         cfg = load_config(FinetuneConfig, args.config, args.set, flags)
-        out = finetune(cfg)
+        with disk_full_as(UserError, cfg.out or "runs"):  # one line naming the folder, exit 2 (as train)
+            out = finetune(cfg)
     except ConfigError as exc:
         raise UserError(f"configuration: {exc}") from None
     except (TrainingError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
-    from mammokit.engine.runner import global_rank
-
-    if global_rank() == 0:  # under DDP every rank runs this command; one line of output is enough
-        print(out)
+    report_trained(out)
     return 0

@@ -17,6 +17,7 @@ command plus --resume and ends with the same weights as an uninterrupted run. Se
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from mammokit.cli.common import (
     add_out,
     add_seed,
 )
+
+log = logging.getLogger(__name__)
 
 
 def add_training_flags(p: argparse.ArgumentParser) -> None:
@@ -124,8 +127,36 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"configuration: {exc}") from None
     except (TrainingError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
+    report_trained(out)
+    return 0
+
+
+def report_trained(out: Path) -> None:
+    """What `train` and `finetune` say at the end: the run's scores (a result line), then its folder on stdout."""
     from mammokit.engine.runner import global_rank
 
-    if global_rank() == 0:  # under DDP every rank runs this command; one line of output is enough
-        print(out)
-    return 0
+    if global_rank() == 0:  # under DDP every rank runs the command; one report is enough
+        line = result_line(out)
+        if line:
+            log.info("%s", line)  # the result, on the console (a `mammokit.cli` line) and in the log file
+        print(out)  # last, alone on stdout: scripts take the run folder from it
+
+
+def result_line(run_dir: Path) -> str | None:
+    """The trained run's scores from its metrics.json, in one line (None when the run has none)."""
+    import json
+
+    try:
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    parts = []
+    for split in ("val", "test"):
+        m = metrics.get(split) or {}
+        scores = [f"{k.upper() if k == 'auc' else k} {m[k]:.3f}" for k in ("auc", "acc") if m.get(k) is not None]
+        if scores:
+            parts.append(f"{split} " + ", ".join(scores) + f" (n={m.get('n', '?')})")
+    if not parts:
+        return None
+    kept, monitor = metrics.get("kept_weights", "best"), metrics.get("monitor")
+    return f"{Path(run_dir).name}: " + "; ".join(parts) + f" (weights kept: {kept}; monitor: {monitor})"
