@@ -106,6 +106,26 @@ def test_log_file_waits_until_the_command_has_written_into_its_folder(tmp_path):
     assert not never.exists()  # a command refused before writing leaves no folder behind
 
 
+def test_a_folder_named_once_the_settings_are_read_gets_the_lines_logged_before(tmp_path):
+    """evaluate's default output folder is known only inside the command: `log_to_folder` then points the log there."""
+    from mammokit.utils.console import LOG_FILE, command_logging, log_to_folder
+
+    out = tmp_path / "eval" / "run-prep-test"
+    with command_logging(folder=None) as log_path:
+        logging.getLogger("mammokit.engine.evaluate").info("predicting 44 images")
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text("{}")
+        log_to_folder(out)
+        log_to_folder(tmp_path)  # the first folder named stays
+        logging.getLogger("mammokit.engine.evaluate").info("wrote the report")
+    assert log_path is None
+    messages = [line.split(": ", 1)[1] for line in (out / LOG_FILE).read_text().splitlines()]
+    assert messages == ["predicting 44 images", "wrote the report"]
+    assert not (tmp_path / LOG_FILE).exists()
+    log_to_folder(tmp_path)  # no command running: nothing happens
+    assert not (tmp_path / LOG_FILE).exists()
+
+
 def test_a_nested_command_keeps_the_outer_set_up_and_its_results_go_to_the_log(tmp_path, capsys):
     from mammokit.utils.console import LOG_FILE, command_logging, results_to_log
 

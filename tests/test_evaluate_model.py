@@ -136,8 +136,9 @@ def test_cli_evaluate_end_to_end(tiny, capsys, tmp_path, monkeypatch):
     )
     breast = pd.read_csv(out / "breast_predictions.csv")
     assert len(breast) == 12 and breast["n_images"].eq(2).all()
-    for name in ("report.html", "roc.png", "pr.png", "reliability.png", "evaluate.yaml"):
+    for name in ("report.html", "roc.png", "pr.png", "reliability.png", "evaluate.yaml", "mammokit.log"):
         assert (out / name).is_file()
+    assert "mammokit.engine" in (out / "mammokit.log").read_text()  # the default folder gets the log file too
 
 
 def test_cli_reports_user_mistakes_without_traceback(tiny, capsys):

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from mammokit.data.manifest import ManifestError
     from mammokit.engine.evaluate import EvaluateConfig, EvaluationError, evaluate
     from mammokit.run import RunFolderError
+    from mammokit.utils.console import log_to_folder
     from mammokit.utils.diskfull import disk_full_as
 
     if args.fit_calibration is not None:
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
             result = evaluate(args.runs, args.data, args.out, cfg, heatmaps=heatmaps, heatmap_panels=panels)
         except (EvaluationError, RunFolderError, ManifestError, ConfigError) as exc:
             raise UserError(str(exc)) from None
+    log_to_folder(Path(result["out"]))  # without --out: the default folder, known now, gets the log file too
     print(summary_text(result))
     return 0
 

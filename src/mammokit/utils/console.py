@@ -112,18 +112,19 @@ class RunLogHandler(logging.Handler):
 
     MAX_HELD = 100_000  # records held before FOLDER has content (a bound on memory, never reached in practice)
 
-    def __init__(self, folder: Path, level: int = logging.INFO) -> None:
+    def __init__(self, folder: Path | None, level: int = logging.INFO) -> None:
         super().__init__(level)
-        self.folder = folder
+        self.folder = folder  # None: not known yet (`log_to_folder` sets it); records are held meanwhile
         self.held: list[logging.LogRecord] = []
         self.file: logging.FileHandler | None = None
 
     @property
-    def path(self) -> Path:
-        return self.folder / LOG_FILE
+    def path(self) -> Path | None:
+        return None if self.folder is None else self.folder / LOG_FILE
 
     def _open(self) -> None:
-        self.file = logging.FileHandler(self.path, encoding="utf-8")
+        assert self.folder is not None
+        self.file = logging.FileHandler(self.folder / LOG_FILE, encoding="utf-8")
         self.file.setFormatter(self.formatter or logging.Formatter(VERBOSE_FORMAT))
         for held in self.held:
             self.file.emit(held)
@@ -131,7 +132,7 @@ class RunLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.file is None:
-            if not (self.folder.is_dir() and any(self.folder.iterdir())):
+            if self.folder is None or not (self.folder.is_dir() and any(self.folder.iterdir())):
                 if len(self.held) < self.MAX_HELD:
                     self.held.append(record)
                 return
@@ -141,7 +142,7 @@ class RunLogHandler(logging.Handler):
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            if self.file is None and self.held and self.folder.is_dir():
+            if self.file is None and self.held and self.folder is not None and self.folder.is_dir():
                 self._open()
         if self.file is not None:
             self.file.close()
@@ -159,6 +160,15 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 
 _active: ConsoleFilter | None = None  # the console filter of the command running in this process, if any
+_active_log: RunLogHandler | None = None  # and its log file
+
+
+def log_to_folder(folder: Path) -> None:
+    """Put the running command's log file in FOLDER, for a command whose output folder is known only once it has
+    read its settings (evaluate's default eval/<run>-<dataset>-<split>). No-op when the folder is already set or no
+    command is running; the lines logged so far are held and written there."""
+    if _active_log is not None and _active_log.folder is None:
+        _active_log.folder = Path(folder)
 
 
 @contextlib.contextmanager
@@ -169,7 +179,7 @@ def command_logging(verbose: bool = False, folder: Path | None = None) -> Iterat
     test process or another program. A command run by another one (the demo's steps) keeps the outer set-up: its
     lines go to the outer command's console and log file.
     """
-    global _active
+    global _active, _active_log
     root = logging.getLogger()
     if _active is not None:  # nested: the outer command's handlers already take everything
         yield None
@@ -181,22 +191,20 @@ def command_logging(verbose: bool = False, folder: Path | None = None) -> Iterat
     else:
         console.addFilter(console_filter)
         console.setFormatter(ConsoleFormatter())
-    handlers: list[logging.Handler] = [console]
-    run_log = None
-    if folder is not None:
-        run_log = RunLogHandler(folder, logging.DEBUG if verbose else logging.INFO)
-        run_log.setFormatter(logging.Formatter(VERBOSE_FORMAT))
-        handlers.append(run_log)
+    # without FOLDER the log file waits for `log_to_folder`; a command that never names one writes no log file
+    run_log = RunLogHandler(folder, logging.DEBUG if verbose else logging.INFO)
+    run_log.setFormatter(logging.Formatter(VERBOSE_FORMAT))
+    handlers: list[logging.Handler] = [console, run_log]
     saved_level, saved_show = root.level, warnings.showwarning
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for handler in handlers:
         root.addHandler(handler)
     warnings.showwarning = _show_warning
-    _active = console_filter
+    _active, _active_log = console_filter, run_log
     try:
-        yield run_log.path if run_log else None
+        yield run_log.path
     finally:
-        _active = None
+        _active, _active_log = None, None
         warnings.showwarning = saved_show
         for handler in handlers:
             root.removeHandler(handler)
