@@ -111,7 +111,7 @@ def test_a_folder_named_once_the_settings_are_read_gets_the_lines_logged_before(
     from mammokit.utils.console import LOG_FILE, command_logging, log_to_folder
 
     out = tmp_path / "eval" / "run-prep-test"
-    with command_logging(folder=None) as log_path:
+    with command_logging(folder=None, folder_later=True) as log_path:
         logging.getLogger("mammokit.engine.evaluate").info("predicting 44 images")
         out.mkdir(parents=True)
         (out / "metrics.json").write_text("{}")
@@ -123,6 +123,13 @@ def test_a_folder_named_once_the_settings_are_read_gets_the_lines_logged_before(
     assert messages == ["predicting 44 images", "wrote the report"]
     assert not (tmp_path / LOG_FILE).exists()
     log_to_folder(tmp_path)  # no command running: nothing happens
+    assert not (tmp_path / LOG_FILE).exists()
+    with command_logging(folder=None):  # a command with no folder to come (serve): nothing is held
+        from mammokit.utils import console
+
+        assert console._active_log is None
+        log_to_folder(tmp_path)
+        logging.getLogger("mammokit.serve").info("request 1")
     assert not (tmp_path / LOG_FILE).exists()
 
 

@@ -85,7 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # the console shows step lines, progress and results; module INFO lines and library chatter go to
     # FOLDER/mammokit.log (-v: everything on the console too); see mammokit.utils.console
-    with command_logging(verbose=args.verbose, folder=log_folder(args)):
+    folder = log_folder(args)
+    # evaluate without --out decides its folder (eval/<run>-<dataset>-<split>) once its settings are read
+    later = folder is None and args.command == "evaluate"
+    with command_logging(verbose=args.verbose, folder=folder, folder_later=later):
         # pydicom logs (and warns) about every damaged header it meets, with tracebacks; the reader turns each
         # failure into one clear error row, so pydicom's own output is only shown with -v.
         # A filter, not a level: importing pydicom later resets its level to WARNING (issue 25, header values in logs).

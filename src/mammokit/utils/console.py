@@ -172,9 +172,13 @@ def log_to_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def command_logging(verbose: bool = False, folder: Path | None = None) -> Iterator[Path | None]:
+def command_logging(
+    verbose: bool = False, folder: Path | None = None, *, folder_later: bool = False
+) -> Iterator[Path | None]:
     """Logging for one CLI command: the console rule above, FOLDER/mammokit.log, library warnings into the log.
 
+    `folder_later`: without FOLDER, hold the log lines for a folder the command names with `log_to_folder` (a
+    command without FOLDER that never names one, such as the long-running service, holds nothing).
     Yields the log file's path (None without FOLDER). Everything is put back on exit, so the CLI can run inside a
     test process or another program. A command run by another one (the demo's steps) keeps the outer set-up: its
     lines go to the outer command's console and log file.
@@ -191,10 +195,12 @@ def command_logging(verbose: bool = False, folder: Path | None = None) -> Iterat
     else:
         console.addFilter(console_filter)
         console.setFormatter(ConsoleFormatter())
-    # without FOLDER the log file waits for `log_to_folder`; a command that never names one writes no log file
-    run_log = RunLogHandler(folder, logging.DEBUG if verbose else logging.INFO)
-    run_log.setFormatter(logging.Formatter(VERBOSE_FORMAT))
-    handlers: list[logging.Handler] = [console, run_log]
+    handlers: list[logging.Handler] = [console]
+    run_log = None
+    if folder is not None or folder_later:  # folder_later: the lines wait for `log_to_folder`
+        run_log = RunLogHandler(folder, logging.DEBUG if verbose else logging.INFO)
+        run_log.setFormatter(logging.Formatter(VERBOSE_FORMAT))
+        handlers.append(run_log)
     saved_level, saved_show = root.level, warnings.showwarning
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for handler in handlers:
@@ -202,7 +208,7 @@ def command_logging(verbose: bool = False, folder: Path | None = None) -> Iterat
     warnings.showwarning = _show_warning
     _active, _active_log = console_filter, run_log
     try:
-        yield run_log.path
+        yield run_log.path if run_log else None
     finally:
         _active, _active_log = None, None
         warnings.showwarning = saved_show
