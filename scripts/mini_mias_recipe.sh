@@ -5,12 +5,16 @@
 # MIAS_DIR defaults to ../shared/data/mini-mias-dev (mdbNNN.pgm + Info.txt), OUT_DIR to mias-recipe.
 # Trains on all development women (a stratified 20 % of them are the validation split that sets the stored
 # operating threshold; the weights kept are the last ones, see configs/mini-mias/whole.yaml). Circles from
-# Info.txt are the lesion ROIs of the patch stage; the whole-image stage sees image labels only.
+# Info.txt are the lesion ROIs of the patch stage; the whole-image stage sees image labels only. The whole-image
+# model sees both breasts (configs/mini-mias/whole.yaml, `model.bilateral: concat`): each film is scored beside
+# the same view of the woman's other breast, paired by patient id and view; a film without its partner is
+# scored alone (column `context` = single). It is evaluated without flip TTA (EVAL_TTA=--tta to add it): in the
+# cross-validation TTA lowered this model's pooled AUC (0.694 -> 0.632, docs/real-data.md, round 3).
 # WHOLE_SEEDS=N (default 1) trains N whole-image models from the one patch classifier (training seeds SEED ..
 # SEED+N-1; the extra ones two at a time, one thread each, which uses 2 cores better than one 2-thread run) and
 # evaluates/predicts with their average (`evaluate RUN RUN ...`, `predict RUN --ensemble RUN ...`).
 # HOLDOUT_DIR (optional): another mini-MIAS folder of different women (same layout), prepared with the same
-# spec and evaluated with flip TTA; every hold-out image is in one split of that prepared folder, which
+# spec and evaluated (EVAL_TTA); every hold-out image is in one split of that prepared folder, which
 # `evaluate --split` then names.
 set -euo pipefail
 MIAS=${1:-../shared/data/mini-mias-dev}
@@ -20,6 +24,7 @@ MK=${MAMMOKIT:-.venv/bin/mammokit}
 CFG=${CFG:-configs/mini-mias}  # the patch.yaml + whole.yaml to train with
 SEED=${SEED:-0}
 WHOLE_SEEDS=${WHOLE_SEEDS:-1}
+EVAL_TTA=${EVAL_TTA:-}  # "--tta" averages the four flips in the hold-out evaluation
 # mm per pixel: 344 x 299 px = a 206 x 179 mm canvas. mini-MIAS films are 204.8 mm tall; 179 mm holds 212 of the
 # 214 development breasts unshrunk (benchmarks/breast_sizes.py). A larger breast is shrunk to fit, never refused.
 SPACING=${SPACING:-0.6}
@@ -67,6 +72,6 @@ if [ -n "$HOLDOUT" ]; then
     --pixel-spacing "$SPACING" --height "$HEIGHT" --width "$WIDTH" --workers 2 --no-progress \
     --set split.test_fraction=0 --set split.val_fraction=0
   # val_fraction=0 and test_fraction=0 put every hold-out image in the split named "train"
-  $MK evaluate "${RUNS[@]}" --data "$OUT/holdout" --split train --tta --out "$OUT/holdout-eval" --seed "$SEED"
+  $MK evaluate "${RUNS[@]}" --data "$OUT/holdout" --split train $EVAL_TTA --out "$OUT/holdout-eval" --seed "$SEED"
   echo "hold-out report: $OUT/holdout-eval/report.html"
 fi

@@ -3,7 +3,9 @@
 `scripts/mini_mias_recipe.sh DEV OUT HOLDOUT` runs on synthetic women in the mini-MIAS layout (`mammokit synth
 --layout mini-mias`) where one development film and one hold-out film are unreadable: the recipe trains on the
 rest, evaluates the hold-out, and says how many images were left out and why. The real configs are replaced by
-one-epoch ones (`CFG`) and the canvas by a small one (`SPACING`, `HEIGHT`, `WIDTH`): the steps are the recipe's.
+one-epoch ones (`CFG`, with the shipped model's `bilateral: concat`) and the canvas by a small one (`SPACING`,
+`HEIGHT`, `WIDTH`): the steps are the recipe's. The unreadable hold-out film leaves its partner without one, which is
+then scored alone (`context` single).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 import pytest
 
 from mammokit.cli import main
+from mammokit.run import read_card
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "scripts" / "mini_mias_recipe.sh"
@@ -29,7 +32,7 @@ loader: {batch_size: 32}
 trainer: {precision: 32-true, progress_bar: false, tensorboard: false}
 """
 WHOLE_YAML = """
-model: {top: {blocks: null}}
+model: {top: {blocks: null}, bilateral: concat}
 stages: [{epochs: 1, lr_multiplier: 1.0}]
 optim: {name: adam, lr: 0.001, keep: last, early_stop_patience: 0, lr_plateau_patience: 0}
 loader: {batch_size: 8}
@@ -76,6 +79,12 @@ def test_the_recipe_goes_past_an_unreadable_film_and_evaluates_the_rest(tmp_path
     evaluated = pd.read_csv(out / "holdout-eval" / "predictions.csv", dtype={"image_id": str})
     assert len(evaluated) == len(list(holdout.glob("mdb*.pgm"))) - 1
     assert bad_holdout.stem not in set(evaluated["image_id"])
+    # the shipped model sees both breasts: every film is paired with its woman's other film (the adapter's patient
+    # id), except the one whose partner was unreadable
+    card = read_card(out / "runs" / "whole")
+    assert card.arch_kwargs["bilateral"] == "concat" and card.input.channels == 2
+    single = evaluated.loc[evaluated["context"] == "single", "image_id"].tolist()
+    assert len(single) == 1 and (evaluated["context"] == "contralateral").sum() == len(evaluated) - 1
 
 
 def test_the_recipe_stops_when_nothing_usable_is_left(tmp_path: Path) -> None:
