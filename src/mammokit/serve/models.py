@@ -62,14 +62,11 @@ class _ReadView:
 class ServedModels:
     """The served runs as one `EnsemblePredictor`, and `predict_exam` for one upload. The model stage is serialised."""
 
-    def __init__(self, models: EnsemblePredictor | Sequence[Predictor], *, aggregate: str = "mean") -> None:
-        """`models`: the ensemble (one run is an ensemble of one), or the runs' predictors to form it.
-
-        Raises:
-            EnsembleError: the runs prepare images differently (the same rule as `mammokit predict --ensemble`).
-        """
+    def __init__(self, models: EnsemblePredictor, *, aggregate: str = "mean") -> None:
+        """`models`: the served runs as one ensemble (one run is an ensemble of one); `EnsemblePredictor` refuses
+        runs that prepare images differently (the rule of `mammokit predict --ensemble`)."""
         check_aggregate(aggregate)
-        self.models = models if isinstance(models, EnsemblePredictor) else EnsemblePredictor(models)
+        self.models = models
         self.aggregate = aggregate
         # Grad-CAM keeps hook state on the model and a CPU forward pass already uses every core: one model
         # call at a time; reading and preparing the next request's images goes on in other threads meanwhile.
