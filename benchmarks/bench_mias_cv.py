@@ -357,15 +357,39 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             f"| {name} | {_fmt_auc(res)} | {folds} | "
             f"{res['sensitivity_at_threshold']:.2f} / {res['specificity_at_threshold']:.2f} |"
         )
-    main = results["models"].get("patch->whole, flip TTA")
-    if main:
-        lines += ["", "Sensitivity at the stored threshold by abnormality (malignant images; patch->whole, TTA):", ""]
-        lines += ["| abnormality | malignant images | sensitivity |", "|---|---|---|"]
-        for group, s in main["sensitivity_by_abnormality"].items():
-            value = "-" if s["sensitivity"] is None else f"{s['sensitivity']:.2f}"
-            lines.append(f"| {group} | {s['n']} | {value} |")
+    shown = {name: res for name, res in results["models"].items() if res is not None}
+    if shown:  # every model side by side: a TTA and a no-TTA score can call different lesions
+        lines += ["", "Sensitivity at the stored threshold by abnormality (malignant images):", ""]
+        lines += ["| abnormality | malignant images | " + " | ".join(shown) + " |"]
+        lines += ["|---|---|" + "---|" * len(shown)]
+        first = next(iter(shown.values()))
+        for group, s in first["sensitivity_by_abnormality"].items():
+            cells = []
+            for res in shown.values():
+                value = res["sensitivity_by_abnormality"][group]["sensitivity"]
+                cells.append("-" if value is None else f"{value:.2f}")
+            lines.append(f"| {group} | {s['n']} | " + " | ".join(cells) + " |")
+    per_fold = fold_costs(results["times"])
+    if per_fold:
+        lines += ["", f"Cost per fold ({results['cpu']}; every step of the fold, evaluations included):", ""]
+        lines += ["| fold | wall min | CPU hours |", "|---|---|---|"]
+        for fold, t in per_fold.items():
+            lines.append(f"| {fold} | {t['wall_s'] / 60:.1f} | {t['cpu_s'] / 3600:.2f} |")
     lines += ["", f"Time: {results['wall_min']:.1f} min wall, {results['cpu_min']:.1f} min CPU ({results['cpu']})."]
     path.write_text("\n".join(lines) + "\n")
+
+
+def fold_costs(times: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Wall and CPU seconds summed over each fold's steps (`times.json` keys are `foldK/step`)."""
+    costs: dict[str, dict[str, float]] = {}
+    for step, t in times.items():
+        fold, sep, _ = step.partition("/")
+        if not sep or not fold.startswith("fold"):
+            continue  # preparing the whole set is shared by every fold
+        acc = costs.setdefault(fold, {"wall_s": 0.0, "cpu_s": 0.0})
+        acc["wall_s"] += t["wall_s"]
+        acc["cpu_s"] += t["cpu_s"]
+    return dict(sorted(costs.items(), key=lambda kv: int(kv[0][4:]) if kv[0][4:].isdigit() else 0))
 
 
 def cpu_name() -> str:

@@ -183,7 +183,14 @@ def test_whole_seeds_ensemble_pooled_out_of_fold_and_resumable(
     assert sorted(int(k) for k in ensemble["per_fold_auc"]) == [0, 1, 2]
     assert 0.5 < ensemble["pooled_auc"]["value"] <= 1.0  # the recorded scores separate the classes
     assert results["settings"]["whole_seeds"] == 3
-    assert "average of 3 seeds" in (out / "cv_results.md").read_text()
+    markdown = (out / "cv_results.md").read_text()
+    assert "average of 3 seeds" in markdown
+    # per-abnormality sensitivity of every model side by side, and each fold's cost
+    header = next(line for line in markdown.splitlines() if line.startswith("| abnormality |"))
+    assert "patch->whole, flip TTA" in header and "patch->whole, no TTA" in header and "average of 3 seeds" in header
+    steps_of = {f"fold{k}": sum(name.startswith(f"fold{k}/") for name in runner.times) for k in range(3)}
+    assert bench.fold_costs(runner.times) == {f: {"wall_s": n * 1.0, "cpu_s": n * 1.0} for f, n in steps_of.items()}
+    assert all(f"| fold{k} |" in markdown for k in range(3))
 
     again = _run(bench, monkeypatch, argv)  # resumed: every step's output exists, nothing runs again
     assert again.steps == []
