@@ -10,6 +10,7 @@
 # the same view of the woman's other breast, paired by patient id and view; a film without its partner is
 # scored alone (column `context` = single). It is evaluated without flip TTA (EVAL_TTA=--tta to add it): in the
 # cross-validation TTA lowered this model's pooled AUC (0.694 -> 0.632, docs/real-data.md, round 3).
+# SCALE=0.2 trains the paper's scale instead (below).
 # WHOLE_SEEDS=N (default 1) trains N whole-image models from the one patch classifier (training seeds SEED ..
 # SEED+N-1; the extra ones two at a time, one thread each, which uses 2 cores better than one 2-thread run) and
 # evaluates/predicts with their average (`evaluate RUN RUN ...`, `predict RUN --ensemble RUN ...`).
@@ -21,15 +22,25 @@ MIAS=${1:-../shared/data/mini-mias-dev}
 OUT=${2:-mias-recipe}
 HOLDOUT=${3:-}
 MK=${MAMMOKIT:-.venv/bin/mammokit}
-CFG=${CFG:-configs/mini-mias}  # the patch.yaml + whole.yaml to train with
+# SCALE picks a measured configuration (docs/real-data.md); CFG, SPACING, HEIGHT, WIDTH and EVAL_TTA override
+# its parts. 0.6 (default): 344 x 299 px = a 206 x 179 mm canvas; mini-MIAS films are 204.8 mm tall and 179 mm
+# holds 212 of the 214 development breasts unshrunk (benchmarks/breast_sizes.py); a larger breast is shrunk to
+# fit, never refused; both breasts, scored without TTA. 0.2: the paper's scale (mini-MIAS' native pixel), the
+# same 206 x 179 mm on 1032 x 897 px, the one-image model in bfloat16 autocast, scored with 4-flip TTA; about 9x
+# the CPU (a GPU, or a CPU with AVX512-BF16/AMX).
+SCALE=${SCALE:-0.6}
+case "$SCALE" in
+  0.6) D_CFG=configs/mini-mias D_SPACING=0.6 D_HEIGHT=344 D_WIDTH=299 D_TTA= ;;
+  0.2) D_CFG=configs/mini-mias/0.2mm D_SPACING=0.2 D_HEIGHT=1032 D_WIDTH=897 D_TTA=--tta ;;
+  *) echo "SCALE must be 0.6 (the default) or 0.2 (the paper's scale), got '$SCALE'" >&2; exit 2 ;;
+esac
+CFG=${CFG:-$D_CFG}  # the patch.yaml + whole.yaml to train with
 SEED=${SEED:-0}
 WHOLE_SEEDS=${WHOLE_SEEDS:-1}
-EVAL_TTA=${EVAL_TTA:-}  # "--tta" averages the four flips in the hold-out evaluation
-# mm per pixel: 344 x 299 px = a 206 x 179 mm canvas. mini-MIAS films are 204.8 mm tall; 179 mm holds 212 of the
-# 214 development breasts unshrunk (benchmarks/breast_sizes.py). A larger breast is shrunk to fit, never refused.
-SPACING=${SPACING:-0.6}
-HEIGHT=${HEIGHT:-344}
-WIDTH=${WIDTH:-299}
+EVAL_TTA=${EVAL_TTA-$D_TTA}  # "--tta" averages the four flips in the hold-out evaluation; empty: no TTA
+SPACING=${SPACING:-$D_SPACING}  # mm per pixel
+HEIGHT=${HEIGHT:-$D_HEIGHT}
+WIDTH=${WIDTH:-$D_WIDTH}
 PY=${PYTHON:-$(dirname "$MK")/python}
 start=$(date +%s)
 # A step that leaves some images out (exit 1: they are rows of its errors.csv) does not stop the recipe: it says

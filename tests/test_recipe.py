@@ -98,3 +98,32 @@ def test_the_recipe_stops_when_nothing_usable_is_left(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode != 0
     assert "prepare" in proc.stderr + proc.stdout and not (tmp_path / "recipe" / "runs").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the recipe is a bash script")
+@pytest.mark.parametrize(
+    ("scale", "expected"),
+    [
+        ("0.6", ["--pixel-spacing", "0.6", "--height", "344", "--width", "299"]),
+        ("0.2", ["--pixel-spacing", "0.2", "--height", "1032", "--width", "897"]),
+    ],
+)
+def test_scale_picks_the_measured_canvas_and_a_bad_scale_is_refused(
+    tmp_path: Path, scale: str, expected: list[str]
+) -> None:
+    """SCALE presets the canvas and configs; a stand-in `mammokit` records the prepare call and stops the recipe."""
+    fake = tmp_path / "mammokit"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$@" > {tmp_path / "argv.txt"}\nexit 3\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "MAMMOKIT": str(fake), "PYTHON": sys.executable, "SCALE": scale}
+    run = ["bash", str(RECIPE), str(tmp_path / "dev"), str(tmp_path / "recipe")]
+    proc = subprocess.run(run, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and "prepare failed (exit 3)" in proc.stderr
+    argv = (tmp_path / "argv.txt").read_text().split()
+    at = argv.index("--pixel-spacing")
+    assert argv[at : at + 6] == expected
+    config = REPO / ("configs/mini-mias" if scale == "0.6" else "configs/mini-mias/0.2mm")
+    assert (config / "patch.yaml").is_file() and (config / "whole.yaml").is_file()
+
+    bad = subprocess.run(run, cwd=REPO, env={**env, "SCALE": "0.4"}, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "SCALE must be 0.6" in bad.stderr and not (tmp_path / "recipe").exists()
