@@ -384,12 +384,12 @@ def fold_costs(times: dict[str, dict[str, float]]) -> dict[str, dict[str, float]
     costs: dict[str, dict[str, float]] = {}
     for step, t in times.items():
         fold, sep, _ = step.partition("/")
-        if not sep or not fold.startswith("fold"):
-            continue  # preparing the whole set is shared by every fold
+        if not sep:
+            continue  # `prepare` (the whole set) is shared by every fold
         acc = costs.setdefault(fold, {"wall_s": 0.0, "cpu_s": 0.0})
         acc["wall_s"] += t["wall_s"]
         acc["cpu_s"] += t["cpu_s"]
-    return dict(sorted(costs.items(), key=lambda kv: int(kv[0][4:]) if kv[0][4:].isdigit() else 0))
+    return dict(sorted(costs.items(), key=lambda kv: int(kv[0].removeprefix("fold"))))  # resumed runs add folds late
 
 
 def cpu_name() -> str:

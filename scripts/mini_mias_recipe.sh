@@ -26,8 +26,8 @@ MK=${MAMMOKIT:-.venv/bin/mammokit}
 # its parts. 0.6 (default): 344 x 299 px = a 206 x 179 mm canvas; mini-MIAS films are 204.8 mm tall and 179 mm
 # holds 212 of the 214 development breasts unshrunk (benchmarks/breast_sizes.py); a larger breast is shrunk to
 # fit, never refused; both breasts, scored without TTA. 0.2: the paper's scale (mini-MIAS' native pixel), the
-# same 206 x 179 mm on 1032 x 897 px, the one-image model in bfloat16 autocast, scored with 4-flip TTA; about 9x
-# the CPU (a GPU, or a CPU with AVX512-BF16/AMX).
+# same 206 x 179 mm on 1032 x 897 px, the one-image model in bfloat16 autocast, scored with 4-flip TTA; 9x the
+# pixels, about 4x the default's CPU (a GPU, or a CPU with AVX512-BF16/AMX).
 SCALE=${SCALE:-0.6}
 case "$SCALE" in
   0.6) D_CFG=configs/mini-mias D_SPACING=0.6 D_HEIGHT=344 D_WIDTH=299 D_TTA= ;;
